@@ -1,0 +1,1 @@
+"""driftline drift detection engine: pure numpy/river, never Kafka or Faust."""

@@ -1,0 +1,1 @@
+"""driftline event contracts: JSON Schemas, typed messages and fast codecs."""

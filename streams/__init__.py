@@ -1,0 +1,1 @@
+"""driftline stream layer: Kafka workers, producer SDK, subscriber, metrics, CLI."""
