@@ -1,0 +1,111 @@
+"""Plain, versioned snapshot format: an orjson header plus raw numpy buffers. Never pickle.
+
+Layout: ``b"DLS1"`` + 4-byte big-endian header length + orjson header + array bytes
+[+ 32-byte HMAC-SHA256 tag when a key is given]. Only numeric dtypes are allowed, so
+loading can never construct arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+from typing import Any
+
+import numpy as np
+import orjson
+
+from driftline.detectors.errors import SnapshotError
+
+MAGIC = b"DLS1"
+_SIGNED = b"DLH1"
+_ALLOWED_DTYPES = frozenset(
+    {"<f8", "<f4", "<i8", "<i4", "<i2", "|i1", "<u8", "<u4", "|u1", "|b1"}
+)
+MAX_SNAPSHOT_BYTES = 256 * 1024 * 1024
+
+
+def pack(
+    kind: str,
+    meta: dict[str, Any],
+    arrays: dict[str, np.ndarray] | None = None,
+    *,
+    version: int = 1,
+    key: bytes | None = None,
+) -> bytes:
+    """Serialise ``meta`` (JSON-able) and named numeric ``arrays`` into snapshot bytes."""
+    arrays = arrays or {}
+    layout: dict[str, Any] = {}
+    chunks: list[bytes] = []
+    offset = 0
+    for name, arr in arrays.items():
+        a = np.ascontiguousarray(arr)
+        dt = a.dtype.newbyteorder("<") if a.dtype.byteorder == ">" else a.dtype
+        a = a.astype(dt, copy=False)
+        if dt.str not in _ALLOWED_DTYPES:
+            raise SnapshotError(f"dtype {a.dtype} of {name!r} is not snapshot-able")
+        raw = a.tobytes()
+        layout[name] = {"dtype": dt.str, "shape": list(a.shape), "offset": offset, "n": len(raw)}
+        chunks.append(raw)
+        offset += len(raw)
+    header = orjson.dumps(
+        {"kind": kind, "version": version, "meta": meta, "arrays": layout},
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
+    body = MAGIC + struct.pack(">I", len(header)) + header + b"".join(chunks)
+    if key is None:
+        return body
+    return _SIGNED + body + hmac.new(key, body, hashlib.sha256).digest()
+
+
+def unpack(
+    data: bytes, kind: str, *, key: bytes | None = None
+) -> tuple[dict[str, Any], dict[str, np.ndarray], int]:
+    """Inverse of :func:`pack`: ``(meta, arrays, version)``; raises SnapshotError on bad bytes."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise SnapshotError("snapshot must be bytes")
+    data = bytes(data)
+    if len(data) > MAX_SNAPSHOT_BYTES:
+        raise SnapshotError("snapshot too large")
+    if data.startswith(_SIGNED):
+        body, tag = data[4:-32], data[-32:]
+        if key is None:
+            raise SnapshotError("snapshot is signed but no key is configured")
+        if not hmac.compare_digest(tag, hmac.new(key, body, hashlib.sha256).digest()):
+            raise SnapshotError("snapshot signature does not verify")
+        data = body
+    elif key is not None:
+        raise SnapshotError("snapshot is not signed but a key is configured")
+    if not data.startswith(MAGIC) or len(data) < 8:
+        raise SnapshotError("not a driftline snapshot")
+    (hlen,) = struct.unpack(">I", data[4:8])
+    if 8 + hlen > len(data):
+        raise SnapshotError("truncated snapshot header")
+    try:
+        header = orjson.loads(data[8 : 8 + hlen])
+    except orjson.JSONDecodeError as exc:
+        raise SnapshotError(f"bad snapshot header: {exc}") from None
+    if not isinstance(header, dict) or header.get("kind") != kind:
+        got = header.get("kind") if isinstance(header, dict) else None
+        raise SnapshotError(f"snapshot kind {got!r}, expected {kind!r}")
+    base = 8 + hlen
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        for name, spec in header["arrays"].items():
+            if spec["dtype"] not in _ALLOWED_DTYPES:
+                raise SnapshotError(f"dtype {spec['dtype']} not allowed")
+            start, n = base + int(spec["offset"]), int(spec["n"])
+            if start + n > len(data) or n < 0:
+                raise SnapshotError("truncated snapshot body")
+            dt = np.dtype(spec["dtype"])
+            shape = tuple(int(s) for s in spec["shape"])
+            if int(np.prod(shape, dtype=np.int64)) * dt.itemsize != n:
+                raise SnapshotError(f"shape of {name!r} does not match its bytes")
+            arrays[name] = np.frombuffer(data[start : start + n], dtype=dt).reshape(shape).copy()
+        meta = header["meta"]
+        version = int(header["version"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SnapshotError(f"malformed snapshot: {exc!r}") from None
+    if not isinstance(meta, dict):
+        raise SnapshotError("malformed snapshot meta")
+    return meta, arrays, version
