@@ -1,0 +1,388 @@
+"""ModelMonitor: one model's windows, calibrated tests and alert policy, batch by batch.
+
+``update(batch)`` bins the whole batch against the reference in one vectorised pass,
+adds each pane's rows to the ring, and evaluates the window every time a pane closes:
+a chi-square homogeneity test per column (the calibrated decision), with PSI,
+Jensen-Shannon, binned KS and Wasserstein reported beside it. Decisions go through the
+alert policy per kind (``data`` for features, ``prediction`` for the model output).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from driftline.detectors.binning import Binner
+from driftline.detectors.calibration import Calibration, calibrate
+from driftline.detectors.errors import InputError, SnapshotError
+from driftline.detectors.policy import AlertPolicy, PolicyConfig
+from driftline.detectors.reference import NumericProfile, ReferenceProfile
+from driftline.detectors.serialization import pack, unpack
+from driftline.detectors.stats import (
+    bin_widths,
+    chi_square,
+    jensen_shannon,
+    ks_binned,
+    psi,
+    wasserstein_binned,
+)
+from driftline.detectors.windows import CountRule, Pane, PaneRing, TimeRule
+from driftline.schemas.models import DriftAlert, EventBatch, FeatureScore, WindowInfo
+
+SNAPSHOT_KIND = "driftline.monitor"
+DETECTOR = "pane_chi2"
+TOP_FEATURES = 5
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """How one model is windowed, tested and alerted on."""
+
+    panes: int = 5
+    pane_size: int = 1000  # count panes (used when pane_seconds is None)
+    pane_seconds: float | None = None  # event-time panes
+    allowed_lateness: float = 0.0
+    late_policy: str = "deadletter"  # or "current": apply late rows to the newest open pane
+    min_samples: int = 1000  # a smaller window is "insufficient data"
+    target_run_length: float = 1e6  # events between false alerts (per model)
+    correction: str = "bonferroni"  # or "bh"
+    calibration_rounds: int = 300
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.panes < 1 or self.pane_size < 1 or self.min_samples < 1:
+            raise ValueError("panes, pane_size and min_samples must be >= 1")
+        if self.pane_seconds is not None and self.pane_seconds <= 0:
+            raise ValueError("pane_seconds must be > 0")
+        if self.late_policy not in ("deadletter", "current"):
+            raise ValueError("late_policy is 'deadletter' or 'current'")
+        if self.correction not in ("bonferroni", "bh"):
+            raise ValueError("correction is 'bonferroni' or 'bh'")
+
+    @property
+    def nominal_window(self) -> int:
+        return self.panes * self.pane_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MonitorConfig:
+        d = dict(d)
+        d["policy"] = PolicyConfig(**d.get("policy", {}))
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The window's statistics at one pane close, for every column."""
+
+    window: WindowInfo
+    index: int  # global sequence number of the newest event in the closed pane
+    insufficient: bool
+    names: tuple[str, ...]
+    kinds: tuple[str, ...]
+    chi2: NDArray[np.float64]
+    threshold: NDArray[np.float64]
+    p_value: NDArray[np.float64]
+    drift: NDArray[np.bool_]
+    psi: NDArray[np.float64]
+    js: NDArray[np.float64]
+    ks: NDArray[np.float64]
+    wasserstein: NDArray[np.float64]
+    alerts: tuple[DriftAlert, ...] = ()
+
+    def drifted(self, kind: str | None = None) -> list[str]:
+        return [n for n, k, d in zip(self.names, self.kinds, self.drift, strict=True)
+                if d and (kind is None or k == kind)]
+
+
+def alert_id(model: str, kind: str, feature: str | None, segment: str, pane: int, state: str) -> str:
+    """Deterministic alert id: a replay of the same window gives the same id."""
+    key = f"{model}|{kind}|{feature or ''}|{segment}|{pane}|{state}"
+    return hashlib.sha1(key.encode()).hexdigest()[:20]
+
+
+class ModelMonitor:
+    """Windows, calibrated tests and alert policy for one model against its reference."""
+
+    name = DETECTOR
+
+    def __init__(
+        self,
+        reference: ReferenceProfile,
+        config: MonitorConfig | None = None,
+        calibration: Calibration | None = None,
+    ) -> None:
+        self.reference = reference
+        self.config = config or MonitorConfig()
+        self.binner = Binner(reference)
+        layout = self.binner.layout
+        self.calibration = calibration or calibrate(
+            layout.ref_counts,
+            self.config.nominal_window,
+            target_run_length=self.config.target_run_length,
+            correction=self.config.correction,
+            rounds=self.config.calibration_rounds,
+            seed=self.config.seed,
+        )
+        numeric_cols = [c for c in (*reference.columns, reference.prediction) if c is not None]
+        edges = [c.edges if isinstance(c, NumericProfile) else np.zeros(0) for c in numeric_cols]
+        lows = np.asarray([c.min if isinstance(c, NumericProfile) else 0.0 for c in numeric_cols])
+        highs = np.asarray([c.max if isinstance(c, NumericProfile) else 0.0 for c in numeric_cols])
+        self._widths = bin_widths(edges, lows, highs, layout.width)
+        self._scale = np.asarray(
+            [c.std if isinstance(c, NumericProfile) else 0.0 for c in numeric_cols]
+        )
+        self._reset()
+
+    def _reset(self) -> None:
+        cfg = self.config
+        rule = (
+            TimeRule(cfg.pane_seconds, cfg.allowed_lateness)
+            if cfg.pane_seconds is not None
+            else CountRule(cfg.pane_size)
+        )
+        c, w = len(self.binner.layout.names), self.binner.layout.width
+        self.ring = PaneRing(cfg.panes, rule, {"hist": ((c, w), "<i8")})
+        self.policy = AlertPolicy(cfg.policy)
+        self.events_since_eval = 0
+        self.evaluations = 0
+        self.late_events = 0
+        self.last_late_rows: NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+        self.last_evaluations: list[Evaluation] = []
+        self.firing_keys: set[str] = set()
+
+    @property
+    def drift_detected(self) -> bool:
+        """Whether an alert started firing during the last update."""
+        return any(a.state == "firing" for e in self.last_evaluations for a in e.alerts)
+
+    # -- the hot path -----------------------------------------------------------------
+    def update(self, batch: EventBatch) -> list[Evaluation]:
+        """Add a batch of this model's events; return the evaluations of panes it closed."""
+        if not isinstance(batch, EventBatch):
+            raise InputError("ModelMonitor.update takes an EventBatch")
+        n = len(batch)
+        self.last_late_rows = np.zeros(0, dtype=np.int64)
+        self.last_evaluations = []
+        if n == 0:
+            return []
+        bins = self.binner.bins(batch)
+        ts = batch.ts
+        pane_ids = self.ring.pane_ids(n, ts)
+        keep = np.ones(n, dtype=bool)
+        if isinstance(self.ring.rule, TimeRule):
+            keep &= np.isfinite(ts)
+            late = keep & self.ring.is_late(pane_ids)
+            if late.any():
+                self.late_events += int(late.sum())
+                if self.config.late_policy == "deadletter":
+                    keep &= ~late
+                    self.last_late_rows = np.flatnonzero(late).astype(np.int64)
+                else:
+                    pane_ids = np.where(late, self.ring.last_closed + 1, pane_ids)
+            if not np.isfinite(ts).all():
+                missing_ts = np.flatnonzero(~np.isfinite(ts))
+                self.last_late_rows = np.union1d(self.last_late_rows, missing_ts).astype(np.int64)
+        rows = np.flatnonzero(keep)
+        seq0 = self.ring.seq
+        out: list[Evaluation] = []
+        if rows.size:
+            pid = pane_ids[rows]
+            order = np.argsort(pid, kind="stable")
+            rows, pid = rows[order], pid[order]
+            cuts = np.flatnonzero(np.diff(pid)) + 1
+            for grp in np.split(np.arange(rows.size), cuts):
+                r = rows[grp]
+                self.ring.add(
+                    int(pid[grp[0]]),
+                    {"hist": self.binner.histogram(bins[r])},
+                    int(r.size),
+                    ts[r],
+                    batch.offset[r],
+                    last_seq=seq0 + int(r.max()),
+                )
+                if isinstance(self.ring.rule, CountRule):
+                    out.extend(self._close_due(batch))
+            finite = ts[rows][np.isfinite(ts[rows])]
+            self.ring.advance(0, float(finite.max()) if finite.size else math.nan)
+        self.ring.seq = seq0 + n if isinstance(self.ring.rule, CountRule) else self.ring.seq + n
+        self.events_since_eval += int(rows.size)
+        out.extend(self._close_due(batch))
+        self.last_evaluations = out
+        return out
+
+    def tick(self, now: float | None = None, idle_timeout: float | None = None,
+             last_seen: float | None = None) -> list[Evaluation]:
+        """Idle timeout: when nothing arrived for ``idle_timeout`` s, close the open panes."""
+        now = time.time() if now is None else now
+        if idle_timeout is None or last_seen is None or now - last_seen < idle_timeout:
+            return []
+        evs = [self._evaluate(p, None) for p in self.ring.close_all_open()]
+        self.last_evaluations = evs
+        return evs
+
+    def _close_due(self, batch: EventBatch | None) -> list[Evaluation]:
+        if isinstance(self.ring.rule, CountRule):
+            # count panes: the ring's seq is advanced row by row through last_seq
+            open_ids = sorted(self.ring.open)
+            done = [p for p in open_ids
+                    if self.ring.open[p].n >= self.config.pane_size]
+        else:
+            done = self.ring.due()
+        return [self._evaluate(self.ring.close(p), batch) for p in done]
+
+    # -- evaluation -------------------------------------------------------------------
+    def _evaluate(self, pane: Pane, batch: EventBatch | None) -> Evaluation:
+        layout = self.binner.layout
+        ring = self.ring
+        win = ring.totals["hist"]
+        ref = layout.ref_counts
+        n = ring.total_n
+        chi = chi_square(ref, win)
+        p = self.calibration.p_values(chi.statistic, chi.df)
+        new_events = max(self.events_since_eval, pane.n)
+        self.events_since_eval = 0
+        alpha = self.calibration.alpha_eval(new_events)
+        insufficient = n < self.config.min_samples
+        drift = np.zeros(p.size, dtype=bool) if insufficient else self.calibration.decide(p, alpha)
+        family = p.size
+        thr = self.calibration.thresholds(chi.df, alpha, family)
+        ks, _ = ks_binned(ref, win, layout.n_bins, layout.numeric)
+        wd = wasserstein_binned(ref, win, layout.n_bins, self._widths, self._scale)
+        start, end, first, last = ring.window_bounds()
+        info = WindowInfo(
+            start_ts=None if math.isnan(start) else start,
+            end_ts=None if math.isnan(end) else end,
+            n=int(n),
+            first_offset=first,
+            last_offset=last,
+            pane=pane.pane_id,
+        )
+        self.evaluations += 1
+        ev = Evaluation(
+            window=info,
+            index=pane.last_seq,
+            insufficient=insufficient,
+            names=layout.names,
+            kinds=layout.kinds,
+            chi2=chi.statistic,
+            threshold=thr,
+            p_value=p,
+            drift=drift,
+            psi=psi(ref, win),
+            js=jensen_shannon(ref, win),
+            ks=ks,
+            wasserstein=wd,
+        )
+        if insufficient:
+            return ev
+        alerts = tuple(self._alerts(ev, batch))
+        if alerts:
+            ev = replace(ev, alerts=alerts)
+        return ev
+
+    def _alerts(self, ev: Evaluation, batch: EventBatch | None) -> list[DriftAlert]:
+        out: list[DriftAlert] = []
+        version = None
+        if batch is not None and len(batch):
+            v = batch.model_version[-1]
+            version = v if isinstance(v, str) else None
+        for kind in sorted(set(ev.kinds)):
+            cols = [i for i, k in enumerate(ev.kinds) if k == kind]
+            drifted = bool(ev.drift[cols].any())
+            state = self.policy.step(kind, drifted)
+            if state is None:
+                continue
+            ranked = sorted(cols, key=lambda i: (ev.p_value[i], -ev.chi2[i]))
+            if state == "firing":
+                ranked = [i for i in ranked if ev.drift[i]] or ranked
+                self.firing_keys.add(kind)
+            else:
+                self.firing_keys.discard(kind)
+            top = ranked[0]
+            feats = tuple(
+                FeatureScore(ev.names[i], "chi2", float(ev.chi2[i]), float(ev.threshold[i]),
+                             float(ev.p_value[i]))
+                for i in ranked[:TOP_FEATURES]
+            )
+            out.append(
+                DriftAlert(
+                    alert_id=alert_id(self.reference.model, kind, ev.names[top], "",
+                                      ev.window.pane, state),
+                    model=self.reference.model,
+                    kind=kind,
+                    state=state,
+                    detector=DETECTOR,
+                    statistic="chi2",
+                    score=float(ev.chi2[top]),
+                    threshold=float(ev.threshold[top]),
+                    p_value=float(ev.p_value[top]),
+                    window=ev.window,
+                    model_version=version,
+                    feature=ev.names[top],
+                    reference=self.reference.reference_id,
+                    severity="critical" if float(ev.p_value[top]) < 1e-12 else "warning",
+                    top_features=feats,
+                    created_at=ev.window.end_ts or 0.0,
+                )
+            )
+        return out
+
+    # -- state ------------------------------------------------------------------------
+    def snapshot(self, *, key: bytes | None = None, extra: dict[str, Any] | None = None) -> bytes:
+        """The whole running state, exact, in the plain snapshot format."""
+        ring_meta, arrays = self.ring.state()
+        arrays["calibration.scale"] = self.calibration.scale
+        meta = {
+            "reference_id": self.reference.reference_id,
+            "config": self.config.to_dict(),
+            "ring": ring_meta,
+            "policy": self.policy.to_dict(),
+            "events_since_eval": self.events_since_eval,
+            "evaluations": self.evaluations,
+            "late_events": self.late_events,
+            "firing": sorted(self.firing_keys),
+            "extra": extra or {},
+        }
+        return pack(SNAPSHOT_KIND, meta, arrays, key=key)
+
+    def restore(self, data: bytes, *, key: bytes | None = None) -> dict[str, Any]:
+        """Load a snapshot of a monitor on the same reference; returns its ``extra`` dict."""
+        meta, arrays, _ = unpack(data, SNAPSHOT_KIND, key=key)
+        try:
+            if meta["reference_id"] != self.reference.reference_id:
+                raise SnapshotError(
+                    f"snapshot is for reference {meta['reference_id']!r}, "
+                    f"not {self.reference.reference_id!r}"
+                )
+            config = MonitorConfig.from_dict(meta["config"])
+            if config != self.config:
+                self.config = config
+            scale = arrays.pop("calibration.scale")
+            if scale.shape != self.calibration.scale.shape:
+                raise SnapshotError("snapshot calibration does not fit the reference")
+            self._reset()
+            self.calibration = Calibration(
+                config.target_run_length, scale, config.correction, config.calibration_rounds
+            )
+            self.ring.load(meta["ring"], arrays)
+            self.policy.load(meta["policy"])
+            self.events_since_eval = int(meta["events_since_eval"])
+            self.evaluations = int(meta["evaluations"])
+            self.late_events = int(meta["late_events"])
+            self.firing_keys = set(meta["firing"])
+            extra: dict[str, Any] = meta.get("extra") or {}
+        except SnapshotError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise SnapshotError(f"malformed monitor snapshot: {exc!r}") from None
+        return extra

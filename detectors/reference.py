@@ -1,0 +1,322 @@
+"""Reference profiles: what a model was validated on, summarised for streaming comparison.
+
+Numeric features keep quantile bin edges with reference counts, a missing count and a
+bounded raw sample (for exact tests); categorical features keep their top-K categories
+plus an "other" count. The prediction is profiled the same way, as a score or a label.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+from numpy.typing import NDArray
+
+from driftline.detectors.errors import ProfileError
+
+SCHEMA = "driftline.reference/v1"
+PREDICTION = "prediction"
+
+
+@dataclass(frozen=True)
+class NumericProfile:
+    """Quantile bins of one numeric column: ``len(edges) + 1`` value bins."""
+
+    name: str
+    edges: NDArray[np.float64]
+    counts: NDArray[np.int64]
+    missing: int
+    sample: NDArray[np.float64]
+    mean: float
+    std: float
+    min: float
+    max: float
+
+    @property
+    def n_bins(self) -> int:
+        return int(self.counts.size)
+
+
+@dataclass(frozen=True)
+class CategoricalProfile:
+    """Top-K categories of one column; ``counts`` has K + 1 entries, the last is "other"."""
+
+    name: str
+    categories: tuple[str, ...]
+    counts: NDArray[np.int64]
+    missing: int
+
+    @property
+    def n_bins(self) -> int:
+        return int(self.counts.size)
+
+
+ColumnProfile = NumericProfile | CategoricalProfile
+
+
+@dataclass(frozen=True)
+class ReferenceProfile:
+    """ReferenceProfile v1 of one model and version."""
+
+    model: str
+    columns: tuple[ColumnProfile, ...]
+    prediction: ColumnProfile | None
+    size: int
+    source: str = "arrays"
+    model_version: str | None = None
+    created_at: float = 0.0
+    reference_id: str = ""
+    multivariate: dict[str, Any] | None = field(default=None)
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (schemas/json/reference_profile.v1.schema.json)."""
+        pred: dict[str, Any] | None = None
+        if self.prediction is not None:
+            kind = "score" if isinstance(self.prediction, NumericProfile) else "label"
+            pred = {"kind": kind, **_column_dict(self.prediction)}
+        return {
+            "schema": SCHEMA,
+            "reference_id": self.reference_id,
+            "model": self.model,
+            "model_version": self.model_version,
+            "created_at": self.created_at,
+            "source": self.source,
+            "size": self.size,
+            "feature_order": list(self.feature_names),
+            "numeric": [_column_dict(c) for c in self.columns if isinstance(c, NumericProfile)],
+            "categorical": [
+                _column_dict(c) for c in self.columns if isinstance(c, CategoricalProfile)
+            ],
+            "prediction": pred,
+            "multivariate": self.multivariate,
+        }
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ReferenceProfile:
+        """Inverse of :meth:`to_dict`; raises ProfileError on malformed input."""
+        try:
+            if d.get("schema") != SCHEMA:
+                raise ProfileError(f"not a {SCHEMA} document")
+            cols: list[ColumnProfile] = [_numeric_from(c) for c in d["numeric"]]
+            cols += [_categorical_from(c) for c in d["categorical"]]
+            order = {name: i for i, name in enumerate(d.get("feature_order") or [])}
+            cols.sort(key=lambda c: order.get(c.name, len(order)))
+            pred: ColumnProfile | None = None
+            p = d.get("prediction")
+            if p is not None:
+                pred = _numeric_from(p) if p["kind"] == "score" else _categorical_from(p)
+            return cls(
+                model=str(d["model"]),
+                columns=tuple(cols),
+                prediction=pred,
+                size=int(d["size"]),
+                source=str(d.get("source", "")),
+                model_version=d.get("model_version"),
+                created_at=float(d.get("created_at", 0.0)),
+                reference_id=str(d.get("reference_id", "")),
+                multivariate=d.get("multivariate"),
+            )
+        except ProfileError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ProfileError(f"malformed reference profile: {exc!r}") from None
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> ReferenceProfile:
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise ProfileError(f"reference is not JSON: {exc}") from None
+        if not isinstance(obj, dict):
+            raise ProfileError("reference must be a JSON object")
+        return cls.from_dict(obj)
+
+
+def _column_dict(c: ColumnProfile) -> dict[str, Any]:
+    if isinstance(c, NumericProfile):
+        return {
+            "name": c.name,
+            "edges": c.edges.tolist(),
+            "counts": c.counts.tolist(),
+            "missing": c.missing,
+            "sample": c.sample.tolist(),
+            "mean": c.mean,
+            "std": c.std,
+            "min": c.min,
+            "max": c.max,
+        }
+    return {
+        "name": c.name,
+        "categories": list(c.categories),
+        "counts": c.counts.tolist(),
+        "missing": c.missing,
+    }
+
+
+def _numeric_from(c: Mapping[str, Any]) -> NumericProfile:
+    edges = np.asarray(c["edges"], dtype=np.float64)
+    counts = np.asarray(c["counts"], dtype=np.int64)
+    if counts.size != edges.size + 1 or np.any(np.diff(edges) <= 0) or np.any(counts < 0):
+        raise ProfileError(f"numeric profile {c.get('name')!r}: edges/counts inconsistent")
+    return NumericProfile(
+        name=str(c["name"]),
+        edges=edges,
+        counts=counts,
+        missing=int(c["missing"]),
+        sample=np.asarray(c["sample"], dtype=np.float64),
+        mean=float(c["mean"]),
+        std=float(c["std"]),
+        min=float(c["min"]),
+        max=float(c["max"]),
+    )
+
+
+def _categorical_from(c: Mapping[str, Any]) -> CategoricalProfile:
+    cats = tuple(str(x) for x in c["categories"])
+    counts = np.asarray(c["counts"], dtype=np.int64)
+    if counts.size != len(cats) + 1 or np.any(counts < 0):
+        raise ProfileError(f"categorical profile {c.get('name')!r}: counts inconsistent")
+    return CategoricalProfile(
+        name=str(c["name"]), categories=cats, counts=counts, missing=int(c["missing"])
+    )
+
+
+def _is_numeric(values: NDArray[Any]) -> bool:
+    if values.dtype.kind in "fiu":
+        return True
+    if values.dtype.kind == "b":
+        return False
+    present = [v for v in values.tolist() if v is not None]
+    return bool(present) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in present
+    )
+
+
+def profile_numeric(
+    name: str, values: NDArray[Any], *, bins: int = 16, sample_size: int = 5000, seed: int = 0
+) -> NumericProfile:
+    """Quantile-bin one numeric column (NaN/None count as missing)."""
+    x = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(x)
+    v = x[finite]
+    missing = int(x.size - v.size)
+    if v.size == 0:
+        edges = np.zeros(0)
+        counts = np.zeros(1, dtype=np.int64)
+        return NumericProfile(name, edges, counts, missing, np.zeros(0), 0.0, 0.0, 0.0, 0.0)
+    qs = np.quantile(v, np.linspace(0.0, 1.0, bins + 1)[1:-1])
+    edges = np.unique(qs)
+    # searchsorted(side="right"): bin k holds edges[k-1] <= x < edges[k]
+    idx = np.searchsorted(edges, v, side="right")
+    counts = np.bincount(idx, minlength=edges.size + 1).astype(np.int64)
+    rng = np.random.default_rng(seed)
+    sample = v if v.size <= sample_size else rng.choice(v, size=sample_size, replace=False)
+    return NumericProfile(
+        name=name,
+        edges=edges,
+        counts=counts,
+        missing=missing,
+        sample=np.sort(sample),
+        mean=float(v.mean()),
+        std=float(v.std()),
+        min=float(v.min()),
+        max=float(v.max()),
+    )
+
+
+def profile_categorical(name: str, values: Sequence[Any], *, top_k: int = 32) -> CategoricalProfile:
+    """Top-K categories of one column (None/NaN count as missing, bools as "true"/"false")."""
+    tokens = [_category_token(v) for v in values]
+    missing = sum(1 for t in tokens if t is None)
+    counter = Counter(t for t in tokens if t is not None)
+    top = counter.most_common(top_k)
+    cats = tuple(sorted(c for c, _ in top))
+    counts = [counter[c] for c in cats]
+    other = sum(counter.values()) - sum(counts)
+    return CategoricalProfile(name, cats, np.asarray([*counts, other], dtype=np.int64), missing)
+
+
+def _category_token(v: Any) -> str | None:
+    if v is None:
+        return None
+    if isinstance(v, bool) or isinstance(v, np.bool_):
+        return "true" if v else "false"
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    return str(v)
+
+
+def build_profile(
+    model: str,
+    columns: Mapping[str, Sequence[Any] | NDArray[Any]],
+    *,
+    prediction: Sequence[Any] | NDArray[Any] | None = None,
+    model_version: str | None = None,
+    source: str = "arrays",
+    bins: int = 16,
+    top_k: int = 32,
+    sample_size: int = 5000,
+    categorical: Sequence[str] = (),
+    seed: int = 0,
+    created_at: float | None = None,
+) -> ReferenceProfile:
+    """Profile reference columns (name -> values). Types are inferred; force with ``categorical``."""
+    if not columns:
+        raise ProfileError("a reference needs at least one feature column")
+    sizes = {len(v) for v in columns.values()}
+    if len(sizes) != 1:
+        raise ProfileError(f"reference columns differ in length: {sorted(sizes)}")
+    size = sizes.pop()
+    if size == 0:
+        raise ProfileError("reference columns are empty")
+    profiles: list[ColumnProfile] = []
+    for name, raw in columns.items():
+        arr = np.asarray(raw) if not isinstance(raw, np.ndarray) else raw
+        if name not in categorical and _is_numeric(arr):
+            profiles.append(profile_numeric(name, arr, bins=bins, sample_size=sample_size, seed=seed))
+        else:
+            profiles.append(profile_categorical(name, list(arr.tolist()), top_k=top_k))
+    pred: ColumnProfile | None = None
+    if prediction is not None:
+        parr = np.asarray(prediction) if not isinstance(prediction, np.ndarray) else prediction
+        if len(parr) != size:
+            raise ProfileError("prediction column length differs from the features")
+        if _is_numeric(parr):
+            pred = profile_numeric(PREDICTION, parr, bins=bins, sample_size=sample_size, seed=seed)
+        else:
+            pred = profile_categorical(PREDICTION, list(parr.tolist()), top_k=top_k)
+    created = time.time() if created_at is None else created_at
+    body = ReferenceProfile(
+        model=model,
+        columns=tuple(profiles),
+        prediction=pred,
+        size=size,
+        source=source,
+        model_version=model_version,
+        created_at=created,
+    )
+    digest = hashlib.sha1(orjson.dumps(body.to_dict())).hexdigest()[:12]
+    return ReferenceProfile(
+        model=model,
+        columns=body.columns,
+        prediction=pred,
+        size=size,
+        source=source,
+        model_version=model_version,
+        created_at=created,
+        reference_id=f"{model}@{digest}",
+    )
