@@ -355,6 +355,21 @@ class ModelMonitor:
         }
         return pack(SNAPSHOT_KIND, meta, arrays, key=key)
 
+    @classmethod
+    def from_snapshot(
+        cls, reference: ReferenceProfile, data: bytes, *, key: bytes | None = None
+    ) -> tuple[ModelMonitor, dict[str, Any]]:
+        """A monitor restored from a snapshot, without re-running the calibration."""
+        meta, arrays, _ = unpack(data, SNAPSHOT_KIND, key=key)
+        try:
+            cfg = MonitorConfig.from_dict(meta["config"])
+            cal = Calibration(cfg.target_run_length, arrays["calibration.scale"], cfg.correction,
+                              cfg.calibration_rounds)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SnapshotError(f"malformed monitor snapshot: {exc!r}") from None
+        mon = cls(reference, cfg, cal)
+        return mon, mon.restore(data, key=key)
+
     def restore(self, data: bytes, *, key: bytes | None = None) -> dict[str, Any]:
         """Load a snapshot of a monitor on the same reference; returns its ``extra`` dict."""
         meta, arrays, _ = unpack(data, SNAPSHOT_KIND, key=key)

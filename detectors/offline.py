@@ -1,0 +1,143 @@
+"""Offline front of the engine: one two-sample comparison, or a replay as a stream."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from driftline.detectors.binning import Binner
+from driftline.detectors.exact import ks_2samp
+from driftline.detectors.monitor import ModelMonitor, MonitorConfig
+from driftline.detectors.reference import NumericProfile, ReferenceProfile, build_profile
+from driftline.detectors.stats import chi_square, jensen_shannon, ks_binned, psi
+from driftline.detectors.tables import Table, to_batch
+from scipy import stats
+
+
+@dataclass(frozen=True)
+class FeatureResult:
+    """One column's verdict in a two-sample comparison."""
+
+    name: str
+    kind: str
+    drift: bool
+    statistic: str
+    score: float
+    threshold: float
+    p_value: float
+    psi: float
+    js: float
+    ks: float | None
+
+
+@dataclass(frozen=True)
+class Report:
+    """The answer of ``driftline evaluate``."""
+
+    drift: bool
+    features: list[FeatureResult]
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    mode: str = "two-sample"
+    n_reference: int = 0
+    n_current: int = 0
+    alpha: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "drift": self.drift,
+            "mode": self.mode,
+            "n_reference": self.n_reference,
+            "n_current": self.n_current,
+            "alpha": self.alpha,
+            "features": [f.__dict__ for f in self.features],
+            "alerts": self.alerts,
+        }
+
+
+def profile_table(model: str, table: Table, *, source: str = "file", bins: int = 16) -> ReferenceProfile:
+    """A reference profile from a data file's table."""
+    return build_profile(model, table.features, prediction=table.prediction, source=source, bins=bins)
+
+
+def compare(reference: ReferenceProfile, current: Table, *, alpha: float = 0.05) -> Report:
+    """Two-sample test of every column at family-wise level ``alpha`` (Bonferroni).
+
+    The decision is the chi-square homogeneity test on the reference's quantile bins;
+    numeric columns also get the exact two-sample KS statistic on the raw values
+    against the reference's bounded sample.
+    """
+    binner = Binner(reference)
+    batch = to_batch(reference.model, current)
+    hist = binner.histogram(binner.bins(batch))
+    ref = binner.layout.ref_counts
+    chi = chi_square(ref, hist)
+    m = len(binner.layout.names)
+    thr = stats.chi2.isf(alpha / m, np.maximum(chi.df, 1.0))
+    drift = chi.p_value <= alpha / m
+    p_psi, p_js = psi(ref, hist), jensen_shannon(ref, hist)
+    cols = [*reference.columns, *([reference.prediction] if reference.prediction else [])]
+    out: list[FeatureResult] = []
+    for j, col in enumerate(cols):
+        ks: float | None = None
+        if isinstance(col, NumericProfile):
+            values = batch.prediction_score if binner.layout.kinds[j] == "prediction" else (
+                batch.column(col.name))
+            ks = ks_2samp(values, col.sample).statistic
+        out.append(
+            FeatureResult(
+                name=col.name,
+                kind=binner.layout.kinds[j],
+                drift=bool(drift[j]),
+                statistic="chi2",
+                score=float(chi.statistic[j]),
+                threshold=float(thr[j]),
+                p_value=float(chi.p_value[j]),
+                psi=float(p_psi[j]),
+                js=float(p_js[j]),
+                ks=None if ks is None or np.isnan(ks) else float(ks),
+            )
+        )
+    _ = ks_binned  # binned KS is reported by the streaming path
+    return Report(bool(drift.any()), out, [], "two-sample", reference.size, len(current), alpha)
+
+
+def replay(
+    reference: ReferenceProfile, current: Table, *, window: int, config: MonitorConfig | None = None
+) -> Report:
+    """Replay ``current`` as a stream with a window of ``window`` rows (5 panes)."""
+    panes = 5 if window >= 5 else 1
+    cfg = config or MonitorConfig(
+        panes=panes, pane_size=max(window // panes, 1), min_samples=max(window // 2, 1)
+    )
+    mon = ModelMonitor(reference, cfg)
+    alerts: list[dict[str, Any]] = []
+    last = None
+    chunk = max(cfg.pane_size, 1)
+    for start in range(0, len(current), chunk):
+        for ev in mon.update(to_batch(reference.model, current, start, start + chunk)):
+            last = ev
+            for a in ev.alerts:
+                alerts.append({
+                    "index": ev.index,
+                    "kind": a.kind,
+                    "state": a.state,
+                    "features": [f.name for f in a.top_features if f.score > f.threshold]
+                    or [a.feature],
+                    "statistic": a.statistic,
+                    "score": a.score,
+                    "threshold": a.threshold,
+                    "alert_id": a.alert_id,
+                })
+    features: list[FeatureResult] = []
+    if last is not None:
+        for j, name in enumerate(last.names):
+            features.append(FeatureResult(
+                name=name, kind=last.kinds[j], drift=bool(last.drift[j]), statistic="chi2",
+                score=float(last.chi2[j]), threshold=float(last.threshold[j]),
+                p_value=float(last.p_value[j]), psi=float(last.psi[j]), js=float(last.js[j]),
+                ks=None if np.isnan(last.ks[j]) else float(last.ks[j]),
+            ))
+    fired = any(a["state"] == "firing" for a in alerts)
+    return Report(fired, features, alerts, "stream", reference.size, len(current), None)

@@ -1,0 +1,153 @@
+"""Reading reference/current data files (CSV, Parquet, NPZ) into columns and batches.
+
+Columns named ``prediction`` hold the model output, columns ``segment_<key>`` the
+segment; every other column is a feature. NPZ files are loaded with
+``allow_pickle=False``: object arrays are refused, never unpickled.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from driftline.detectors.errors import InputError
+from driftline.schemas.models import EventBatch
+
+PREDICTION = "prediction"
+SEGMENT_PREFIX = "segment_"
+TIMESTAMP = "ts"
+
+
+@dataclass(frozen=True)
+class Table:
+    """Columns of a data file, split into features, prediction, segments and time."""
+
+    features: dict[str, NDArray[Any]]
+    prediction: NDArray[Any] | None
+    segments: dict[str, NDArray[Any]]
+    ts: NDArray[np.float64] | None
+
+    def __len__(self) -> int:
+        return len(next(iter(self.features.values()))) if self.features else 0
+
+
+def _coerce(values: list[str]) -> NDArray[Any]:
+    """A CSV column as float64 when every non-empty cell is a number, else as objects."""
+    out = np.empty(len(values), dtype=np.float64)
+    for i, v in enumerate(values):
+        if v == "" or v.lower() in ("nan", "null", "none", "na"):
+            out[i] = math.nan
+            continue
+        try:
+            out[i] = float(v)
+        except ValueError:
+            return np.asarray([None if c == "" else c for c in values], dtype=object)
+    return out
+
+
+def read_columns(path: str | Path) -> dict[str, NDArray[Any]]:
+    """Columns of a CSV, Parquet or NPZ file."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if not p.exists():
+        raise InputError(f"{p}: no such file")
+    if suffix == ".npz":
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                return {k: np.asarray(z[k]) for k in z.files}
+        except ValueError as exc:
+            raise InputError(f"{p}: {exc} (object arrays are not loaded)") from None
+    if suffix in (".parquet", ".pq"):
+        try:
+            import pyarrow.parquet as pq  # optional: pip install 'driftline[files]'
+        except ImportError:
+            raise InputError("reading Parquet needs pyarrow: pip install 'driftline[files]'") from None
+        tbl = pq.read_table(p)
+        return {
+            name: np.asarray(tbl.column(name).to_numpy(zero_copy_only=False))
+            for name in tbl.column_names
+        }
+    with p.open(newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise InputError(f"{p}: empty CSV file") from None
+        rows = list(reader)
+    cols: dict[str, list[str]] = {h.strip(): [] for h in header}
+    names = list(cols)
+    for lineno, row in enumerate(rows, start=2):
+        if len(row) != len(names):
+            raise InputError(f"{p}:{lineno}: {len(row)} cells, header has {len(names)}")
+        for name, cell in zip(names, row, strict=True):
+            cols[name].append(cell.strip())
+    return {k: _coerce(v) for k, v in cols.items()}
+
+
+def read_table(path: str | Path) -> Table:
+    """A data file split into features / prediction / segment_* / ts columns."""
+    cols = read_columns(path)
+    if not cols:
+        raise InputError(f"{path}: no columns")
+    pred = cols.pop(PREDICTION, None)
+    ts = cols.pop(TIMESTAMP, None)
+    segments = {k[len(SEGMENT_PREFIX):]: cols.pop(k) for k in list(cols) if k.startswith(SEGMENT_PREFIX)}
+    if not cols:
+        raise InputError(f"{path}: no feature columns")
+    ts_arr = None if ts is None or ts.dtype == object else np.asarray(ts, dtype=np.float64)
+    return Table(cols, pred, segments, ts_arr)
+
+
+def to_batch(model: str, table: Table, start: int = 0, stop: int | None = None) -> EventBatch:
+    """Rows ``start:stop`` of a table as an EventBatch (row numbers become offsets)."""
+    stop = len(table) if stop is None else min(stop, len(table))
+    n = max(stop - start, 0)
+    names = tuple(table.features)
+    numeric = np.full((n, len(names)), np.nan)
+    text: NDArray[np.object_] | None = None
+    for j, name in enumerate(names):
+        col = table.features[name][start:stop]
+        if col.dtype.kind in "fiu":
+            numeric[:, j] = col
+        else:
+            if text is None:
+                text = np.full((n, len(names)), None, dtype=object)
+            text[:, j] = [None if v is None else ("true" if v is True else "false" if v is False
+                                                  else str(v)) for v in col.tolist()]
+    score = np.full(n, np.nan)
+    label: NDArray[np.object_] | None = None
+    if table.prediction is not None:
+        p = table.prediction[start:stop]
+        if p.dtype.kind in "fiu":
+            score = p.astype(np.float64)
+        else:
+            label = np.asarray([None if v is None else str(v) for v in p.tolist()], dtype=object)
+    seg = np.full(n, None, dtype=object)
+    if table.segments:
+        keys = list(table.segments)
+        seg[:] = [
+            {k: str(table.segments[k][start + i]) for k in keys} for i in range(n)
+        ]
+    none = np.full(n, None, dtype=object)
+    ts = table.ts[start:stop] if table.ts is not None else np.full(n, np.nan)
+    return EventBatch(
+        model=model,
+        feature_names=names,
+        numeric=numeric,
+        text=text,
+        ts=np.asarray(ts, dtype=np.float64),
+        prediction_score=score,
+        prediction_label=label,
+        event_id=none,
+        model_version=none.copy(),
+        segment=seg,
+        latency_ms=np.full(n, np.nan),
+        partition=np.full(n, -1, dtype=np.int64),
+        offset=np.arange(start, stop, dtype=np.int64),
+    )

@@ -1,0 +1,207 @@
+"""Prometheus metrics of a worker, on a registry the caller injects.
+
+Names follow ``driftline_<subsystem>_<name>_<unit>``; label values come from bounded
+sets (models are capped by ``max_models``, features by ``max_features`` and the
+reference, reasons and kinds are fixed vocabularies).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from driftline.detectors.monitor import Evaluation
+from driftline.schemas.models import EventBatch
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 50000)
+_DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+
+
+class WorkerMetrics:
+    """Every metric a worker exports."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        r = registry
+        self.events = Counter("driftline_worker_events", "Events applied to windows", ["model"],
+                              registry=r)
+        self.bytes = Counter("driftline_worker_bytes", "Bytes of messages consumed", ["model"],
+                             registry=r)
+        self.deadletter = Counter("driftline_worker_deadletter", "Dead-lettered events",
+                                  ["reason"], registry=r)
+        self.batch_size = Histogram("driftline_worker_batch_size_events",
+                                    "Messages per consumed batch", buckets=_BATCH_BUCKETS,
+                                    registry=r)
+        self.batch_duration = Histogram("driftline_worker_batch_duration_seconds",
+                                        "Processing time of one consumed batch",
+                                        buckets=_DURATION_BUCKETS, registry=r)
+        self.models_tracked = Gauge("driftline_worker_models_tracked",
+                                    "Models whose state this worker holds", registry=r)
+        self.event_time_lag = Gauge("driftline_worker_event_time_lag_seconds",
+                                    "Now minus the newest event time seen", ["model"], registry=r)
+        self.consumer_lag = Gauge("driftline_worker_consumer_lag_messages",
+                                  "Messages behind the fetch high watermark",
+                                  ["topic", "partition"], registry=r)
+        self.last_evaluation = Gauge("driftline_worker_last_evaluation_timestamp_seconds",
+                                     "When the model's window was last evaluated", ["model"],
+                                     registry=r)
+        self.references_built = Counter("driftline_worker_references_built",
+                                        "References built by the worker", ["model", "source"],
+                                        registry=r)
+        self.score = Gauge("driftline_drift_score", "Drift statistic of the current window",
+                           ["model", "feature", "statistic"], registry=r)
+        self.threshold = Gauge("driftline_drift_threshold", "Calibrated threshold of the statistic",
+                               ["model", "feature", "statistic"], registry=r)
+        self.state = Gauge("driftline_drift_state", "1 while a drift alert is firing",
+                           ["model", "kind", "feature"], registry=r)
+        self.insufficient = Gauge("driftline_drift_insufficient_data",
+                                  "1 while the window holds fewer than min_samples events",
+                                  ["model"], registry=r)
+        self.alerts = Counter("driftline_alerts", "Alerts emitted", ["model", "kind", "state"],
+                              registry=r)
+        self.serving_latency = BatchHistogram(
+            "driftline_serving_latency_seconds", "Serving latency reported by the model server",
+            "model", _LATENCY_BUCKETS)
+        r.register(self.serving_latency)
+        self.requests = Counter("driftline_serving_requests", "Predictions seen, by outcome",
+                                ["model", "outcome"], registry=r)
+        self._features: dict[str, set[tuple[str, ...]]] = {}
+
+    def observe_batch(self, model: str, batch: EventBatch, seconds: float) -> None:
+        """Per model, once per batch: traffic, golden signals, event-time lag."""
+        n = len(batch)
+        self.events.labels(model).inc(n)
+        lat = batch.latency_ms[np.isfinite(batch.latency_ms)]
+        if lat.size:
+            self.serving_latency.observe_many(model, lat / 1000.0)
+        if batch.outcome is not None:
+            errors = sum(1 for o in batch.outcome.tolist() if o == "error")
+            if errors:
+                self.requests.labels(model, "error").inc(errors)
+            self.requests.labels(model, "ok").inc(n - errors)
+        else:
+            self.requests.labels(model, "unknown").inc(n)
+        ts = batch.ts[np.isfinite(batch.ts)]
+        if ts.size:
+            self.event_time_lag.labels(model).set(max(time.time() - float(ts.max()), 0.0))
+
+    def observe_evaluation(self, model: str, ev: Evaluation) -> None:
+        """Per pane close: statistics, thresholds, state gauges."""
+        self.last_evaluation.labels(model).set(time.time())
+        self.insufficient.labels(model).set(1.0 if ev.insufficient else 0.0)
+        seen = self._features.setdefault(model, set())
+        for j, name in enumerate(ev.names):
+            for stat, values in (("chi2", ev.chi2), ("psi", ev.psi), ("js", ev.js)):
+                v = float(values[j])
+                if math.isfinite(v):
+                    self.score.labels(model, name, stat).set(v)
+                    seen.add(("score", model, name, stat))
+            thr = float(ev.threshold[j])
+            if math.isfinite(thr):
+                self.threshold.labels(model, name, "chi2").set(thr)
+                seen.add(("threshold", model, name, "chi2"))
+        for a in ev.alerts:
+            self.state.labels(model, a.kind, a.feature or "").set(1.0 if a.state == "firing" else 0.0)
+            seen.add(("state", model, a.kind, a.feature or ""))
+
+    def forget_model(self, model: str) -> None:
+        """Remove a model's series (its partition moved to another worker)."""
+        for key in self._features.pop(model, set()):
+            family, labels = key[0], key[1:]
+            metric = {"score": self.score, "threshold": self.threshold, "state": self.state}[family]
+            try:
+                metric.remove(*labels)
+            except KeyError:
+                pass
+        for metric in (self.events, self.bytes, self.event_time_lag, self.last_evaluation,
+                       self.insufficient, self.serving_latency):
+            try:
+                metric.remove(model)
+            except KeyError:
+                pass
+
+
+class BatchHistogram(Collector):
+    """A labelled histogram fed a whole numpy batch at a time (one ``searchsorted``)."""
+
+    def __init__(self, name: str, doc: str, label: str, buckets: tuple[float, ...]) -> None:
+        self.name, self.doc, self.label = name, doc, label
+        self.edges = np.asarray(buckets, dtype=np.float64)
+        self._series: dict[str, tuple[np.ndarray, list[float]]] = {}
+        self._lock = threading.Lock()
+
+    def observe_many(self, value: str, x: np.ndarray) -> None:
+        idx = np.searchsorted(self.edges, x, side="left")  # le-buckets: x <= edge
+        counts = np.bincount(idx, minlength=self.edges.size + 1)
+        with self._lock:
+            buckets, total = self._series.setdefault(
+                value, (np.zeros(self.edges.size + 1, dtype=np.int64), [0.0]))
+            buckets += counts
+            total[0] += float(x.sum())
+
+    def remove(self, value: str) -> None:
+        with self._lock:
+            if self._series.pop(value, None) is None:
+                raise KeyError(value)
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        fam = HistogramMetricFamily(self.name, self.doc, labels=[self.label])
+        with self._lock:
+            items = [(k, b.copy(), t[0]) for k, (b, t) in self._series.items()]
+        for value, buckets, total in items:
+            cum = np.cumsum(buckets)
+            pairs = [(_fmt(e), float(c)) for e, c in zip(self.edges, cum[:-1], strict=True)]
+            pairs.append(("+Inf", float(cum[-1])))
+            fam.add_metric([value], pairs, total)
+        yield fam
+
+
+def _fmt(edge: float) -> str:
+    return repr(float(edge))
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        return
+
+
+class MetricsServer:
+    """``/metrics`` and ``/healthz`` over HTTP, in a daemon thread."""
+
+    def __init__(self, registry: CollectorRegistry, host: str, port: int,
+                 health: Callable[[], bool] | None = None) -> None:
+        metrics_app = make_wsgi_app(registry)
+
+        def app(environ, start_response):  # type: ignore[no-untyped-def]
+            path = environ.get("PATH_INFO", "")
+            if path == "/metrics":
+                return metrics_app(environ, start_response)
+            if path == "/healthz":
+                ok = health() if health else True
+                start_response("200 OK" if ok else "503 Service Unavailable",
+                               [("Content-Type", "text/plain")])
+                return [b"ok\n" if ok else b"unhealthy\n"]
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found\n"]
+
+        self._server: WSGIServer = make_server(host, port, app, handler_class=_QuietHandler)
+        self.port = self._server.server_port
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
+                                        name="driftline-metrics")
+
+    def start(self) -> MetricsServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

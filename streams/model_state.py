@@ -1,0 +1,185 @@
+"""Per-model state of a worker: monitor, reference, idempotency offsets and accounting.
+
+Everything here is persisted in one snapshot per model (state topic, key = model), so a
+worker that takes the model over resumes where the last one left off: the windows, the
+last applied offset of every source partition (replays at or below it are skipped),
+and the cumulative counts that ``driftline status`` reports.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from driftline.detectors.errors import SnapshotError
+from driftline.detectors.monitor import ModelMonitor, MonitorConfig
+from driftline.detectors.reference import ReferenceProfile, build_profile
+from driftline.detectors.serialization import pack, unpack
+from driftline.schemas.models import EventBatch
+
+SNAPSHOT_KIND = "driftline.model"
+
+
+@dataclass
+class ModelState:
+    """One model (or one partition's unattributed dead letters, ``~partition-N``)."""
+
+    model: str
+    reference: ReferenceProfile | None = None
+    monitor: ModelMonitor | None = None
+    offsets: dict[str, int] = field(default_factory=dict)  # "topic:partition" -> last applied
+    events_applied: int = 0
+    events_deadlettered: int = 0
+    events_late: int = 0
+    alerts_fired: int = 0
+    pending_reference: list[EventBatch] = field(default_factory=list)  # auto-reference buffer
+    pending_rows: int = 0
+    restored_reference_id: str | None = None
+    last_seen: float = 0.0
+    dirty: bool = False
+
+    @property
+    def alerts_firing(self) -> int:
+        return len(self.monitor.firing_keys) if self.monitor is not None else 0
+
+    def last_offset(self, topic: str, partition: int) -> int:
+        return self.offsets.get(f"{topic}:{partition}", -1)
+
+    def mark(self, topic: str, partition: int, offset: int) -> None:
+        key = f"{topic}:{partition}"
+        if offset > self.offsets.get(key, -1):
+            self.offsets[key] = offset
+
+    # -- reference building from the first N events ------------------------------------
+    def buffer_for_reference(self, batch: EventBatch) -> None:
+        self.pending_reference.append(batch)
+        self.pending_rows += len(batch)
+
+    def build_reference(self, *, bins: int) -> ReferenceProfile:
+        """Profile the buffered events (first N of the model) into its reference."""
+        batches = self.pending_reference
+        names: list[str] = []
+        for b in batches:
+            names += [n for n in b.feature_names if n not in names]
+        cols: dict[str, list[Any]] = {n: [] for n in names}
+        preds: list[Any] = []
+        for b in batches:
+            idx = {n: i for i, n in enumerate(b.feature_names)}
+            for n in names:
+                i = idx.get(n)
+                if i is None:
+                    cols[n] += [None] * len(b)
+                    continue
+                num = b.numeric[:, i]
+                if b.text is not None and any(t is not None for t in b.text[:, i].tolist()):
+                    cols[n] += [t if t is not None else (None if np.isnan(v) else float(v))
+                                for t, v in zip(b.text[:, i].tolist(), num.tolist(), strict=True)]
+                else:
+                    cols[n] += [None if np.isnan(v) else float(v) for v in num.tolist()]
+            if b.prediction_label is not None:
+                preds += b.prediction_label.tolist()
+            else:
+                preds += b.prediction_score.tolist()
+        columns = {n: _column(v) for n, v in cols.items()}
+        pred = _column(preds)
+        has_pred = any(p is not None and not (isinstance(p, float) and np.isnan(p)) for p in preds)
+        version = next((v for b in batches for v in b.model_version.tolist() if v), None)
+        self.pending_reference, self.pending_rows = [], 0
+        return build_profile(
+            self.model, columns, prediction=pred if has_pred else None, model_version=version,
+            source="first-events", bins=bins,
+        )
+
+    # -- snapshot ----------------------------------------------------------------------
+    def snapshot(self, *, key: bytes | None = None) -> bytes:
+        meta: dict[str, Any] = {
+            "model": self.model,
+            "offsets": self.offsets,
+            "events_applied": self.events_applied,
+            "events_deadlettered": self.events_deadlettered,
+            "events_late": self.events_late,
+            "alerts_fired": self.alerts_fired,
+            "reference_id": self.reference.reference_id if self.reference else None,
+            "pending": [_batch_rows(b) for b in self.pending_reference],
+        }
+        arrays: dict[str, np.ndarray] = {}
+        if self.monitor is not None:
+            arrays["monitor"] = np.frombuffer(self.monitor.snapshot(), dtype=np.uint8)
+        return pack(SNAPSHOT_KIND, meta, arrays, key=key)
+
+    @classmethod
+    def restore(
+        cls,
+        data: bytes,
+        reference: ReferenceProfile | None,
+        config: MonitorConfig,
+        *,
+        key: bytes | None = None,
+    ) -> ModelState:
+        """Rebuild a model's state; the reference comes from the references topic."""
+        meta, arrays, _ = unpack(data, SNAPSHOT_KIND, key=key)
+        try:
+            st = cls(
+                model=str(meta["model"]),
+                offsets={str(k): int(v) for k, v in meta["offsets"].items()},
+                events_applied=int(meta["events_applied"]),
+                events_deadlettered=int(meta["events_deadlettered"]),
+                events_late=int(meta.get("events_late", 0)),
+                alerts_fired=int(meta.get("alerts_fired", 0)),
+                restored_reference_id=meta.get("reference_id"),
+            )
+            for rows in meta.get("pending", []):
+                st.buffer_for_reference(_rows_batch(st.model, rows))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise SnapshotError(f"malformed model snapshot: {exc!r}") from None
+        rid = meta.get("reference_id")
+        if reference is not None and rid == reference.reference_id:
+            st.reference = reference
+            if "monitor" in arrays:
+                st.monitor, _ = ModelMonitor.from_snapshot(reference, arrays["monitor"].tobytes())
+            else:
+                st.monitor = ModelMonitor(reference, config)
+        return st
+
+
+def _column(values: list[Any]) -> Any:
+    if all(v is None or isinstance(v, float) for v in values):
+        return np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
+    return np.asarray(values, dtype=object)
+
+
+def _batch_rows(b: EventBatch) -> dict[str, Any]:
+    """A pending (pre-reference) batch as plain JSON (bounded by auto_reference_events)."""
+    return {
+        "names": list(b.feature_names),
+        "numeric": [[None if v != v else v for v in row] for row in b.numeric.tolist()],
+        "text": None if b.text is None else b.text.tolist(),
+        "score": [None if np.isnan(v) else v for v in b.prediction_score.tolist()],
+        "label": None if b.prediction_label is None else b.prediction_label.tolist(),
+        "version": b.model_version.tolist(),
+    }
+
+
+def _rows_batch(model: str, d: dict[str, Any]) -> EventBatch:
+    names = tuple(str(n) for n in d["names"])
+    numeric = np.asarray(
+        [[np.nan if v is None else float(v) for v in row] for row in d["numeric"]], dtype=np.float64
+    ).reshape(-1, len(names))
+    n = numeric.shape[0]
+    text = None if d.get("text") is None else np.asarray(d["text"], dtype=object).reshape(n, -1)
+    label = None if d.get("label") is None else np.asarray(d["label"], dtype=object)
+    none = np.full(n, None, dtype=object)
+    return EventBatch(
+        model=model, feature_names=names, numeric=numeric, text=text, ts=np.full(n, np.nan),
+        prediction_score=np.asarray([np.nan if v is None else v for v in d["score"]], dtype=float),
+        prediction_label=label, event_id=none, model_version=np.asarray(d["version"], dtype=object),
+        segment=none.copy(), latency_ms=np.full(n, np.nan), partition=np.full(n, -1, np.int64),
+        offset=np.full(n, -1, np.int64),
+    )
+
+
+def now() -> float:
+    return time.time()

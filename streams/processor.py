@@ -1,0 +1,275 @@
+"""One batch of raw inference messages in, alerts and dead letters out; no Kafka here.
+
+The worker hands the processor whole batches (values, partitions, offsets). Decoding is
+columnar; each model's rows are applied to its windows exactly once: rows at or below
+the model's last applied offset of their partition are replays and are skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from driftline.detectors.errors import DriftlineError, SnapshotError
+from driftline.detectors.monitor import ModelMonitor, MonitorConfig
+from driftline.detectors.reference import ReferenceProfile
+from driftline.schemas.codecs import decode_inference
+from driftline.schemas.limits import Limits
+from driftline.schemas.models import DriftAlert, EventBatch, Rejection
+from driftline.streams.metrics import WorkerMetrics
+from driftline.streams.model_state import ModelState
+
+log = logging.getLogger("driftline.worker")
+
+#: Pseudo-model that owns dead letters carrying no model id, one per source partition.
+UNATTRIBUTED = "~partition-"
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One raw Kafka message."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes
+    timestamp: float = float("nan")
+
+
+@dataclass
+class Output:
+    """What one batch produced."""
+
+    alerts: list[DriftAlert] = field(default_factory=list)
+    dead_letters: list[Rejection] = field(default_factory=list)
+    references: list[ReferenceProfile] = field(default_factory=list)
+    applied: int = 0
+    skipped_replays: int = 0
+
+
+class Processor:
+    """All models of one worker."""
+
+    def __init__(
+        self,
+        *,
+        config: MonitorConfig,
+        limits: Limits,
+        metrics: WorkerMetrics,
+        auto_reference_events: int = 5000,
+        reference_bins: int = 16,
+        max_models: int = 1000,
+        snapshot_loader: Callable[[str], bytes | None] | None = None,
+        snapshot_key: bytes | None = None,
+    ) -> None:
+        self.config = config
+        self.limits = limits
+        self.metrics = metrics
+        self.auto_reference_events = auto_reference_events
+        self.reference_bins = reference_bins
+        self.max_models = max_models
+        self.models: dict[str, ModelState] = {}
+        self.references: dict[str, ReferenceProfile] = {}
+        self.snapshot_loader = snapshot_loader
+        self.snapshot_key = snapshot_key
+        self._prior: dict[tuple[str, int], int] = {}
+
+    # -- references --------------------------------------------------------------------
+    def set_reference(self, profile: ReferenceProfile) -> bool:
+        """A reference arrived (references topic or CLI): new windows if it changed."""
+        old = self.references.get(profile.model)
+        if old is not None and old.reference_id == profile.reference_id:
+            return False
+        self.references[profile.model] = profile
+        st = self.models.get(profile.model)
+        if st is not None and (st.reference is None
+                               or st.reference.reference_id != profile.reference_id):
+            st.reference = profile
+            st.monitor = ModelMonitor(profile, self.config)
+            st.pending_reference, st.pending_rows, st.dirty = [], 0, True
+            log.info("model %s: reference %s in use", profile.model, profile.reference_id)
+        return True
+
+    # -- models ------------------------------------------------------------------------
+    def state_of(self, model: str) -> ModelState | None:
+        """The model's state: in memory, restored from its snapshot, or new."""
+        st = self.models.get(model)
+        if st is not None:
+            return st
+        if len([m for m in self.models if not m.startswith(UNATTRIBUTED)]) >= self.max_models \
+                and not model.startswith(UNATTRIBUTED):
+            return None
+        blob = self.snapshot_loader(model) if self.snapshot_loader else None
+        ref = self.references.get(model)
+        if blob is not None:
+            try:
+                st = ModelState.restore(blob, ref, self.config, key=self.snapshot_key)
+                if st.monitor is None and ref is not None:
+                    st.reference, st.monitor = ref, ModelMonitor(ref, self.config)
+                log.info("model %s: state restored (%d events applied so far)", model,
+                         st.events_applied)
+            except (SnapshotError, DriftlineError) as exc:
+                log.error("model %s: snapshot not usable (%s); starting fresh", model, exc)
+                st = None
+        if st is None:
+            st = ModelState(model)
+            if ref is not None:
+                st.reference, st.monitor = ref, ModelMonitor(ref, self.config)
+        self.models[model] = st
+        self.metrics.models_tracked.set(len(self.models))
+        return st
+
+    def drop(self, models: Sequence[str]) -> None:
+        """Forget models (their partitions were revoked); their metric series go too."""
+        for m in models:
+            if self.models.pop(m, None) is not None:
+                self.metrics.forget_model(m)
+        self.metrics.models_tracked.set(len(self.models))
+
+    # -- the batch ---------------------------------------------------------------------
+    def process(self, messages: Sequence[Incoming]) -> Output:
+        out = Output()
+        if not messages:
+            return out
+        topic = messages[0].topic
+        decoded = decode_inference(
+            [m.value for m in messages],
+            limits=self.limits,
+            topic=topic,
+            partitions=[m.partition for m in messages],
+            offsets=[m.offset for m in messages],
+            timestamps=[m.timestamp for m in messages],
+        )
+        payloads = {(m.partition, m.offset): m.value for m in messages}
+        self._prior = {}
+        for rej in decoded.rejections:
+            self._dead_letter(rej, out)
+        for model, batch in decoded.batches.items():
+            self._apply(model, batch, topic, payloads, out)
+        return out
+
+    def _apply(self, model: str, batch: EventBatch, topic: str,
+               payloads: dict[tuple[int, int], bytes], out: Output) -> None:
+        st = self.state_of(model)
+        if st is None:
+            for p, o in sorted(set(zip(batch.partition.tolist(), batch.offset.tolist(),
+                                       strict=True))):
+                self._dead_letter(Rejection(
+                    f"too_many_models: worker tracks {self.max_models} models",
+                    payloads.get((p, o), b""), topic, p, o, model), out)
+            return
+        fresh = np.ones(len(batch), dtype=bool)
+        for p in np.unique(batch.partition).tolist():
+            last = self._last_before_batch(st, topic, p)
+            fresh &= ~((batch.partition == p) & (batch.offset <= last))
+        if not fresh.all():
+            out.skipped_replays += int((~fresh).sum())
+            batch = _rows(batch, np.flatnonzero(fresh))
+        if len(batch) == 0:
+            return
+        t0 = time.perf_counter()
+        try:
+            self._feed(st, batch, topic, out)
+        except Exception as exc:  # a detector must never take the worker down
+            log.exception("model %s: detector error", model)
+            for p, o in sorted(set(zip(batch.partition.tolist(), batch.offset.tolist(),
+                                       strict=True))):
+                self._dead_letter(Rejection(f"detector_error: {type(exc).__name__}: {exc}"[:500],
+                                            payloads.get((p, o), b""), topic, p, o, model), out)
+            return
+        for p in np.unique(batch.partition).tolist():
+            st.mark(topic, p, int(batch.offset[batch.partition == p].max()))
+        st.last_seen, st.dirty = time.time(), True
+        self.metrics.observe_batch(model, batch, time.perf_counter() - t0)
+
+    def _feed(self, st: ModelState, batch: EventBatch, topic: str, out: Output) -> None:
+        n = len(batch)
+        if st.monitor is None:
+            st.buffer_for_reference(batch)
+            st.events_applied += n
+            out.applied += n
+            if st.pending_rows >= self.auto_reference_events:
+                ref = st.build_reference(bins=self.reference_bins)
+                self.references[st.model] = ref
+                st.reference, st.monitor = ref, ModelMonitor(ref, self.config)
+                out.references.append(ref)
+                self.metrics.references_built.labels(st.model, "first-events").inc()
+                log.info("model %s: built reference %s from its first %d events",
+                         st.model, ref.reference_id, ref.size)
+            return
+        evals = st.monitor.update(batch)
+        late = st.monitor.last_late_rows
+        applied = n - int(late.size)
+        st.events_applied += applied
+        out.applied += applied
+        if late.size:
+            st.events_late += int(late.size)
+            for i in late.tolist():
+                out.dead_letters.append(Rejection(
+                    "late: event time behind the model's watermark (or missing)",
+                    b"", topic, int(batch.partition[i]), int(batch.offset[i]), st.model))
+            st.events_deadlettered += int(late.size)
+            self.metrics.deadletter.labels("late").inc(int(late.size))
+        for ev in evals:
+            self.metrics.observe_evaluation(st.model, ev)
+            for a in ev.alerts:
+                out.alerts.append(a)
+                if a.state == "firing":
+                    st.alerts_fired += 1
+                self.metrics.alerts.labels(a.model, a.kind, a.state).inc()
+
+    def _last_before_batch(self, st: ModelState, topic: str, partition: int) -> int:
+        """The model's last applied offset as it was when this batch began."""
+        key = (st.model, partition)
+        if key not in self._prior:
+            self._prior[key] = st.last_offset(topic, partition)
+        return self._prior[key]
+
+    def _dead_letter(self, rej: Rejection, out: Output) -> None:
+        owner = rej.model if rej.model else f"{UNATTRIBUTED}{rej.partition}"
+        st = self.state_of(owner)
+        if st is None:  # model limit reached: count it under the partition
+            st = self.state_of(f"{UNATTRIBUTED}{rej.partition}")
+        assert st is not None
+        if rej.offset >= 0 and rej.offset <= self._last_before_batch(st, rej.topic, rej.partition):
+            out.skipped_replays += 1
+            return
+        out.dead_letters.append(rej)
+        st.events_deadlettered += 1
+        if rej.offset >= 0:
+            st.mark(rej.topic, rej.partition, rej.offset)
+        st.dirty = True
+        self.metrics.deadletter.labels(rej.reason.split(":", 1)[0]).inc()
+
+    def tick(self, now: float, idle_timeout: float | None) -> list[DriftAlert]:
+        """Idle timeout: evaluate quiet models whose panes would otherwise never close."""
+        alerts: list[DriftAlert] = []
+        if idle_timeout is None:
+            return alerts
+        for st in self.models.values():
+            if st.monitor is None or not st.last_seen:
+                continue
+            for ev in st.monitor.tick(now, idle_timeout, st.last_seen):
+                self.metrics.observe_evaluation(st.model, ev)
+                alerts += ev.alerts
+                st.dirty = True
+        return alerts
+
+
+def _rows(b: EventBatch, idx: np.ndarray) -> EventBatch:
+    """A sub-batch of the given rows."""
+    def take(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else a[idx]
+
+    return EventBatch(
+        model=b.model, feature_names=b.feature_names, numeric=b.numeric[idx], text=take(b.text),
+        ts=b.ts[idx], prediction_score=b.prediction_score[idx],
+        prediction_label=take(b.prediction_label), event_id=b.event_id[idx],
+        model_version=b.model_version[idx], segment=b.segment[idx], latency_ms=b.latency_ms[idx],
+        partition=b.partition[idx], offset=b.offset[idx], shadow_of=take(b.shadow_of),
+        trace_id=take(b.trace_id), outcome=take(b.outcome),
+    )
