@@ -1,0 +1,1 @@
+"""Benchmarks of driftline against its baselines, run by `driftline bench`."""

@@ -1,0 +1,382 @@
+"""The worker: a consumer-group member that feeds whole batches to the processor.
+
+Commit order per batch (at-least-once delivery, exactly-once effect on state):
+
+1. apply the batch to the models' windows (replays at or below a model's last applied
+   offset are skipped),
+2. produce alerts and dead letters, and wait for their acknowledgement,
+3. every ``snapshot_interval_s`` (and on revoke and shutdown): produce the dirty models'
+   snapshots and status records, wait for their acknowledgement,
+4. only then commit the consumed offsets, so a committed offset never passes what the
+   acknowledged snapshots cover.
+
+A crash between any two steps loses nothing; at worst an alert or dead letter repeats,
+recognisable by its deterministic id or its source offset.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from prometheus_client import CollectorRegistry
+
+from driftline.detectors.errors import DriftlineError
+from driftline.detectors.reference import ReferenceProfile
+from driftline.schemas.codecs import encode_alert, encode_dead_letter
+from driftline.schemas.models import DriftAlert, Rejection
+from driftline.streams.admin import TopicSpec, ensure_topics, read_compacted
+from driftline.streams.kafka_config import consumer_config, producer_config
+from driftline.streams.metrics import WorkerMetrics
+from driftline.streams.model_state import ModelState
+from driftline.streams.processor import UNATTRIBUTED, Incoming, Processor
+from driftline.streams.settings import Settings
+
+log = logging.getLogger("driftline.worker")
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """Every topic driftline uses, with its intended partition count and policy."""
+    s, p, rf = settings, settings.partitions, settings.replication_factor
+    return [
+        TopicSpec(s.inference_topic, p, replication_factor=rf),
+        TopicSpec(s.labels_topic, p, replication_factor=rf),
+        TopicSpec(s.references_topic, 1, compact=True, replication_factor=rf),
+        TopicSpec(s.alerts_topic, p, replication_factor=rf),
+        TopicSpec(s.deadletter_topic, p, replication_factor=rf),
+        TopicSpec(s.changes_topic, 1, replication_factor=rf),
+        TopicSpec(s.state_topic, p, compact=True, replication_factor=rf),
+        TopicSpec(s.status_topic, 1, compact=True, replication_factor=rf),
+    ]
+
+
+@dataclass
+class WorkerStats:
+    """Counts since the worker started (the live progress line reads them)."""
+
+    consumed: int = 0
+    applied: int = 0
+    alerts: int = 0
+    dead_letters: int = 0
+    skipped_replays: int = 0
+    snapshots: int = 0
+    commits: int = 0
+    started: float = field(default_factory=time.time)
+    last_alert: DriftAlert | None = None
+
+
+class Worker:
+    """One driftline worker process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: CollectorRegistry,
+        *,
+        owner: str | None = None,
+        on_alert: Callable[[DriftAlert], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = WorkerMetrics(registry)
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
+        self.on_alert = on_alert
+        self.stats = WorkerStats()
+        self._stop = threading.Event()
+        self._snapshots: dict[str, bytes] = {}
+        self._positions: dict[tuple[str, int], int] = {}  # next offset to commit
+        self._assigned: set[int] = set()
+        self._delivery_errors: list[str] = []
+        self._last_snapshot = time.monotonic()
+        self._ready = threading.Event()
+        key = settings.snapshot_key.get_secret_value().encode() if settings.snapshot_key else None
+        self._key = key
+        self.processor = Processor(
+            config=settings.monitor_config(),
+            limits=settings.limits(),
+            metrics=self.metrics,
+            auto_reference_events=settings.auto_reference_events,
+            reference_bins=settings.reference_bins,
+            max_models=settings.max_models,
+            snapshot_loader=self._snapshots.get,
+            snapshot_key=key,
+        )
+        base = settings.kafka()
+        self._producer = Producer(producer_config(
+            base, **{"client.id": f"{settings.client_id}-worker", "message.max.bytes": 16_777_216}))
+        self._consumer: Consumer | None = None
+        self._refs: Consumer | None = None
+        self._base = base
+
+    # -- lifecycle ---------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def run(self, duration: float | None = None) -> WorkerStats:
+        """Consume until :meth:`request_stop` (or ``duration`` seconds); then shut down."""
+        s = self.settings
+        created = ensure_topics(self._base, topic_specs(s))
+        if created:
+            log.info("created topics: %s", ", ".join(created))
+        self._start_references()
+        self._consumer = Consumer(consumer_config(
+            self._base, s.group_id,
+            **{"client.id": f"{s.client_id}-{self.owner}",
+               "statistics.interval.ms": 5000,
+               "stats_cb": self._on_stats,
+               "error_cb": self._on_error}))
+        self._consumer.subscribe([s.inference_topic], on_assign=self._on_assign,
+                                 on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        deadline = None if duration is None else time.monotonic() + duration
+        self._ready.set()
+        last_tick = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                msgs = self._consumer.consume(num_messages=s.batch_max_messages,
+                                              timeout=s.batch_timeout_s)
+                self._poll_references(0)
+                if msgs:
+                    self._handle(msgs)
+                now = time.monotonic()
+                if now - last_tick >= 1.0:
+                    last_tick = now
+                    self._emit(self.processor.tick(time.time(), s.idle_timeout_s), [])
+                if now - self._last_snapshot >= s.snapshot_interval_s:
+                    self.checkpoint()
+        finally:
+            self._shutdown()
+        return self.stats
+
+    def _shutdown(self) -> None:
+        try:
+            self.checkpoint()
+        except (KafkaException, DriftlineError) as exc:
+            log.error("final checkpoint failed: %s", exc)
+        if self._consumer is not None:
+            self._consumer.close()
+        if self._refs is not None:
+            self._refs.close()
+        self._producer.flush(10)
+        self._ready.clear()
+
+    # -- the batch ---------------------------------------------------------------------
+    def _handle(self, msgs: list[Message]) -> None:
+        t0 = time.perf_counter()
+        batch: list[Incoming] = []
+        nbytes: dict[str, int] = {}
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consume: %s", err)
+                continue
+            value = m.value() or b""
+            ts_type, ts_ms = m.timestamp()
+            batch.append(Incoming(m.topic(), m.partition(), m.offset(), value,
+                                  ts_ms / 1000.0 if ts_type else math.nan))
+            key = (m.topic(), m.partition())
+            self._positions[key] = max(self._positions.get(key, 0), m.offset() + 1)
+            k = m.key()
+            if k is not None:
+                name = k.decode("utf-8", "replace")
+                nbytes[name] = nbytes.get(name, 0) + len(value)
+        if not batch:
+            return
+        out = self.processor.process(batch)
+        for model, n in nbytes.items():
+            if model in self.processor.models:
+                self.metrics.bytes.labels(model).inc(n)
+        for ref in out.references:
+            self._publish_reference(ref)
+        self._emit(out.alerts, out.dead_letters)
+        self.stats.consumed += len(batch)
+        self.stats.applied += out.applied
+        self.stats.skipped_replays += out.skipped_replays
+        self.metrics.batch_size.observe(len(batch))
+        self.metrics.batch_duration.observe(time.perf_counter() - t0)
+
+    def _emit(self, alerts: list[DriftAlert], dead: list[Rejection]) -> None:
+        """Produce alerts and dead letters and wait until the broker has them."""
+        if not alerts and not dead:
+            return
+        s = self.settings
+        for a in alerts:
+            self._producer.produce(s.alerts_topic, encode_alert(a), key=a.model.encode(),
+                                   on_delivery=self._on_delivery)
+            self.stats.alerts += 1
+            self.stats.last_alert = a
+            if self.on_alert is not None:
+                self.on_alert(a)
+            log.warning("alert %s %s model=%s kind=%s feature=%s %s=%.3g threshold=%.3g id=%s",
+                        a.kind, a.state, a.model, a.kind, a.feature, a.statistic, a.score,
+                        a.threshold, a.alert_id)
+        now = time.time()
+        for d in dead:
+            self._producer.produce(s.deadletter_topic, encode_dead_letter(d, now),
+                                   key=d.model.encode() if d.model else None,
+                                   on_delivery=self._on_delivery)
+            self.stats.dead_letters += 1
+        self._flush_acknowledged()
+
+    def _flush_acknowledged(self) -> None:
+        while True:
+            remaining = self._producer.flush(5.0)
+            if remaining == 0:
+                break
+            log.warning("waiting for the broker to acknowledge %d messages", remaining)
+            if self._stop.is_set():
+                break
+        if self._delivery_errors:
+            errors, self._delivery_errors = self._delivery_errors, []
+            raise KafkaException(f"delivery failed: {errors[:3]}")
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._delivery_errors.append(f"{msg.topic()}: {err}")
+
+    # -- state -------------------------------------------------------------------------
+    def checkpoint(self, models: list[str] | None = None) -> None:
+        """Snapshot dirty models (acknowledged), then commit the consumed offsets."""
+        s = self.settings
+        names = models if models is not None else [
+            m for m, st in self.processor.models.items() if st.dirty]
+        positions = dict(self._positions)
+        for m in names:
+            st = self.processor.models.get(m)
+            if st is None:
+                continue
+            blob = st.snapshot(key=self._key)
+            self._producer.produce(s.state_topic, blob, key=m.encode(),
+                                   on_delivery=self._on_delivery)
+            self._producer.produce(s.status_topic, orjson.dumps(self.status_of(st)),
+                                   key=m.encode(), on_delivery=self._on_delivery)
+            self._snapshots[m] = blob
+            st.dirty = False
+            self.stats.snapshots += 1
+        if names:
+            self._flush_acknowledged()
+        self._last_snapshot = time.monotonic()
+        if self._consumer is not None and positions:
+            offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()
+                       if p in self._assigned or t != s.inference_topic]
+            if offsets:
+                try:
+                    self._consumer.commit(offsets=offsets, asynchronous=False)
+                    self.stats.commits += 1
+                except KafkaException as exc:
+                    log.warning("commit failed (will retry at the next checkpoint): %s", exc)
+
+    def status_of(self, st: ModelState) -> dict[str, Any]:
+        return {
+            "model": st.model,
+            "events_applied": st.events_applied,
+            "events_deadlettered": st.events_deadlettered,
+            "events_late": st.events_late,
+            "offsets": st.offsets,
+            "reference": st.reference.reference_id if st.reference else None,
+            "alerts_firing": st.alerts_firing,
+            "alerts_fired": st.alerts_fired,
+            "owner": self.owner,
+            "updated_at": time.time(),
+            "unattributed": st.model.startswith(UNATTRIBUTED),
+        }
+
+    # -- rebalancing -------------------------------------------------------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        mine = {tp.partition for tp in partitions if tp.topic == self.settings.inference_topic}
+        self._assigned |= mine
+        try:
+            blobs = read_compacted(self._base, self.settings.state_topic, timeout=60)
+            self._snapshots = {k.decode(): v for k, v in blobs.items()}
+            self.processor.snapshot_loader = self._snapshots.get
+        except (KafkaException, TimeoutError) as exc:
+            log.error("could not read model snapshots: %s", exc)
+        log.info("assigned partitions %s (%d model snapshots known)", sorted(mine),
+                 len(self._snapshots))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        gone = {tp.partition for tp in partitions if tp.topic == self.settings.inference_topic}
+        topic = self.settings.inference_topic
+        leaving = [
+            m for m, st in self.processor.models.items()
+            if any(k.rsplit(":", 1)[0] == topic and int(k.rsplit(":", 1)[1]) in gone
+                   for k in st.offsets)
+        ]
+        try:
+            self.checkpoint()
+        except KafkaException as exc:
+            log.error("checkpoint on revoke failed: %s", exc)
+        self.processor.drop(leaving)
+        for p in gone:
+            self._positions.pop((topic, p), None)
+        self._assigned -= gone
+        log.info("revoked partitions %s; dropped %d models", sorted(gone), len(leaving))
+
+    # -- references --------------------------------------------------------------------
+    def _start_references(self) -> None:
+        s = self.settings
+        self._refs = Consumer({
+            **self._base, "group.id": f"driftline-refs-{self.owner}", "enable.auto.commit": False,
+            "enable.partition.eof": True, "auto.offset.reset": "earliest",
+            "fetch.queue.backoff.ms": 10})
+        self._refs.assign([TopicPartition(s.references_topic, 0, -2)])
+        deadline = time.monotonic() + 30
+        self._refs_eof = False
+        while not self._refs_eof and time.monotonic() < deadline:
+            self._poll_references(0.5)
+
+    def _poll_references(self, timeout: float) -> None:
+        if self._refs is None:
+            return
+        for m in self._refs.consume(num_messages=100, timeout=timeout):
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    self._refs_eof = True
+                continue
+            value = m.value()
+            if value is None:
+                continue
+            try:
+                profile = ReferenceProfile.from_json(value)
+            except DriftlineError as exc:
+                log.error("ignoring invalid reference at offset %d: %s", m.offset(), exc)
+                continue
+            if self.processor.set_reference(profile):
+                log.info("reference %s for model %s (source %s)", profile.reference_id,
+                         profile.model, profile.source)
+
+    def _publish_reference(self, ref: ReferenceProfile) -> None:
+        self._producer.produce(self.settings.references_topic, ref.to_json(),
+                               key=ref.model.encode(), on_delivery=self._on_delivery)
+
+    # -- callbacks ---------------------------------------------------------------------
+    def _on_stats(self, raw: str) -> None:
+        try:
+            stats = orjson.loads(raw)
+            for tname, t in stats.get("topics", {}).items():
+                for pid, p in t.get("partitions", {}).items():
+                    if int(pid) < 0 or int(pid) not in self._assigned:
+                        continue
+                    lag = p.get("consumer_lag", -1)
+                    if lag is not None and lag >= 0:
+                        self.metrics.consumer_lag.labels(tname, pid).set(lag)
+        except (orjson.JSONDecodeError, ValueError, TypeError):
+            return
+
+    def _on_error(self, err: KafkaError) -> None:
+        log.warning("kafka: %s", err)
