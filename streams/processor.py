@@ -187,11 +187,12 @@ class Processor:
         self.metrics.observe_batch(model, batch, time.perf_counter() - t0)
 
     def _feed(self, st: ModelState, batch: EventBatch, topic: str, out: Output) -> None:
-        n = len(batch)
         if st.monitor is None:
-            st.buffer_for_reference(batch)
-            st.events_applied += n
-            out.applied += n
+            need = self.auto_reference_events - st.pending_rows
+            head = batch if len(batch) <= need else _rows(batch, np.arange(need))
+            st.buffer_for_reference(head)
+            st.events_applied += len(head)
+            out.applied += len(head)
             if st.pending_rows >= self.auto_reference_events:
                 ref = st.build_reference(bins=self.reference_bins)
                 self.references[st.model] = ref
@@ -200,7 +201,10 @@ class Processor:
                 self.metrics.references_built.labels(st.model, "first-events").inc()
                 log.info("model %s: built reference %s from its first %d events",
                          st.model, ref.reference_id, ref.size)
-            return
+            if len(head) == len(batch):
+                return
+            batch = _rows(batch, np.arange(need, len(batch)))
+        n = len(batch)
         evals = st.monitor.update(batch)
         late = st.monitor.last_late_rows
         applied = n - int(late.size)

@@ -1,0 +1,199 @@
+"""End to end on a real broker: SDK and foreign producers in, alerts and dead letters out."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import orjson
+import pytest
+from kafka import KafkaProducer
+from prometheus_client import CollectorRegistry
+
+from driftline.schemas.codecs import decode_dead_letter
+from driftline.streams.admin import ensure_topics, iter_to_end
+from driftline.streams.cli.kafka_commands import collect_status
+from driftline.streams.metrics import MetricsServer
+from driftline.streams.producer import DriftlineProducer
+from driftline.streams.settings import Settings
+from driftline.streams.subscriber import AlertSubscriber
+from driftline.streams.synthetic import DriftSpec, SyntheticModels
+from driftline.streams.worker import Worker, topic_specs
+
+pytestmark = pytest.mark.integration
+
+
+def make_settings(bootstrap: str, unique: Callable[[str], str], **kw: Any) -> Settings:
+    prefix = unique("dl")
+    return Settings(
+        bootstrap_servers=bootstrap,
+        group_id=f"{prefix}.group",
+        inference_topic=f"{prefix}.inference",
+        labels_topic=f"{prefix}.labels",
+        references_topic=f"{prefix}.references",
+        alerts_topic=f"{prefix}.alerts",
+        deadletter_topic=f"{prefix}.deadletter",
+        changes_topic=f"{prefix}.changes",
+        state_topic=f"{prefix}.state",
+        status_topic=f"{prefix}.status",
+        partitions=4,
+        auto_reference_events=3000,
+        pane_size=500,
+        min_samples=1000,
+        snapshot_interval_s=0.5,
+        batch_timeout_s=0.05,
+        **kw,
+    )
+
+
+class RunningWorker:
+    def __init__(self, settings: Settings) -> None:
+        self.registry = CollectorRegistry()
+        self.worker = Worker(settings, self.registry)
+        self.server = MetricsServer(self.registry, "127.0.0.1", 0).start()
+        self.thread = threading.Thread(target=self.worker.run, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.worker.request_stop()
+        self.thread.join(30)
+        self.server.stop()
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture
+def start_worker() -> Iterator[Callable[[Settings], RunningWorker]]:
+    running: list[RunningWorker] = []
+
+    def start(settings: Settings) -> RunningWorker:
+        w = RunningWorker(settings)
+        running.append(w)
+        return w
+
+    yield start
+    for w in running:
+        if w.thread.is_alive():
+            w.stop()
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def produce_sdk(settings: Settings, gen: SyntheticModels, per_model: int, chunk: int = 500) -> int:
+    n = 0
+    with DriftlineProducer(settings.kafka(), settings.inference_topic, batch_size=250) as p:
+        for _ in range(0, per_model, chunk):
+            for m in gen.models:
+                for ev in gen.events(m, chunk):
+                    assert p.emit_event(ev)
+                    n += 1
+        assert p.flush(30) == 0
+    return n
+
+
+def test_drift_alert_names_the_feature_and_no_drift_stays_silent(
+    kafka_bootstrap: str, unique_name: Callable[[str], str], start_worker: Any
+) -> None:
+    s = make_settings(kafka_bootstrap, unique_name)
+    ensure_topics(s.kafka(), topic_specs(s))
+    w = start_worker(s)
+    wait_for(lambda: w.worker.ready, 30, "worker ready")
+    gen = SyntheticModels(3, seed=4, drift=(DriftSpec("model-1", "f7", 8000, 1.0),))
+    sent = produce_sdk(s, gen, 16_000)
+    wait_for(lambda: w.worker.stats.applied >= sent, 90, f"{sent} events applied")
+    alerts = list(AlertSubscriber(s.kafka(), s.alerts_topic, timeout=30))
+    firing = [a for a in alerts if a.state == "firing"]
+    assert firing, "no alert on the alerts topic"
+    assert {a.model for a in firing} == {"model-1"}
+    a = firing[0]
+    assert a.feature == "f7" and a.kind == "data"
+    assert a.score > a.threshold and a.window.n >= 1000
+    assert a.reference and a.reference.startswith("model-1@")
+    assert a.top_features[0].name == "f7"
+
+    # metrics seen by a real scrape, and valid exposition format
+    body = urllib.request.urlopen(f"http://127.0.0.1:{w.server.port}/metrics", timeout=10).read()
+    text = body.decode()
+    assert 'driftline_worker_events_total{model="model-1"}' in text
+    assert 'driftline_drift_state{feature="f7",kind="data",model="model-1"} 1.0' in text
+    assert "driftline_serving_latency_seconds_bucket" in text
+    promtool = shutil.which("promtool")
+    if promtool:
+        res = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True,
+                             timeout=30)
+        assert res.returncode == 0, res.stdout.decode() + res.stderr.decode()
+    w.stop()
+    st = collect_status(s)
+    applied = {m["model"]: m["events_applied"] for m in st["models"]}
+    assert applied == {m: 16_000 for m in gen.models}
+
+
+def test_foreign_producer_bad_events_and_dead_letters(
+    kafka_bootstrap: str, unique_name: Callable[[str], str], start_worker: Any
+) -> None:
+    s = make_settings(kafka_bootstrap, unique_name)
+    ensure_topics(s.kafka(), topic_specs(s))
+    w = start_worker(s)
+    wait_for(lambda: w.worker.ready, 30, "worker ready")
+    kp = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=5)
+    gen = SyntheticModels(1, seed=1, prefix="raw-")
+    good = 0
+    for ev in gen.events("raw-0", 4000):
+        kp.send(s.inference_topic, key=b"raw-0", value=orjson.dumps(ev))
+        good += 1
+    bad = [b"{not json", b"[1,2,3]", orjson.dumps({"model": "raw-0"}),
+           orjson.dumps({"model": "raw-0", "features": {"f0": [1, 2]}}), b"\xff\xfe\x00"]
+    for b in bad:
+        kp.send(s.inference_topic, key=b"raw-0", value=b)
+    kp.flush(30)
+    kp.close()
+    wait_for(lambda: w.worker.stats.applied >= good and w.worker.stats.dead_letters >= len(bad),
+             60, "events applied and dead-lettered")
+    letters = [decode_dead_letter(m.value()) for m in iter_to_end(s.kafka(), s.deadletter_topic)]
+    assert len(letters) == len(bad)
+    assert all(d["reason"] and d["offset"] >= 0 and d["topic"] == s.inference_topic
+               for d in letters)
+    codes = sorted(d["reason_code"] for d in letters)
+    assert codes.count("invalid_json") == 2 and "schema" in codes
+    w.stop()
+    st = collect_status(s)
+    assert st["deadletter_total"] == len(bad)
+    assert {m["model"]: m["events_applied"] for m in st["models"]} == {"raw-0": good}
+
+
+def test_restart_resumes_windows_from_snapshots(
+    kafka_bootstrap: str, unique_name: Callable[[str], str], start_worker: Any
+) -> None:
+    s = make_settings(kafka_bootstrap, unique_name)
+    ensure_topics(s.kafka(), topic_specs(s))
+    gen = SyntheticModels(2, seed=2)
+    w1 = start_worker(s)
+    wait_for(lambda: w1.worker.ready, 30, "worker ready")
+    first = produce_sdk(s, gen, 6000)
+    wait_for(lambda: w1.worker.stats.applied >= first, 60, "first half applied")
+    before = {m: (st.monitor.ring.seq if st.monitor else 0, st.reference.reference_id
+                  if st.reference else None) for m, st in w1.worker.processor.models.items()}
+    w1.stop()
+    w2 = start_worker(s)
+    wait_for(lambda: w2.worker.ready, 30, "second worker ready")
+    second = produce_sdk(s, gen, 4000)
+    wait_for(lambda: w2.worker.stats.applied >= second, 60, "second half applied")
+    procs = w2.worker.processor.models
+    for m, (seq, ref_id) in before.items():
+        assert procs[m].reference is not None and procs[m].reference.reference_id == ref_id
+        assert procs[m].monitor is not None and procs[m].monitor.ring.seq == seq + 4000
+    assert w2.worker.stats.applied == second  # nothing from the first run was re-applied
+    w2.stop()
+    st = collect_status(s)
+    assert {m["model"]: m["events_applied"] for m in st["models"]} == {m: 10_000 for m in gen.models}
