@@ -109,7 +109,7 @@ class Worker:
             snapshot_loader=self._snapshots.get,
             snapshot_key=key,
         )
-        base = settings.kafka()
+        base: dict[str, Any] = {**settings.kafka(), "logger": logging.getLogger("driftline.kafka")}
         self._producer = Producer(producer_config(
             base, **{"client.id": f"{settings.client_id}-worker", "message.max.bytes": 16_777_216}))
         self._consumer: Consumer | None = None

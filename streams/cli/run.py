@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -134,10 +135,11 @@ def up(
                             + ", ".join(f.name for f in a.top_features[:3]))
                     st = w.stats
                     elapsed = max(time.time() - st.started, 1e-9)
-                    console.print(
+                    sys.stderr.write(
                         f"\r{now - t_start:5.0f} s  produced {produced:>9,}  applied "
                         f"{st.applied:>9,} ({st.applied / elapsed:,.0f} ev/s)  models "
-                        f"{len(w.processor.models)}  alerts {len(firing)}", end="")
+                        f"{len(w.processor.models)}  alerts {len(firing)}  ")
+                    sys.stderr.flush()
                 time.sleep(max(0.0, next_t - time.monotonic()))
         finally:
             console.print()
