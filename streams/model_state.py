@@ -87,10 +87,12 @@ class ModelState:
         pred = _column(preds)
         has_pred = any(p is not None and not (isinstance(p, float) and np.isnan(p)) for p in preds)
         version = next((v for b in batches for v in b.model_version.tolist() if v), None)
+        ts = [float(np.nanmax(b.ts)) for b in batches if np.isfinite(b.ts).any()]
         self.pending_reference, self.pending_rows = [], 0
+        # created_at from the events, so a rebuild after a restart gives the same reference id
         return build_profile(
             self.model, columns, prediction=pred if has_pred else None, model_version=version,
-            source="first-events", bins=bins,
+            source="first-events", bins=bins, created_at=max(ts) if ts else 0.0,
         )
 
     # -- snapshot ----------------------------------------------------------------------
@@ -160,6 +162,7 @@ def _batch_rows(b: EventBatch) -> dict[str, Any]:
         "score": [None if np.isnan(v) else v for v in b.prediction_score.tolist()],
         "label": None if b.prediction_label is None else b.prediction_label.tolist(),
         "version": b.model_version.tolist(),
+        "ts": [None if v != v else v for v in b.ts.tolist()],
     }
 
 
@@ -173,7 +176,8 @@ def _rows_batch(model: str, d: dict[str, Any]) -> EventBatch:
     label = None if d.get("label") is None else np.asarray(d["label"], dtype=object)
     none = np.full(n, None, dtype=object)
     return EventBatch(
-        model=model, feature_names=names, numeric=numeric, text=text, ts=np.full(n, np.nan),
+        model=model, feature_names=names, numeric=numeric, text=text,
+        ts=np.asarray([np.nan if v is None else v for v in d.get("ts") or [None] * n], dtype=float),
         prediction_score=np.asarray([np.nan if v is None else v for v in d["score"]], dtype=float),
         prediction_label=label, event_id=none, model_version=np.asarray(d["version"], dtype=object),
         segment=none.copy(), latency_ms=np.full(n, np.nan), partition=np.full(n, -1, np.int64),

@@ -1,0 +1,152 @@
+"""The transport-free batch processor: exactly-once effect, dead letters, limits."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+from prometheus_client import CollectorRegistry
+
+from driftline.detectors.monitor import MonitorConfig
+from driftline.schemas.codecs import encode_envelope_rows
+from driftline.schemas.limits import Limits
+from driftline.streams.metrics import WorkerMetrics
+from driftline.streams.model_state import ModelState
+from driftline.streams.processor import Incoming, Processor
+from driftline.streams.synthetic import DriftSpec, SyntheticModels
+
+TOPIC = "inference"
+
+
+def processor(**kw: object) -> Processor:
+    args: dict[str, object] = dict(
+        config=MonitorConfig(pane_size=500, min_samples=1000, calibration_rounds=50),
+        limits=Limits(), metrics=WorkerMetrics(CollectorRegistry()), auto_reference_events=2000)
+    args.update(kw)
+    return Processor(**args)  # type: ignore[arg-type]
+
+
+def envelopes(gen: SyntheticModels, rounds: int, per: int = 250, partition_of=None):
+    msgs, off = [], {}
+    for _ in range(rounds):
+        for m in gen.models:
+            p = partition_of(m) if partition_of else 0
+            evs = [{k: v for k, v in e.items() if k != "model"} for e in gen.events(m, per)]
+            o = off.get(p, 0)
+            off[p] = o + 1
+            msgs.append(Incoming(TOPIC, p, o, encode_envelope_rows(m, evs)))
+    return msgs
+
+
+def test_replayed_messages_are_applied_once() -> None:
+    gen = SyntheticModels(2, seed=3)
+    msgs = envelopes(gen, 40, partition_of=lambda m: int(m[-1]))
+    p = processor()
+    first = p.process(msgs[:50])
+    again = p.process(msgs[:60])  # a replay from an older committed offset
+    rest = p.process(msgs[60:])
+    assert first.applied == 50 * 250
+    assert again.applied == 10 * 250 and again.skipped_replays == 50 * 250
+    assert first.applied + again.applied + rest.applied == 80 * 250
+    assert {m: st.events_applied for m, st in p.models.items()} == {"model-0": 10_000,
+                                                                     "model-1": 10_000}
+
+
+def test_reference_built_from_exactly_the_first_n_events() -> None:
+    gen = SyntheticModels(1, seed=1)
+    p = processor()
+    msgs = envelopes(gen, 3, per=1500)  # the second envelope straddles N = 2,000
+    out = p.process(msgs)
+    (ref,) = out.references
+    assert ref.size == 2000 and ref.source == "first-events"
+    st = p.models["model-0"]
+    assert st.monitor is not None and st.monitor.ring.seq == 2500
+    assert st.events_applied == 4500
+
+
+def test_snapshot_round_trip_of_model_state_is_exact() -> None:
+    gen = SyntheticModels(1, seed=5, drift=(DriftSpec("model-0", "f2", 6000, 1.0),))
+    msgs = envelopes(gen, 40)
+    a = processor()
+    a.process(msgs[:20])
+    st = a.models["model-0"]
+    blob = st.snapshot()
+    restored = ModelState.restore(blob, st.reference, a.config)
+    assert restored.snapshot() == blob
+    b = processor(snapshot_loader={"model-0": blob}.get)
+    b.references["model-0"] = st.reference  # as read from the references topic
+    out_a = a.process(msgs[20:])
+    out_b = b.process(msgs[20:])
+    assert [x.alert_id for x in out_a.alerts] == [x.alert_id for x in out_b.alerts]
+    assert out_a.alerts, "the drift after 6,000 events should alert"
+    assert a.models["model-0"].snapshot() == b.models["model-0"].snapshot()
+
+
+def test_pending_reference_buffer_survives_a_restart() -> None:
+    gen = SyntheticModels(1, seed=2)
+    msgs = envelopes(gen, 12)
+    a = processor()
+    a.process(msgs[:4])  # 1,000 of 2,000 reference events
+    blob = a.models["model-0"].snapshot()
+    b = processor(snapshot_loader={"model-0": blob}.get)
+    out = b.process(msgs[4:8])
+    assert len(out.references) == 1 and out.references[0].size == 2000
+    ref_a = a.process(msgs[4:8]).references[0]
+    assert ref_a.reference_id == out.references[0].reference_id
+
+
+def test_bad_input_is_dead_lettered_and_counted_once() -> None:
+    p = processor()
+    bad = [Incoming(TOPIC, 0, 0, b"{oops"), Incoming(TOPIC, 0, 1, b"[]"),
+           Incoming(TOPIC, 0, 2, orjson.dumps({"model": "m", "features": {"x": {"a": 1}}}))]
+    out = p.process(bad)
+    assert len(out.dead_letters) == 3
+    assert all(d.reason and d.offset in (0, 1, 2) for d in out.dead_letters)
+    again = p.process(bad)
+    assert again.dead_letters == [] and again.skipped_replays == 3
+    total = sum(st.events_deadlettered for st in p.models.values())
+    assert total == 3
+
+
+def test_model_limit_dead_letters_new_models() -> None:
+    p = processor(max_models=2)
+    gen = SyntheticModels(3, seed=0)
+    out = p.process(envelopes(gen, 1))
+    assert sorted(m for m in p.models if not m.startswith("~")) == ["model-0", "model-1"]
+    assert [d.reason.split(":")[0] for d in out.dead_letters] == ["too_many_models"]
+
+
+def test_detector_error_is_dead_lettered_and_the_partition_keeps_flowing() -> None:
+    gen = SyntheticModels(2, seed=0)
+    p = processor()
+    p.process(envelopes(gen, 8))
+    st = p.models["model-0"]
+
+    def boom(batch: object) -> list[object]:
+        raise ValueError("reference/feature mismatch")
+
+    st.monitor.update = boom  # type: ignore[method-assign,union-attr]
+    msgs = envelopes(gen, 2)
+    msgs = [Incoming(TOPIC, 0, 100 + i, m.value) for i, m in enumerate(msgs)]
+    out = p.process(msgs)
+    assert {d.reason.split(":")[0] for d in out.dead_letters} == {"detector_error"}
+    assert out.applied == 2 * 250  # model-1 still applied
+
+
+def test_late_events_dead_lettered_in_event_time_mode() -> None:
+    cfg = MonitorConfig(pane_seconds=60, panes=3, min_samples=10, calibration_rounds=10)
+    p = processor(config=cfg, auto_reference_events=200)
+    gen = SyntheticModels(1, seed=0)
+    t0 = 1_700_000_040.0
+    evs = gen.events("model-0", 600)
+    for i, e in enumerate(evs):
+        e["ts"] = t0 + i * 0.5
+    late = dict(gen.events("model-0", 1)[0], ts=t0 + 1)
+    msgs = [Incoming(TOPIC, 0, 0, encode_envelope_rows("model-0", [
+        {k: v for k, v in e.items() if k != "model"} for e in evs])),
+        Incoming(TOPIC, 0, 1, orjson.dumps(late))]
+    assert p.process(msgs[:1]).dead_letters == []
+    out = p.process(msgs[1:])  # its pane closed with the first batch's watermark
+    assert [d.reason.split(":")[0] for d in out.dead_letters] == ["late"]
+    st = p.models["model-0"]
+    assert st.events_applied + st.events_deadlettered == 601
+    assert np.isfinite(st.monitor.ring.max_ts)  # type: ignore[union-attr]
