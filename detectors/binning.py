@@ -74,6 +74,7 @@ class Binner:
         n = len(batch)
         out = np.full((n, len(self._columns)), self.layout.missing_bin, dtype=np.int64)
         index = {name: i for i, name in enumerate(batch.feature_names)}
+        columns = np.ascontiguousarray(batch.numeric.T)  # one copy; rows are then contiguous
         for j, col in enumerate(self._columns):
             if self.layout.kinds[j] == "prediction":
                 values = batch.prediction_score
@@ -82,7 +83,7 @@ class Binner:
                 i = index.get(col.name)
                 if i is None:
                     continue
-                values = batch.numeric[:, i]
+                values = columns[i]
                 texts = batch.text[:, i] if batch.text is not None else None
             if isinstance(col, NumericProfile):
                 ok = np.isfinite(values)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import stats
+from scipy import special, stats
 
 from driftline.detectors.stats import chi_square
 
@@ -44,11 +44,11 @@ class Calibration:
         return float(min(0.5, self.spend * max(new_events, 1) / self.target_run_length))
 
     def p_values(self, statistic: Vec, df: Vec) -> Vec:
-        return np.asarray(stats.chi2.sf(statistic / self.scale, np.maximum(df, 1.0)))
+        return np.asarray(special.chdtrc(np.maximum(df, 1.0), statistic / self.scale))
 
     def thresholds(self, df: Vec, alpha: float, family: int) -> Vec:
         """Chi-square thresholds at the Bonferroni level (reported in alerts and metrics)."""
-        return np.asarray(self.scale * stats.chi2.isf(alpha / max(family, 1), np.maximum(df, 1.0)))
+        return np.asarray(self.scale * special.chdtri(np.maximum(df, 1.0), alpha / max(family, 1)))
 
     def decide(self, p: Vec, alpha: float) -> NDArray[np.bool_]:
         """Which tests reject at family-wise level ``alpha`` (NaN p-values never reject)."""

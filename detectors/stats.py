@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import special, stats
+from scipy import special
 
 Counts = NDArray[np.int64] | NDArray[np.float64]
 Vec = NDArray[np.float64]
@@ -64,7 +64,7 @@ def chi_square(ref: Counts, win: Counts) -> ChiSquare:
     stat = terms.sum(axis=-1)
     df = np.maximum(used.sum(axis=-1) - 1, 0).astype(np.float64)
     valid = (df > 0) & (nr[:, 0] > 0) & (nw[:, 0] > 0)
-    p = np.where(valid, stats.chi2.sf(stat, np.maximum(df, 1.0)), 1.0)
+    p = np.where(valid, special.chdtrc(np.maximum(df, 1.0), stat), 1.0)
     return ChiSquare(np.where(valid, stat, 0.0), df, np.asarray(p, dtype=np.float64))
 
 
@@ -90,7 +90,7 @@ def ks_binned(
     nr = np.asarray(ref, dtype=np.float64).sum(axis=-1)
     nw = np.asarray(win, dtype=np.float64).sum(axis=-1)
     en = np.divide(nr * nw, nr + nw, out=np.zeros_like(nr), where=(nr + nw) > 0)
-    p = stats.kstwobign.sf(d * np.sqrt(en))
+    p = special.kolmogorov(d * np.sqrt(en))
     return np.where(numeric, d, np.nan), np.where(numeric & (en > 0), p, np.nan)
 
 
