@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from driftline.detectors.binning import Binner
 from driftline.detectors.exact import ks_2samp
@@ -13,7 +14,6 @@ from driftline.detectors.monitor import ModelMonitor, MonitorConfig
 from driftline.detectors.reference import NumericProfile, ReferenceProfile, build_profile
 from driftline.detectors.stats import chi_square, jensen_shannon, ks_binned, psi
 from driftline.detectors.tables import Table, to_batch
-from scipy import stats
 
 
 @dataclass(frozen=True)

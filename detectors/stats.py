@@ -22,7 +22,8 @@ _EPS = 1e-4
 def _proportions(counts: Counts) -> Vec:
     c = np.asarray(counts, dtype=np.float64)
     tot = c.sum(axis=-1, keepdims=True)
-    return np.divide(c, tot, out=np.zeros_like(c), where=tot > 0)
+    out: Vec = np.divide(c, tot, out=np.zeros_like(c), where=tot > 0)
+    return out
 
 
 def psi(ref: Counts, win: Counts) -> Vec:

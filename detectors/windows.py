@@ -202,7 +202,8 @@ class PaneRing:
                     np.stack([p.sums[k] for p in panes]) if panes else np.zeros((0, *s), dtype=d)
                 )
         max_ts = self.max_ts if math.isfinite(self.max_ts) else None  # JSON has no infinity
-        meta = {"seq": self.seq, "max_ts": max_ts, "last_closed": self.last_closed}
+        meta: dict[str, object] = {"seq": self.seq, "max_ts": max_ts,
+                                   "last_closed": self.last_closed}
         return meta, arrays
 
     def load(self, meta: Mapping[str, object], arrays: Mapping[str, np.ndarray]) -> None:

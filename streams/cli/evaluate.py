@@ -22,9 +22,11 @@ def _load_reference(path: Path, model: str) -> ReferenceProfile:
 
 
 def evaluate(
-    reference: Path = typer.Option(..., "--reference", "-r", help="CSV/Parquet/NPZ file, or a reference profile JSON"),
+    reference: Path = typer.Option(
+        ..., "--reference", "-r", help="CSV/Parquet/NPZ file, or a reference profile JSON"),
     current: Path = typer.Option(..., "--current", "-c", help="CSV/Parquet/NPZ file to test"),
-    window: int | None = typer.Option(None, "--window", "-w", help="replay CURRENT as a stream with this window (rows)"),
+    window: int | None = typer.Option(
+        None, "--window", "-w", help="replay CURRENT as a stream with this window (rows)"),
     json_out: Path | None = typer.Option(None, "--json", help="write the JSON report here ('-' for stdout)"),
     alpha: float = typer.Option(0.05, help="family-wise significance of the two-sample mode"),
     model: str = typer.Option("offline", help="model name in the report"),

@@ -21,7 +21,12 @@ from driftline.detectors.offline import profile_table
 from driftline.detectors.reference import ReferenceProfile
 from driftline.detectors.tables import read_table
 from driftline.schemas.codecs import alert_to_dict, encode_event
-from driftline.streams.admin import UnknownTopicError, ensure_topics, partition_count, read_compacted
+from driftline.streams.admin import (
+    UnknownTopicError,
+    ensure_topics,
+    partition_count,
+    read_compacted,
+)
 from driftline.streams.kafka_config import redacted
 from driftline.streams.producer import DriftlineProducer
 from driftline.streams.settings import Settings
@@ -45,7 +50,8 @@ def produce(
     duration: float | None = typer.Option(None, help="stop after this many seconds"),
     drift_model: str | None = typer.Option(None, help="model to drift"),
     drift_feature: str = typer.Option("f7", help="feature to drift"),
-    drift_at: float = typer.Option(30.0, help="when the drift starts (seconds, or events with --drift-unit events)"),
+    drift_at: float = typer.Option(
+        30.0, help="when the drift starts (seconds, or events with --drift-unit events)"),
     drift_unit: str = typer.Option("seconds", help="seconds | events"),
     shift: float = typer.Option(1.0, help="drift size in standard deviations"),
     single: bool = typer.Option(False, help="one JSON message per event instead of SDK envelopes"),

@@ -77,7 +77,8 @@ def worker(
 
 
 def up(
-    duration: float | None = typer.Option(None, help="stop after S seconds; exit 0 only if an alert was seen"),
+    duration: float | None = typer.Option(
+        None, help="stop after S seconds; exit 0 only if an alert was seen"),
     models: int = typer.Option(4, help="demo models"),
     rate: int = typer.Option(2000, help="events/s per model"),
     drift_at: float = typer.Option(20.0, help="seconds until drift is injected"),
