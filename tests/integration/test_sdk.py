@@ -1,0 +1,217 @@
+"""Producer SDK and alert subscriber against a real broker.
+
+Topics are created explicitly first (Tansu would auto-create them with 4 partitions).
+Results are read back with a plain confluent-kafka consumer, reading each partition to
+its ``_PARTITION_EOF`` (ListOffsets watermarks are wrong on Tansu).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    Message,
+    Producer,
+    TopicPartition,
+)
+
+from driftline.schemas.codecs import decode_inference, encode_alert
+from driftline.schemas.models import DriftAlert, FeatureScore, WindowInfo
+from driftline.streams.admin import TopicSpec, ensure_topics
+from driftline.streams.producer import DriftlineProducer
+from driftline.streams.subscriber import AlertSubscriber
+
+pytestmark = pytest.mark.integration
+
+
+def read_all(config: Mapping[str, Any], topic: str, partitions: int,
+             timeout: float = 60.0) -> Iterator[Message]:
+    """Every record of ``topic``, each partition read up to its end-of-partition event."""
+    consumer = Consumer({**config, "group.id": f"reader-{topic}", "enable.auto.commit": False,
+                         "enable.partition.eof": True})
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+    open_partitions, deadline = set(range(partitions)), time.monotonic() + timeout
+    try:
+        while open_partitions:
+            assert time.monotonic() < deadline, f"end of {topic} not reached"
+            for msg in consumer.consume(1000, timeout=0.5):
+                err = msg.error()
+                if err is None:
+                    yield msg
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    open_partitions.discard(msg.partition())
+                else:
+                    raise AssertionError(str(err))
+    finally:
+        consumer.close()
+
+
+def test_events_arrive_exactly_once_keyed_by_model(
+    kafka_client_config: dict[str, str], unique_name: Any
+) -> None:
+    topic = unique_name("inference")
+    ensure_topics(kafka_client_config, [TopicSpec(topic, 4)])
+    models = ("fraud", "churn", "ranker")
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(20_000, 5))
+    with DriftlineProducer(kafka_client_config, topic, batch_size=500) as producer:
+        for i in range(20_000):
+            model = models[i % 3]
+            ok = producer.emit(model, {f"f{j}": float(x[i, j]) for j in range(5)}, float(i),
+                               event_id=f"{model}-{i}", model_version="v1")
+            assert ok
+        assert producer.flush(30.0) == 0
+        stats = producer.stats()
+    assert (stats.emitted, stats.delivered, stats.failed, stats.dropped) == (20_000, 20_000, 0, 0)
+    assert stats.envelopes_delivered == stats.envelopes_sent >= 40
+
+    messages = list(read_all(kafka_client_config, topic, 4))
+    assert len(messages) == stats.envelopes_delivered
+    seen: Counter[str] = Counter()
+    partitions: dict[str, set[int]] = defaultdict(set)
+    for msg in messages:
+        key = msg.key().decode()
+        envelope = orjson.loads(msg.value())
+        assert envelope["model"] == key and envelope["model_version"] == "v1"
+        assert len(envelope["events"]) <= 500
+        partitions[key].add(msg.partition())
+        for ev in envelope["events"]:
+            seen[ev["event_id"]] += 1
+            i = int(ev["event_id"].rsplit("-", 1)[1])
+            assert ev["prediction"] == float(i) and ev["features"]["f3"] == float(x[i, 3])
+    assert len(seen) == 20_000 and set(seen.values()) == {1}  # every event exactly once
+    assert seen.keys() == {f"{models[i % 3]}-{i}" for i in range(20_000)}
+    assert all(len(p) == 1 for p in partitions.values())  # keyed: one partition per model
+
+    # the workers' decoder reads the SDK's envelopes as they are
+    decoded = decode_inference([m.value() for m in messages], topic=topic,
+                               partitions=[m.partition() for m in messages],
+                               offsets=[m.offset() for m in messages],
+                               timestamps=[m.timestamp()[1] / 1000 for m in messages])
+    assert decoded.rejections == [] and decoded.events == 20_000
+    assert {m: len(b) for m, b in decoded.batches.items()} == {
+        "fraud": 6667, "churn": 6667, "ranker": 6666}
+
+
+def test_shadow_events_share_the_live_models_partition(
+    kafka_client_config: dict[str, str], unique_name: Any
+) -> None:
+    topic = unique_name("inference")
+    ensure_topics(kafka_client_config, [TopicSpec(topic, 8)])
+    with DriftlineProducer(kafka_client_config, topic, batch_size=50) as producer:
+        for i in range(200):
+            producer.emit("live", {"a": i}, 0.5, event_id=str(i))
+            producer.emit("candidate", {"a": i}, 0.6, event_id=str(i), shadow_of="live")
+        assert producer.flush(30.0) == 0
+    where: dict[str, set[tuple[str, int]]] = defaultdict(set)
+    for msg in read_all(kafka_client_config, topic, 8):
+        where[orjson.loads(msg.value())["model"]].add((msg.key().decode(), msg.partition()))
+    assert where["live"] == where["candidate"] and len(where["live"]) == 1
+
+
+# ------------------------------------------------------------------------- alerts
+
+
+def make_alert(model: str, pane: int, *, kind: str = "data", state: str = "firing") -> DriftAlert:
+    alert_id = hashlib.sha1(f"{model}|{kind}|f1||{pane}|{state}".encode()).hexdigest()[:20]
+    return DriftAlert(
+        alert_id=alert_id, model=model, kind=kind, state=state, detector="psi",
+        statistic="psi", score=0.4, threshold=0.2, feature="f1", p_value=None,
+        window=WindowInfo(start_ts=1000.0, end_ts=1060.0, n=5000, first_offset=0,
+                          last_offset=9, pane=pane),
+        reference="ref-1", severity="warning", created_at=1061.0,
+        top_features=(FeatureScore("f1", "psi", 0.4, 0.2),),
+    )
+
+
+def produce(config: Mapping[str, Any], topic: str, values: list[tuple[str, bytes]]) -> None:
+    p = Producer(dict(config))
+    for key, value in values:
+        p.produce(topic, value, key)
+    assert p.flush(30.0) == 0
+
+
+def encoded(alert: DriftAlert) -> tuple[str, bytes]:
+    return alert.model, encode_alert(alert)
+
+
+def test_alert_subscriber_reads_to_the_end_dedups_and_skips_malformed(
+    kafka_client_config: dict[str, str], unique_name: Any
+) -> None:
+    topic = unique_name("alerts")
+    ensure_topics(kafka_client_config, [TopicSpec(topic, 3)])
+    alerts = [make_alert(m, pane) for m in ("m1", "m2") for pane in range(3)]
+    alerts.append(make_alert("m1", 0, kind="prediction", state="resolved"))
+    values = [encoded(a) for a in alerts]
+    values += [encoded(alerts[0]), encoded(alerts[4])]  # repeats after a worker replay
+    values += [("m1", b"{not json"), ("m2", orjson.dumps({"alert_id": "x"}))]  # malformed
+    produce(kafka_client_config, topic, values)
+
+    with AlertSubscriber(kafka_client_config, topic) as sub:
+        got = list(sub)
+    assert sorted(a.alert_id for a in got) == sorted(a.alert_id for a in alerts)
+    assert {a.alert_id: a for a in got}[alerts[0].alert_id] == alerts[0]  # full round trip
+    assert (sub.duplicates, sub.skipped, sub.yielded) == (2, 2, 7)
+
+    with AlertSubscriber(kafka_client_config, topic, models="m1", kinds=["data"]) as sub:
+        assert sorted(a.window.pane for a in sub) == [0, 1, 2]
+    with AlertSubscriber(kafka_client_config, topic, states="resolved") as sub:
+        assert [a.kind for a in sub] == ["prediction"]
+    with AlertSubscriber(kafka_client_config, topic, from_beginning=False) as sub:
+        assert list(sub) == []  # starts at the end, stops there
+
+
+def test_alert_subscriber_on_a_missing_topic_ends_empty(
+    kafka_client_config: dict[str, str], unique_name: Any
+) -> None:
+    with AlertSubscriber(kafka_client_config, unique_name("absent")) as sub:
+        assert list(sub) == []
+
+
+def test_alert_subscriber_follow_blocks_for_new_alerts(
+    kafka_client_config: dict[str, str], unique_name: Any
+) -> None:
+    topic = unique_name("alerts")
+    ensure_topics(kafka_client_config, [TopicSpec(topic, 2)])
+    first = make_alert("m1", 0)
+    produce(kafka_client_config, topic, [encoded(first)])
+    later = make_alert("m1", 1)
+    with AlertSubscriber(kafka_client_config, topic, follow=True) as sub:
+        it = iter(sub)
+        assert next(it) == first
+        timer = threading.Timer(1.0, produce, (kafka_client_config, topic,
+                                               [encoded(first), encoded(later)]))
+        timer.start()
+        t0 = time.monotonic()
+        assert next(it) == later  # waited past the end; the repeat of `first` is dropped
+        assert time.monotonic() - t0 >= 0.9
+        timer.join()
+    assert sub.duplicates == 1
+
+
+def test_alert_subscriber_named_group_resumes_after_what_it_read(
+    kafka_client_config: dict[str, str], unique_name: Any
+) -> None:
+    topic, group = unique_name("alerts"), unique_name("group")
+    ensure_topics(kafka_client_config, [TopicSpec(topic, 2)])
+    produce(kafka_client_config, topic, [encoded(make_alert("m1", p)) for p in range(3)])
+    with AlertSubscriber(kafka_client_config, topic, group_id=group) as sub:
+        assert len(list(sub)) == 3
+    produce(kafka_client_config, topic, [encoded(make_alert("m1", 7))])
+    with AlertSubscriber(kafka_client_config, topic, group_id=group) as sub:
+        assert [a.window.pane for a in sub] == [7]
+    # a new group told to start at the end sees none of the existing alerts
+    with AlertSubscriber(kafka_client_config, topic, group_id=group + "-new",
+                         from_beginning=False) as sub:
+        assert list(sub) == []
