@@ -12,9 +12,8 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-from driftline.streams.admin import TopicSpec, ensure_topics
+from driftline.streams.admin import TopicSpec, ensure_topics, iter_to_end
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
@@ -35,26 +34,14 @@ def load_example() -> ModuleType:
     return module
 
 
-def read_events(config: dict[str, str], topic: str, partitions: int) -> list[dict[str, Any]]:
-    """Every event of every envelope on ``topic`` (read to each partition's end)."""
-    consumer = Consumer({**config, "group.id": f"reader-{topic}", "enable.partition.eof": True})
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+def read_events(config: dict[str, str], topic: str) -> list[dict[str, Any]]:
+    """Every event of every envelope on ``topic``, with its envelope's model fields."""
     events: list[dict[str, Any]] = []
-    open_partitions, deadline = set(range(partitions)), time.monotonic() + 60
-    try:
-        while open_partitions:
-            assert time.monotonic() < deadline
-            for msg in consumer.consume(500, timeout=0.5):
-                if msg.error() is None:
-                    env = orjson.loads(msg.value())
-                    assert msg.key().decode() == env["model"]
-                    events += [{**ev, "model": env["model"],
-                                "model_version": env.get("model_version")}
-                               for ev in env["events"]]
-                elif msg.error().code() == KafkaError._PARTITION_EOF:
-                    open_partitions.discard(msg.partition())
-    finally:
-        consumer.close()
+    for msg in iter_to_end(config, topic):
+        env = orjson.loads(msg.value())
+        assert msg.key().decode() == env["model"]
+        events += [{**ev, "model": env["model"], "model_version": env.get("model_version")}
+                   for ev in env["events"]]
     return events
 
 
@@ -78,7 +65,7 @@ def test_predictions_are_emitted_to_the_topic(
         assert health["driftline"]["emitted"] == 50 and health["driftline"]["dropped"] == 0
     # leaving the client ran the lifespan shutdown: the producer flushed and closed
 
-    events = {ev["event_id"]: ev for ev in read_events(kafka_client_config, topic, 2)}
+    events = {ev["event_id"]: ev for ev in read_events(kafka_client_config, topic)}
     assert set(events) == {a["event_id"] for a in answers} and len(events) == 50
     for row, answer in zip(x, answers, strict=True):
         ev = events[answer["event_id"]]

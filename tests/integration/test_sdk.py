@@ -1,8 +1,8 @@
 """Producer SDK and alert subscriber against a real broker.
 
 Topics are created explicitly first (Tansu would auto-create them with 4 partitions).
-Results are read back with a plain confluent-kafka consumer, reading each partition to
-its ``_PARTITION_EOF`` (ListOffsets watermarks are wrong on Tansu).
+Results are read back with ``iter_to_end`` (a plain confluent-kafka consumer reading each
+partition to its ``_PARTITION_EOF``; ListOffsets watermarks are wrong on Tansu).
 """
 
 from __future__ import annotations
@@ -11,50 +11,21 @@ import hashlib
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import orjson
 import pytest
-from confluent_kafka import (
-    OFFSET_BEGINNING,
-    Consumer,
-    KafkaError,
-    Message,
-    Producer,
-    TopicPartition,
-)
+from confluent_kafka import Producer
 
 from driftline.schemas.codecs import decode_inference, encode_alert
 from driftline.schemas.models import DriftAlert, FeatureScore, WindowInfo
-from driftline.streams.admin import TopicSpec, ensure_topics
+from driftline.streams.admin import TopicSpec, ensure_topics, iter_to_end
 from driftline.streams.producer import DriftlineProducer
 from driftline.streams.subscriber import AlertSubscriber
 
 pytestmark = pytest.mark.integration
-
-
-def read_all(config: Mapping[str, Any], topic: str, partitions: int,
-             timeout: float = 60.0) -> Iterator[Message]:
-    """Every record of ``topic``, each partition read up to its end-of-partition event."""
-    consumer = Consumer({**config, "group.id": f"reader-{topic}", "enable.auto.commit": False,
-                         "enable.partition.eof": True})
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
-    open_partitions, deadline = set(range(partitions)), time.monotonic() + timeout
-    try:
-        while open_partitions:
-            assert time.monotonic() < deadline, f"end of {topic} not reached"
-            for msg in consumer.consume(1000, timeout=0.5):
-                err = msg.error()
-                if err is None:
-                    yield msg
-                elif err.code() == KafkaError._PARTITION_EOF:
-                    open_partitions.discard(msg.partition())
-                else:
-                    raise AssertionError(str(err))
-    finally:
-        consumer.close()
 
 
 def test_events_arrive_exactly_once_keyed_by_model(
@@ -76,7 +47,7 @@ def test_events_arrive_exactly_once_keyed_by_model(
     assert (stats.emitted, stats.delivered, stats.failed, stats.dropped) == (20_000, 20_000, 0, 0)
     assert stats.envelopes_delivered == stats.envelopes_sent >= 40
 
-    messages = list(read_all(kafka_client_config, topic, 4))
+    messages = list(iter_to_end(kafka_client_config, topic))
     assert len(messages) == stats.envelopes_delivered
     seen: Counter[str] = Counter()
     partitions: dict[str, set[int]] = defaultdict(set)
@@ -115,7 +86,7 @@ def test_shadow_events_share_the_live_models_partition(
             producer.emit("candidate", {"a": i}, 0.6, event_id=str(i), shadow_of="live")
         assert producer.flush(30.0) == 0
     where: dict[str, set[tuple[str, int]]] = defaultdict(set)
-    for msg in read_all(kafka_client_config, topic, 8):
+    for msg in iter_to_end(kafka_client_config, topic):
         where[orjson.loads(msg.value())["model"]].add((msg.key().decode(), msg.partition()))
     assert where["live"] == where["candidate"] and len(where["live"]) == 1
 
