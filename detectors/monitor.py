@@ -57,6 +57,7 @@ class MonitorConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        _check_types(self)
         if self.panes < 1 or self.pane_size < 1 or self.min_samples < 1:
             raise ValueError("panes, pane_size and min_samples must be >= 1")
         if self.pane_seconds is not None and self.pane_seconds <= 0:
@@ -78,6 +79,33 @@ class MonitorConfig:
         d = dict(d)
         d["policy"] = PolicyConfig(**d.get("policy", {}))
         return cls(**d)
+
+
+def _count(v: Any) -> int:
+    """A non-negative int64 counter from snapshot meta."""
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**62:
+        raise ValueError(f"bad counter {v!r}")
+    return v
+
+
+def _check_types(cfg: MonitorConfig) -> None:
+    """Refuse wrongly typed fields (configs also come from snapshots and files)."""
+    ints = ("panes", "pane_size", "min_samples", "calibration_rounds", "seed")
+    floats = ("allowed_lateness", "target_run_length")
+    for name in ints:
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or abs(v) > 2**40:
+            raise ValueError(f"{name} must be an integer, not {v!r}")
+    for name in floats:
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"{name} must be a finite number, not {v!r}")
+    ps = cfg.pane_seconds
+    if ps is not None and (isinstance(ps, bool) or not isinstance(ps, (int, float))
+                           or not math.isfinite(ps)):
+        raise ValueError(f"pane_seconds must be a finite number or null, not {ps!r}")
+    if not isinstance(cfg.policy, PolicyConfig):
+        raise ValueError("policy must be a PolicyConfig")
 
 
 @dataclass(frozen=True)
@@ -365,7 +393,7 @@ class ModelMonitor:
             cfg = MonitorConfig.from_dict(meta["config"])
             cal = Calibration(cfg.target_run_length, arrays["calibration.scale"], cfg.correction,
                               cfg.calibration_rounds)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise SnapshotError(f"malformed monitor snapshot: {exc!r}") from None
         mon = cls(reference, cfg, cal)
         return mon, mon.restore(data, key=key)
@@ -380,24 +408,27 @@ class ModelMonitor:
                     f"not {self.reference.reference_id!r}"
                 )
             config = MonitorConfig.from_dict(meta["config"])
-            if config != self.config:
-                self.config = config
             scale = arrays.pop("calibration.scale")
-            if scale.shape != self.calibration.scale.shape:
+            if scale.shape != self.calibration.scale.shape or not np.all(np.isfinite(scale)):
                 raise SnapshotError("snapshot calibration does not fit the reference")
-            self._reset()
-            self.calibration = Calibration(
-                config.target_run_length, scale, config.correction, config.calibration_rounds
-            )
-            self.ring.load(meta["ring"], arrays)
-            self.policy.load(meta["policy"])
-            self.events_since_eval = int(meta["events_since_eval"])
-            self.evaluations = int(meta["evaluations"])
-            self.late_events = int(meta["late_events"])
-            self.firing_keys = set(meta["firing"])
+            # load into a new monitor and swap, so a rejected snapshot changes nothing
+            new = ModelMonitor(self.reference, config, Calibration(
+                config.target_run_length, scale, config.correction, config.calibration_rounds))
+            new.ring.load(meta["ring"], arrays)
+            new.policy.load(meta["policy"])
+            new.events_since_eval = _count(meta["events_since_eval"])
+            new.evaluations = _count(meta["evaluations"])
+            new.late_events = _count(meta["late_events"])
+            firing = meta["firing"]
+            if not isinstance(firing, list) or not all(isinstance(k, str) for k in firing):
+                raise ValueError("firing must be a list of alert keys")
+            new.firing_keys = set(firing)
             extra: dict[str, Any] = meta.get("extra") or {}
+            if not isinstance(extra, dict):
+                raise ValueError("extra must be an object")
         except SnapshotError:
             raise
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
             raise SnapshotError(f"malformed monitor snapshot: {exc!r}") from None
+        self.__dict__.update(new.__dict__)
         return extra

@@ -17,6 +17,10 @@ class PolicyConfig:
     cooldown: int = 0  # evaluations after a resolve during which it cannot fire again
 
     def __post_init__(self) -> None:
+        for name in ("fire_m", "fire_n", "clear_after", "cooldown"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**31:
+                raise ValueError(f"{name} must be an integer, not {v!r}")
         if not 1 <= self.fire_m <= self.fire_n:
             raise ValueError("need 1 <= fire_m <= fire_n")
         if self.clear_after < 1 or self.cooldown < 0:
@@ -38,7 +42,13 @@ class AlertState:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AlertState:
-        return cls(deque(bool(b) for b in d["h"]), bool(d["f"]), int(d["q"]), int(d["c"]))
+        q, c = d["q"], d["c"]
+        for v in (q, c):
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**31:
+                raise ValueError(f"bad alert state counter {v!r}")
+        if not isinstance(d["h"], list):
+            raise ValueError("alert history must be a list")
+        return cls(deque(bool(b) for b in d["h"]), bool(d["f"]), q, c)
 
 
 class AlertPolicy:
@@ -81,4 +91,4 @@ class AlertPolicy:
         return {k: s.to_dict() for k, s in self.states.items()}
 
     def load(self, d: dict[str, Any]) -> None:
-        self.states = {k: AlertState.from_dict(v) for k, v in d.items()}
+        self.states = {str(k): AlertState.from_dict(v) for k, v in d.items()}

@@ -62,6 +62,8 @@ class Pane:
     @classmethod
     def from_meta(cls, meta: list[float], sums: Arrays) -> Pane:
         pid, n, s, e, fo, lo, seq = meta
+        if not all(math.isfinite(v) and abs(v) < 2**62 for v in (pid, n, fo, lo, seq)) or n < 0:
+            raise ValueError("bad pane bounds")
         return cls(int(pid), sums, int(n), float(s), float(e), int(fo), int(lo), int(seq))
 
 
@@ -88,7 +90,9 @@ class TimeRule:
     allowed_lateness: float = 0.0
 
     def pane_ids(self, seq_start: int, n: int, ts: NDArray[np.float64]) -> NDArray[np.int64]:
-        return np.floor(ts / self.pane_seconds).astype(np.int64)
+        ok = np.isfinite(ts)
+        slots = np.floor(np.where(ok, ts, 0.0) / self.pane_seconds)
+        return np.where(ok & (np.abs(slots) < 2**62), slots, 0).astype(np.int64)
 
     def closable_through(self, seq_next: int, max_ts: float) -> int:
         if not math.isfinite(max_ts):
@@ -207,6 +211,12 @@ class PaneRing:
         return meta, arrays
 
     def load(self, meta: Mapping[str, object], arrays: Mapping[str, np.ndarray]) -> None:
+        for name in ("seq", "last_closed"):
+            v = meta[name]
+            if isinstance(v, bool) or not isinstance(v, int) or abs(v) > 2**62:
+                raise ValueError(f"ring {name} must be an int64 integer")
+        if meta.get("max_ts") is not None and not isinstance(meta["max_ts"], (int, float)):
+            raise ValueError("ring max_ts must be a number or null")
         self.seq = int(meta["seq"])  # type: ignore[call-overload]
         max_ts = meta.get("max_ts")
         self.max_ts = -math.inf if max_ts is None else float(max_ts)  # type: ignore[arg-type]
@@ -214,6 +224,14 @@ class PaneRing:
         self.open, self.closed = {}, deque()
         self.totals, self.total_n = self._zeros(), 0
         for g in ("closed", "open"):
+            count = arrays[f"{g}.meta"].shape[0]
+            if arrays[f"{g}.meta"].shape != (count, 7):
+                raise ValueError(f"ring {g} pane table has the wrong shape")
+            for k, (shape, _) in self.shapes.items():
+                if arrays[f"{g}.{k}"].shape != (count, *shape):
+                    raise ValueError(f"ring {g}.{k} has the wrong shape")
+                if k == "hist" and np.any(arrays[f"{g}.{k}"] < 0):
+                    raise ValueError("negative counts in a pane")
             for i, m in enumerate(arrays[f"{g}.meta"].tolist()):
                 sums: Arrays = {
                     k: np.array(arrays[f"{g}.{k}"][i], dtype=d) for k, (_, d) in self.shapes.items()
