@@ -17,6 +17,10 @@ restore refuses a snapshot taken on a different configuration instead of silentl
 continuing with other thresholds. Two caveats, both alibi's: FET breaks exact ties with
 the global NumPy RNG, and alibi keeps every past test statistic (and CVM/FET every past
 instance) in growing arrays; the adapters trim those to what the next step reads.
+
+alibi keeps flagging every step while a window stays drifted and expects the caller to
+``reset_state()``; with ``reset_on_drift`` (default) the adapters do that after each flag,
+like river's detectors, so ``drift_indices`` marks alarms rather than drifted steps.
 """
 
 from __future__ import annotations
@@ -92,17 +96,27 @@ def _to_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def _like(current: Any, arr: np.ndarray) -> Any:
-    """``arr`` as the same kind of object as ``current`` (NumPy array, torch or TF tensor)."""
-    module = type(current).__module__.split(".")[0]
+def _like(template: Any, arr: np.ndarray) -> Any:
+    """``arr`` as the kind of object ``template`` is (number, NumPy array, torch/TF tensor)."""
+    module = type(template).__module__.split(".")[0]
     if module == "torch":
         torch = sys.modules["torch"]
-        return torch.as_tensor(arr, dtype=current.dtype, device=current.device)
+        return torch.as_tensor(arr, dtype=template.dtype, device=template.device)
     if module == "tensorflow":
-        return sys.modules["tensorflow"].convert_to_tensor(arr, dtype=current.dtype)
-    if isinstance(current, (int, np.integer)) and arr.ndim == 0:
-        return int(arr)
-    return arr
+        return sys.modules["tensorflow"].convert_to_tensor(arr, dtype=template.dtype)
+    if np.ndim(template) == 0:
+        if arr.ndim != 0:
+            raise ValueError("expected a scalar")
+        return int(arr) if isinstance(template, (int, np.integer)) else float(arr)
+    if arr.ndim == 0:
+        raise ValueError("expected an array")
+    return arr.copy()
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**62:
+        raise ValueError(f"expected a count, got {value!r}")
+    return value
 
 
 # The ignores are for ``mypy detectors``, which sees the driftline.* base classes as Any.
@@ -112,21 +126,33 @@ class _AlibiOnline(Detector):  # type: ignore[misc, unused-ignore]
     alibi_class: ClassVar[str] = ""
     window_param: ClassVar[str] = "window_size"
 
-    def __init__(self, x_ref: ArrayLike, ert: float, window: Any, seed: int, **kwargs: Any):
+    def __init__(
+        self, x_ref: ArrayLike, ert: float, window: Any, seed: int, reset_on_drift: bool,
+        **kwargs: Any,
+    ) -> None:
         cd = _alibi_cd()
         self.x_ref = np.asarray(x_ref)
-        self.ert, self.seed, self.kwargs = ert, seed, kwargs
+        self.ert, self.seed, self.reset_on_drift, self.kwargs = ert, seed, reset_on_drift, kwargs
         with _seeded(seed):
             self._alibi: Any = getattr(cd, self.alibi_class)(
                 self.x_ref, ert=ert, **{self.window_param: window}, **kwargs
             )
         self._fingerprint = self._config_fingerprint()
         self._reset()
+        # What each state attribute is (number, array, tensor) right after a reset.
+        self._template = {k: getattr(self._online, k) for k in self._state_keys()}
 
     def _reset(self) -> None:
         self.n_seen = 0
         self.drift_indices: list[int] = []
         self.last_test_stat: Any = None
+        # alibi draws from NumPy's global RNG while predicting (FET breaks exact ties with
+        # it): each detector gets its own stream, swapped in for its updates and snapshotted.
+        self._np_rng: Any = np.random.RandomState(self.seed).get_state()
+        self._restart()
+
+    def _restart(self) -> None:
+        """alibi's own reset: back to t=0, thresholds kept."""
         reset = getattr(self._alibi, "reset_state", None) or self._alibi.reset  # alibi < 0.11
         with _seeded(self.seed):
             reset()
@@ -148,17 +174,30 @@ class _AlibiOnline(Detector):  # type: ignore[misc, unused-ignore]
     def _instances(self, x: ArrayLike) -> NDArray[Any]:
         raise NotImplementedError
 
+    def _probe_row(self) -> NDArray[Any]:
+        """One valid instance (the first reference row), for restore's trial step."""
+        raise NotImplementedError
+
     def update(self, x: ArrayLike) -> Self:
         """Feed a batch of instances; ``drift_indices`` lists the positions alibi flagged."""
         rows = self._instances(x)
         drifts: list[int] = []
         stat = self.last_test_stat
-        for i, row in enumerate(rows):
-            data = self._alibi.predict(row, return_test_stat=True)["data"]
-            stat = data.get("test_stat")
-            if data["is_drift"]:
-                drifts.append(i)
-            self._trim()
+        global_rng = np.random.get_state()
+        np.random.set_state(self._np_rng)
+        try:
+            for i, row in enumerate(rows):
+                data = self._alibi.predict(row, return_test_stat=True)["data"]
+                stat = data.get("test_stat")
+                if data["is_drift"]:
+                    drifts.append(i)
+                    if self.reset_on_drift:  # like river: alarm, then monitor afresh
+                        self._restart()
+                        continue
+                self._trim()
+        finally:
+            self._np_rng = np.random.get_state()
+            np.random.set_state(global_rng)
         self.n_seen += len(rows)
         self.drift_indices, self.last_test_stat = drifts, stat
         return self
@@ -191,8 +230,14 @@ class _AlibiOnline(Detector):  # type: ignore[misc, unused-ignore]
     def snapshot(self, *, key: bytes | None = None) -> bytes:
         online = self._online
         arrays = {k: _to_numpy(getattr(online, k)) for k in self._state_keys()}
+        scalars = sorted(k for k, a in arrays.items() if a.ndim == 0)
+        arrays.update({k: arrays[k].reshape(1) for k in scalars})  # pack stores >= 1-D
+        _, words, pos, has_gauss, gauss = self._np_rng
+        arrays["np_rng"] = np.asarray(words, dtype=np.uint32)
         meta = {
             "fingerprint": self._fingerprint,
+            "np_rng": [int(pos), int(has_gauss), float(gauss)],
+            "scalars": scalars,
             "n_seen": self.n_seen,
             "drift_indices": self.drift_indices,
         }
@@ -203,24 +248,40 @@ class _AlibiOnline(Detector):  # type: ignore[misc, unused-ignore]
         """Load a snapshot of a detector on the same reference, parameters and seed."""
         meta, arrays, _ = unpack(data, self.snapshot_kind(), key=key)
         online = self._online
+        keys = self._state_keys()
         try:
             if meta["fingerprint"] != self._fingerprint:
                 raise SnapshotError("snapshot is of a detector with another reference or seed")
-            values = {}
-            for k in self._state_keys():
-                current, arr = getattr(online, k), arrays[k]
-                if arr.ndim != np.ndim(_to_numpy(current)):
-                    raise ValueError(f"{k} has {arr.ndim} dimensions")
-                values[k] = _like(current, arr)
-            n_seen = int(meta["n_seen"])
-            drifts = [int(i) for i in meta["drift_indices"]]
+            scalars = {k for k in keys if np.ndim(self._template[k]) == 0}
+            if meta["scalars"] != sorted(scalars):
+                raise ValueError(f"scalars must be {sorted(scalars)}")
+            loaded = {k: arrays[k].reshape(()) if k in scalars else arrays[k] for k in keys}
+            n_seen = _count(meta["n_seen"])
+            drifts = [_count(i) for i in meta["drift_indices"]]
+            words, (pos, has_gauss, gauss) = arrays["np_rng"], meta["np_rng"]
+            if words.dtype != np.uint32 or words.shape != (624,):
+                raise ValueError("np_rng must be 624 uint32 words")
+            np_rng = ("MT19937", words, _count(pos), _count(has_gauss), float(gauss))
+            np.random.RandomState().set_state(np_rng)  # validates
         except SnapshotError:
             raise
         except (KeyError, TypeError, ValueError) as exc:
             raise SnapshotError(f"malformed {self.alibi_class} snapshot: {exc!r}") from None
-        for k, v in values.items():
-            setattr(online, k, v)
-        self.n_seen, self.drift_indices = n_seen, drifts
+        current = {k: getattr(online, k) for k in keys}
+        # alibi's state has no schema to check shapes against: take one trial step on the
+        # loaded state, then load it again (alibi replaces, never mutates, these arrays).
+        try:
+            for k in keys:
+                setattr(online, k, _like(self._template[k], loaded[k]))
+            with _seeded(self.seed):
+                self._alibi.predict(self._probe_row(), return_test_stat=True)
+            for k in keys:
+                setattr(online, k, _like(self._template[k], loaded[k]))
+        except Exception as exc:
+            for k, v in current.items():
+                setattr(online, k, v)
+            raise SnapshotError(f"{self.alibi_class} snapshot does not load: {exc!r}") from None
+        self.n_seen, self.drift_indices, self._np_rng = n_seen, drifts, np_rng
 
 
 class _Univariate(_AlibiOnline, ScalarDetector):  # type: ignore[misc, unused-ignore]
@@ -232,6 +293,10 @@ class _Univariate(_AlibiOnline, ScalarDetector):  # type: ignore[misc, unused-ig
             raise InputError("values must be finite (no NaN or infinity)")
         return values.reshape(-1, 1)
 
+    def _probe_row(self) -> NDArray[Any]:
+        row: NDArray[Any] = self._instances(self.x_ref.ravel()[:1])[0]
+        return row
+
 
 class _Multivariate(_AlibiOnline):
     def _instances(self, x: ArrayLike) -> NDArray[Any]:
@@ -241,6 +306,10 @@ class _Multivariate(_AlibiOnline):
             raise InputError(f"expected a finite (n, {width}) batch")
         return rows
 
+    def _probe_row(self) -> NDArray[Any]:
+        row: NDArray[Any] = self._instances(self.x_ref.reshape(len(self.x_ref), -1)[:1])[0]
+        return row
+
 
 class CVMDriftOnlineAdapter(_Univariate):
     """Online Cramér-von Mises on a scalar stream (alibi ``CVMDriftOnline``)."""
@@ -249,9 +318,10 @@ class CVMDriftOnlineAdapter(_Univariate):
     alibi_class = "CVMDriftOnline"
 
     def __init__(self, x_ref: ArrayLike, ert: float, window_sizes: list[int], seed: int = 0,
-                 **kwargs: Any) -> None:
+                 reset_on_drift: bool = True, **kwargs: Any) -> None:
         self.window_sizes = window_sizes
-        super().__init__(x_ref, ert, window_sizes, seed, **{"verbose": False, **kwargs})
+        super().__init__(x_ref, ert, window_sizes, seed, reset_on_drift,
+                         **{"verbose": False, **kwargs})
 
 
 class FETDriftOnlineAdapter(_Univariate):
@@ -261,9 +331,10 @@ class FETDriftOnlineAdapter(_Univariate):
     alibi_class = "FETDriftOnline"
 
     def __init__(self, x_ref: ArrayLike, ert: float, window_sizes: list[int], seed: int = 0,
-                 **kwargs: Any) -> None:
+                 reset_on_drift: bool = True, **kwargs: Any) -> None:
         self.window_sizes = window_sizes
-        super().__init__(x_ref, ert, window_sizes, seed, **{"verbose": False, **kwargs})
+        super().__init__(x_ref, ert, window_sizes, seed, reset_on_drift,
+                         **{"verbose": False, **kwargs})
 
     def _instances(self, x: ArrayLike) -> NDArray[Any]:
         values = super()._instances(x)
@@ -279,9 +350,10 @@ class MMDDriftOnlineAdapter(_Multivariate):
     alibi_class = "MMDDriftOnline"
 
     def __init__(self, x_ref: ArrayLike, ert: float, window_size: int, seed: int = 0,
-                 **kwargs: Any) -> None:
+                 reset_on_drift: bool = True, **kwargs: Any) -> None:
         self.window_size = window_size
-        super().__init__(x_ref, ert, window_size, seed, **{"verbose": False, **kwargs})
+        super().__init__(x_ref, ert, window_size, seed, reset_on_drift,
+                         **{"verbose": False, **kwargs})
 
 
 class LSDDDriftOnlineAdapter(_Multivariate):
@@ -291,9 +363,10 @@ class LSDDDriftOnlineAdapter(_Multivariate):
     alibi_class = "LSDDDriftOnline"
 
     def __init__(self, x_ref: ArrayLike, ert: float, window_size: int, seed: int = 0,
-                 **kwargs: Any) -> None:
+                 reset_on_drift: bool = True, **kwargs: Any) -> None:
         self.window_size = window_size
-        super().__init__(x_ref, ert, window_size, seed, **{"verbose": False, **kwargs})
+        super().__init__(x_ref, ert, window_size, seed, reset_on_drift,
+                         **{"verbose": False, **kwargs})
 
 
 ALIBI_DETECTORS: dict[str, type[_AlibiOnline]] = {

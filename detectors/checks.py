@@ -306,9 +306,9 @@ def check_snapshot_rejects_garbage(case: DetectorCase, seed: int) -> int:
     _feed_all(case, det, chunks[:2])
     valid = det.snapshot()
     probe = min(chunks, key=case.events_of)
+    target = case.make()
     rejected = 0
     for i, data in enumerate(_garbage(valid, rng)):
-        target = case.make()
         try:
             target.restore(data)
         except SnapshotError:
@@ -325,6 +325,7 @@ def check_snapshot_rejects_garbage(case: DetectorCase, seed: int) -> int:
             raise
         except BaseException as exc:
             raise AssertionError(f"{case}: garbage #{i} restored but then broke: {exc!r}") from exc
+        target.restore(valid)
     assert rejected > 0, f"{case}: no garbage snapshot was rejected"
     return rejected
 

@@ -8,13 +8,16 @@ ADWIN, ``HDDMA``/``HDDMW``).
 
 Snapshots never pickle. Every river attribute that makes up a detector's running state is
 written out by name (numbers into numeric arrays, flags and counts into the JSON header),
-and restore rebuilds the river object from them, so the round trip is exact and a snapshot
-taken under one river version restores under the other. ADWIN's bucket structure lives in
-compiled code; it is read and written through the helper's own state hooks (Cython's
-``__reduce_cython__``/``__setstate_cython__`` on 0.23, the bincode ``__getstate__``/
-``__setstate__`` on the Rust helper), decoded to named arrays and validated before any byte
-reaches the compiled side. :meth:`snapshot` refuses (``SnapshotError``) when the installed
-river carries state attributes this module does not know, rather than write a lossy snapshot.
+and restore rebuilds the river object from them, so the round trip is exact. ADWIN's
+bucket structure lives in compiled code; it is read and written through the helper's own
+state hooks (Cython's ``__reduce_cython__``/``__setstate_cython__`` on 0.23, the bincode
+``__getstate__``/``__setstate__`` on the Rust helper), decoded to named arrays and
+validated before any byte reaches the compiled side. The format does not depend on the
+river version: a snapshot from 0.23 restores under 0.26 and back (ADWIN continues
+bit-identically; HDDM_W follows the restoring version's EWMean, and river 0.23's treats a
+leading 0.0 as "no value yet"). :meth:`snapshot` refuses (``SnapshotError``) when the
+installed river carries state attributes this module does not know, rather than write a
+lossy snapshot.
 """
 
 from __future__ import annotations
@@ -101,6 +104,8 @@ class RiverDetector(ScalarDetector):  # type: ignore[misc, unused-ignore]
     param_names: ClassVar[tuple[str, ...]] = ()
     #: Binary detectors take 0/1 error indicators and report warnings.
     binary: ClassVar[bool] = False
+    #: River attributes (besides parameters and flags) that make up the running state.
+    _STATE_ATTRS: ClassVar[set[str]] = set()
 
     # -- river's shape ---------------------------------------------------------------
     def _reset(self) -> None:
@@ -232,8 +237,6 @@ class RiverDetector(ScalarDetector):  # type: ignore[misc, unused-ignore]
         """River attributes besides the parameters that :meth:`_state` covers."""
         base = {"_drift_detected", "_warning_detected"} if self.binary else {"_drift_detected"}
         return base | self._STATE_ATTRS
-
-    _STATE_ATTRS: ClassVar[set[str]] = set()
 
 
 # -- river.stats helpers ------------------------------------------------------------------
