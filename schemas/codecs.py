@@ -1,0 +1,726 @@
+"""Fast validating codecs of the driftline topics (orjson).
+
+:func:`decode_inference` is the worker's per-event hot path: it turns a list of raw Kafka
+values (single InferenceEvents and batch envelopes, mixed) into one columnar
+:class:`EventBatch` per model plus one :class:`Rejection` per unusable message. It never
+raises on any input bytes. The JSON Schema files under ``schemas/json`` describe the same
+contracts; the tests prove that the schemas and the decoders agree.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+from array import array
+from collections.abc import Mapping, Sequence
+from itertools import repeat
+from typing import Any
+
+import numpy as np
+import orjson
+
+from driftline.schemas.envelope import (
+    ENVELOPE_V1,
+    NAN,
+    ColumnsBlock,
+    Reject,
+    check_latency,
+    check_outcome,
+    check_prediction,
+    check_segment,
+    check_str,
+    check_ts,
+    decode_columns,
+    encode_envelope_columns,
+    encode_envelope_rows,
+    feature_values,
+    json_type,
+    too_long,
+)
+from driftline.schemas.limits import DEAD_LETTER_PAYLOAD_MAX, DEFAULT_LIMITS, REASON_CODES, Limits
+from driftline.schemas.models import (
+    DecodeResult,
+    DriftAlert,
+    EventBatch,
+    FeatureScore,
+    FloatArray,
+    LabelEvent,
+    ObjectArray,
+    Rejection,
+    WindowInfo,
+)
+from driftline.schemas.validation import first_error
+
+__all__ = [
+    "alert_from_dict",
+    "alert_to_dict",
+    "dead_letter_payload",
+    "decode_alert",
+    "decode_change",
+    "decode_dead_letter",
+    "decode_inference",
+    "decode_labels",
+    "encode_alert",
+    "encode_change",
+    "encode_dead_letter",
+    "encode_envelope_columns",
+    "encode_envelope_rows",
+    "encode_event",
+]
+
+_loads = orjson.loads
+_JSONDecodeError = orjson.JSONDecodeError
+
+# ----------------------------------------------------------------------------- accumulator
+
+
+class _Acc:
+    """Rows of one model collected during one decode call.
+
+    Feature values are kept in *runs*: consecutive rows with the same feature keys in the
+    same order share one key layout and one flat ``array('d')`` (the common case is one
+    run per model), so the numeric matrix needs no per-row numpy work.
+    """
+
+    __slots__ = (
+        "cur_cols", "cur_keys", "cur_vals", "extras", "index", "layout_keys", "layouts",
+        "model", "names", "runs", "texts",
+    )  # fmt: skip
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.names: list[str] = []
+        self.index: dict[str, int] = {}
+        self.layouts: dict[tuple[str, ...], list[int]] = {}
+        self.layout_keys: list[tuple[str, ...]] = []
+        self.runs: list[tuple[int, list[int], Any]] = []  # (first row, columns, values)
+        self.cur_keys: tuple[str, ...] | None = None
+        self.cur_cols: list[int] = []
+        self.cur_vals: array[float] | None = None
+        self.extras: list[tuple[Any, ...]] = []
+        self.texts: list[tuple[int, int, str]] = []  # (row, column, text)
+
+    def check_keys(self, keys: tuple[str, ...], limits: Limits) -> None:
+        """Validate a new key layout without changing anything."""
+        if keys in self.layouts:
+            return
+        if len(keys) > limits.max_features:
+            raise Reject("too_many_features", f"{len(keys)} features (limit {limits.max_features})")
+        lim = limits.max_feature_name_length
+        new = 0
+        for k in keys:
+            if not k:
+                raise Reject("schema", "empty feature name")
+            if len(k) > lim:
+                raise too_long(f"feature name {k[:64]!r}...", k, lim)
+            new += k not in self.index
+        if len(self.names) + new > limits.max_features:
+            raise Reject(
+                "too_many_features",
+                f"model has more than {limits.max_features} distinct features in this batch",
+            )
+
+    def _layout(self, keys: tuple[str, ...]) -> list[int]:
+        cols = self.layouts.get(keys)
+        if cols is None:
+            index = self.index
+            for k in keys:
+                if k not in index:
+                    index[k] = len(self.names)
+                    self.names.append(k)
+            cols = [index[k] for k in keys]
+            self.layouts[keys] = cols
+            self.layout_keys.append(keys)
+        return cols
+
+    def open_run(self, keys: tuple[str, ...]) -> None:
+        self.cur_keys = keys
+        self.cur_cols = self._layout(keys)
+        self.cur_vals = array("d")
+        self.runs.append((len(self.extras), self.cur_cols, self.cur_vals))
+
+    def add_block(self, block: ColumnsBlock) -> None:
+        if block.n == 0:
+            return
+        cols = self._layout(block.keys)
+        row0 = len(self.extras)
+        self.runs.append((row0, cols, block.numeric))
+        self.cur_keys, self.cur_vals = None, None
+        self.extras.extend(block.extras)
+        self.texts.extend((row0 + r, cols[j], s) for r, j, s in block.texts)
+
+    def mark(self) -> tuple[Any, ...]:
+        vals = self.cur_vals
+        return (
+            len(self.extras), len(self.runs), len(self.names), len(self.layout_keys),
+            len(self.texts), self.cur_keys, self.cur_cols, vals,
+            0 if vals is None else len(vals),
+        )  # fmt: skip
+
+    def rollback(self, mark: tuple[Any, ...]) -> None:
+        n, nruns, nnames, nlayouts, ntexts, keys, cols, vals, nvals = mark
+        del self.extras[n:], self.runs[nruns:], self.texts[ntexts:]
+        for k in self.names[nnames:]:
+            del self.index[k]
+        del self.names[nnames:]
+        for lk in self.layout_keys[nlayouts:]:
+            del self.layouts[lk]
+        del self.layout_keys[nlayouts:]
+        if vals is not None:
+            del vals[nvals:]
+        self.cur_keys, self.cur_cols, self.cur_vals = keys, cols, vals
+
+    def batch(self) -> EventBatch:
+        n, f = len(self.extras), len(self.names)
+        runs = self.runs
+        ends = [r[0] for r in runs[1:]] + [n]
+        if len(runs) == 1 and runs[0][1] == list(range(f)):
+            numeric = _block(runs[0][2], n, f)
+        else:
+            numeric = np.full((n, f), NAN)
+            for (start, cols, vals), end in zip(runs, ends, strict=True):
+                if end > start and cols:
+                    numeric[start:end, cols] = _block(vals, end - start, len(cols))
+        text: ObjectArray | None = None
+        if self.texts:
+            text = np.full((n, f), None, dtype=object)
+            r, c, s = zip(*self.texts, strict=True)
+            text[list(r), list(c)] = _obj(s)
+        ts, score, label, eid, mv, seg, lat, part, off, shadow, trace, outcome = zip(
+            *self.extras, strict=True
+        )
+        return EventBatch(
+            model=self.model,
+            feature_names=tuple(self.names),
+            numeric=numeric,
+            text=text,
+            ts=np.array(ts, dtype=np.float64),
+            prediction_score=np.array(score, dtype=np.float64),
+            prediction_label=_obj_or_none(label),
+            event_id=_obj(eid),
+            model_version=_obj(mv),
+            segment=_obj(seg),
+            latency_ms=np.array(lat, dtype=np.float64),
+            partition=np.array(part, dtype=np.int64),
+            offset=np.array(off, dtype=np.int64),
+            shadow_of=_obj_or_none(shadow),
+            trace_id=_obj_or_none(trace),
+            outcome=_obj_or_none(outcome),
+        )
+
+
+def _block(vals: Any, rows: int, k: int) -> FloatArray:
+    if isinstance(vals, np.ndarray):
+        return vals
+    if rows == 0 or k == 0:
+        return np.empty((rows, k))
+    return np.frombuffer(vals, dtype=np.float64).reshape(rows, k)
+
+
+def _obj(values: Sequence[Any]) -> ObjectArray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+def _obj_or_none(values: tuple[Any, ...]) -> ObjectArray | None:
+    return None if values.count(None) == len(values) else _obj(values)
+
+
+# ----------------------------------------------------------------------------- events
+
+#: Value types that need the exact (slow) feature path; None is handled by the fallback.
+_NOT_FAST = frozenset((str, bool, dict, list))
+
+
+def _add_event(
+    acc: _Acc, ev: dict[str, Any], part: int, off: int, kts: float, mv_default: str | None,
+    limits: Limits,
+) -> None:  # fmt: skip
+    """Validate one event and append it to ``acc`` (nothing is appended on a Reject)."""
+    feats = ev.get("features")
+    if type(feats) is not dict:
+        raise Reject(
+            "schema",
+            "'features' is required" if feats is None
+            else f"'features' must be an object, not {json_type(feats)}",
+        )  # fmt: skip
+    keys = tuple(feats)
+    same = keys == acc.cur_keys
+    if not same:
+        acc.check_keys(keys, limits)
+    vals: list[Any] = list(feats.values())
+    texts = None
+    if not _NOT_FAST.isdisjoint(map(type, vals)):
+        vals, texts = feature_values(vals, limits, lambda j: f"feature {keys[j][:64]!r}")
+
+    get = ev.get
+    lim = limits.max_string_length
+    ts = get("ts")
+    if ts is None:
+        ts = kts
+    elif type(ts) is not float and type(ts) is not int:
+        ts = check_ts(ts, kts)
+    pred = get("prediction")
+    if pred is None:
+        score, label = NAN, None
+    elif type(pred) is float or type(pred) is int:
+        score, label = pred, None
+    else:
+        score, label = check_prediction(pred, limits)
+    eid = get("event_id")
+    if eid is not None and (type(eid) is not str or len(eid) > lim):
+        check_str("event_id", eid, lim)
+    mv = get("model_version")
+    if mv is None:
+        mv = mv_default
+    elif type(mv) is not str or len(mv) > lim:
+        check_str("model_version", mv, lim)
+    seg = get("segment")
+    if seg is not None:
+        seg = check_segment(seg, limits)
+    lat = get("latency_ms")
+    lat = NAN if lat is None else check_latency(lat)
+    shadow = get("shadow_of")
+    if shadow is not None:
+        check_str("shadow_of", shadow, limits.max_model_id_length, 1)
+    trace = get("trace_id")
+    if trace is not None:
+        check_str("trace_id", trace, lim)
+    outcome = get("outcome")
+    if outcome is not None:
+        check_outcome(outcome)
+
+    if not same:
+        acc.open_run(keys)
+    row = len(acc.extras)
+    try:
+        acc.cur_vals.fromlist(vals)  # type: ignore[union-attr]
+    except TypeError:  # None among the numbers (fromlist leaves the array unchanged)
+        acc.cur_vals.fromlist([NAN if v is None else v for v in vals])  # type: ignore[union-attr]
+    acc.extras.append((ts, score, label, eid, mv, seg, lat, part, off, shadow, trace, outcome))
+    if texts:
+        cols = acc.cur_cols
+        acc.texts.extend((row, cols[j], s) for j, s in texts)
+
+
+def _check_model(m: object, limits: Limits) -> str:
+    if type(m) is str and 0 < len(m) <= limits.max_model_id_length:
+        return m
+    if m is None:
+        raise Reject("schema", "'model' is required")
+    if type(m) is not str:
+        raise Reject("schema", f"'model' must be a string, not {json_type(m)}")
+    if not m:
+        raise Reject("schema", "'model' must not be empty")
+    raise too_long("model", m, limits.max_model_id_length)
+
+
+def _envelope(env: dict[str, Any], acc: _Acc, part: int, off: int, kts: float, limits: Limits) -> int:
+    """Decode one batch envelope into ``acc``, all or nothing; returns its event count."""
+    mv = check_str("model_version", env.get("model_version"), limits.max_string_length)
+    has_rows, has_cols = "events" in env, "columns" in env
+    if has_rows == has_cols:
+        raise Reject("schema", "an envelope has exactly one of 'events' (rows) or 'columns'")
+    if has_cols:
+        block = decode_columns(env, limits, kts, part, off)
+        acc.check_keys(block.keys, limits)
+        acc.add_block(block)
+        n: int = block.n
+        return n
+    events = env["events"]
+    if type(events) is not list:
+        raise Reject("schema", f"envelope 'events' must be an array, not {json_type(events)}")
+    if len(events) > limits.max_events_per_envelope:
+        raise Reject(
+            "too_many_events",
+            f"envelope has {len(events)} events (limit {limits.max_events_per_envelope})",
+        )
+    mark = acc.mark()
+    try:
+        for j, ev in enumerate(events):
+            if type(ev) is not dict:
+                raise Reject("schema", f"events[{j}] must be an object, not {json_type(ev)}")
+            if "model" in ev:
+                raise Reject("schema", f"events[{j}]: 'model' belongs on the envelope only")
+            try:
+                _add_event(acc, ev, part, off, kts, mv, limits)
+            except Reject as r:
+                raise r.within(f"events[{j}]") from None
+    except BaseException:
+        acc.rollback(mark)
+        raise
+    return len(events)
+
+
+def _as_bytes(raw: object) -> bytes:
+    if isinstance(raw, bytes):
+        return raw
+    if isinstance(raw, bytearray | memoryview):
+        return bytes(raw)
+    if isinstance(raw, str):
+        return raw.encode("utf-8", "surrogatepass")
+    return b""
+
+
+def _reject(raw: object, reason: str, topic: str, part: int, off: int, model: str | None) -> Rejection:
+    return Rejection(reason, _as_bytes(raw), topic, int(part), int(off), model)
+
+
+def _unexpected(raw: object, exc: BaseException) -> str:
+    if raw is None:
+        return "invalid_json: empty message (null value)"
+    if not isinstance(raw, bytes | bytearray | memoryview | str):
+        return f"invalid_json: message value is {type(raw).__name__}, not bytes"
+    return f"schema: unexpected {type(exc).__name__}: {str(exc)[:200]}"
+
+
+def _parse(raw: Any, limits: Limits) -> dict[str, Any]:
+    size = len(raw)
+    if size > limits.max_payload_bytes:
+        raise Reject("payload_too_large", f"{size} bytes (limit {limits.max_payload_bytes})")
+    try:
+        obj = _loads(raw)
+    except _JSONDecodeError as exc:
+        raise Reject("invalid_json", str(exc)) from None
+    if type(obj) is not dict:
+        raise Reject("not_object", f"top-level JSON value is {json_type(obj)}, not an object")
+    return obj
+
+
+def _meta(values: Sequence[Any], **seqs: Sequence[Any] | None) -> list[Any]:
+    out: list[Any] = []
+    for name, seq in seqs.items():
+        if seq is None:
+            out.append(repeat(NAN if name == "timestamps" else -1))
+        elif len(seq) != len(values):
+            raise ValueError(f"{name} has {len(seq)} items for {len(values)} values")
+        else:
+            out.append(seq)
+    return out
+
+
+def decode_inference(
+    values: Sequence[bytes],
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    topic: str = "",
+    partitions: Sequence[int] | None = None,
+    offsets: Sequence[int] | None = None,
+    timestamps: Sequence[float] | None = None,
+) -> DecodeResult:
+    """Decode raw InferenceEvent / batch-envelope messages into per-model EventBatches.
+
+    ``partitions``, ``offsets`` and ``timestamps`` (Kafka timestamp, epoch seconds; the
+    event time of events without ``ts``) are per message, like ``values``; absent ones
+    give -1 / -1 / NaN. Rows keep their message order within each model.
+
+    A message is accepted or rejected as one unit: a malformed envelope is rejected
+    whole, with a reason naming the first bad event (``events[3]: ...``) or column, so
+    one Kafka message is always either fully applied or one dead letter. Every event of
+    an envelope carries the envelope's partition and offset.
+
+    Never raises on message contents (a length mismatch of the per-message sequences
+    raises ValueError): every problem becomes a Rejection with reason ``"code: detail"``.
+    """
+    parts, offs, stamps = _meta(values, partitions=partitions, offsets=offsets, timestamps=timestamps)
+    accs: dict[str, _Acc] = {}
+    rejections: list[Rejection] = []
+    events = 0
+    add = _add_event
+    loads, decode_error = _loads, _JSONDecodeError
+    max_bytes, max_model = limits.max_payload_bytes, limits.max_model_id_length
+    for raw, part, off, kts in zip(values, parts, offs, stamps, strict=False):
+        model = None
+        try:
+            # _parse() and _check_model(), inlined: this loop runs once per message
+            if len(raw) > max_bytes:
+                raise Reject("payload_too_large", f"{len(raw)} bytes (limit {max_bytes})")
+            try:
+                obj = loads(raw)
+            except decode_error as exc:
+                raise Reject("invalid_json", str(exc)) from None
+            if type(obj) is not dict:
+                raise Reject("not_object", f"top-level JSON value is {json_type(obj)}, not an object")
+            m = obj.get("model")
+            if type(m) is str and 0 < len(m) <= max_model:
+                model = m
+            envelope = "envelope" in obj
+            if envelope and obj["envelope"] != ENVELOPE_V1:
+                raise Reject(
+                    "unknown_envelope",
+                    f"envelope {str(obj['envelope'])[:64]!r} is not {ENVELOPE_V1}",
+                )
+            if model is None:
+                model = _check_model(m, limits)
+            acc = accs.get(model)
+            if acc is None:
+                acc = accs[model] = _Acc(model)
+            if envelope:
+                events += _envelope(obj, acc, part, off, kts, limits)
+            else:
+                add(acc, obj, part, off, kts, None, limits)
+                events += 1
+        except Reject as r:
+            rejections.append(_reject(raw, f"{r.code}: {r.detail}", topic, part, off, model))
+        except Exception as exc:
+            rejections.append(_reject(raw, _unexpected(raw, exc), topic, part, off, model))
+    batches = {m: acc.batch() for m, acc in accs.items() if acc.extras}
+    return DecodeResult(batches=batches, rejections=rejections, events=events)
+
+
+def encode_event(event: Mapping[str, Any]) -> bytes:
+    """One InferenceEvent message. Numpy values and datetimes are serialised natively;
+    NaN/Infinity become null (missing). Raises ValueError without a string ``model``."""
+    if not isinstance(event.get("model"), str):
+        raise ValueError("an InferenceEvent needs a string 'model'")
+    return orjson.dumps(event, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+# ----------------------------------------------------------------------------- labels
+
+
+def decode_labels(
+    values: Sequence[bytes],
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    topic: str = "",
+    partitions: Sequence[int] | None = None,
+    offsets: Sequence[int] | None = None,
+) -> tuple[list[LabelEvent], list[Rejection]]:
+    """Decode LabelEvent v1 messages (``ts`` absent -> NaN). Never raises on contents."""
+    parts, offs = _meta(values, partitions=partitions, offsets=offsets)
+    out: list[LabelEvent] = []
+    rejections: list[Rejection] = []
+    lim = limits.max_string_length
+    for raw, part, off in zip(values, parts, offs, strict=False):
+        model = None
+        try:
+            obj = _parse(raw, limits)
+            model = _check_model(obj.get("model"), limits)
+            eid = obj.get("event_id")
+            if eid is None:
+                raise Reject("schema", "'event_id' is required")
+            check_str("event_id", eid, lim, 1)
+            label = obj.get("label")
+            if type(label) is str:
+                if len(label) > lim:
+                    raise too_long("label", label, lim)
+            elif type(label) is not float and type(label) is not int and type(label) is not bool:
+                raise Reject(
+                    "schema",
+                    "'label' is required" if label is None
+                    else f"label must be a number, string or bool, not {json_type(label)}",
+                )  # fmt: skip
+            ts = check_ts(obj.get("ts"), NAN)
+            out.append(LabelEvent(model, eid, label, float(ts)))
+        except Reject as r:
+            rejections.append(_reject(raw, f"{r.code}: {r.detail}", topic, part, off, model))
+        except Exception as exc:
+            rejections.append(_reject(raw, _unexpected(raw, exc), topic, part, off, model))
+    return out, rejections
+
+
+# ----------------------------------------------------------------------------- alerts
+
+
+def _finite(x: float | None) -> float | None:
+    if x is None:
+        return None
+    f = float(x)
+    return f if math.isfinite(f) else None
+
+
+def alert_to_dict(alert: DriftAlert) -> dict[str, Any]:
+    """The DriftAlert v1 JSON object (non-finite numbers -> null)."""
+    w = alert.window
+    return {
+        "alert_id": alert.alert_id,
+        "model": alert.model,
+        "model_version": alert.model_version,
+        "kind": alert.kind,
+        "state": alert.state,
+        "feature": alert.feature,
+        "detector": alert.detector,
+        "statistic": alert.statistic,
+        "score": _finite(alert.score),
+        "threshold": _finite(alert.threshold),
+        "p_value": _finite(alert.p_value),
+        "window": {
+            "start_ts": _finite(w.start_ts),
+            "end_ts": _finite(w.end_ts),
+            "n": int(w.n),
+            "first_offset": int(w.first_offset),
+            "last_offset": int(w.last_offset),
+            "pane": int(w.pane),
+        },
+        "reference": alert.reference,
+        "segment": None if alert.segment is None else dict(alert.segment),
+        "severity": alert.severity,
+        "top_features": [
+            {
+                "name": f.name,
+                "statistic": f.statistic,
+                "score": _finite(f.score),
+                "threshold": _finite(f.threshold),
+                "p_value": _finite(f.p_value),
+            }
+            for f in alert.top_features
+        ],
+        "created_at": float(alert.created_at),
+        "changes": [dict(c) for c in alert.changes],
+        "exemplars": list(alert.exemplars),
+    }
+
+
+def _nan(x: Any) -> float:
+    return NAN if x is None else float(x)
+
+
+def alert_from_dict(d: Mapping[str, Any]) -> DriftAlert:
+    """Inverse of :func:`alert_to_dict` (null score/threshold -> NaN); ValueError if invalid."""
+    if not isinstance(d, Mapping):
+        raise ValueError(f"not_object: a DriftAlert is a JSON object, not {json_type(d)}")
+    err = first_error("drift_alert.v1", dict(d))
+    if err is not None:
+        raise ValueError(f"schema: {err}")
+    w = d["window"]
+    start, end = w.get("start_ts"), w.get("end_ts")
+    p = d.get("p_value")
+    return DriftAlert(
+        alert_id=d["alert_id"],
+        model=d["model"],
+        kind=d["kind"],
+        state=d["state"],
+        detector=d["detector"],
+        statistic=d["statistic"],
+        score=_nan(d["score"]),
+        threshold=_nan(d["threshold"]),
+        window=WindowInfo(
+            start_ts=None if start is None else float(start),
+            end_ts=None if end is None else float(end),
+            n=int(w["n"]),
+            first_offset=int(w.get("first_offset", -1)),
+            last_offset=int(w.get("last_offset", -1)),
+            pane=int(w.get("pane", -1)),
+        ),
+        model_version=d.get("model_version"),
+        feature=d.get("feature"),
+        p_value=None if p is None else float(p),
+        reference=d.get("reference"),
+        segment=None if d.get("segment") is None else dict(d["segment"]),
+        severity=d.get("severity", "warning"),
+        top_features=tuple(
+            FeatureScore(
+                name=f["name"],
+                statistic=f["statistic"],
+                score=_nan(f["score"]),
+                threshold=_nan(f["threshold"]),
+                p_value=None if f.get("p_value") is None else float(f["p_value"]),
+            )
+            for f in d.get("top_features", ())
+        ),
+        created_at=float(d.get("created_at", 0.0)),
+        changes=tuple(dict(c) for c in d.get("changes", ())),
+        exemplars=tuple(d.get("exemplars", ())),
+    )
+
+
+def encode_alert(alert: DriftAlert) -> bytes:
+    return orjson.dumps(alert_to_dict(alert))
+
+
+def _load_object(data: bytes | str, what: str) -> dict[str, Any]:
+    try:
+        obj = _loads(data)
+    except _JSONDecodeError as exc:
+        raise ValueError(f"invalid_json: {exc}") from None
+    if type(obj) is not dict:
+        raise ValueError(f"not_object: a {what} is a JSON object, not {json_type(obj)}")
+    return obj
+
+
+def decode_alert(data: bytes | str) -> DriftAlert:
+    """Parse and validate one DriftAlert v1 message; ValueError with a reason if invalid."""
+    return alert_from_dict(_load_object(data, "DriftAlert"))
+
+
+# ----------------------------------------------------------------------------- dead letters
+
+
+def encode_dead_letter(rej: Rejection, now: float) -> bytes:
+    """DeadLetter v1 of a rejection, dead-lettered at ``now`` (epoch s).
+
+    The payload is kept as text when it is valid UTF-8, else as base64, cut to 64 KiB
+    (``payload_bytes`` is the original size). Raises ValueError when the reason is not
+    ``"code: detail"`` with a known code (a programming error, not an input error).
+    """
+    code, sep, _ = rej.reason.partition(": ")
+    if not sep or code not in REASON_CODES:
+        raise ValueError(f"reason {rej.reason[:80]!r} is not 'code: detail' with a known code")
+    raw = rej.payload
+    text: str | None = None
+    b64: str | None = None
+    try:
+        text = raw.decode("utf-8")
+        if len(raw) > DEAD_LETTER_PAYLOAD_MAX:
+            text = raw[:DEAD_LETTER_PAYLOAD_MAX].decode("utf-8", "ignore")
+    except UnicodeDecodeError:
+        b64 = base64.b64encode(raw[:DEAD_LETTER_PAYLOAD_MAX]).decode("ascii")
+    return orjson.dumps(
+        {
+            "reason": rej.reason,
+            "reason_code": code,
+            "topic": rej.topic,
+            "partition": int(rej.partition),
+            "offset": int(rej.offset),
+            "model": rej.model,
+            "ts": float(now),
+            "payload": text,
+            "payload_b64": b64,
+            "payload_bytes": len(raw),
+        }
+    )
+
+
+def decode_dead_letter(data: bytes | str) -> dict[str, Any]:
+    """Parse and validate one DeadLetter v1 message; ValueError with a reason if invalid."""
+    obj = _load_object(data, "DeadLetter")
+    err = first_error("dead_letter.v1", obj)
+    if err is not None:
+        raise ValueError(f"schema: {err}")
+    return obj
+
+
+def dead_letter_payload(dead_letter: Mapping[str, Any]) -> bytes:
+    """The (possibly truncated) original payload bytes of a decoded dead letter."""
+    if dead_letter.get("payload") is not None:
+        return str(dead_letter["payload"]).encode("utf-8")
+    if dead_letter.get("payload_b64") is not None:
+        try:
+            return base64.b64decode(dead_letter["payload_b64"], validate=True)
+        except binascii.Error as exc:
+            raise ValueError(f"schema: payload_b64: {exc}") from None
+    return b""
+
+
+# ----------------------------------------------------------------------------- changes
+
+
+def encode_change(change: Mapping[str, Any]) -> bytes:
+    """One ChangeEvent v1 message; ValueError with a reason if ``change`` is invalid."""
+    d = dict(change)
+    err = first_error("change_event.v1", d)
+    if err is not None:
+        raise ValueError(f"schema: {err}")
+    return orjson.dumps(d)
+
+
+def decode_change(data: bytes | str) -> dict[str, Any]:
+    """Parse and validate one ChangeEvent v1 message; ValueError with a reason if invalid."""
+    obj = _load_object(data, "ChangeEvent")
+    err = first_error("change_event.v1", obj)
+    if err is not None:
+        raise ValueError(f"schema: {err}")
+    return obj

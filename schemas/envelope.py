@@ -1,0 +1,424 @@
+"""Batch envelope v1 (rows and columns forms) and the per-field checks shared by all events.
+
+The field checks raise :class:`Reject` (``code``, ``detail``); the decoder in
+:mod:`driftline.schemas.codecs` turns it into a :class:`~driftline.schemas.models.Rejection`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from itertools import repeat
+from typing import Any
+
+import numpy as np
+import orjson
+
+from driftline.schemas.limits import Limits
+from driftline.schemas.models import ENVELOPE_V1, FloatArray
+from driftline.schemas.validation import parse_iso_ts
+
+__all__ = [
+    "ENVELOPE_V1",
+    "ColumnsBlock",
+    "Reject",
+    "decode_columns",
+    "encode_envelope_columns",
+    "encode_envelope_rows",
+]
+
+NAN = float("nan")
+NUMS = frozenset((float, int))
+NUMS_NONE = frozenset((float, int, type(None)))
+STR_NONE = frozenset((str, type(None)))
+OUTCOMES = frozenset(("ok", "error", None))
+#: Optional string fields of an event, with their maximum length (None = limits.max_string_length).
+ID_FIELDS = ("event_id", "model_version", "trace_id")
+#: Per-row values decoded besides features, in this order (the decoder's row tuples).
+EXTRAS = (
+    "ts", "prediction_score", "prediction_label", "event_id", "model_version", "segment",
+    "latency_ms", "partition", "offset", "shadow_of", "trace_id", "outcome",
+)  # fmt: skip
+
+
+class Reject(Exception):
+    """An input fails the contract: ``code`` is one of ``limits.REASON_CODES``."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(code, detail)
+        self.code = code
+        self.detail = detail
+
+    def within(self, where: str) -> Reject:
+        return Reject(self.code, f"{where}: {self.detail}")
+
+
+def json_type(v: object) -> str:
+    """The JSON type name of a decoded value, for reasons."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, int | float):
+        return "number"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, list):
+        return "array"
+    if isinstance(v, dict):
+        return "object"
+    return type(v).__name__
+
+
+def too_long(what: str, s: str, limit: int) -> Reject:
+    return Reject("string_too_long", f"{what} has {len(s)} characters (limit {limit})")
+
+
+def check_ts(v: object, default: float) -> float:
+    """Event time: number (epoch s) or ISO-8601 string; None -> ``default``."""
+    if type(v) is float or type(v) is int:
+        return v
+    if v is None:
+        return default
+    if type(v) is str:
+        try:
+            ts: float = parse_iso_ts(v)
+            return ts
+        except ValueError as exc:
+            raise Reject("schema", f"ts: {exc}") from None
+    raise Reject("schema", f"ts must be a number or an ISO-8601 string, not {json_type(v)}")
+
+
+def check_prediction(v: object, limits: Limits) -> tuple[float, str | None]:
+    """(score, label) of a prediction: number, class label, or {class: probability}."""
+    if type(v) is float or type(v) is int:
+        return v, None
+    if v is None:
+        return NAN, None
+    if type(v) is str:
+        if len(v) > limits.max_string_length:
+            raise too_long("prediction", v, limits.max_string_length)
+        return NAN, v
+    if type(v) is bool:
+        return NAN, "true" if v else "false"
+    if type(v) is dict:
+        probs: dict[str, Any] = v
+        if not probs:
+            raise Reject("schema", "prediction: empty probability object")
+        if not NUMS.issuperset(map(type, probs.values())):
+            raise Reject("schema", "prediction: class probabilities must be numbers")
+        for k in probs:
+            if len(k) > limits.max_string_length:
+                raise too_long("prediction class", k, limits.max_string_length)
+        best = max(probs, key=probs.__getitem__)
+        return float(probs[best]), best
+    raise Reject("schema", f"prediction must be a number, string, bool or object, not {json_type(v)}")
+
+
+def check_segment(v: object, limits: Limits) -> dict[str, str] | None:
+    """A segment object of str -> str (``{}`` and null mean no segment)."""
+    if v is None:
+        return None
+    if type(v) is not dict:
+        raise Reject("schema", f"segment must be an object, not {json_type(v)}")
+    seg: dict[str, Any] = v
+    if len(seg) > limits.max_segment_keys:
+        raise Reject(
+            "too_many_segments",
+            f"segment has {len(seg)} keys (limit {limits.max_segment_keys})",
+        )
+    lim = limits.max_string_length
+    for k, s in seg.items():
+        if type(s) is not str:
+            raise Reject("schema", f"segment[{k[:64]!r}] must be a string, not {json_type(s)}")
+        if len(k) > lim:
+            raise too_long("segment key", k, lim)
+        if len(s) > lim:
+            raise too_long(f"segment[{k[:64]!r}]", s, lim)
+    return seg or None
+
+
+def check_latency(v: object) -> float:
+    if type(v) is float or type(v) is int:
+        if v < 0:
+            raise Reject("schema", "latency_ms must be >= 0")
+        return v
+    if v is None:
+        return NAN
+    raise Reject("schema", f"latency_ms must be a number, not {json_type(v)}")
+
+
+def check_str(name: str, v: object, limit: int, min_length: int = 0) -> str | None:
+    """An optional string field."""
+    if v is None:
+        return None
+    if type(v) is not str:
+        raise Reject("schema", f"{name} must be a string, not {json_type(v)}")
+    s: str = v
+    if len(s) > limit:
+        raise too_long(name, s, limit)
+    if len(s) < min_length:
+        raise Reject("schema", f"{name} must not be empty")
+    return s
+
+
+def check_outcome(v: object) -> str | None:
+    if v is None:
+        return None
+    if type(v) is str and v in OUTCOMES:
+        return v
+    raise Reject("schema", f"outcome must be 'ok' or 'error', not {str(v)[:32]!r}")
+
+
+def feature_values(
+    vals: Sequence[object], limits: Limits, where: Callable[[int], str]
+) -> tuple[list[Any], list[tuple[int, str]]]:
+    """Slow path of feature values: (numbers with NaN, [(position, text)]).
+
+    ``where(j)`` names value ``j`` in a reason.
+    """
+    num: list[Any] = []
+    texts: list[tuple[int, str]] = []
+    lim = limits.max_string_length
+    for j, v in enumerate(vals):
+        if type(v) is float or type(v) is int:
+            num.append(v)
+        elif v is None:
+            num.append(NAN)
+        elif type(v) is str:
+            if len(v) > lim:
+                raise too_long(where(j), v, lim)
+            num.append(NAN)
+            texts.append((j, v))
+        elif type(v) is bool:
+            num.append(NAN)
+            texts.append((j, "true" if v else "false"))
+        else:
+            raise Reject(
+                "schema",
+                f"{where(j)} must be a number, string, bool or null, not {json_type(v)}",
+            )
+    return num, texts
+
+
+# --------------------------------------------------------------------------- columns form
+
+
+class ColumnsBlock:
+    """A decoded columns-form envelope: feature keys, numeric block, texts, row extras."""
+
+    __slots__ = ("extras", "keys", "n", "numeric", "texts")
+
+    def __init__(
+        self,
+        keys: tuple[str, ...],
+        numeric: FloatArray,
+        texts: list[tuple[int, int, str]],
+        extras: list[tuple[Any, ...]],
+    ) -> None:
+        self.keys = keys
+        self.numeric = numeric  # (n, len(keys))
+        self.texts = texts  # (row, position in keys, text)
+        self.extras = extras  # one tuple per row, fields as EXTRAS
+        self.n = len(extras)
+
+
+def _column(cols: Mapping[str, Any], name: str, n: int) -> list[Any] | None:
+    v = cols.get(name)
+    if v is None:
+        return None
+    if type(v) is not list:
+        raise Reject("schema", f"columns.{name} must be an array, not {json_type(v)}")
+    col: list[Any] = v
+    if len(col) != n:
+        raise Reject("schema", f"columns.{name} has {len(col)} values, n is {n}")
+    return col
+
+
+def _str_column(name: str, col: list[Any], limit: int, min_length: int = 0) -> None:
+    types = set(map(type, col))
+    if not types <= STR_NONE:
+        bad = next(v for v in col if type(v) not in STR_NONE)
+        raise Reject("schema", f"columns.{name}: values must be strings, not {json_type(bad)}")
+    strs = [v for v in col if v is not None] if type(None) in types else col
+    if strs:
+        longest = max(strs, key=len)
+        if len(longest) > limit:
+            raise too_long(f"columns.{name}", longest, limit)
+        if min_length and len(min(strs, key=len)) < min_length:
+            raise Reject("schema", f"columns.{name}: empty string")
+
+
+def _feature_column(
+    name: str, col: list[Any], j: int, out: FloatArray, texts: list[tuple[int, int, str]],
+    limits: Limits,
+) -> None:  # fmt: skip
+    types = set(map(type, col))
+    if types <= NUMS_NONE:
+        out[:, j] = col if type(None) not in types else np.array(col, dtype=np.float64)
+        return
+    num, found = feature_values(col, limits, lambda i: f"columns.features[{name[:64]!r}][{i}]")
+    out[:, j] = num
+    texts.extend((r, j, s) for r, s in found)
+
+
+def decode_columns(
+    env: Mapping[str, Any], limits: Limits, kafka_ts: float, partition: int, offset: int
+) -> ColumnsBlock:
+    """Decode the ``columns`` form of an envelope (model and feature names are checked by
+    the caller). Every row gets the envelope's ``partition`` and ``offset``."""
+    n_raw = env.get("n")
+    if type(n_raw) is float and n_raw.is_integer():
+        n_raw = int(n_raw)
+    if type(n_raw) is not int or n_raw < 0:
+        raise Reject("schema", "envelope 'n' must be a non-negative integer")
+    n: int = n_raw
+    if n > limits.max_events_per_envelope:
+        raise Reject("too_many_events", f"envelope has {n} events (limit {limits.max_events_per_envelope})")
+    cols = env.get("columns")
+    if type(cols) is not dict:
+        raise Reject("schema", f"envelope 'columns' must be an object, not {json_type(cols)}")
+    feats = cols.get("features")
+    if type(feats) is not dict:
+        raise Reject("schema", f"columns.features must be an object, not {json_type(feats)}")
+    keys = tuple(feats)
+    numeric = np.empty((n, len(keys)), dtype=np.float64)
+    texts: list[tuple[int, int, str]] = []
+    for j, (name, col) in enumerate(feats.items()):
+        if type(col) is not list:
+            raise Reject("schema", f"columns.features[{name[:64]!r}] must be an array")
+        if len(col) != n:
+            raise Reject("schema", f"columns.features[{name[:64]!r}] has {len(col)} values, n is {n}")
+        _feature_column(name, col, j, numeric, texts, limits)
+
+    lim = limits.max_string_length
+    ts = _column(cols, "ts", n)
+    if ts is None:
+        ts_vals: list[Any] = [kafka_ts] * n
+    elif set(map(type, ts)) <= NUMS:
+        ts_vals = ts
+    else:
+        ts_vals = [_at(i, "ts", check_ts, v, kafka_ts) for i, v in enumerate(ts)]
+
+    pred = _column(cols, "prediction", n)
+    scores: Any = repeat(NAN)
+    labels: Any = repeat(None)
+    if pred is not None:
+        if set(map(type, pred)) <= NUMS:
+            scores = pred
+        else:
+            pairs = [_at(i, "prediction", check_prediction, v, limits) for i, v in enumerate(pred)]
+            scores = [p[0] for p in pairs]
+            labels = [p[1] for p in pairs]
+
+    strs: dict[str, Any] = {}
+    for name in (*ID_FIELDS, "shadow_of"):
+        col = _column(cols, name, n)
+        if col is not None:
+            if name == "shadow_of":
+                _str_column(name, col, limits.max_model_id_length, 1)
+            else:
+                _str_column(name, col, lim)
+        strs[name] = repeat(None) if col is None else col
+    mv_default = check_str("model_version", env.get("model_version"), lim)
+    if mv_default is not None:
+        col = strs["model_version"]
+        strs["model_version"] = (
+            repeat(mv_default) if type(col) is repeat else
+            [mv_default if v is None else v for v in col]
+        )  # fmt: skip
+
+    lat = _column(cols, "latency_ms", n)
+    lats: Any = repeat(NAN)
+    if lat is not None:
+        lats = [_at(i, "latency_ms", check_latency, v) for i, v in enumerate(lat)]
+    seg = _column(cols, "segment", n)
+    segs: Any = repeat(None)
+    if seg is not None:
+        segs = [_at(i, "segment", check_segment, v, limits) for i, v in enumerate(seg)]
+    out = _column(cols, "outcome", n)
+    outs: Any = repeat(None)
+    if out is not None:
+        outs = [_at(i, "outcome", check_outcome, v) for i, v in enumerate(out)]
+
+    extras = list(
+        zip(
+            ts_vals, scores, labels, strs["event_id"], strs["model_version"], segs, lats,
+            repeat(partition), repeat(offset), strs["shadow_of"], strs["trace_id"], outs,
+        )
+    )  # fmt: skip
+    return ColumnsBlock(keys, numeric, texts, extras)
+
+
+def _at(i: int, name: str, check: Any, *args: Any) -> Any:
+    try:
+        return check(*args)
+    except Reject as r:
+        raise Reject(r.code, f"columns.{name}[{i}]: {r.detail}") from None
+
+
+# --------------------------------------------------------------------------- encoders
+
+
+def _envelope_head(model: str, model_version: str | None) -> dict[str, Any]:
+    if not isinstance(model, str) or not model:
+        raise ValueError("model must be a non-empty string")
+    head: dict[str, Any] = {"envelope": ENVELOPE_V1, "model": model}
+    if model_version is not None:
+        head["model_version"] = model_version
+    return head
+
+
+def encode_envelope_rows(
+    model: str, events: Sequence[Mapping[str, Any]], model_version: str | None = None
+) -> bytes:
+    """One Kafka message carrying ``events`` of ``model`` (rows form).
+
+    A ``model`` key in an event is dropped when it names ``model``; another model
+    raises ValueError. Numpy scalars/arrays are serialised natively.
+    """
+    rows: list[Mapping[str, Any]] = []
+    for i, ev in enumerate(events):
+        if "model" in ev:
+            if ev["model"] != model:
+                raise ValueError(f"events[{i}] is for model {ev['model']!r}, not {model!r}")
+            ev = {k: v for k, v in ev.items() if k != "model"}
+        rows.append(ev)
+    head = _envelope_head(model, model_version)
+    head["events"] = rows
+    return orjson.dumps(head, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def encode_envelope_columns(
+    model: str, columns: Mapping[str, Any], n: int, model_version: str | None = None
+) -> bytes:
+    """One Kafka message carrying ``n`` events of ``model`` as columns.
+
+    ``columns`` = ``{"features": {name: values}, "ts": values, ...}`` (see the contract);
+    values may be lists or numpy arrays. Every column must have ``n`` values. Non-finite
+    floats become null (missing).
+    """
+    feats = columns.get("features")
+    if not isinstance(feats, Mapping):
+        raise ValueError("columns['features'] must be a mapping of name -> values")
+    out: dict[str, Any] = {}
+    for name, col in columns.items():
+        if col is None:
+            continue
+        if name == "features":
+            out[name] = {k: _col_list(f"features[{k!r}]", v, n) for k, v in feats.items()}
+        else:
+            out[name] = _col_list(name, col, n)
+    head = _envelope_head(model, model_version)
+    head["n"] = int(n)
+    head["columns"] = out
+    return orjson.dumps(head, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _col_list(name: str, col: Any, n: int) -> Any:
+    if len(col) != n:
+        raise ValueError(f"column {name} has {len(col)} values, n is {n}")
+    if isinstance(col, np.ndarray):
+        if col.ndim == 1 and col.dtype.kind in "fiub":
+            return np.ascontiguousarray(col)  # orjson writes these natively (NaN -> null)
+        return col.tolist()
+    return col
