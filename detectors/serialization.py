@@ -39,7 +39,7 @@ def pack(
     chunks: list[bytes] = []
     offset = 0
     for name, arr in arrays.items():
-        a = np.ascontiguousarray(arr)
+        a = np.ascontiguousarray(arr).reshape(np.shape(arr))  # keeps 0-d arrays 0-d
         dt = a.dtype.newbyteorder("<") if a.dtype.byteorder == ">" else a.dtype
         a = a.astype(dt, copy=False)
         if dt.str not in _ALLOWED_DTYPES:
@@ -104,7 +104,7 @@ def unpack(
             arrays[name] = np.frombuffer(data[start : start + n], dtype=dt).reshape(shape).copy()
         meta = header["meta"]
         version = int(header["version"])
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise SnapshotError(f"malformed snapshot: {exc!r}") from None
     if not isinstance(meta, dict):
         raise SnapshotError("malformed snapshot meta")

@@ -34,6 +34,10 @@ CONSUMER_DEFAULTS: Mapping[str, Any] = {
 }
 # Idempotence verified on Tansu 0.6.0 (20,000 records, in order, no duplicates).
 PRODUCER_DEFAULTS: Mapping[str, Any] = {
+    # Java-compatible key hashing: a model's events land on the same partition whether
+    # they come from this SDK, kafka-python or a Java/Go client (librdkafka's default,
+    # consistent_random (CRC32), would send the same key elsewhere).
+    "partitioner": "murmur2_random",
     "linger.ms": 5,
     "compression.type": "none",
     "acks": "all",

@@ -28,6 +28,7 @@ class ModelState:
     """One model (or one partition's unattributed dead letters, ``~partition-N``)."""
 
     model: str
+    partition: int = -1  # the source partition this state is fed from
     reference: ReferenceProfile | None = None
     monitor: ModelMonitor | None = None
     offsets: dict[str, int] = field(default_factory=dict)  # "topic:partition" -> last applied
@@ -40,6 +41,11 @@ class ModelState:
     restored_reference_id: str | None = None
     last_seen: float = 0.0
     dirty: bool = False
+
+    @property
+    def key(self) -> str:
+        """State key: one state per model and source partition."""
+        return state_key(self.model, self.partition)
 
     @property
     def alerts_firing(self) -> int:
@@ -99,6 +105,7 @@ class ModelState:
     def snapshot(self, *, key: bytes | None = None) -> bytes:
         meta: dict[str, Any] = {
             "model": self.model,
+            "partition": self.partition,
             "offsets": self.offsets,
             "events_applied": self.events_applied,
             "events_deadlettered": self.events_deadlettered,
@@ -126,6 +133,7 @@ class ModelState:
         try:
             st = cls(
                 model=str(meta["model"]),
+                partition=int(meta.get("partition", -1)),
                 offsets={str(k): int(v) for k, v in meta["offsets"].items()},
                 events_applied=int(meta["events_applied"]),
                 events_deadlettered=int(meta["events_deadlettered"]),
@@ -183,6 +191,13 @@ def _rows_batch(model: str, d: dict[str, Any]) -> EventBatch:
         segment=none.copy(), latency_ms=np.full(n, np.nan), partition=np.full(n, -1, np.int64),
         offset=np.full(n, -1, np.int64),
     )
+
+
+def state_key(model: str, partition: int) -> str:
+    """``model@partition``: a model whose events arrive on several partitions (unkeyed or
+    mis-keyed producers) gets one independent state per partition, so no two workers ever
+    write the same state."""
+    return f"{model}@{partition}"
 
 
 def now() -> float:

@@ -21,12 +21,12 @@ from driftline.schemas.codecs import decode_inference
 from driftline.schemas.limits import Limits
 from driftline.schemas.models import DriftAlert, EventBatch, Rejection
 from driftline.streams.metrics import WorkerMetrics
-from driftline.streams.model_state import ModelState
+from driftline.streams.model_state import ModelState, state_key
 
 log = logging.getLogger("driftline.worker")
 
-#: Pseudo-model that owns dead letters carrying no model id, one per source partition.
-UNATTRIBUTED = "~partition-"
+#: Pseudo-model that owns dead letters carrying no model id (one state per partition).
+UNATTRIBUTED = "~unattributed"
 
 
 @dataclass(frozen=True)
@@ -85,9 +85,10 @@ class Processor:
         if old is not None and old.reference_id == profile.reference_id:
             return False
         self.references[profile.model] = profile
-        st = self.models.get(profile.model)
-        if st is not None and (st.reference is None
-                               or st.reference.reference_id != profile.reference_id):
+        for st in self.models.values():
+            if st.model != profile.model or (st.reference is not None
+                                             and st.reference.reference_id == profile.reference_id):
+                continue
             st.reference = profile
             st.monitor = ModelMonitor(profile, self.config)
             st.pending_reference, st.pending_rows, st.dirty = [], 0, True
@@ -95,15 +96,17 @@ class Processor:
         return True
 
     # -- models ------------------------------------------------------------------------
-    def state_of(self, model: str) -> ModelState | None:
-        """The model's state: in memory, restored from its snapshot, or new."""
-        st = self.models.get(model)
+    def state_of(self, model: str, partition: int) -> ModelState | None:
+        """The state of a model on one source partition: in memory, restored, or new."""
+        key = state_key(model, partition)
+        st = self.models.get(key)
         if st is not None:
             return st
-        if len([m for m in self.models if not m.startswith(UNATTRIBUTED)]) >= self.max_models \
-                and not model.startswith(UNATTRIBUTED):
+        if not model.startswith(UNATTRIBUTED) and len(
+                {s.model for s in self.models.values() if not s.model.startswith(UNATTRIBUTED)}
+                | {model}) > self.max_models:
             return None
-        blob = self.snapshot_loader(model) if self.snapshot_loader else None
+        blob = self.snapshot_loader(key) if self.snapshot_loader else None
         ref = self.references.get(model)
         if blob is not None:
             try:
@@ -116,18 +119,20 @@ class Processor:
                 log.error("model %s: snapshot not usable (%s); starting fresh", model, exc)
                 st = None
         if st is None:
-            st = ModelState(model)
+            st = ModelState(model, partition)
             if ref is not None:
                 st.reference, st.monitor = ref, ModelMonitor(ref, self.config)
-        self.models[model] = st
+        self.models[key] = st
         self.metrics.models_tracked.set(len(self.models))
         return st
 
-    def drop(self, models: Sequence[str]) -> None:
-        """Forget models (their partitions were revoked); their metric series go too."""
-        for m in models:
-            if self.models.pop(m, None) is not None:
-                self.metrics.forget_model(m)
+    def drop(self, keys: Sequence[str]) -> None:
+        """Forget states (their partitions were revoked); a model's metric series go with
+        its last state on this worker."""
+        for k in keys:
+            st = self.models.pop(k, None)
+            if st is not None and not any(s.model == st.model for s in self.models.values()):
+                self.metrics.forget_model(st.model)
         self.metrics.models_tracked.set(len(self.models))
 
     # -- the batch ---------------------------------------------------------------------
@@ -154,7 +159,13 @@ class Processor:
 
     def _apply(self, model: str, batch: EventBatch, topic: str,
                payloads: dict[tuple[int, int], bytes], out: Output) -> None:
-        st = self.state_of(model)
+        parts = np.unique(batch.partition).tolist()
+        if len(parts) > 1:  # one model on several partitions: one state per partition
+            for p in parts:
+                self._apply(model, _rows(batch, np.flatnonzero(batch.partition == p)), topic,
+                            payloads, out)
+            return
+        st = self.state_of(model, int(parts[0]))
         if st is None:
             for p, o in sorted(set(zip(batch.partition.tolist(), batch.offset.tolist(),
                                        strict=True))):
@@ -228,16 +239,16 @@ class Processor:
 
     def _last_before_batch(self, st: ModelState, topic: str, partition: int) -> int:
         """The model's last applied offset as it was when this batch began."""
-        key = (st.model, partition)
+        key = (st.key, partition)
         if key not in self._prior:
             self._prior[key] = st.last_offset(topic, partition)
         return self._prior[key]
 
     def _dead_letter(self, rej: Rejection, out: Output) -> None:
-        owner = rej.model if rej.model else f"{UNATTRIBUTED}{rej.partition}"
-        st = self.state_of(owner)
+        owner = rej.model if rej.model else UNATTRIBUTED
+        st = self.state_of(owner, rej.partition)
         if st is None:  # model limit reached: count it under the partition
-            st = self.state_of(f"{UNATTRIBUTED}{rej.partition}")
+            st = self.state_of(UNATTRIBUTED, rej.partition)
         assert st is not None
         if rej.offset >= 0 and rej.offset <= self._last_before_batch(st, rej.topic, rej.partition):
             out.skipped_replays += 1

@@ -197,8 +197,9 @@ class Worker:
         if not batch:
             return
         out = self.processor.process(batch)
+        tracked = {st.model for st in self.processor.models.values()}
         for model, n in nbytes.items():
-            if model in self.processor.models:
+            if model in tracked:
                 self.metrics.bytes.labels(model).inc(n)
         for ref in out.references:
             self._publish_reference(ref)
@@ -283,6 +284,7 @@ class Worker:
     def status_of(self, st: ModelState) -> dict[str, Any]:
         return {
             "model": st.model,
+            "partition": st.partition,
             "events_applied": st.events_applied,
             "events_deadlettered": st.events_deadlettered,
             "events_late": st.events_late,
@@ -311,11 +313,7 @@ class Worker:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         gone = {tp.partition for tp in partitions if tp.topic == self.settings.inference_topic}
         topic = self.settings.inference_topic
-        leaving = [
-            m for m, st in self.processor.models.items()
-            if any(k.rsplit(":", 1)[0] == topic and int(k.rsplit(":", 1)[1]) in gone
-                   for k in st.offsets)
-        ]
+        leaving = [k for k, st in self.processor.models.items() if st.partition in gone]
         try:
             self.checkpoint()
         except KafkaException as exc:

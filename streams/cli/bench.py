@@ -37,3 +37,34 @@ def quality(
     from driftline.benchmarks.quality import run
 
     _show(run(events=events, json_out=json_out, quick=quick))
+
+
+def _baselines(value: str) -> tuple[str, ...]:
+    names = tuple(v.strip() for v in value.split(",") if v.strip() and v.strip() != "none")
+    return names
+
+
+@app.command("throughput")
+def throughput(
+    json_out: Path | None = typer.Option(None, "--json", help="JSON output file"),
+    events: int | None = typer.Option(None, help="events per topic (default 600,000; quick 30,000)"),
+    bootstrap: str | None = typer.Option(None, "--bootstrap", "-b",
+                                         help="Kafka bootstrap servers (default: embedded broker)"),
+    baselines: str = typer.Option("raw,faust,quix,bytewax",
+                                  help="baselines to run, comma-separated ('none' for driftline only)"),
+    faust_events: int = typer.Option(120_000, help="events the Faust agent reads (it is slow)"),
+    quick: bool = typer.Option(False, help="small data set (CI smoke run)"),
+) -> None:
+    """Worker events/s (envelopes, single events) vs raw, Faust, Quix Streams, Bytewax."""
+    from driftline.benchmarks.baselines.harness import BenchError
+    from driftline.benchmarks.throughput import run
+
+    n = events if events is not None else (30_000 if quick else 600_000)
+    try:
+        data = run(events=n, json_out=json_out, bootstrap=bootstrap,
+                   baselines=_baselines(baselines),
+                   faust_events=min(faust_events, 10_000) if quick else faust_events, quick=quick)
+    except BenchError as exc:
+        typer.echo(f"benchmark failed: {exc}", err=True)
+        raise typer.Exit(1) from None
+    _show({k: v for k, v in data.items() if k not in ("details", "data")})

@@ -27,7 +27,7 @@ from driftline.streams.admin import (
     partition_count,
     read_compacted,
 )
-from driftline.streams.kafka_config import redacted
+from driftline.streams.kafka_config import producer_config, redacted
 from driftline.streams.producer import DriftlineProducer
 from driftline.streams.settings import Settings
 from driftline.streams.subscriber import AlertSubscriber
@@ -67,7 +67,7 @@ def produce(
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     producer = DriftlineProducer(s.kafka(), s.inference_topic)
-    raw = Producer({**s.kafka(), "linger.ms": 5}) if single else None
+    raw = Producer(producer_config(s.kafka())) if single else None
 
     def send(ev: dict[str, Any]) -> None:
         if raw is not None:
@@ -222,8 +222,8 @@ def collect_status(settings: Settings) -> dict[str, Any]:
     except UnknownTopicError:
         records = {}
     rows = [orjson.loads(v) for v in records.values()]
-    models = sorted((r for r in rows if not r.get("unattributed")), key=lambda r: r["model"])
     dl_total = sum(int(r.get("events_deadlettered", 0)) for r in rows)
+    models = _per_model([r for r in rows if not r.get("unattributed")])
     n = partition_count(base, settings.inference_topic) or 0
     lag: dict[str, int] = {}
     if n:
@@ -239,15 +239,32 @@ def collect_status(settings: Settings) -> dict[str, Any]:
             if end is not None:
                 lag[str(tp.partition)] = max(end - max(tp.offset, 0), 0)
     return {
-        "models": [{k: r.get(k) for k in ("model", "events_applied", "events_deadlettered",
-                                          "events_late", "offsets", "reference", "alerts_firing",
-                                          "alerts_fired", "owner", "updated_at")}
-                   for r in models],
+        "models": models,
         "deadletter_total": dl_total,
         "models_tracked": len(models),
         "lag": lag,
         "lag_total": sum(lag.values()),
     }
+
+
+def _per_model(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per model: a model's state is kept per source partition (normally one)."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in sorted(rows, key=lambda r: (r["model"], r.get("partition", -1))):
+        m = out.setdefault(r["model"], {
+            "model": r["model"], "events_applied": 0, "events_deadlettered": 0,
+            "events_late": 0, "offsets": {}, "reference": r.get("reference"),
+            "alerts_firing": 0, "alerts_fired": 0, "owner": r.get("owner"),
+            "partitions": [], "updated_at": 0.0})
+        for k in ("events_applied", "events_deadlettered", "events_late", "alerts_firing",
+                  "alerts_fired"):
+            m[k] += int(r.get(k) or 0)
+        m["offsets"].update(r.get("offsets") or {})
+        m["partitions"].append(r.get("partition"))
+        if r.get("owner") and r.get("owner") != m["owner"]:
+            m["owner"] = f"{m['owner']},{r['owner']}"
+        m["updated_at"] = max(m["updated_at"], float(r.get("updated_at") or 0.0))
+    return list(out.values())
 
 
 def status(
@@ -296,7 +313,7 @@ def reference_set(
     if version:
         prof = ReferenceProfile(**{**prof.__dict__, "model_version": version})
     ensure_topics(s.kafka(), topic_specs(s))
-    p = Producer(s.kafka())
+    p = Producer(producer_config(s.kafka()))
     p.produce(s.references_topic, prof.to_json(), key=model.encode())
     if p.flush(30):
         typer.echo("error: the broker did not acknowledge the reference", err=True)

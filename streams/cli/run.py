@@ -139,7 +139,7 @@ def up(
                     sys.stderr.write(
                         f"\r{now - t_start:5.0f} s  produced {produced:>9,}  applied "
                         f"{st.applied:>9,} ({st.applied / elapsed:,.0f} ev/s)  models "
-                        f"{len(w.processor.models)}  alerts {len(firing)}  ")
+                        f"{len({s.model for s in w.processor.models.values()})}  alerts {len(firing)}  ")
                     sys.stderr.flush()
                 time.sleep(max(0.0, next_t - time.monotonic()))
         finally:

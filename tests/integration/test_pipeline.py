@@ -184,6 +184,7 @@ def test_restart_resumes_windows_from_snapshots(
     wait_for(lambda: w1.worker.stats.applied >= first, 60, "first half applied")
     before = {m: (st.monitor.ring.seq if st.monitor else 0, st.reference.reference_id
                   if st.reference else None) for m, st in w1.worker.processor.models.items()}
+    assert len(before) == 2  # one state per model: each model is keyed onto one partition
     w1.stop()
     w2 = start_worker(s)
     wait_for(lambda: w2.worker.ready, 30, "second worker ready")

@@ -47,8 +47,8 @@ def test_replayed_messages_are_applied_once() -> None:
     assert first.applied == 50 * 250
     assert again.applied == 10 * 250 and again.skipped_replays == 50 * 250
     assert first.applied + again.applied + rest.applied == 80 * 250
-    assert {m: st.events_applied for m, st in p.models.items()} == {"model-0": 10_000,
-                                                                     "model-1": 10_000}
+    assert {st.model: st.events_applied for st in p.models.values()} == {"model-0": 10_000,
+                                                                          "model-1": 10_000}
 
 
 def test_reference_built_from_exactly_the_first_n_events() -> None:
@@ -58,7 +58,7 @@ def test_reference_built_from_exactly_the_first_n_events() -> None:
     out = p.process(msgs)
     (ref,) = out.references
     assert ref.size == 2000 and ref.source == "first-events"
-    st = p.models["model-0"]
+    st = p.models["model-0@0"]
     assert st.monitor is not None and st.monitor.ring.seq == 2500
     assert st.events_applied == 4500
 
@@ -68,17 +68,17 @@ def test_snapshot_round_trip_of_model_state_is_exact() -> None:
     msgs = envelopes(gen, 40)
     a = processor()
     a.process(msgs[:20])
-    st = a.models["model-0"]
+    st = a.models["model-0@0"]
     blob = st.snapshot()
     restored = ModelState.restore(blob, st.reference, a.config)
     assert restored.snapshot() == blob
-    b = processor(snapshot_loader={"model-0": blob}.get)
+    b = processor(snapshot_loader={"model-0@0": blob}.get)
     b.references["model-0"] = st.reference  # as read from the references topic
     out_a = a.process(msgs[20:])
     out_b = b.process(msgs[20:])
     assert [x.alert_id for x in out_a.alerts] == [x.alert_id for x in out_b.alerts]
     assert out_a.alerts, "the drift after 6,000 events should alert"
-    assert a.models["model-0"].snapshot() == b.models["model-0"].snapshot()
+    assert a.models["model-0@0"].snapshot() == b.models["model-0@0"].snapshot()
 
 
 def test_pending_reference_buffer_survives_a_restart() -> None:
@@ -86,8 +86,8 @@ def test_pending_reference_buffer_survives_a_restart() -> None:
     msgs = envelopes(gen, 12)
     a = processor()
     a.process(msgs[:4])  # 1,000 of 2,000 reference events
-    blob = a.models["model-0"].snapshot()
-    b = processor(snapshot_loader={"model-0": blob}.get)
+    blob = a.models["model-0@0"].snapshot()
+    b = processor(snapshot_loader={"model-0@0": blob}.get)
     out = b.process(msgs[4:8])
     assert len(out.references) == 1 and out.references[0].size == 2000
     ref_a = a.process(msgs[4:8]).references[0]
@@ -111,7 +111,8 @@ def test_model_limit_dead_letters_new_models() -> None:
     p = processor(max_models=2)
     gen = SyntheticModels(3, seed=0)
     out = p.process(envelopes(gen, 1))
-    assert sorted(m for m in p.models if not m.startswith("~")) == ["model-0", "model-1"]
+    assert sorted(st.model for st in p.models.values() if not st.model.startswith("~")) == [
+        "model-0", "model-1"]
     assert [d.reason.split(":")[0] for d in out.dead_letters] == ["too_many_models"]
 
 
@@ -119,7 +120,7 @@ def test_detector_error_is_dead_lettered_and_the_partition_keeps_flowing() -> No
     gen = SyntheticModels(2, seed=0)
     p = processor()
     p.process(envelopes(gen, 8))
-    st = p.models["model-0"]
+    st = p.models["model-0@0"]
 
     def boom(batch: object) -> list[object]:
         raise ValueError("reference/feature mismatch")
@@ -147,6 +148,6 @@ def test_late_events_dead_lettered_in_event_time_mode() -> None:
     assert p.process(msgs[:1]).dead_letters == []
     out = p.process(msgs[1:])  # its pane closed with the first batch's watermark
     assert [d.reason.split(":")[0] for d in out.dead_letters] == ["late"]
-    st = p.models["model-0"]
+    st = p.models["model-0@0"]
     assert st.events_applied + st.events_deadlettered == 601
     assert np.isfinite(st.monitor.ring.max_ts)  # type: ignore[union-attr]
