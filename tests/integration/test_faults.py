@@ -190,3 +190,49 @@ def test_rebalance_grow_and_shrink_under_load(cluster: Cluster) -> None:
     t.join(180)
     wait_accounted(c, produced["valid"], produced["invalid"], timeout=150)
     assert len(set(dead_letter_offsets(c))) == produced["invalid"]
+
+
+def test_stalled_broker_blocks_nobody_and_loses_nothing(
+    broker_factory: Callable[..., Any], unique_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    broker = broker_factory()
+    c = Cluster(broker.bootstrap, unique_name("stall"), tmp_path)
+    try:
+        c.start()
+        gen = SyntheticModels(4, seed=3)
+        expected = dict.fromkeys(gen.models, 0)
+        worst = 0.0
+        stalled_worst = 0.0
+        with DriftlineProducer(c.settings.kafka(), c.settings.inference_topic,
+                               batch_size=200) as sdk:
+            t_end = time.monotonic() + 50
+            paused_at = time.monotonic() + 10
+            resumed = False
+            while time.monotonic() < t_end:
+                now = time.monotonic()
+                if not broker.paused and not resumed and now >= paused_at:
+                    broker.pause()
+                if broker.paused and now >= paused_at + 30:
+                    broker.resume()
+                    resumed = True
+                for m in gen.models:
+                    for ev in gen.events(m, 50):
+                        t = time.perf_counter()
+                        assert sdk.emit_event(ev)
+                        dt = time.perf_counter() - t
+                        worst = max(worst, dt)
+                        if broker.paused:
+                            stalled_worst = max(stalled_worst, dt)
+                        expected[m] += 1
+                time.sleep(0.05)
+            assert sdk.flush(60) == 0
+            stats = sdk.stats()
+        assert stats.failed == 0 and stats.dropped == 0, stats
+        assert stalled_worst < 0.05, f"emit blocked {stalled_worst * 1e3:.1f} ms during the stall"
+        wait_accounted(c, expected, 0, timeout=120)
+        assert all(p.poll() is None for p in c.procs), "a worker died during the stall"
+        print(f"emit max {worst * 1e6:.0f} µs (during the stall {stalled_worst * 1e6:.0f} µs)")
+    finally:
+        if broker.paused:
+            broker.resume()
+        c.stop_all()
