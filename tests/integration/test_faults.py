@@ -96,7 +96,7 @@ def produce_mixed(c: Cluster, per_model: int, seed: int, *, pace: float = 0.0) -
     invalid = 0
     kp = KafkaProducer(bootstrap_servers=s.bootstrap_servers, linger_ms=5)
     with DriftlineProducer(s.kafka(), s.inference_topic, batch_size=200) as sdk:
-        for k in range(0, per_model, 500):
+        for _ in range(0, per_model, 500):
             for m in gen.models:
                 evs = gen.events(m, 500)
                 for i, ev in enumerate(evs):
