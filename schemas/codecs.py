@@ -12,8 +12,9 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-from array import array
-from collections.abc import Mapping, Sequence
+import struct
+from collections.abc import Callable, Mapping, Sequence
+from functools import cache
 from itertools import repeat
 from typing import Any
 
@@ -79,8 +80,8 @@ class _Acc:
     """Rows of one model collected during one decode call.
 
     Feature values are kept in *runs*: consecutive rows with the same feature keys in the
-    same order share one key layout and one flat ``array('d')`` (the common case is one
-    run per model), so the numeric matrix needs no per-row numpy work.
+    same order share one key layout and a list of packed float64 rows (the common case is
+    one run per model), so the numeric matrix needs no per-row numpy work.
     """
 
     __slots__ = (
@@ -97,7 +98,7 @@ class _Acc:
         self.runs: list[tuple[int, list[int], Any]] = []  # (first row, columns, values)
         self.cur_keys: tuple[str, ...] | None = None
         self.cur_cols: list[int] = []
-        self.cur_vals: array[float] | None = None
+        self.cur_vals: list[bytes] | None = None  # packed float64 rows of the open run
         self.extras: list[tuple[Any, ...]] = []
         self.texts: list[tuple[int, int, str]] = []  # (row, column, text)
 
@@ -137,7 +138,7 @@ class _Acc:
     def open_run(self, keys: tuple[str, ...]) -> None:
         self.cur_keys = keys
         self.cur_cols = self._layout(keys)
-        self.cur_vals = array("d")
+        self.cur_vals = []
         self.runs.append((len(self.extras), self.cur_cols, self.cur_vals))
 
     def add_block(self, block: ColumnsBlock) -> None:
@@ -215,7 +216,13 @@ def _block(vals: Any, rows: int, k: int) -> FloatArray:
         return vals
     if rows == 0 or k == 0:
         return np.empty((rows, k))
-    return np.frombuffer(vals, dtype=np.float64).reshape(rows, k)
+    return np.frombuffer(b"".join(vals), dtype=np.float64).reshape(rows, k)
+
+
+@cache
+def _packer(k: int) -> Callable[..., bytes]:
+    """``pack(*values)`` of ``k`` float64s (ints and bools convert; None/str raise)."""
+    return struct.Struct(f"={k}d").pack
 
 
 def _obj(values: Sequence[Any]) -> ObjectArray:
@@ -250,10 +257,17 @@ def _add_event(
     same = keys == acc.cur_keys
     if not same:
         acc.check_keys(keys, limits)
-    vals: list[Any] = list(feats.values())
+    vals = feats.values()
+    pack = _packer(len(keys))
     texts = None
-    if not _NOT_FAST.isdisjoint(map(type, vals)):
-        vals, texts = feature_values(vals, limits, lambda j: f"feature {keys[j][:64]!r}")
+    if _NOT_FAST.isdisjoint(map(type, vals)):  # numbers and nulls only
+        try:
+            row_bytes = pack(*vals)
+        except struct.error:  # a null among the numbers
+            row_bytes = pack(*[NAN if v is None else v for v in vals])
+    else:
+        num, texts = feature_values(list(vals), limits, lambda j: f"feature {keys[j][:64]!r}")
+        row_bytes = pack(*num)
 
     get = ev.get
     lim = limits.max_string_length
@@ -295,10 +309,7 @@ def _add_event(
     if not same:
         acc.open_run(keys)
     row = len(acc.extras)
-    try:
-        acc.cur_vals.fromlist(vals)  # type: ignore[union-attr]
-    except TypeError:  # None among the numbers (fromlist leaves the array unchanged)
-        acc.cur_vals.fromlist([NAN if v is None else v for v in vals])  # type: ignore[union-attr]
+    acc.cur_vals.append(row_bytes)  # type: ignore[union-attr]
     acc.extras.append((ts, score, label, eid, mv, seg, lat, part, off, shadow, trace, outcome))
     if texts:
         cols = acc.cur_cols

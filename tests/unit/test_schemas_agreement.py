@@ -514,31 +514,31 @@ def _agree(obj: Any) -> None:
     event("valid" if want else f"invalid: {str(got).split(':')[0]}")
 
 
-@_settings(800)
+@_settings(600)
 @given(_event | _event | _sparse_event)
 def test_generated_events_agree(obj: dict[str, Any]) -> None:
     _agree(obj)
 
 
-@_settings(400)
+@_settings(300)
 @given(_rows_env)
 def test_generated_rows_envelopes_agree(obj: dict[str, Any]) -> None:
     _agree(obj)
 
 
-@_settings(400)
+@_settings(300)
 @given(_cols_env)
 def test_generated_columns_envelopes_agree(obj: dict[str, Any]) -> None:
     _agree(obj)
 
 
-@_settings(200)
+@_settings(150)
 @given(_free_event)
 def test_generated_free_form_json_agrees(obj: dict[str, Any]) -> None:
     _agree(obj)
 
 
-@_settings(300)
+@_settings(200)
 @given(
     st.fixed_dictionaries(
         {},

@@ -304,7 +304,7 @@ def _expected_cell(v: Any) -> tuple[float, str | None]:
     return float(v), None
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(_valid_event, min_size=1, max_size=5))
 def test_valid_events_round_trip(events: list[dict[str, Any]]) -> None:
     b = one([encode_event({"model": "m", **e}) for e in events])
@@ -376,7 +376,7 @@ def assert_same_batch(a: EventBatch, b: EventBatch) -> None:
             assert x == y, name
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(_valid_event, min_size=1, max_size=6))
 def test_envelopes_decode_like_single_events(events: list[dict[str, Any]]) -> None:
     singles = one([encode_event({"model": "m", **e}) for e in events])
@@ -414,14 +414,14 @@ def _check_result(values: list[Any]) -> None:
     assert n == res.events
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(st.binary(max_size=64), max_size=4))
 def test_arbitrary_bytes_never_raise(values: list[bytes]) -> None:
     _check_result(values)
     decode_labels(values)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     st.lists(
         _any_json
