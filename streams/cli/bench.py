@@ -47,24 +47,80 @@ def _baselines(value: str) -> tuple[str, ...]:
 @app.command("throughput")
 def throughput(
     json_out: Path | None = typer.Option(None, "--json", help="JSON output file"),
-    events: int | None = typer.Option(None, help="events per topic (default 600,000; quick 30,000)"),
+    events: int | None = typer.Option(None, help="events per topic (default 400,000; quick 30,000)"),
     bootstrap: str | None = typer.Option(None, "--bootstrap", "-b",
                                          help="Kafka bootstrap servers (default: embedded broker)"),
     baselines: str = typer.Option("raw,faust,quix,bytewax",
                                   help="baselines to run, comma-separated ('none' for driftline only)"),
-    faust_events: int = typer.Option(120_000, help="events the Faust agent reads (it is slow)"),
+    faust_events: int = typer.Option(60_000, help="events the Faust agent reads (it is slow)"),
+    profile: Path | None = typer.Option(None, help="run the driftline workers under py-spy; "
+                                        "stacks and a summary go to this folder"),
     quick: bool = typer.Option(False, help="small data set (CI smoke run)"),
 ) -> None:
     """Worker events/s (envelopes, single events) vs raw, Faust, Quix Streams, Bytewax."""
     from driftline.benchmarks.baselines.harness import BenchError
     from driftline.benchmarks.throughput import run
 
-    n = events if events is not None else (30_000 if quick else 600_000)
+    n = events if events is not None else (30_000 if quick else 400_000)
     try:
         data = run(events=n, json_out=json_out, bootstrap=bootstrap,
                    baselines=_baselines(baselines),
-                   faust_events=min(faust_events, 10_000) if quick else faust_events, quick=quick)
+                   faust_events=min(faust_events, 10_000) if quick else faust_events, quick=quick,
+                   profile=profile)
     except BenchError as exc:
         typer.echo(f"benchmark failed: {exc}", err=True)
         raise typer.Exit(1) from None
-    _show({k: v for k, v in data.items() if k not in ("details", "data")})
+    _show({k: v for k, v in data.items() if k not in ("details", "data", "profiles")})
+
+
+@app.command("scaling")
+def scaling(
+    workers: str = typer.Option("1,2", help="worker counts to run, comma-separated"),
+    events: int | None = typer.Option(None, help="events produced (default 400,000; quick 20,000)"),
+    json_out: Path | None = typer.Option(None, "--json", help="JSON output file"),
+    bootstrap: str | None = typer.Option(None, "--bootstrap", "-b",
+                                         help="Kafka bootstrap servers (default: embedded broker)"),
+    envelopes: bool = typer.Option(False, help="SDK envelopes instead of single events"),
+    bytewax: bool = typer.Option(True, help="run Bytewax with 1 and 2 processes for comparison"),
+    quick: bool = typer.Option(False, help="small data set (CI smoke run)"),
+) -> None:
+    """Events/s of 1, 2, ... workers in one group; events lost/duplicated; vs Bytewax."""
+    from driftline.benchmarks.baselines.harness import BenchError
+    from driftline.benchmarks.scaling import run
+
+    try:
+        counts = tuple(int(w) for w in workers.split(",") if w.strip())
+    except ValueError:
+        raise typer.BadParameter("--workers takes counts like 1,2") from None
+    n = events if events is not None else (20_000 if quick else 400_000)
+    try:
+        data = run(workers=counts, events=n, json_out=json_out, bootstrap=bootstrap,
+                   envelopes=envelopes, bytewax=bytewax, quick=quick)
+    except BenchError as exc:
+        typer.echo(f"benchmark failed: {exc}", err=True)
+        raise typer.Exit(1) from None
+    _show({k: v for k, v in data.items() if k not in ("runs", "data")})
+
+
+@app.command("sdk")
+def sdk(
+    json_out: Path | None = typer.Option(None, "--json", help="JSON output file"),
+    emits: int | None = typer.Option(None, help="emit() calls per phase (default 100,000)"),
+    rate: float = typer.Option(20_000.0, help="events/s of the paced and stalled phases"),
+    pause: float = typer.Option(5.0, help="seconds the broker is stopped (SIGSTOP)"),
+    bootstrap: str | None = typer.Option(None, "--bootstrap", "-b",
+                                         help="Kafka bootstrap servers (no pause phase then)"),
+    quick: bool = typer.Option(False, help="fewer emits (CI smoke run)"),
+) -> None:
+    """Producer SDK emit() latency p50/p99/max, broker up and broker stalled."""
+    from driftline.benchmarks.baselines.harness import BenchError
+    from driftline.benchmarks.sdk import run
+
+    n = emits if emits is not None else (10_000 if quick else 100_000)
+    try:
+        data = run(emits=n, json_out=json_out, bootstrap=bootstrap, rate=rate,
+                   pause_s=min(pause, 2.0) if quick else pause, quick=quick)
+    except BenchError as exc:
+        typer.echo(f"benchmark failed: {exc}", err=True)
+        raise typer.Exit(1) from None
+    _show(data)
