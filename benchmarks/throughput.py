@@ -17,7 +17,8 @@ with a fresh consumer group, and is timed from its first event to its last:
 References are on the references topic before the worker starts, so every event goes
 through the detectors. A model's first batch also builds its monitor (threshold
 calibration, ~0.2 s per model), which the first-to-last figure includes; ``*_steady_eps``
-leaves out the first 10 % of events. ``profile``: the driftline workers run under
+leaves out the first 10 % of events. ``columns``: also the worker on the same events as columns-form
+envelopes (``columns_envelope_eps``). ``profile``: the driftline workers run under
 py-spy; their stacks and a per-function summary (``profiles``) are written.
 """
 
@@ -71,14 +72,14 @@ def _steady(result: dict[str, Any], samples: list[tuple[float, int]], total: int
 def run(events: int = 400_000, json_out: Path | None = None, *, bootstrap: str | None = None,
         baselines: tuple[str, ...] = BASELINES, faust_events: int = 60_000,
         quick: bool = False, timeout: float = 600.0,
-        profile: Path | None = None) -> dict[str, Any]:
+        profile: Path | None = None, columns: bool = False) -> dict[str, Any]:
     unknown = set(baselines) - set(BASELINES)
     if unknown:
         raise BenchError(f"unknown baselines {sorted(unknown)}; choose from {BASELINES}")
     logs = log_dir()
     load_before = os.getloadavg()
     eps: dict[str, float | None] = {"raw": None, "faust": None, "quix": None, "bytewax": None,
-                                    "envelope": None, "single": None}
+                                    "envelope": None, "columns": None, "single": None}
     steady: dict[str, float | None] = {}
     details: dict[str, Any] = {}
     skipped: dict[str, str] = {}
@@ -94,7 +95,7 @@ def run(events: int = 400_000, json_out: Path | None = None, *, bootstrap: str |
     with broker(bootstrap) as bs, progress_bar() as progress:
         r = Run(bs)
         try:
-            data = produce_data(r, events, progress=progress)
+            data = produce_data(r, events, columns=columns, progress=progress)
 
             def one(label: str, argv: list[str], total: int, *, tmo: float = timeout,
                     stdin: bool = False) -> dict[str, Any]:
@@ -115,8 +116,11 @@ def run(events: int = 400_000, json_out: Path | None = None, *, bootstrap: str |
                     "raw", "--bootstrap", bs, "--topic", r.single_topic, "--events", events,
                     "--group", r.name("raw")), events)
                 eps["raw"], details["raw"] = res["eps"], res
-            for label, topic, key in (("driftline envelopes", r.envelope_topic, "envelope"),
-                                      ("driftline single events", r.single_topic, "single")):
+            workers = [("driftline envelopes", r.envelope_topic, "envelope"),
+                       ("driftline single events", r.single_topic, "single")]
+            if columns:
+                workers.insert(1, ("driftline columns envelopes", r.columns_topic, "columns"))
+            for label, topic, key in workers:
                 settings = r.worker_settings(key, topic)
                 res = one(label, module_argv(
                     "driftline_worker", "--settings", _json(settings), "--events", events),
@@ -152,6 +156,7 @@ def run(events: int = 400_000, json_out: Path | None = None, *, bootstrap: str |
         "raw_eps": eps["raw"], "faust_eps": eps["faust"], "quix_eps": eps["quix"],
         "bytewax_eps": eps["bytewax"], "envelope_eps": eps["envelope"],
         "single_eps": eps["single"],
+        "columns_envelope_eps": eps["columns"],
         "envelope_vs_raw": _ratio(eps["envelope"], eps["raw"]),
         "envelope_vs_faust": _ratio(eps["envelope"], eps["faust"]),
         "single_vs_faust": _ratio(eps["single"], eps["faust"]),
@@ -180,6 +185,9 @@ def run(events: int = 400_000, json_out: Path | None = None, *, bootstrap: str |
         ("**driftline worker, SDK envelopes**", eps["envelope"], out["envelope_vs_raw"]),
         ("**driftline worker, single events**", eps["single"], out["single_vs_raw"]),
     ]
+    if columns:
+        rows.insert(5, ("driftline worker, columns-form envelopes", eps["columns"],
+                        _ratio(eps["columns"], eps["raw"])))
     table = [(name, v if v else "skipped", x if x else "") for name, v, x in rows]
     table += [(f"ratio {k}", out[k] if out[k] else "n/a", f"target ≥ {t:g}")
               for k, t in out["targets"].items()]

@@ -36,7 +36,7 @@ from rich.progress import (
 )
 
 from driftline.detectors.reference import build_profile
-from driftline.schemas.codecs import encode_envelope_rows
+from driftline.schemas.codecs import encode_envelope_columns, encode_envelope_rows
 from driftline.streams.admin import TopicSpec, delete_topics, ensure_topics
 from driftline.streams.broker import EmbeddedBroker
 from driftline.streams.kafka_config import client_config, producer_config
@@ -91,6 +91,10 @@ class Run:
         return self.name("envelope")
 
     @property
+    def columns_topic(self) -> str:
+        return self.name("columns")
+
+    @property
     def references_topic(self) -> str:
         return self.name("references")
 
@@ -125,15 +129,18 @@ class Run:
 
 
 def produce_data(run: Run, events: int, *, models: int = 10, features: int = 20,
-                 envelopes: bool = True, progress: Progress | None = None,
-                 seed: int = 0) -> dict[str, Any]:
+                 envelopes: bool = True, columns: bool = False,
+                 progress: Progress | None = None, seed: int = 0) -> dict[str, Any]:
     """Pre-produce ``events`` single events (and, with ``envelopes``, the same events as
     batch envelopes of 500, encoded as the producer SDK encodes them) plus one reference
-    profile per model; returns what was written."""
+    profile per model; returns what was written. ``columns``: the same events once more
+    as columns-form envelopes (the other form of the envelope contract)."""
     specs = [TopicSpec(run.single_topic, run.partitions),
              TopicSpec(run.references_topic, 1, compact=True)]
     if envelopes:
         specs.append(TopicSpec(run.envelope_topic, run.partitions))
+    if columns:
+        specs.append(TopicSpec(run.columns_topic, run.partitions))
     run.create(specs)
     gen = SyntheticModels(models, features, seed=seed)
     base = run.kafka()
@@ -173,6 +180,15 @@ def produce_data(run: Run, events: int, *, models: int = 10, features: int = 20,
             rows = [{k: v for k, v in ev.items() if k not in _ENVELOPE_KEYS} for ev in take]
             send(run.envelope_topic, encode_envelope_rows(model, rows, model_version="v1"), key)
             n_env += 1
+        if columns and take:
+            first = take[0]
+            cols: dict[str, Any] = {"features": {k: [e["features"][k] for e in take]  # type: ignore[index]
+                                                 for k in first["features"]}}  # type: ignore[union-attr]
+            for f in first:
+                if f not in _ENVELOPE_KEYS and f != "features":
+                    cols[f] = [e[f] for e in take]
+            send(run.columns_topic, encode_envelope_columns(model, cols, len(take),
+                                                            model_version="v1"), key)
         prod.poll(0)
         sent += len(take)
         if progress is not None and task is not None:

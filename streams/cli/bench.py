@@ -55,6 +55,7 @@ def throughput(
     faust_events: int = typer.Option(60_000, help="events the Faust agent reads (it is slow)"),
     profile: Path | None = typer.Option(None, help="run the driftline workers under py-spy; "
                                         "stacks and a summary go to this folder"),
+    columns: bool = typer.Option(False, help="also run the worker on columns-form envelopes"),
     quick: bool = typer.Option(False, help="small data set (CI smoke run)"),
 ) -> None:
     """Worker events/s (envelopes, single events) vs raw, Faust, Quix Streams, Bytewax."""
@@ -66,7 +67,7 @@ def throughput(
         data = run(events=n, json_out=json_out, bootstrap=bootstrap,
                    baselines=_baselines(baselines),
                    faust_events=min(faust_events, 10_000) if quick else faust_events, quick=quick,
-                   profile=profile)
+                   profile=profile, columns=columns)
     except BenchError as exc:
         typer.echo(f"benchmark failed: {exc}", err=True)
         raise typer.Exit(1) from None
