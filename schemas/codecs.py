@@ -26,6 +26,7 @@ from driftline.schemas.envelope import (
     NAN,
     ColumnsBlock,
     Reject,
+    brief,
     check_latency,
     check_outcome,
     check_prediction,
@@ -461,7 +462,7 @@ def decode_inference(
             if envelope and obj["envelope"] != ENVELOPE_V1:
                 raise Reject(
                     "unknown_envelope",
-                    f"envelope {str(obj['envelope'])[:64]!r} is not {ENVELOPE_V1}",
+                    f"envelope {brief(obj['envelope'])} is not {ENVELOPE_V1}",
                 )
             if model is None:
                 model = _check_model(m, limits)
@@ -593,7 +594,7 @@ def alert_from_dict(d: Mapping[str, Any]) -> DriftAlert:
     """Inverse of :func:`alert_to_dict` (null score/threshold -> NaN); ValueError if invalid."""
     if not isinstance(d, Mapping):
         raise ValueError(f"not_object: a DriftAlert is a JSON object, not {json_type(d)}")
-    err = first_error("drift_alert.v1", dict(d))
+    err = first_error("drift_alert.v1", dict(d)) or _unwritable("changes", d.get("changes"))
     if err is not None:
         raise ValueError(f"schema: {err}")
     w = d["window"]
@@ -722,16 +723,27 @@ def dead_letter_payload(dead_letter: Mapping[str, Any]) -> bytes:
 def encode_change(change: Mapping[str, Any]) -> bytes:
     """One ChangeEvent v1 message; ValueError with a reason if ``change`` is invalid."""
     d = dict(change)
-    err = first_error("change_event.v1", d)
+    err = first_error("change_event.v1", d) or _unwritable("<root>", d)
     if err is not None:
         raise ValueError(f"schema: {err}")
     return orjson.dumps(d)
 
 
 def decode_change(data: bytes | str) -> dict[str, Any]:
-    """Parse and validate one ChangeEvent v1 message; ValueError with a reason if invalid."""
+    """Parse and validate one ChangeEvent v1 message; ValueError with a reason if invalid.
+
+    Extra keys are kept (and must be writable again: nested at most 254 levels)."""
     obj = _load_object(data, "ChangeEvent")
-    err = first_error("change_event.v1", obj)
+    err = first_error("change_event.v1", obj) or _unwritable("<root>", obj)
     if err is not None:
         raise ValueError(f"schema: {err}")
     return obj
+
+
+def _unwritable(where: str, value: object) -> str | None:
+    """Why ``value`` could not be written back with orjson (e.g. nested too deeply), or None."""
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        return f"{where}: {exc}"
+    return None

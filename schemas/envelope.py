@@ -69,6 +69,15 @@ def json_type(v: object) -> str:
     return type(v).__name__
 
 
+def brief(v: object) -> str:
+    """A short, safe rendering of a decoded value for reasons (never recurses)."""
+    if isinstance(v, str):
+        return repr(v[:64])
+    if v is None or isinstance(v, bool | int | float):
+        return repr(v)
+    return f"<{json_type(v)}>"
+
+
 def too_long(what: str, s: str, limit: int) -> Reject:
     return Reject("string_too_long", f"{what} has {len(s)} characters (limit {limit})")
 
@@ -166,7 +175,7 @@ def check_outcome(v: object) -> str | None:
         return None
     if type(v) is str and v in OUTCOMES:
         return v
-    raise Reject("schema", f"outcome must be 'ok' or 'error', not {str(v)[:32]!r}")
+    raise Reject("schema", f"outcome must be 'ok' or 'error', not {brief(v)}")
 
 
 def feature_values(

@@ -117,11 +117,17 @@ def validator(name: str) -> Any:
 
 
 def first_error(name: str, instance: object) -> str | None:
-    """The most relevant validation error of ``instance`` as one line, or None when valid."""
+    """The most relevant validation error of ``instance`` as one line, or None when valid.
+
+    A value nested too deeply to validate (or to render in a message) is an error too.
+    """
     from jsonschema.exceptions import best_match
 
-    err = best_match(validator(name).iter_errors(instance))
-    if err is None:
-        return None
-    where = "/".join(str(p) for p in err.absolute_path)
-    return f"{where or '<root>'}: {err.message}"[:300]
+    try:
+        err = best_match(validator(name).iter_errors(instance))
+        if err is None:
+            return None
+        where = "/".join(str(p) for p in err.absolute_path)
+        return f"{where or '<root>'}: {err.message}"[:300]
+    except RecursionError:
+        return "<root>: a value is nested too deeply to validate"

@@ -17,6 +17,7 @@ from driftline.schemas.codecs import (
     decode_alert,
     decode_change,
     decode_dead_letter,
+    decode_inference,
     encode_alert,
     encode_change,
     encode_dead_letter,
@@ -163,8 +164,6 @@ def test_dead_letter_needs_a_coded_reason() -> None:
 
 
 def test_decoded_rejections_all_make_valid_dead_letters() -> None:
-    from driftline.schemas.codecs import decode_inference
-
     values = [
         b"",
         b"[]",
@@ -225,3 +224,38 @@ def test_validator_numbers_are_finite_and_dates_are_checked() -> None:
     assert not v.is_valid({**base, "ts": "2023-02-29T12:00:00Z"})
     assert v.is_valid({**base, "ts": "0001-01-01T00:00:00+01:00"})
     assert not v.is_valid({**base, "ts": "2024-01-01T00:00:00+24:00"})
+
+
+DEEP = b"[" * 1020 + b"]" * 1020  # orjson reads up to 1024 levels, writes up to 254
+
+
+def test_deeply_nested_values_are_schema_rejections() -> None:
+    alert = alert_to_dict(make_alert())
+    change = b'{"model": "m", "kind": "deploy", "text": "x", "ts": %s}'
+    for decode, raw in (
+        (decode_alert, orjson.dumps({**alert, "kind": 0})[:-1] + b', "kind": ' + DEEP + b"}"),
+        (decode_dead_letter, b'{"reason_code": ' + DEEP + b"}"),
+        (decode_change, change % DEEP),
+    ):
+        with pytest.raises(ValueError, match=r"^schema: "):
+            decode(raw)
+    nested = b'{"a":' * 300 + b"1" + b"}" * 300
+    with pytest.raises(ValueError, match=r"^schema: <root>: "):
+        decode_change(b'{"model": "m", "kind": "deploy", "text": "x", "ts": 1, "extra": ' + nested + b"}")
+    d = {**alert, "changes": [orjson.loads(nested)]}
+    with pytest.raises(ValueError, match=r"^schema: changes: "):
+        alert_from_dict(d)
+    (rej,) = decode_inference([b'{"envelope": ' + DEEP + b', "model": "m"}']).rejections
+    assert rej.reason == "unknown_envelope: envelope <array> is not driftline.batch/v1"
+
+
+def test_alert_integers_are_int64() -> None:
+    d = alert_to_dict(make_alert())
+    d["window"]["last_offset"] = 2**64
+    with pytest.raises(ValueError, match=r"^schema: window/last_offset: "):
+        alert_from_dict(d)
+    raw = orjson.dumps(alert_to_dict(make_alert())).replace(
+        b'"last_offset":5009', b'"last_offset":18446744073709551616'
+    )
+    with pytest.raises(ValueError, match=r"^schema: "):
+        decode_alert(raw)
