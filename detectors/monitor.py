@@ -3,8 +3,13 @@
 ``update(batch)`` bins the whole batch against the reference in one vectorised pass,
 adds each pane's rows to the ring, and evaluates the window every time a pane closes:
 a chi-square homogeneity test per column (the calibrated decision), with PSI,
-Jensen-Shannon, binned KS and Wasserstein reported beside it. Decisions go through the
-alert policy per kind (``data`` for features, ``prediction`` for the model output).
+Jensen-Shannon, binned KS and Wasserstein reported beside it. When the reference has a
+multivariate part (``ReferenceProfile.multivariate``), each pane also keeps the sums of
+the multivariate statistics (RFF kernel MMD, covariance, PCA reconstruction error; see
+:mod:`~driftline.detectors.multivariate`), and their p-values join the per-column
+chi-square p-values in one Bonferroni / BH family, so the false-alarm target holds for
+all of them together. Decisions go through the alert policy per kind (``data`` for
+features and the multivariate statistics, ``prediction`` for the model output).
 """
 
 from __future__ import annotations
@@ -20,9 +25,11 @@ from numpy.typing import NDArray
 
 from driftline.detectors.binning import Binner
 from driftline.detectors.calibration import Calibration, calibrate
-from driftline.detectors.errors import InputError, SnapshotError
+from driftline.detectors.errors import InputError, ProfileError, SnapshotError
+from driftline.detectors.multivariate import MultivariateModel, MVEvaluation
+from driftline.detectors.mv_encode import BatchEncoder
 from driftline.detectors.policy import AlertPolicy, PolicyConfig
-from driftline.detectors.reference import NumericProfile, ReferenceProfile
+from driftline.detectors.reference import CategoricalProfile, NumericProfile, ReferenceProfile
 from driftline.detectors.serialization import pack, unpack
 from driftline.detectors.stats import (
     bin_widths,
@@ -37,7 +44,9 @@ from driftline.schemas.models import DriftAlert, EventBatch, FeatureScore, Windo
 
 SNAPSHOT_KIND = "driftline.monitor"
 DETECTOR = "pane_chi2"
+MV_DETECTOR = "pane_multivariate"
 TOP_FEATURES = 5
+TOP_CONTRIBUTORS = 3  # per multivariate statistic in an alert's top_features
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,7 @@ class MonitorConfig:
     calibration_rounds: int = 300
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     seed: int = 0
+    multivariate: bool = True  # use the reference's multivariate statistics when it has them
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -106,6 +116,8 @@ def _check_types(cfg: MonitorConfig) -> None:
         raise ValueError(f"pane_seconds must be a finite number or null, not {ps!r}")
     if not isinstance(cfg.policy, PolicyConfig):
         raise ValueError("policy must be a PolicyConfig")
+    if not isinstance(cfg.multivariate, bool):
+        raise ValueError(f"multivariate must be true or false, not {cfg.multivariate!r}")
 
 
 @dataclass(frozen=True)
@@ -126,10 +138,36 @@ class Evaluation:
     ks: NDArray[np.float64]
     wasserstein: NDArray[np.float64]
     alerts: tuple[DriftAlert, ...] = ()
+    #: The multivariate statistics (kind "data"), when the reference has them.
+    multivariate: MVEvaluation | None = None
 
     def drifted(self, kind: str | None = None) -> list[str]:
-        return [n for n, k, d in zip(self.names, self.kinds, self.drift, strict=True)
-                if d and (kind is None or k == kind)]
+        """Drifted columns (and multivariate statistics, which are of kind "data")."""
+        out = [n for n, k, d in zip(self.names, self.kinds, self.drift, strict=True)
+               if d and (kind is None or k == kind)]
+        mv = self.multivariate
+        if mv is not None and kind in (None, "data"):
+            out += [n for n, d in zip(mv.names, mv.drift, strict=True) if d]
+        return out
+
+
+def multivariate_for(
+    reference: ReferenceProfile, binner: Binner, parsed: MultivariateModel | None = None
+) -> tuple[MultivariateModel, BatchEncoder] | None:
+    """The reference's multivariate statistics and their batch encoder (None when it has none).
+
+    Raises ProfileError when the multivariate part does not fit the profile.
+    """
+    if reference.multivariate is None:
+        return None
+    try:
+        model = parsed or MultivariateModel.from_dict(reference.multivariate)
+        cats = {c.name: c.categories for c in reference.columns
+                if isinstance(c, CategoricalProfile)}
+        layout = binner.layout
+        return model, BatchEncoder(model.encoding, layout.names, cats, layout.missing_bin)
+    except ValueError as exc:
+        raise ProfileError(f"unusable multivariate reference: {exc}") from None
 
 
 def alert_id(model: str, kind: str, feature: str | None, segment: str, pane: int, state: str) -> str:
@@ -148,11 +186,20 @@ class ModelMonitor:
         reference: ReferenceProfile,
         config: MonitorConfig | None = None,
         calibration: Calibration | None = None,
+        *,
+        multivariate: MultivariateModel | None = None,
     ) -> None:
+        """``multivariate``: the reference's parsed multivariate part, when already at hand."""
         self.reference = reference
         self.config = config or MonitorConfig()
         self.binner = Binner(reference)
         layout = self.binner.layout
+        self.mv: MultivariateModel | None = None
+        self._encoder: BatchEncoder | None = None
+        if self.config.multivariate:
+            found = multivariate_for(reference, self.binner, multivariate)
+            if found is not None:
+                self.mv, self._encoder = found
         self.calibration = calibration or calibrate(
             layout.ref_counts,
             self.config.nominal_window,
@@ -179,7 +226,10 @@ class ModelMonitor:
             else CountRule(cfg.pane_size)
         )
         c, w = len(self.binner.layout.names), self.binner.layout.width
-        self.ring = PaneRing(cfg.panes, rule, {"hist": ((c, w), "<i8")})
+        shapes: dict[str, tuple[tuple[int, ...], str]] = {"hist": ((c, w), "<i8")}
+        if self.mv is not None:
+            shapes.update(self.mv.shapes())
+        self.ring = PaneRing(cfg.panes, rule, shapes)
         self.policy = AlertPolicy(cfg.policy)
         self.events_since_eval = 0
         self.evaluations = 0
@@ -204,6 +254,7 @@ class ModelMonitor:
         if n == 0:
             return []
         bins = self.binner.bins(batch)
+        z = self._encoder.encode(batch, bins) if self._encoder is not None else None
         ts = batch.ts
         pane_ids = self.ring.pane_ids(n, ts)
         keep = np.ones(n, dtype=bool)
@@ -230,20 +281,25 @@ class ModelMonitor:
             cuts = np.flatnonzero(np.diff(pid)) + 1
             for grp in np.split(np.arange(rows.size), cuts):
                 r = rows[grp]
+                sums: dict[str, NDArray[Any]] = {"hist": self.binner.histogram(bins[r])}
+                if z is not None and self.mv is not None:
+                    sums.update(self.mv.pane_sums(z[r]))
                 self.ring.add(
                     int(pid[grp[0]]),
-                    {"hist": self.binner.histogram(bins[r])},
+                    sums,
                     int(r.size),
                     ts[r],
                     batch.offset[r],
                     last_seq=seq0 + int(r.max()),
                 )
+                # counted before the pane can close, so each evaluation spends the false-alarm
+                # budget of exactly the events since the previous one
+                self.events_since_eval += int(r.size)
                 if isinstance(self.ring.rule, CountRule):
                     out.extend(self._close_due(batch))
             finite = ts[rows][np.isfinite(ts[rows])]
             self.ring.advance(0, float(finite.max()) if finite.size else math.nan)
         self.ring.seq = seq0 + n if isinstance(self.ring.rule, CountRule) else self.ring.seq + n
-        self.events_since_eval += int(rows.size)
         out.extend(self._close_due(batch))
         self.last_evaluations = out
         return out
@@ -277,13 +333,19 @@ class ModelMonitor:
         n = ring.total_n
         chi = chi_square(ref, win)
         p = self.calibration.p_values(chi.statistic, chi.df)
+        mv = self.mv.evaluate(self._window_sums(), n) if self.mv is not None else None
+        p_all = p if mv is None else np.concatenate([p, mv.p_value])
         new_events = max(self.events_since_eval, pane.n)
         self.events_since_eval = 0
         alpha = self.calibration.alpha_eval(new_events)
         insufficient = n < self.config.min_samples
-        drift = np.zeros(p.size, dtype=bool) if insufficient else self.calibration.decide(p, alpha)
-        family = p.size
+        decided = (np.zeros(p_all.size, dtype=bool) if insufficient
+                   else self.calibration.decide(p_all, alpha))
+        drift = decided[: p.size]
+        family = p_all.size
         thr = self.calibration.thresholds(chi.df, alpha, family)
+        if mv is not None:
+            mv = mv.decided(decided[p.size :], alpha / family)
         ks, _ = ks_binned(ref, win, layout.n_bins, layout.numeric)
         wd = wasserstein_binned(ref, win, layout.n_bins, self._widths, self._scale)
         start, end, first, last = ring.window_bounds()
@@ -310,6 +372,7 @@ class ModelMonitor:
             js=jensen_shannon(ref, win),
             ks=ks,
             wasserstein=wd,
+            multivariate=mv,
         )
         if insufficient:
             return ev
@@ -318,48 +381,83 @@ class ModelMonitor:
             ev = replace(ev, alerts=alerts)
         return ev
 
+    def _window_sums(self) -> dict[str, NDArray[Any]]:
+        """Multivariate window sums, added afresh over the closed panes in order.
+
+        Float sums are not taken from the ring's running totals: adding and evicting
+        panes would leave rounding residue there that depends on the whole history, and
+        a restored monitor (whose totals are rebuilt from its panes) would then differ in
+        the last bits. Summing a handful of panes per evaluation is cheap and exact.
+        """
+        assert self.mv is not None
+        out = {k: np.zeros(s, dtype=np.float64) for k, (s, _) in self.mv.shapes().items()}
+        for pane in self.ring.closed:
+            for k, v in out.items():
+                v += pane.sums[k]
+        return out
+
     def _alerts(self, ev: Evaluation, batch: EventBatch | None) -> list[DriftAlert]:
         out: list[DriftAlert] = []
         version = None
         if batch is not None and len(batch):
             v = batch.model_version[-1]
             version = v if isinstance(v, str) else None
-        for kind in sorted(set(ev.kinds)):
+        mv = ev.multivariate
+        kinds = set(ev.kinds) | ({"data"} if mv is not None else set())
+        for kind in sorted(kinds):
             cols = [i for i, k in enumerate(ev.kinds) if k == kind]
-            drifted = bool(ev.drift[cols].any())
+            stats = list(range(len(mv.names))) if mv is not None and kind == "data" else []
+            drifted = bool(ev.drift[cols].any()) or (mv is not None and bool(mv.drift[stats].any()))
             state = self.policy.step(kind, drifted)
             if state is None:
                 continue
             ranked = sorted(cols, key=lambda i: (ev.p_value[i], -ev.chi2[i]))
+            mv_hits: list[int] = []
             if state == "firing":
-                ranked = [i for i in ranked if ev.drift[i]] or ranked
                 self.firing_keys.add(kind)
+                uni = [i for i in ranked if ev.drift[i]]
+                if mv is not None:
+                    mv_hits = sorted((i for i in stats if mv.drift[i]),
+                                     key=lambda i: (mv.p_value[i], -mv.score[i]))
+                ranked = uni or ([] if mv_hits else ranked)
             else:
                 self.firing_keys.discard(kind)
-            top = ranked[0]
-            feats = tuple(
-                FeatureScore(ev.names[i], "chi2", float(ev.chi2[i]), float(ev.threshold[i]),
-                             float(ev.p_value[i]))
-                for i in ranked[:TOP_FEATURES]
-            )
+            feats = [FeatureScore(ev.names[i], "chi2", float(ev.chi2[i]), float(ev.threshold[i]),
+                                  float(ev.p_value[i])) for i in ranked[:TOP_FEATURES]]
+            contributions = {i: mv.contributors(i, TOP_CONTRIBUTORS) for i in mv_hits} \
+                if mv is not None else {}
+            for i in mv_hits:
+                feats += [FeatureScore(c.name, c.statistic, c.score, c.threshold, c.p_value)
+                          for c in contributions[i]]
+            if ranked or mv is None or not mv_hits:
+                top = ranked[0]
+                detector, statistic, feature = DETECTOR, "chi2", ev.names[top]
+                score, thr, p = float(ev.chi2[top]), float(ev.threshold[top]), float(ev.p_value[top])
+            else:  # only multivariate statistics rejected: the strongest one leads
+                lead = mv_hits[0]
+                parts = contributions[lead]
+                detector, statistic = MV_DETECTOR, mv.names[lead]
+                feature = parts[0].source if parts else mv.names[lead]
+                score, thr, p = float(mv.score[lead]), float(mv.threshold[lead]), \
+                    float(mv.p_value[lead])
             out.append(
                 DriftAlert(
-                    alert_id=alert_id(self.reference.model, kind, ev.names[top], "",
-                                      ev.window.pane, state),
+                    alert_id=alert_id(self.reference.model, kind, feature, "", ev.window.pane,
+                                      state),
                     model=self.reference.model,
                     kind=kind,
                     state=state,
-                    detector=DETECTOR,
-                    statistic="chi2",
-                    score=float(ev.chi2[top]),
-                    threshold=float(ev.threshold[top]),
-                    p_value=float(ev.p_value[top]),
+                    detector=detector,
+                    statistic=statistic,
+                    score=score,
+                    threshold=thr,
+                    p_value=p,
                     window=ev.window,
                     model_version=version,
-                    feature=ev.names[top],
+                    feature=feature,
                     reference=self.reference.reference_id,
-                    severity="critical" if float(ev.p_value[top]) < 1e-12 else "warning",
-                    top_features=feats,
+                    severity="critical" if p < 1e-12 else "warning",
+                    top_features=tuple(feats),
                     created_at=ev.window.end_ts or 0.0,
                 )
             )
@@ -413,8 +511,15 @@ class ModelMonitor:
                 raise SnapshotError("snapshot calibration does not fit the reference")
             # load into a new monitor and swap, so a rejected snapshot changes nothing
             new = ModelMonitor(self.reference, config, Calibration(
-                config.target_run_length, scale, config.correction, config.calibration_rounds))
+                config.target_run_length, scale, config.correction, config.calibration_rounds),
+                multivariate=self.mv)
             new.ring.load(meta["ring"], arrays)
+            bounds = new.mv.row_bounds() if new.mv is not None else {}
+            for pane in (*new.ring.closed, *new.ring.open.values()):
+                for k, bound in bounds.items():
+                    v = pane.sums[k]
+                    if not (np.all(np.isfinite(v)) and np.all(np.abs(v) <= bound * pane.n + 1e-6)):
+                        raise ValueError(f"pane sums {k!r} out of range")
             new.policy.load(meta["policy"])
             new.events_since_eval = _count(meta["events_since_eval"])
             new.evaluations = _count(meta["evaluations"])

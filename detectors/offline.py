@@ -1,4 +1,10 @@
-"""Offline front of the engine: one two-sample comparison, or a replay as a stream."""
+"""Offline front of the engine: one two-sample comparison, or a replay as a stream.
+
+Both use the combined family of the streaming engine: a chi-square test per column plus,
+when the reference has them, the multivariate statistics (RFF kernel MMD, covariance,
+PCA reconstruction error). The JSON report lists every statistic with its score,
+threshold and p-value.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ from scipy import stats
 
 from driftline.detectors.binning import Binner
 from driftline.detectors.exact import ks_2samp
-from driftline.detectors.monitor import ModelMonitor, MonitorConfig
+from driftline.detectors.monitor import ModelMonitor, MonitorConfig, multivariate_for
 from driftline.detectors.reference import NumericProfile, ReferenceProfile, build_profile
 from driftline.detectors.stats import chi_square, jensen_shannon, ks_binned, psi
 from driftline.detectors.tables import Table, to_batch
@@ -43,6 +49,9 @@ class Report:
     n_reference: int = 0
     n_current: int = 0
     alpha: float | None = None
+    #: the multivariate statistics: name, kind, drift, score, threshold, p_value, top
+    multivariate: list[dict[str, Any]] = field(default_factory=list)
+    tests: int = 0  # size of the family the level is split over (Bonferroni)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -51,7 +60,9 @@ class Report:
             "n_reference": self.n_reference,
             "n_current": self.n_current,
             "alpha": self.alpha,
+            "tests": self.tests,
             "features": [f.__dict__ for f in self.features],
+            "multivariate": self.multivariate,
             "alerts": self.alerts,
         }
 
@@ -61,21 +72,31 @@ def profile_table(model: str, table: Table, *, source: str = "file", bins: int =
     return build_profile(model, table.features, prediction=table.prediction, source=source, bins=bins)
 
 
-def compare(reference: ReferenceProfile, current: Table, *, alpha: float = 0.05) -> Report:
-    """Two-sample test of every column at family-wise level ``alpha`` (Bonferroni).
+def compare(reference: ReferenceProfile, current: Table, *, alpha: float = 0.05,
+            multivariate: bool = True) -> Report:
+    """Two-sample test of every column and multivariate statistic at family-wise ``alpha``.
 
-    The decision is the chi-square homogeneity test on the reference's quantile bins;
-    numeric columns also get the exact two-sample KS statistic on the raw values
-    against the reference's bounded sample.
+    The per-column decision is the chi-square homogeneity test on the reference's
+    quantile bins; numeric columns also get the exact two-sample KS statistic on the raw
+    values against the reference's bounded sample. With the reference's multivariate
+    statistics (``multivariate``), the Bonferroni family is the columns plus those.
     """
     binner = Binner(reference)
     batch = to_batch(reference.model, current)
-    hist = binner.histogram(binner.bins(batch))
+    bins = binner.bins(batch)
+    hist = binner.histogram(bins)
     ref = binner.layout.ref_counts
     chi = chi_square(ref, hist)
-    m = len(binner.layout.names)
+    found = multivariate_for(reference, binner) if multivariate else None
+    mv = None
+    if found is not None:
+        model, encoder = found
+        mv = model.evaluate(model.pane_sums(encoder.encode(batch, bins)), len(batch))
+    m = len(binner.layout.names) + (0 if mv is None else len(mv.names))
     thr = stats.chi2.isf(alpha / m, np.maximum(chi.df, 1.0))
     drift = chi.p_value <= alpha / m
+    if mv is not None:
+        mv = mv.decided(np.where(np.isfinite(mv.p_value), mv.p_value, 1.0) <= alpha / m, alpha / m)
     p_psi, p_js = psi(ref, hist), jensen_shannon(ref, hist)
     cols = [*reference.columns, *([reference.prediction] if reference.prediction else [])]
     out: list[FeatureResult] = []
@@ -100,7 +121,9 @@ def compare(reference: ReferenceProfile, current: Table, *, alpha: float = 0.05)
             )
         )
     _ = ks_binned  # binned KS is reported by the streaming path
-    return Report(bool(drift.any()), out, [], "two-sample", reference.size, len(current), alpha)
+    fired = bool(drift.any()) or (mv is not None and bool(mv.drift.any()))
+    return Report(fired, out, [], "two-sample", reference.size, len(current), alpha,
+                  [] if mv is None else mv.to_dicts(), m)
 
 
 def replay(
@@ -140,4 +163,7 @@ def replay(
                 ks=None if np.isnan(last.ks[j]) else float(last.ks[j]),
             ))
     fired = any(a["state"] == "firing" for a in alerts)
-    return Report(fired, features, alerts, "stream", reference.size, len(current), None)
+    mv = last.multivariate if last is not None else None
+    tests = 0 if last is None else len(last.names) + (0 if mv is None else len(mv.names))
+    return Report(fired, features, alerts, "stream", reference.size, len(current), None,
+                  [] if mv is None else mv.to_dicts(), tests)

@@ -3,6 +3,8 @@
 Numeric features keep quantile bin edges with reference counts, a missing count and a
 bounded raw sample (for exact tests); categorical features keep their top-K categories
 plus an "other" count. The prediction is profiled the same way, as a score or a label.
+The ``multivariate`` part holds what the multivariate statistics need of the joint
+distribution of the features (see :mod:`~driftline.detectors.multivariate`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import orjson
 from numpy.typing import NDArray
 
 from driftline.detectors.errors import ProfileError
+from driftline.detectors.multivariate import MultivariateModel
+from driftline.detectors.mv_encode import CategoricalInput, ColumnInput, NumericInput
 
 SCHEMA = "driftline.reference/v1"
 PREDICTION = "prediction"
@@ -273,8 +277,14 @@ def build_profile(
     categorical: Sequence[str] = (),
     seed: int = 0,
     created_at: float | None = None,
+    multivariate: bool = True,
 ) -> ReferenceProfile:
-    """Profile reference columns (name -> values). Types are inferred; force with ``categorical``."""
+    """Profile reference columns (name -> values). Types are inferred; force with ``categorical``.
+
+    With ``multivariate`` (the default), the profile also gets the reference side of the
+    multivariate statistics (fitted on the feature rows; the prediction is left out), unless
+    the reference is too small or has fewer than two usable features.
+    """
     if not columns:
         raise ProfileError("a reference needs at least one feature column")
     sizes = {len(v) for v in columns.values()}
@@ -284,12 +294,17 @@ def build_profile(
     if size == 0:
         raise ProfileError("reference columns are empty")
     profiles: list[ColumnProfile] = []
+    inputs: list[ColumnInput] = []
     for name, raw in columns.items():
         arr = np.asarray(raw) if not isinstance(raw, np.ndarray) else raw
         if name not in categorical and _is_numeric(arr):
             profiles.append(profile_numeric(name, arr, bins=bins, sample_size=sample_size, seed=seed))
+            inputs.append(NumericInput(name, np.asarray(arr, dtype=np.float64)))  # None -> NaN
         else:
-            profiles.append(profile_categorical(name, list(arr.tolist()), top_k=top_k))
+            values = list(arr.tolist())
+            cat = profile_categorical(name, values, top_k=top_k)
+            profiles.append(cat)
+            inputs.append(_codes(cat, values))
     pred: ColumnProfile | None = None
     if prediction is not None:
         parr = np.asarray(prediction) if not isinstance(prediction, np.ndarray) else prediction
@@ -300,6 +315,7 @@ def build_profile(
         else:
             pred = profile_categorical(PREDICTION, list(parr.tolist()), top_k=top_k)
     created = time.time() if created_at is None else created_at
+    mv = MultivariateModel.fit(inputs, seed=seed) if multivariate else None
     body = ReferenceProfile(
         model=model,
         columns=tuple(profiles),
@@ -308,6 +324,7 @@ def build_profile(
         source=source,
         model_version=model_version,
         created_at=created,
+        multivariate=None if mv is None else mv.to_dict(),
     )
     digest = hashlib.sha1(orjson.dumps(body.to_dict())).hexdigest()[:12]
     return ReferenceProfile(
@@ -319,4 +336,13 @@ def build_profile(
         model_version=model_version,
         created_at=created,
         reference_id=f"{model}@{digest}",
+        multivariate=body.multivariate,
     )
+
+
+def _codes(profile: CategoricalProfile, values: Sequence[Any]) -> CategoricalInput:
+    """A categorical column as indices into the profile's categories (other = K, missing = -1)."""
+    lookup = {c: i for i, c in enumerate(profile.categories)}
+    other = len(profile.categories)
+    codes = [-1 if t is None else lookup.get(t, other) for t in map(_category_token, values)]
+    return CategoricalInput(profile.name, np.asarray(codes, dtype=np.int64), profile.categories)
