@@ -9,17 +9,17 @@ import numpy as np
 import orjson
 import pytest
 from scipy import stats
-from synth import make_batch
 
 from driftline.detectors.checks import ALL_CHECKS, DetectorCase
-from driftline.detectors.errors import ProfileError
+from driftline.detectors.errors import ProfileError, SnapshotError
 from driftline.detectors.monitor import ModelMonitor, MonitorConfig, multivariate_for
 from driftline.detectors.multivariate import MultivariateModel
-from driftline.detectors.mv_encode import NumericInput
+from driftline.detectors.mv_encode import CategoricalInput, NumericInput
 from driftline.detectors.mv_null import WeightedChiSquare
 from driftline.detectors.mv_rff import feature_rows, feature_sums, median_bandwidth, weights
 from driftline.detectors.offline import compare
 from driftline.detectors.reference import ReferenceProfile, build_profile
+from driftline.detectors.serialization import pack, unpack
 from driftline.detectors.tables import Table
 from driftline.schemas.models import EventBatch
 from driftline.schemas.validation import validator
@@ -156,7 +156,6 @@ def test_batch_encoding_equals_reference_encoding(profile: ReferenceProfile) -> 
     x, cat = mixed_rows(np.random.default_rng(9), 500)
     batch = mixed_batch(x, cat)
     z = encoder.encode(batch, mon.binner.bins(batch))
-    from driftline.detectors.mv_encode import CategoricalInput
     codes = np.asarray([-1 if c is None else list(CATS).index(c) for c in cat], dtype=np.int64)
     cols = {f"f{i}": NumericInput(f"f{i}", x[:, i]) for i in range(F)}
     cols["cat"] = CategoricalInput("cat", codes, tuple(CATS))
@@ -272,9 +271,6 @@ def test_snapshot_round_trip_is_exact_with_multivariate_sums(profile: ReferenceP
 
 
 def test_non_finite_pane_sums_are_refused(profile: ReferenceProfile) -> None:
-    from driftline.detectors.errors import SnapshotError
-    from driftline.detectors.serialization import pack, unpack
-
     mon = ModelMonitor(profile, MonitorConfig(calibration_rounds=0))
     x, cat = mixed_rows(np.random.default_rng(1), 2500)
     mon.update(mixed_batch(x, cat))
