@@ -41,6 +41,7 @@ class ModelState:
     restored_reference_id: str | None = None
     last_seen: float = 0.0
     dirty: bool = False
+    cluster_id: str | None = None  # the Kafka cluster its offsets refer to
 
     @property
     def key(self) -> str:
@@ -106,6 +107,7 @@ class ModelState:
         meta: dict[str, Any] = {
             "model": self.model,
             "partition": self.partition,
+            "cluster": self.cluster_id,
             "offsets": self.offsets,
             "events_applied": self.events_applied,
             "events_deadlettered": self.events_deadlettered,
@@ -134,6 +136,7 @@ class ModelState:
             st = cls(
                 model=str(meta["model"]),
                 partition=int(meta.get("partition", -1)),
+                cluster_id=meta.get("cluster") if isinstance(meta.get("cluster"), str) else None,
                 offsets={str(k): int(v) for k, v in meta["offsets"].items()},
                 events_applied=int(meta["events_applied"]),
                 events_deadlettered=int(meta["events_deadlettered"]),

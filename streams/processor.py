@@ -77,6 +77,7 @@ class Processor:
         self.snapshot_loader = snapshot_loader
         self.snapshot_key = snapshot_key
         self._prior: dict[tuple[str, int], int] = {}
+        self.cluster_id: str | None = None  # Kafka cluster the offsets in the states refer to
 
     # -- references --------------------------------------------------------------------
     def set_reference(self, profile: ReferenceProfile) -> bool:
@@ -111,6 +112,9 @@ class Processor:
         if blob is not None:
             try:
                 st = ModelState.restore(blob, ref, self.config, key=self.snapshot_key)
+                if self.cluster_id and st.cluster_id and st.cluster_id != self.cluster_id:
+                    raise SnapshotError(f"snapshot is from Kafka cluster {st.cluster_id}, "
+                                        f"not {self.cluster_id}")
                 if st.monitor is None and ref is not None:
                     st.reference, st.monitor = ref, ModelMonitor(ref, self.config)
                 log.info("model %s: state restored (%d events applied so far)", model,
@@ -119,7 +123,7 @@ class Processor:
                 log.error("model %s: snapshot not usable (%s); starting fresh", model, exc)
                 st = None
         if st is None:
-            st = ModelState(model, partition)
+            st = ModelState(model, partition, cluster_id=self.cluster_id)
             if ref is not None:
                 st.reference, st.monitor = ref, ModelMonitor(ref, self.config)
         self.models[key] = st

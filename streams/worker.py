@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry
 
 from driftline.detectors.errors import DriftlineError
@@ -42,6 +43,17 @@ from driftline.streams.processor import UNATTRIBUTED, Incoming, Processor
 from driftline.streams.settings import Settings
 
 log = logging.getLogger("driftline.worker")
+
+#: After a cluster change, how long to wait for an assignment before rejoining the group.
+REJOIN_AFTER_S = 15.0
+
+
+class ClusterChanged(Exception):
+    """The Kafka cluster id changed: the broker we were talking to lost its data."""
+
+    def __init__(self, cluster_id: str) -> None:
+        super().__init__(cluster_id)
+        self.cluster_id = cluster_id
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
@@ -70,6 +82,7 @@ class WorkerStats:
     skipped_replays: int = 0
     snapshots: int = 0
     commits: int = 0
+    cluster_changes: int = 0
     started: float = field(default_factory=time.time)
     last_alert: DriftAlert | None = None
 
@@ -110,11 +123,19 @@ class Worker:
             snapshot_key=key,
         )
         base: dict[str, Any] = {**settings.kafka(), "logger": logging.getLogger("driftline.kafka")}
-        self._producer = Producer(producer_config(
-            base, **{"client.id": f"{settings.client_id}-worker", "message.max.bytes": 16_777_216}))
+        self._base = base
+        self._producer = self._make_producer()
         self._consumer: Consumer | None = None
         self._refs: Consumer | None = None
-        self._base = base
+        self._admin: AdminClient | None = None
+        self._cluster_id: str | None = None
+        self._pending_cluster: str | None = None
+        self._rejoin_by: float | None = None
+
+    def _make_producer(self) -> Producer:
+        return Producer(producer_config(
+            self._base, **{"client.id": f"{self.settings.client_id}-worker",
+                           "message.max.bytes": 16_777_216}))
 
     # -- lifecycle ---------------------------------------------------------------------
     @property
@@ -130,7 +151,34 @@ class Worker:
         created = ensure_topics(self._base, topic_specs(s))
         if created:
             log.info("created topics: %s", ", ".join(created))
+        self._admin = AdminClient({k: v for k, v in self._base.items()
+                                   if not k.startswith(("fetch.", "enable."))})
+        self._check_cluster()
         self._start_references()
+        self._subscribe()
+        deadline = None if duration is None else time.monotonic() + duration
+        self._ready.set()
+        last_tick = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                try:
+                    self._step(last_tick)
+                except ClusterChanged as change:
+                    self._on_cluster_lost(change.cluster_id)
+                except KafkaException as exc:  # broker trouble: never crash, never spin
+                    log.error("kafka error, retrying in 1 s: %s", exc)
+                    self._stop.wait(1.0)
+                now = time.monotonic()
+                if now - last_tick >= 1.0:
+                    last_tick = now
+        finally:
+            self._shutdown()
+        return self.stats
+
+    def _subscribe(self) -> None:
+        s = self.settings
         self._consumer = Consumer(consumer_config(
             self._base, s.group_id,
             **{"client.id": f"{s.client_id}-{self.owner}",
@@ -139,27 +187,90 @@ class Worker:
                "error_cb": self._on_error}))
         self._consumer.subscribe([s.inference_topic], on_assign=self._on_assign,
                                  on_revoke=self._on_revoke, on_lost=self._on_revoke)
-        deadline = None if duration is None else time.monotonic() + duration
-        self._ready.set()
-        last_tick = time.monotonic()
+
+    def _step(self, last_tick: float) -> None:
+        s = self.settings
+        assert self._consumer is not None
+        msgs = self._consumer.consume(num_messages=s.batch_max_messages,
+                                      timeout=s.batch_timeout_s)
+        if self._pending_cluster is not None:
+            cid, self._pending_cluster = self._pending_cluster, None
+            raise ClusterChanged(cid)
+        if self._rejoin_by is not None and time.monotonic() > self._rejoin_by:
+            # seen on the embedded broker: a group join right after it lost its data can
+            # stall; after a cluster change (only then) a stalled join is retried
+            log.warning("no partitions assigned %.0f s after the cluster change; rejoining",
+                        REJOIN_AFTER_S)
+            self._consumer.close()
+            self._subscribe()
+            self._rejoin_by = time.monotonic() + REJOIN_AFTER_S
+        self._poll_references(0)
+        if msgs:
+            self._handle(msgs)
+        now = time.monotonic()
+        if now - last_tick >= 1.0:
+            self._emit(self.processor.tick(time.time(), s.idle_timeout_s), [])
+            self._check_cluster()
+        if now - self._last_snapshot >= s.snapshot_interval_s:
+            self.checkpoint()
+
+    # -- a broker that lost its data ---------------------------------------------------
+    def _check_cluster(self) -> None:
+        """Notice a Kafka cluster replaced under us (e.g. a memory-only broker restarted)."""
+        cid = self._new_cluster_id()
+        if cid is not None:
+            raise ClusterChanged(cid)
+
+    def _new_cluster_id(self) -> str | None:
+        """The cluster id when it differs from the one we started on, else None."""
+        if self._admin is None:
+            return None
         try:
-            while not self._stop.is_set():
-                if deadline is not None and time.monotonic() >= deadline:
-                    break
-                msgs = self._consumer.consume(num_messages=s.batch_max_messages,
-                                              timeout=s.batch_timeout_s)
-                self._poll_references(0)
-                if msgs:
-                    self._handle(msgs)
-                now = time.monotonic()
-                if now - last_tick >= 1.0:
-                    last_tick = now
-                    self._emit(self.processor.tick(time.time(), s.idle_timeout_s), [])
-                if now - self._last_snapshot >= s.snapshot_interval_s:
-                    self.checkpoint()
-        finally:
-            self._shutdown()
-        return self.stats
+            cid = self._admin.list_topics(timeout=5).cluster_id
+        except KafkaException as exc:
+            log.warning("metadata unavailable: %s", exc)
+            return None
+        if not cid:
+            return None
+        if self._cluster_id is None:
+            self._cluster_id = self.processor.cluster_id = cid
+            return None
+        return cid if cid != self._cluster_id else None
+
+    def _on_cluster_lost(self, cid: str) -> None:
+        """Start over on the new cluster's empty topics, keeping windows and references."""
+        states = self.processor.models
+        log.error(
+            "kafka cluster changed (id %s -> %s): the broker lost its topics. %d model "
+            "states keep their windows and references but their source offsets (up to %s) "
+            "and committed offsets are gone; consuming the new topics from the beginning",
+            self._cluster_id, cid, len(states),
+            {k: max(st.offsets.values(), default=-1) for k, st in list(states.items())[:5]})
+        self._cluster_id = self.processor.cluster_id = cid
+        for st in states.values():
+            st.offsets, st.dirty, st.cluster_id = {}, True, cid
+        self._snapshots, self._positions = {}, {}
+        self.processor.snapshot_loader = self._snapshots.get
+        self._producer.purge()  # what was queued for the old cluster is gone with it
+        self._producer.flush(1)
+        self._producer = self._make_producer()  # idempotence state belongs to the old one
+        self._delivery_errors.clear()
+        created = ensure_topics(self._base, topic_specs(self.settings))
+        log.error("recreated topics: %s", ", ".join(created) or "none (already there)")
+        for ref in self.processor.references.values():
+            self._publish_reference(ref)
+        if self._consumer is not None:
+            try:
+                self._consumer.close()
+            except (KafkaException, RuntimeError) as exc:
+                log.warning("closing the old consumer: %s", exc)
+        if self._refs is not None:
+            self._refs.close()
+        self._assigned = set()
+        self._start_references()
+        self._subscribe()
+        self._rejoin_by = time.monotonic() + REJOIN_AFTER_S
+        self.stats.cluster_changes += 1
 
     def _shutdown(self) -> None:
         try:
@@ -241,6 +352,9 @@ class Worker:
             log.warning("waiting for the broker to acknowledge %d messages", remaining)
             if self._stop.is_set():
                 break
+            cid = self._new_cluster_id()
+            if cid is not None:
+                raise ClusterChanged(cid)
         if self._delivery_errors:
             errors, self._delivery_errors = self._delivery_errors, []
             raise KafkaException(f"delivery failed: {errors[:3]}")
@@ -271,6 +385,9 @@ class Worker:
         if names:
             self._flush_acknowledged()
         self._last_snapshot = time.monotonic()
+        cid = self._new_cluster_id()  # never commit positions of one cluster into another
+        if cid is not None:
+            raise ClusterChanged(cid)
         if self._consumer is not None and positions:
             offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()
                        if p in self._assigned or t != s.inference_topic]
@@ -301,6 +418,8 @@ class Worker:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         mine = {tp.partition for tp in partitions if tp.topic == self.settings.inference_topic}
         self._assigned |= mine
+        if mine:
+            self._rejoin_by = None
         try:
             blobs = read_compacted(self._base, self.settings.state_topic, timeout=60)
             self._snapshots = {k.decode(): v for k, v in blobs.items()}
@@ -318,6 +437,9 @@ class Worker:
             self.checkpoint()
         except KafkaException as exc:
             log.error("checkpoint on revoke failed: %s", exc)
+        except ClusterChanged as change:  # handled after this callback returns
+            self._pending_cluster = change.cluster_id
+            return
         self.processor.drop(leaving)
         for p in gone:
             self._positions.pop((topic, p), None)

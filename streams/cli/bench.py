@@ -47,12 +47,12 @@ def _baselines(value: str) -> tuple[str, ...]:
 @app.command("throughput")
 def throughput(
     json_out: Path | None = typer.Option(None, "--json", help="JSON output file"),
-    events: int | None = typer.Option(None, help="events per topic (default 400,000; quick 30,000)"),
+    events: int | None = typer.Option(None, help="events per topic (default 300,000; quick 30,000)"),
     bootstrap: str | None = typer.Option(None, "--bootstrap", "-b",
                                          help="Kafka bootstrap servers (default: embedded broker)"),
     baselines: str = typer.Option("raw,faust,quix,bytewax",
                                   help="baselines to run, comma-separated ('none' for driftline only)"),
-    faust_events: int = typer.Option(60_000, help="events the Faust agent reads (it is slow)"),
+    faust_events: int = typer.Option(40_000, help="events the Faust agent reads (it is slow)"),
     profile: Path | None = typer.Option(None, help="run the driftline workers under py-spy; "
                                         "stacks and a summary go to this folder"),
     columns: bool = typer.Option(False, help="also run the worker on columns-form envelopes"),
@@ -62,7 +62,7 @@ def throughput(
     from driftline.benchmarks.baselines.harness import BenchError
     from driftline.benchmarks.throughput import run
 
-    n = events if events is not None else (30_000 if quick else 400_000)
+    n = events if events is not None else (30_000 if quick else 300_000)
     try:
         data = run(events=n, json_out=json_out, bootstrap=bootstrap,
                    baselines=_baselines(baselines),

@@ -236,3 +236,53 @@ def test_stalled_broker_blocks_nobody_and_loses_nothing(
         if broker.paused:
             broker.resume()
         c.stop_all()
+
+
+def test_broker_lost_worker_recreates_topics_and_keeps_running(
+    broker_factory: Callable[..., Any], unique_name: Callable[[str], str]
+) -> None:
+    import threading as th
+
+    from prometheus_client import CollectorRegistry
+
+    from driftline.streams.worker import Worker
+
+    first = broker_factory()
+    port = int(first.bootstrap.rsplit(":", 1)[1])
+    s = Settings(bootstrap_servers=first.bootstrap, group_id=unique_name("g"), partitions=2,
+                 auto_reference_events=1000, pane_size=250, snapshot_interval_s=0.5)
+    w = Worker(s, CollectorRegistry())
+    t = th.Thread(target=w.run, daemon=True)
+    t.start()
+    gen = SyntheticModels(2, seed=0)
+
+    def send(n: int) -> None:
+        with DriftlineProducer(s.kafka(), s.inference_topic, batch_size=250) as p:
+            for m in gen.models:
+                for ev in gen.events(m, n):
+                    p.emit_event(ev)
+            p.flush(30)
+
+    deadline = time.monotonic() + 30
+    while not w.ready and time.monotonic() < deadline:
+        time.sleep(0.2)
+    send(1500)
+    deadline = time.monotonic() + 60
+    while w.stats.applied < 3000 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert w.stats.applied == 3000
+    first.stop()
+    second = broker_factory(port=port)  # same address, empty memory
+    deadline = time.monotonic() + 60
+    while w.stats.cluster_changes == 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert w.stats.cluster_changes == 1 and t.is_alive()
+    # serving again after the change is not asserted here: on the embedded broker the
+    # consumer-group join right after it lost its data stalls in about one run out of four
+    # (the worker retries the join every 15 s); Apache Kafka does not lose its data this way
+    refs = read_compacted(s.kafka(), s.references_topic)
+    assert sorted(refs) == [m.encode() for m in gen.models]  # re-published, not rebuilt
+    w.request_stop()
+    t.join(30)
+    assert not t.is_alive()
+    second.stop()
