@@ -8,7 +8,8 @@ workers stop cleanly (final snapshot + commit) and the accounting is read back f
 compacted status topic the way ``driftline status`` reads it: the sum of the models'
 ``events_applied`` against the events produced gives events lost and counted twice.
 Bytewax 0.21 with 1 and 2 processes (1 worker each) runs on the same topic when it is
-installed, for ``scaling_vs_bytewax``.
+installed, for ``scaling_vs_bytewax``. ``events_per_cpu_s`` (CPU of the worker processes)
+tells a worker short of cores (other load on the machine) from one that does not scale.
 """
 
 from __future__ import annotations
@@ -61,12 +62,15 @@ def _workers(run: Run, k: int, topic: str, events: int, progress: Any, logs: Pat
     results = run_children(progress, f"driftline, {k} worker(s)", children, events,
                            timeout=timeout, until_total=True)
     n, eps = combined_eps(results)
+    cpu = sum(float(r.get("cpu_s") or 0.0) for r in results)
     status = collect_status(Settings(**fields))
     in_status = sum(int(m.get("events_applied") or 0) for m in status["models"])
     dead = int(status.get("deadletter_total") or 0)
     return {
         "workers": k,
         "eps": eps,
+        "events_per_cpu_s": n / cpu if cpu else None,
+        "cpu_s": cpu,
         "applied_by_workers": n,
         "applied_in_status": in_status,
         "deadlettered_in_status": dead,
@@ -76,6 +80,8 @@ def _workers(run: Run, k: int, topic: str, events: int, progress: Any, logs: Pat
             "owner": f"bench-worker-{i}", "applied": r["n"], "eps": r["eps"],
             "partitions": r.get("partitions"), "models": r.get("models"),
             "rebalances": r.get("rebalances"), "skipped_replays": r.get("skipped_replays"),
+            "snapshots": r.get("snapshots"), "commits": r.get("commits"),
+            "t_first": r.get("t_first"), "t_last": r.get("t_last"), "cpu_s": r.get("cpu_s"),
         } for i, r in enumerate(results)],
     }
 
@@ -133,6 +139,7 @@ def run(workers: tuple[int, ...] = (1, 2), events: int = 400_000, json_out: Path
         "input": "SDK envelopes" if envelopes else "single events",
         "eps_per_workers": {str(k): v["eps"] for k, v in rows.items()},
         "speedup_2": rows[2]["eps"] / base if 2 in rows and base and min(workers) == 1 else None,
+        "events_per_cpu_s": {str(k): v["events_per_cpu_s"] for k, v in rows.items()},
         "lost": sum(v["lost"] for v in rows.values()),
         "duplicated": sum(v["duplicated"] for v in rows.values()),
         "partitions_per_worker": {str(k): [w["partitions"] for w in v["per_worker"]]

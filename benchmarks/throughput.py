@@ -17,9 +17,11 @@ with a fresh consumer group, and is timed from its first event to its last:
 References are on the references topic before the worker starts, so every event goes
 through the detectors. A model's first batch also builds its monitor (threshold
 calibration, ~0.2 s per model), which the first-to-last figure includes; ``*_steady_eps``
-leaves out the first 10 % of events. ``columns``: also the worker on the same events as columns-form
-envelopes (``columns_envelope_eps``). ``profile``: the driftline workers run under
-py-spy; their stacks and a per-function summary (``profiles``) are written.
+leaves out the first 10 % of events. ``cpu_eps``: events per CPU-second of each
+consumer process (all its threads), the figure to trust when other load shares the
+cores. ``columns``: also the worker on the same events as columns-form envelopes
+(``columns_envelope_eps``). ``profile``: the driftline workers run under py-spy; their
+stacks and a per-function summary (``profiles``) are written.
 """
 
 from __future__ import annotations
@@ -69,8 +71,8 @@ def _steady(result: dict[str, Any], samples: list[tuple[float, int]], total: int
     return None
 
 
-def run(events: int = 400_000, json_out: Path | None = None, *, bootstrap: str | None = None,
-        baselines: tuple[str, ...] = BASELINES, faust_events: int = 60_000,
+def run(events: int = 300_000, json_out: Path | None = None, *, bootstrap: str | None = None,
+        baselines: tuple[str, ...] = BASELINES, faust_events: int = 40_000,
         quick: bool = False, timeout: float = 600.0,
         profile: Path | None = None, columns: bool = False) -> dict[str, Any]:
     unknown = set(baselines) - set(BASELINES)
@@ -151,6 +153,10 @@ def run(events: int = 400_000, json_out: Path | None = None, *, bootstrap: str |
                 r.cleanup()
     for k in ("raw", "faust", "quix", "bytewax"):
         steady.setdefault(k, details.get(k, {}).get("steady_eps"))
+    # events per CPU-second of the consumer's process (all its threads, broker excluded):
+    # less sensitive than events/s to other load on the machine
+    cpu: dict[str, float | None] = {
+        k: (v["n"] / v["cpu_s"] if v.get("cpu_s") else None) for k, v in details.items()}
     out: dict[str, Any] = {
         "events": events,
         "raw_eps": eps["raw"], "faust_eps": eps["faust"], "quix_eps": eps["quix"],
@@ -164,6 +170,15 @@ def run(events: int = 400_000, json_out: Path | None = None, *, bootstrap: str |
         "single_vs_bytewax": _ratio(eps["single"], eps["bytewax"]),
         "single_vs_raw": _ratio(eps["single"], eps["raw"]),
         "steady_eps": steady,
+        "cpu_eps": cpu,
+        "cpu_ratios": {
+            "envelope_vs_raw": _ratio(cpu.get("envelope"), cpu.get("raw")),
+            "single_vs_raw": _ratio(cpu.get("single"), cpu.get("raw")),
+            "single_vs_quix": _ratio(cpu.get("single"), cpu.get("quix")),
+            "single_vs_bytewax": _ratio(cpu.get("single"), cpu.get("bytewax")),
+            "single_vs_faust": _ratio(cpu.get("single"), cpu.get("faust")),
+            "envelope_vs_faust": _ratio(cpu.get("envelope"), cpu.get("faust")),
+        },
         "targets": {"envelope_vs_raw": 0.7, "envelope_vs_faust": 25.0, "single_vs_quix": 1.2,
                     "single_vs_faust": 8.0, "single_vs_bytewax": 1.1},
         "skipped": skipped,

@@ -43,7 +43,8 @@ def main() -> None:
 
     def decode(msg: Any) -> None:
         if state["first"] is None:
-            state["first"] = time.monotonic()
+            rep.first()
+            state["first"] = rep.t_first
         win.add(msg.value)
         state["last"] = time.monotonic()
         rep.progress(win.n)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-__all__ = ["Reporter", "RowWindow", "base_parser", "consumer_settings"]
+__all__ = ["Reporter", "RowWindow", "base_parser", "consumer_settings", "cpu_seconds"]
 
 
 class RowWindow:
@@ -48,6 +48,14 @@ class Reporter:
         self.interval = interval
         self._next = 0.0
         self._lock = threading.Lock()
+        self.t_first: float | None = None
+        self.cpu_first = 0.0
+
+    def first(self) -> None:
+        """Mark the first event (once): its time and the process's CPU seconds so far."""
+        if self.t_first is None:
+            self.t_first = time.monotonic()
+            self.cpu_first = cpu_seconds()
 
     def line(self, kind: str, **fields: Any) -> None:
         with self._lock:
@@ -62,7 +70,14 @@ class Reporter:
 
     def result(self, n: int, t_first: float | None, t_last: float | None, **fields: Any) -> None:
         eps = n / (t_last - t_first) if t_first is not None and t_last and t_last > t_first else 0.0
+        if self.t_first is not None:  # CPU of the whole process (all threads) while consuming
+            fields.setdefault("cpu_s", cpu_seconds() - self.cpu_first)
         self.line("result", n=n, t_first=t_first, t_last=t_last, eps=eps, pid=os.getpid(), **fields)
+
+
+def cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:

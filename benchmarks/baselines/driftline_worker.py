@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import threading
 import time
@@ -37,6 +38,7 @@ class TimedWorker(Worker):
         self.t_first: float | None = None
         self.t_last: float | None = None  # end of the last batch that applied events
         self.t_done: float | None = None  # end of the batch that reached the target
+        self.cpu_first = self.cpu_last = 0.0  # process CPU seconds at those moments
         self.partitions: set[int] = set()  # every inference partition ever assigned
         self.models: set[str] = set()  # every model this worker applied events of
         self.rebalances = 0
@@ -44,10 +46,12 @@ class TimedWorker(Worker):
     def _handle(self, msgs: list[Message]) -> None:
         if self.t_first is None:
             self.t_first = time.monotonic()
+            self.cpu_first = _cpu()
         before = self.stats.applied
         super()._handle(msgs)
         if self.stats.applied != before:
             self.t_last = time.monotonic()
+            self.cpu_last = _cpu()
             if len(self.models) < len(self.processor.models):
                 self.models = {st.model for st in self.processor.models.values()
                                if not st.model.startswith(UNATTRIBUTED)}
@@ -60,6 +64,11 @@ class TimedWorker(Worker):
         self.rebalances += 1
         self.partitions |= {tp.partition for tp in partitions
                             if tp.topic == self.settings.inference_topic}
+
+
+def _cpu() -> float:
+    t = os.times()
+    return t.user + t.system
 
 
 def main() -> None:
@@ -105,6 +114,9 @@ def main() -> None:
         "skipped_replays": st.skipped_replays, "snapshots": st.snapshots, "commits": st.commits,
         "partitions": sorted(w.partitions), "models": models, "rebalances": w.rebalances,
         "reached_target": w.t_done is not None,
+        # CPU seconds of the whole process (all threads) from the first event to the last
+        # one: about equal to the elapsed time when the worker was never short of a core
+        "cpu_s": w.cpu_last - w.cpu_first,
     }
     end = w.t_done if w.t_done is not None else w.t_last
     rep.result(st.applied, w.t_first, end, **extra)

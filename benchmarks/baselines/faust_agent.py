@@ -49,7 +49,8 @@ def main() -> None:
     async def decode(stream):  # type: ignore[no-untyped-def]
         async for value in stream:
             if state["first"] is None:
-                state["first"] = time.monotonic()
+                rep.first()
+                state["first"] = rep.t_first
             win.add(value)
             n = win.n
             rep.progress(n)

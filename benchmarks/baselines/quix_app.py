@@ -41,7 +41,8 @@ def main() -> None:
 
     def decode(value: bytes) -> None:
         if state["first"] is None:
-            state["first"] = time.monotonic()
+            rep.first()
+            state["first"] = rep.t_first
         win.add(value)
         n = win.n
         rep.progress(n)

@@ -38,7 +38,8 @@ def main() -> None:
             if not msgs:
                 continue
             if t_first is None:
-                t_first = time.monotonic()
+                rep.first()
+                t_first = rep.t_first
             for m in msgs:
                 if m.error() is not None:
                     errors += 1
