@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from driftline.detectors.calibration import Calibration
 from driftline.detectors.errors import DriftlineError, SnapshotError
 from driftline.detectors.monitor import ModelMonitor, MonitorConfig
 from driftline.detectors.reference import ReferenceProfile
@@ -78,6 +79,15 @@ class Processor:
         self.snapshot_key = snapshot_key
         self._prior: dict[tuple[str, int], int] = {}
         self.cluster_id: str | None = None  # Kafka cluster the offsets in the states refer to
+        self._calibrations: dict[str, Calibration] = {}
+
+    def _monitor(self, ref: ReferenceProfile) -> ModelMonitor:
+        """A fresh monitor; the calibration (a bootstrap) is computed once per reference."""
+        mon = ModelMonitor(ref, self.config, calibration=self._calibrations.get(ref.reference_id))
+        self._calibrations.setdefault(ref.reference_id, mon.calibration)
+        if len(self._calibrations) > 4 * self.max_models:
+            self._calibrations.pop(next(iter(self._calibrations)))
+        return mon
 
     # -- references --------------------------------------------------------------------
     def set_reference(self, profile: ReferenceProfile) -> bool:
@@ -91,7 +101,7 @@ class Processor:
                                              and st.reference.reference_id == profile.reference_id):
                 continue
             st.reference = profile
-            st.monitor = ModelMonitor(profile, self.config)
+            st.monitor = self._monitor(profile)
             st.pending_reference, st.pending_rows, st.dirty = [], 0, True
             log.info("model %s: reference %s in use", profile.model, profile.reference_id)
         return True
@@ -116,7 +126,7 @@ class Processor:
                     raise SnapshotError(f"snapshot is from Kafka cluster {st.cluster_id}, "
                                         f"not {self.cluster_id}")
                 if st.monitor is None and ref is not None:
-                    st.reference, st.monitor = ref, ModelMonitor(ref, self.config)
+                    st.reference, st.monitor = ref, self._monitor(ref)
                 log.info("model %s: state restored (%d events applied so far)", model,
                          st.events_applied)
             except (SnapshotError, DriftlineError) as exc:
@@ -125,7 +135,7 @@ class Processor:
         if st is None:
             st = ModelState(model, partition, cluster_id=self.cluster_id)
             if ref is not None:
-                st.reference, st.monitor = ref, ModelMonitor(ref, self.config)
+                st.reference, st.monitor = ref, self._monitor(ref)
         self.models[key] = st
         self.metrics.models_tracked.set(len(self.models))
         return st
@@ -141,19 +151,22 @@ class Processor:
 
     # -- the batch ---------------------------------------------------------------------
     def process(self, messages: Sequence[Incoming]) -> Output:
-        out = Output()
+        """Apply a batch of messages of one topic."""
         if not messages:
+            return Output()
+        return self.process_columns(
+            messages[0].topic, [m.value for m in messages], [m.partition for m in messages],
+            [m.offset for m in messages], [m.timestamp for m in messages])
+
+    def process_columns(self, topic: str, values: list[bytes], partitions: list[int],
+                        offsets: list[int], timestamps: list[float]) -> Output:
+        """The same, from parallel lists (the worker's hot path builds no per-message object)."""
+        out = Output()
+        if not values:
             return out
-        topic = messages[0].topic
-        decoded = decode_inference(
-            [m.value for m in messages],
-            limits=self.limits,
-            topic=topic,
-            partitions=[m.partition for m in messages],
-            offsets=[m.offset for m in messages],
-            timestamps=[m.timestamp for m in messages],
-        )
-        payloads = {(m.partition, m.offset): m.value for m in messages}
+        decoded = decode_inference(values, limits=self.limits, topic=topic,
+                                   partitions=partitions, offsets=offsets, timestamps=timestamps)
+        payloads = _Payloads(values, partitions, offsets)
         self._prior = {}
         for rej in decoded.rejections:
             self._dead_letter(rej, out)
@@ -162,7 +175,7 @@ class Processor:
         return out
 
     def _apply(self, model: str, batch: EventBatch, topic: str,
-               payloads: dict[tuple[int, int], bytes], out: Output) -> None:
+               payloads: _Payloads, out: Output) -> None:
         parts = np.unique(batch.partition).tolist()
         if len(parts) > 1:  # one model on several partitions: one state per partition
             for p in parts:
@@ -211,7 +224,7 @@ class Processor:
             if st.pending_rows >= self.auto_reference_events:
                 ref = st.build_reference(bins=self.reference_bins)
                 self.references[st.model] = ref
-                st.reference, st.monitor = ref, ModelMonitor(ref, self.config)
+                st.reference, st.monitor = ref, self._monitor(ref)
                 out.references.append(ref)
                 self.metrics.references_built.labels(st.model, "first-events").inc()
                 log.info("model %s: built reference %s from its first %d events",
@@ -277,6 +290,20 @@ class Processor:
                 alerts += ev.alerts
                 st.dirty = True
         return alerts
+
+
+class _Payloads:
+    """Raw payload by (partition, offset), indexed only when a dead letter needs one."""
+
+    def __init__(self, values: list[bytes], partitions: list[int], offsets: list[int]) -> None:
+        self._values, self._partitions, self._offsets = values, partitions, offsets
+        self._index: dict[tuple[int, int], bytes] | None = None
+
+    def get(self, key: tuple[int, int], default: bytes = b"") -> bytes:
+        if self._index is None:
+            self._index = dict(zip(zip(self._partitions, self._offsets, strict=True),
+                                   self._values, strict=True))
+        return self._index.get(key, default)
 
 
 def _rows(b: EventBatch, idx: np.ndarray) -> EventBatch:

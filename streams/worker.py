@@ -39,7 +39,7 @@ from driftline.streams.admin import TopicSpec, ensure_topics, read_compacted
 from driftline.streams.kafka_config import consumer_config, producer_config
 from driftline.streams.metrics import WorkerMetrics
 from driftline.streams.model_state import ModelState
-from driftline.streams.processor import UNATTRIBUTED, Incoming, Processor
+from driftline.streams.processor import UNATTRIBUTED, Processor
 from driftline.streams.settings import Settings
 
 log = logging.getLogger("driftline.worker")
@@ -287,27 +287,36 @@ class Worker:
     # -- the batch ---------------------------------------------------------------------
     def _handle(self, msgs: list[Message]) -> None:
         t0 = time.perf_counter()
-        batch: list[Incoming] = []
-        nbytes: dict[str, int] = {}
+        values: list[bytes] = []
+        parts: list[int] = []
+        offs: list[int] = []
+        stamps: list[float] = []
+        last: dict[int, int] = {}
+        kbytes: dict[bytes, int] = {}
+        nan = math.nan
+        topic = self.settings.inference_topic
         for m in msgs:
-            err = m.error()
-            if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
-                    log.warning("consume: %s", err)
+            if m.error() is not None:
+                if m.error().code() != KafkaError._PARTITION_EOF:
+                    log.warning("consume: %s", m.error())
                 continue
-            value = m.value() or b""
+            v = m.value() or b""
+            p, o = m.partition(), m.offset()
             ts_type, ts_ms = m.timestamp()
-            batch.append(Incoming(m.topic(), m.partition(), m.offset(), value,
-                                  ts_ms / 1000.0 if ts_type else math.nan))
-            key = (m.topic(), m.partition())
-            self._positions[key] = max(self._positions.get(key, 0), m.offset() + 1)
+            values.append(v)
+            parts.append(p)
+            offs.append(o)
+            stamps.append(ts_ms / 1000.0 if ts_type else nan)
+            last[p] = o
             k = m.key()
             if k is not None:
-                name = k.decode("utf-8", "replace")
-                nbytes[name] = nbytes.get(name, 0) + len(value)
-        if not batch:
+                kbytes[k] = kbytes.get(k, 0) + len(v)
+        if not values:
             return
-        out = self.processor.process(batch)
+        for p, o in last.items():
+            self._positions[(topic, p)] = max(self._positions.get((topic, p), 0), o + 1)
+        out = self.processor.process_columns(topic, values, parts, offs, stamps)
+        nbytes = {k.decode("utf-8", "replace"): n for k, n in kbytes.items()}
         tracked = {st.model for st in self.processor.models.values()}
         for model, n in nbytes.items():
             if model in tracked:
@@ -315,10 +324,10 @@ class Worker:
         for ref in out.references:
             self._publish_reference(ref)
         self._emit(out.alerts, out.dead_letters)
-        self.stats.consumed += len(batch)
+        self.stats.consumed += len(values)
         self.stats.applied += out.applied
         self.stats.skipped_replays += out.skipped_replays
-        self.metrics.batch_size.observe(len(batch))
+        self.metrics.batch_size.observe(len(values))
         self.metrics.batch_duration.observe(time.perf_counter() - t0)
 
     def _emit(self, alerts: list[DriftAlert], dead: list[Rejection]) -> None:
