@@ -344,3 +344,21 @@ def test_user_config_wins_over_sdk_defaults(fake_kafka: list[FakeKafka]) -> None
     assert fake_kafka[1].conf["security.protocol"] == "SASL_SSL"
     assert fake_kafka[1].conf["bootstrap.servers"] == "b:2"
     p2.close()
+
+
+def test_uniform_events_travel_as_columns_and_decode_like_rows() -> None:
+    from driftline.schemas.codecs import decode_inference, encode_envelope_rows
+    from driftline.streams.producer import _columns_envelope
+    from driftline.streams.synthetic import SyntheticModels
+
+    evs = [{k: v for k, v in e.items() if k != "model"}
+           for e in SyntheticModels(1, seed=3).events("model-0", 300)]
+    cols = _columns_envelope("model-0", evs, "v1")
+    assert cols is not None and b'"columns"' in cols
+    a = decode_inference([cols]).batches["model-0"]
+    b = decode_inference([encode_envelope_rows("model-0", evs, model_version="v1")]).batches["model-0"]
+    np.testing.assert_array_equal(a.numeric, b.numeric)
+    np.testing.assert_array_equal(a.prediction_score, b.prediction_score)
+    assert a.event_id.tolist() == b.event_id.tolist() and a.segment.tolist() == b.segment.tolist()
+    mixed = [*evs[:2], {**evs[2], "outcome": "error"}]
+    assert _columns_envelope("model-0", mixed, None) is None  # fields differ: rows form
