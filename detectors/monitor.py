@@ -390,11 +390,10 @@ class ModelMonitor:
         the last bits. Summing a handful of panes per evaluation is cheap and exact.
         """
         assert self.mv is not None
-        out = {k: np.zeros(s, dtype=np.float64) for k, (s, _) in self.mv.shapes().items()}
-        for pane in self.ring.closed:
-            for k, v in out.items():
-                v += pane.sums[k]
-        return out
+        closed = self.ring.closed
+        if not closed:
+            return {k: np.zeros(s, dtype=np.float64) for k, (s, _) in self.mv.shapes().items()}
+        return {k: np.add.reduce([p.sums[k] for p in closed], axis=0) for k in self.mv.shapes()}
 
     def _alerts(self, ev: Evaluation, batch: EventBatch | None) -> list[DriftAlert]:
         out: list[DriftAlert] = []
@@ -513,6 +512,11 @@ class ModelMonitor:
             new = ModelMonitor(self.reference, config, Calibration(
                 config.target_run_length, scale, config.correction, config.calibration_rounds),
                 multivariate=self.mv)
+            for name in new.mv.shapes() if new.mv is not None else ():
+                for group in ("closed", "open"):
+                    a = arrays.get(f"{group}.{name}")
+                    if a is not None and not np.all(np.isfinite(a)):  # before the ring adds them
+                        raise ValueError(f"non-finite {group}.{name}")
             new.ring.load(meta["ring"], arrays)
             bounds = new.mv.row_bounds() if new.mv is not None else {}
             for pane in (*new.ring.closed, *new.ring.open.values()):

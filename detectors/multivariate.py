@@ -46,7 +46,6 @@ from driftline.detectors.mv_encode import (
 )
 from driftline.detectors.mv_null import Contribution, top_normal
 from driftline.detectors.mv_pca import KEY_E as mv_pca_e
-from driftline.detectors.mv_pca import KEY_R2 as mv_pca_r2
 from driftline.detectors.mv_pca import PCARecon
 from driftline.detectors.mv_rff import DEFAULT_D, RFFMMD
 from driftline.detectors.mv_rff import KEY as mv_rff_key
@@ -98,10 +97,32 @@ class MultivariateModel:
     statistics: tuple[tuple[str, Statistic], ...]
     scale: tuple[float, ...]
     calibration: dict[str, Any] = field(default_factory=dict)
+    # derived once (the hot path asks for them at every pane)
+    names: tuple[str, ...] = field(init=False, compare=False)
+    _shapes: dict[str, tuple[tuple[int, ...], str]] = field(init=False, repr=False, compare=False)
+    _chunk: int = field(init=False, repr=False, compare=False)
+    #: thresholds by (level, window size): both rarely change between evaluations
+    _thresholds: dict[tuple[float, int], Vec] = field(init=False, repr=False, compare=False)
 
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(name for name, _ in self.statistics)
+    def __post_init__(self) -> None:
+        # Σz for the mean-shift explanation; the covariance sums carry it when they are
+        # on z itself (not projected)
+        shapes: dict[str, tuple[tuple[int, ...], str]] = {}
+        if self.z_key == KEY_Z:
+            shapes[KEY_Z] = ((self.encoding.dim,), "<f8")
+        # rows per block on the hot path, so that every product stays on one BLAS thread
+        # (the RFF map, the widest, splits its blocks further itself)
+        widths = [self.encoding.dim]
+        for _, stat in self.statistics:
+            shapes.update(stat.shapes())
+            if isinstance(stat, CovarianceDrift):
+                widths.append(max(stat.dim**2, self.encoding.dim * stat.dim))
+            elif isinstance(stat, PCARecon):
+                widths.append(stat.basis.size)
+        object.__setattr__(self, "names", tuple(name for name, _ in self.statistics))
+        object.__setattr__(self, "_shapes", shapes)
+        object.__setattr__(self, "_chunk", rows_per_block(max(widths), low=256))
+        object.__setattr__(self, "_thresholds", {})
 
     # -- fitting ------------------------------------------------------------------------
     @classmethod
@@ -219,23 +240,17 @@ class MultivariateModel:
             raise ValueError(f"malformed multivariate profile: {exc!r}") from None
 
     # -- streaming ------------------------------------------------------------------------
-    def shapes(self) -> dict[str, tuple[tuple[int, ...], str]]:
-        out: dict[str, tuple[tuple[int, ...], str]] = {KEY_Z: ((self.encoding.dim,), "<f8")}
-        for _, stat in self.statistics:
-            out.update(stat.shapes())
-        return out
-
     @property
-    def chunk_rows(self) -> int:
-        """Rows per block on the hot path, so that every product stays on one BLAS thread
-        (the RFF map, the widest, splits its blocks further itself)."""
-        widths = [self.encoding.dim]
+    def z_key(self) -> str:
+        """The pane sum that holds Σz."""
         for _, stat in self.statistics:
-            if isinstance(stat, CovarianceDrift):
-                widths.append(max(stat.dim**2, self.encoding.dim * stat.dim))
-            elif isinstance(stat, PCARecon):
-                widths.append(stat.basis.size)
-        return rows_per_block(max(widths), low=256)
+            if isinstance(stat, CovarianceDrift) and stat.proj is None:
+                return mv_cov_u
+        return KEY_Z
+
+    def shapes(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Name -> (shape, dtype) of every pane sum."""
+        return dict(self._shapes)
 
     def row_bounds(self) -> dict[str, float]:
         """Largest magnitude any one row can add to each pane sum (encoded rows are bounded:
@@ -246,7 +261,7 @@ class MultivariateModel:
                                            np.abs(enc.num_hi - enc.num_center)) / enc.num_scale,
                                 np.ones(len(enc.cat_source) + len(enc.miss_source))])
         length = float(np.sqrt((reach**2).sum())) + 1.0  # |z| (+ slack for rounding)
-        out = {KEY_Z: length}
+        out = {KEY_Z: length} if KEY_Z in self._shapes else {}
         for _, stat in self.statistics:
             if isinstance(stat, RFFMMD):
                 out[mv_rff_key] = 1.0 + 1e-6
@@ -255,13 +270,14 @@ class MultivariateModel:
                 out.update({mv_cov_u: u, mv_cov_uu: u * u})
             elif isinstance(stat, PCARecon):
                 r = (length + float(np.linalg.norm(stat.mean))) ** 2
-                out.update({mv_pca_r2: r, mv_pca_e: r * r})
+                out.update({k: r for k in stat.shapes()})
+                out[mv_pca_e] = r * r
         return out
 
     def pane_sums(self, z: Vec) -> dict[str, NDArray[Any]]:
         """Pane-additive sums of a block of encoded rows."""
-        out: dict[str, NDArray[Any]] = {KEY_Z: z.sum(axis=0)}
-        step = self.chunk_rows
+        out: dict[str, NDArray[Any]] = {KEY_Z: z.sum(axis=0)} if KEY_Z in self._shapes else {}
+        step = self._chunk
         for k in range(0, max(z.shape[0], 1), step):
             block = z[k : k + step]
             for _, stat in self.statistics:
@@ -269,7 +285,7 @@ class MultivariateModel:
                     if k:
                         out[key] += v
                     else:
-                        out[key] = np.array(v, dtype=np.float64)
+                        out[key] = v  # a new array of the block's sums
         return out
 
     def evaluate(self, sums: Mapping[str, NDArray[Any]], n: int) -> MVEvaluation:
@@ -314,10 +330,18 @@ class MVEvaluation:
 
     def decided(self, drift: NDArray[np.bool_], alpha: float) -> MVEvaluation:
         """With the family's decisions and the thresholds at per-test level ``alpha``."""
-        thr = np.asarray([stat.threshold(alpha, float(vf), s) if self.n > 0 else math.nan
-                          for (_, stat), s, vf in zip(self.model.statistics, self.model.scale,
-                                                      self.var_factor, strict=True)])
-        return replace(self, drift=np.asarray(drift, dtype=bool), threshold=thr, alpha=alpha)
+        cache = self.model._thresholds
+        thr = cache.get((alpha, self.n))
+        if thr is None:
+            thr = np.asarray([stat.threshold(alpha, float(vf), s) if self.n > 0 else math.nan
+                              for (_, stat), s, vf in zip(self.model.statistics, self.model.scale,
+                                                          self.var_factor, strict=True)])
+            if len(cache) > 64:
+                cache.clear()
+            cache[(alpha, self.n)] = thr
+        return MVEvaluation(self.names, self.score, self.p_value, thr,
+                            np.asarray(drift, dtype=bool), alpha, self.model, self.sums, self.n,
+                            self.var_factor)
 
     def contributors(self, i: int, k: int = 3) -> list[Contribution]:
         """What explains statistic ``i``: encoded features (mean shift, residual) or pairs."""
@@ -331,7 +355,7 @@ class MVEvaluation:
             return stat.contributors(self.sums, self.n, vf, a, self.model.scale[i], k)
         if isinstance(stat, PCARecon):
             return stat.contributors(self.sums, self.n, vf, a, enc.names, enc.sources, k)
-        shift = (np.asarray(self.sums[KEY_Z]) / self.n - self.model.dim_mean) / np.sqrt(
+        shift = (np.asarray(self.sums[self.model.z_key]) / self.n - self.model.dim_mean) / np.sqrt(
             self.model.dim_var * (1.0 / self.n + 1.0 / self.model.n_ref))
         return top_normal(enc.names, enc.sources, shift, "mean_shift", a, k)
 

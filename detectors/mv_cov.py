@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -62,6 +62,12 @@ class CovarianceDrift:
     proj: Vec | None  # (p, q) random projection, or None
     proj_seed: int
     rows: int  # reference rows of ``cov``
+    _inv_sd: Vec = field(init=False, repr=False, compare=False)  # 1/sqrt(var) on tested pairs
+
+    def __post_init__(self) -> None:
+        inv = np.zeros_like(self.var)
+        inv[self.pairs] = 1.0 / np.sqrt(self.var[self.pairs])
+        object.__setattr__(self, "_inv_sd", inv)
 
     @property
     def dim(self) -> int:
@@ -166,8 +172,7 @@ class CovarianceDrift:
             s2 = full
         cw = s2 / nn - m * np.swapaxes(m, -1, -2)
         vf = np.asarray(var_factor, dtype=np.float64)[..., None, None]
-        se = np.sqrt(np.where(self.pairs, self.var, 1.0) * vf)
-        return np.asarray(np.where(self.pairs, (cw - self.cov) / se, 0.0))
+        return np.asarray((cw - self.cov) * self._inv_sd / np.sqrt(vf))
 
     def statistic(self, sums: Mapping[str, NDArray[Any]], n: Vec, var_factor: Vec) -> Vec:
         z = self.zscores(sums, n, var_factor)

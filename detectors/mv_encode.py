@@ -16,7 +16,7 @@ categories are looked up once per event.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -65,6 +65,10 @@ class Encoding:
     cat_center: Vec
     miss_source: tuple[str, ...]  # per missing-indicator dim: the feature
     miss_center: Vec
+    _inv_scale: Vec = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_inv_scale", 1.0 / self.num_scale)
 
     @property
     def dim(self) -> int:
@@ -122,10 +126,12 @@ class Encoding:
         out = np.empty((n, self.dim), dtype=np.float64)
         k = len(self.num_names)
         if k:
-            x = np.clip(num, self.num_lo, self.num_hi)
+            x = out[:, :k]
+            np.maximum(num, self.num_lo, out=x)  # NaN stays NaN
+            np.minimum(x, self.num_hi, out=x)
             x -= self.num_center
-            x /= self.num_scale
-            out[:, :k] = np.where(np.isfinite(num), x, 0.0)  # missing (NaN, ±inf) -> mean
+            x *= self._inv_scale
+            np.copyto(x, 0.0, where=~np.isfinite(num))  # missing (NaN, ±inf) -> the mean
         for i, hot in enumerate(cat_codes):
             out[:, k + i] = hot
             out[:, k + i] -= self.cat_center[i]
@@ -244,7 +250,9 @@ class BatchEncoder:
         n = len(batch)
         index = {name: i for i, name in enumerate(batch.feature_names)}
         pos = [index.get(name, -1) for name in enc.num_names]
-        if all(p >= 0 for p in pos):
+        if pos == list(range(len(pos))):
+            num = batch.numeric[:, : len(pos)]  # the usual case: no copy
+        elif all(p >= 0 for p in pos):
             num = batch.numeric[:, pos]
         else:
             num = np.full((n, len(pos)), np.nan)

@@ -36,7 +36,8 @@ from driftline.detectors.mv_null import (
 
 Vec = NDArray[np.float64]
 NAME = "pca_recon"
-KEY_R2 = "mv_r2"
+KEY_R2 = "mv_r2"  # per-dimension sums of r_j² (basis mode)
+KEY_YY = "mv_yy"  # Gram of the complement coordinates y = c U (complement mode)
 KEY_E = "mv_e"
 EXPLAINED = 0.9
 MAX_COMPONENTS = 32
@@ -125,6 +126,10 @@ class PCARecon:
 
     # -- streaming ------------------------------------------------------------------------
     def shapes(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        a, _, complement = self._maps
+        if complement:  # r = y Uᵀ with y = c U: the Gram of y gives every Σ r_j²
+            m = a.shape[1]
+            return {KEY_YY: ((m, m), "<f8"), KEY_E: ((2,), "<f8")}
         return {KEY_R2: ((self.mean.size,), "<f8"), KEY_E: ((2,), "<f8")}
 
     def _residual2(self, z: Vec) -> Vec:
@@ -135,14 +140,19 @@ class PCARecon:
         return np.asarray(r * r)
 
     def pane_sums(self, z: Vec) -> dict[str, Vec]:
+        a, _, complement = self._maps
+        if complement:
+            y = matmul(z - self.mean, a)
+            e = np.einsum("ij,ij->i", y, y)
+            return {KEY_YY: matmul(np.ascontiguousarray(y.T), y),
+                    KEY_E: np.array([e.sum(), e @ e])}
         r2 = self._residual2(z)
         e = r2.sum(axis=1)
         return {KEY_R2: r2.sum(axis=0), KEY_E: np.array([e.sum(), e @ e])}
 
     def row_moments(self, z: Vec) -> dict[str, NDArray[Any]]:
-        r2 = self._residual2(z)
-        e = r2.sum(axis=1)
-        return {KEY_R2: r2, KEY_E: np.column_stack([e, e * e])}
+        e = self._residual2(z).sum(axis=1)
+        return {KEY_E: np.column_stack([e, e * e])}  # all the statistic needs
 
     def recentre(self, z: Vec) -> PCARecon:
         """The same statistic with the error levels of ``z`` as the reference."""
@@ -175,6 +185,11 @@ class PCARecon:
                      alpha: float, names: Sequence[str], sources: Sequence[str],
                      k: int) -> list[Contribution]:
         """Dimensions whose mean squared residual moved the most (standardised)."""
-        r2 = np.asarray(sums[KEY_R2], dtype=np.float64) / n
+        a, _, complement = self._maps
+        if complement:
+            yy = np.asarray(sums[KEY_YY], dtype=np.float64)
+            r2 = np.einsum("ij,jk,ik->i", a, yy, a) / n  # diag(U YᵀY Uᵀ)
+        else:
+            r2 = np.asarray(sums[KEY_R2], dtype=np.float64) / n
         z = (r2 - self.r2_mean) / np.sqrt(self.r2_var * var_factor)
         return top_normal(names, sources, z, "pca_residual", alpha, k)

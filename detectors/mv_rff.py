@@ -73,12 +73,18 @@ def feature_rows(z: Vec, w: NDArray[np.float32]) -> NDArray[np.float32]:
 
 
 def feature_sums(z: Vec, w: NDArray[np.float32]) -> Vec:
-    """``feature_rows(z, w).sum(axis=0)`` without forming the double-angle rows."""
+    """``feature_rows(z, w).sum(axis=0)`` without forming the double-angle rows.
+
+    Rows go in blocks whose float32 work arrays stay near 64 KiB: larger ones are
+    fresh memory-mapped pages on every call, and their page faults cost more than the
+    sines and cosines.
+    """
     m = w.shape[1]
     total = np.zeros(4 * m)
-    step = rows_per_block(w.size)
-    for k in range(0, z.shape[0], step):
-        p = z[k : k + step].astype(np.float32) @ w
+    block = min(rows_per_block(w.size), max(16, 16384 // m))
+    z32 = z.astype(np.float32)
+    for k in range(0, z.shape[0], block):
+        p = z32[k : k + block] @ w
         c, s = np.cos(p), np.sin(p)
         total[:m] += c.sum(axis=0)
         total[m : 2 * m] += s.sum(axis=0)
