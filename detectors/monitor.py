@@ -254,7 +254,6 @@ class ModelMonitor:
         if n == 0:
             return []
         bins = self.binner.bins(batch)
-        z = self._encoder.encode(batch, bins) if self._encoder is not None else None
         ts = batch.ts
         pane_ids = self.ring.pane_ids(n, ts)
         keep = np.ones(n, dtype=bool)
@@ -282,8 +281,8 @@ class ModelMonitor:
             for grp in np.split(np.arange(rows.size), cuts):
                 r = rows[grp]
                 sums: dict[str, NDArray[Any]] = {"hist": self.binner.histogram(bins[r])}
-                if z is not None and self.mv is not None:
-                    sums.update(self.mv.pane_sums(z[r]))
+                if self.mv is not None and self._encoder is not None:
+                    sums.update(self._mv_sums(batch, bins, r))
                 self.ring.add(
                     int(pid[grp[0]]),
                     sums,
@@ -380,6 +379,14 @@ class ModelMonitor:
         if alerts:
             ev = replace(ev, alerts=alerts)
         return ev
+
+    def _mv_sums(self, batch: EventBatch, bins: NDArray[np.int64],
+                 rows: NDArray[np.int64]) -> dict[str, NDArray[Any]]:
+        """Multivariate pane sums of some rows, encoded block by block."""
+        assert self.mv is not None and self._encoder is not None
+        step, enc = self.mv.block_rows, self._encoder
+        return self.mv.block_sums(enc.encode(batch, bins, rows[k : k + step])
+                                  for k in range(0, rows.size, step))
 
     def _window_sums(self) -> dict[str, NDArray[Any]]:
         """Multivariate window sums, added afresh over the closed panes in order.

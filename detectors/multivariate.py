@@ -26,7 +26,7 @@ weights are regenerated from their seed and checked by fingerprint.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -274,18 +274,36 @@ class MultivariateModel:
                 out[mv_pca_e] = r * r
         return out
 
+    @property
+    def block_rows(self) -> int:
+        """Rows per block on the hot path: every product stays on one BLAS thread, and the
+        encoded block (float64) stays near 64 KiB, below the size numpy gets from fresh
+        memory-mapped pages (whose page faults would cost more than the statistics)."""
+        return max(16, min(self._chunk, 8192 // max(self.encoding.dim, 1)))
+
     def pane_sums(self, z: Vec) -> dict[str, NDArray[Any]]:
-        """Pane-additive sums of a block of encoded rows."""
-        out: dict[str, NDArray[Any]] = {KEY_Z: z.sum(axis=0)} if KEY_Z in self._shapes else {}
-        step = self._chunk
-        for k in range(0, max(z.shape[0], 1), step):
-            block = z[k : k + step]
-            for _, stat in self.statistics:
-                for key, v in stat.pane_sums(block).items():
-                    if k:
-                        out[key] += v
-                    else:
+        """Pane-additive sums of encoded rows."""
+        step = self.block_rows
+        return self.block_sums(z[k : k + step] for k in range(0, max(z.shape[0], 1), step))
+
+    def block_sums(self, blocks: Iterable[Vec]) -> dict[str, NDArray[Any]]:
+        """Pane-additive sums over blocks of encoded rows (of at most ``block_rows``)."""
+        out: dict[str, NDArray[Any]] = {}
+        first = True
+        for block in blocks:
+            parts: list[Mapping[str, NDArray[Any]]] = [stat.pane_sums(block)
+                                                       for _, stat in self.statistics]
+            if KEY_Z in self._shapes:
+                parts.append({KEY_Z: block.sum(axis=0)})
+            for part in parts:
+                for key, v in part.items():
+                    if first:
                         out[key] = v  # a new array of the block's sums
+                    else:
+                        out[key] += v
+            first = False
+        if first:
+            out = {k: np.zeros(s) for k, (s, _) in self._shapes.items()}
         return out
 
     def evaluate(self, sums: Mapping[str, NDArray[Any]], n: int) -> MVEvaluation:

@@ -244,21 +244,33 @@ class BatchEncoder:
             raise ValueError(f"encoding does not fit the profile: {exc!r}") from None
         self._missing_bin = missing_bin
 
-    def encode(self, batch: EventBatch, bins: NDArray[np.int64]) -> Vec:
-        """``(n, dim)`` encoding of a batch (``bins`` from ``Binner.bins(batch)``)."""
+        self._names: tuple[str, ...] | None = None  # the last batch layout seen ...
+        self._pos: list[int] = []  # ... and where the numeric features sit in it
+
+    def encode(self, batch: EventBatch, bins: NDArray[np.int64],
+               rows: NDArray[np.int64] | None = None) -> Vec:
+        """``(n, dim)`` encoding of a batch's ``rows`` (all by default; ``bins`` from
+        ``Binner.bins(batch)``)."""
         enc = self.encoding
-        n = len(batch)
-        index = {name: i for i, name in enumerate(batch.feature_names)}
-        pos = [index.get(name, -1) for name in enc.num_names]
+        if batch.feature_names is not self._names:
+            index = {name: i for i, name in enumerate(batch.feature_names)}
+            self._pos = [index.get(name, -1) for name in enc.num_names]
+            self._names = batch.feature_names
+        pos = self._pos
+        sel: slice | NDArray[np.int64] = slice(None)
+        if rows is not None:  # consecutive rows (count panes) select without a copy
+            contiguous = rows.size and int(rows[-1]) - int(rows[0]) + 1 == rows.size
+            sel = slice(int(rows[0]), int(rows[-1]) + 1) if contiguous else rows
+        numeric, codes = batch.numeric[sel], bins[sel]
         if pos == list(range(len(pos))):
-            num = batch.numeric[:, : len(pos)]  # the usual case: no copy
+            num = numeric[:, : len(pos)]  # the usual case: no copy
         elif all(p >= 0 for p in pos):
-            num = batch.numeric[:, pos]
+            num = numeric[:, pos]
         else:
-            num = np.full((n, len(pos)), np.nan)
+            num = np.full((numeric.shape[0], len(pos)), np.nan)
             for k, p in enumerate(pos):
                 if p >= 0:
-                    num[:, k] = batch.numeric[:, p]
-        hot = [bins[:, j] == code for j, code in self._cat]
-        miss = [bins[:, j] == self._missing_bin for j in self._miss]
+                    num[:, k] = numeric[:, p]
+        hot = [codes[:, j] == code for j, code in self._cat]
+        miss = [codes[:, j] == self._missing_bin for j in self._miss]
         return enc._assemble(num, hot, miss)

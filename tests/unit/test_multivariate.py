@@ -16,7 +16,13 @@ from driftline.detectors.monitor import ModelMonitor, MonitorConfig, multivariat
 from driftline.detectors.multivariate import MultivariateModel
 from driftline.detectors.mv_encode import CategoricalInput, NumericInput
 from driftline.detectors.mv_null import WeightedChiSquare
-from driftline.detectors.mv_rff import feature_rows, feature_sums, median_bandwidth, weights
+from driftline.detectors.mv_rff import (
+    DEFAULT_D,
+    feature_rows,
+    feature_sums,
+    median_bandwidth,
+    weights,
+)
 from driftline.detectors.offline import compare
 from driftline.detectors.reference import ReferenceProfile, build_profile
 from driftline.detectors.serialization import pack, unpack
@@ -97,12 +103,13 @@ def exact_mmd2(x: np.ndarray, y: np.ndarray, sigma: float) -> float:
 
 
 def test_rff_mmd_matches_exact_quadratic_mmd() -> None:
-    """D = 256 against the exact MMD² of the same kernel on 400 + 400 rows in 8 dimensions.
+    """The default D = 128 against the exact MMD² of the same kernel, 400 + 400 rows, 8 dims.
 
-    Measured over these seeded draws: mean relative error 12 % without drift (exact MMD²
-    about 0.003), 12 % for a 0.5 σ shift of one feature (0.011), 19 % for a correlation flip
-    (0.013); largest absolute error 0.007. The error falls as 1/sqrt(D); the statistic's
-    null law is that of the RFF statistic itself, so the test stays calibrated whatever D.
+    Measured over these seeded draws: mean relative error 14 % without drift (exact MMD²
+    about 0.003), 11 % for a 0.5 σ shift of one feature (0.011), 25 % for a correlation flip
+    (0.013); largest absolute error 0.0065; rank correlation 0.81. (D = 256: 12 %, 12 %,
+    19 %.) The statistic's null law is that of the RFF statistic itself, so the test stays
+    calibrated whatever D.
     """
     rng = np.random.default_rng(0)
     rel: dict[str, list[float]] = {"null": [], "shift": [], "flip": []}
@@ -116,17 +123,17 @@ def test_rff_mmd_matches_exact_quadratic_mmd() -> None:
                 x[:, 1] = 0.8 * x[:, 0] + 0.6 * x[:, 1]
                 y[:, 1] = -0.8 * y[:, 0] + 0.6 * y[:, 1]
             sigma = median_bandwidth(np.vstack([x, y]), 0)
-            w = weights(8, 256, sigma, trial)
+            w = weights(8, DEFAULT_D, sigma, trial)
             fx = feature_rows(x, w).astype(np.float64).mean(0)
             fy = feature_rows(y, w).astype(np.float64).mean(0)
-            approx = float(((fx - fy) ** 2).sum() * 2 / 256)
+            approx = float(((fx - fy) ** 2).sum() * 2 / DEFAULT_D)
             exact = exact_mmd2(x, y, sigma)
             rel[kind].append(abs(approx - exact) / exact)
             pairs.append((approx, exact))
-    assert np.mean(rel["null"]) < 0.15 and np.mean(rel["shift"]) < 0.15
-    assert np.mean(rel["flip"]) < 0.25
+    assert np.mean(rel["null"]) < 0.2 and np.mean(rel["shift"]) < 0.2
+    assert np.mean(rel["flip"]) < 0.3
     assert max(abs(a - e) for a, e in pairs) < 0.01
-    assert stats.spearmanr(*zip(*pairs, strict=True)).statistic > 0.8  # ranking: 0.85 measured
+    assert stats.spearmanr(*zip(*pairs, strict=True)).statistic > 0.75  # 0.81 measured
     z = np.random.default_rng(1).normal(size=(3000, 8))
     w = weights(8, 256, 3.0, 0)
     np.testing.assert_allclose(feature_sums(z, w), feature_rows(z, w).sum(0, dtype=np.float64),
