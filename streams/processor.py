@@ -95,6 +95,12 @@ class Processor:
         old = self.references.get(profile.model)
         if old is not None and old.reference_id == profile.reference_id:
             return False
+        try:  # a reference the engine cannot use must never take the worker down
+            self._monitor(profile)
+        except Exception as exc:
+            log.error("model %s: reference %s rejected: %s", profile.model,
+                      profile.reference_id, exc)
+            return False
         self.references[profile.model] = profile
         for st in self.models.values():
             if st.model != profile.model or (st.reference is not None

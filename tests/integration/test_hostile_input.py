@@ -303,9 +303,6 @@ def test_hostile_producers_cannot_take_the_worker_down(
     assert len(samples) <= bound, (len(samples), bound)
 
 
-@pytest.mark.xfail(strict=True, reason="a reference the monitor refuses (here: no columns) "
-                   "passes ReferenceProfile.from_json; Processor.state_of then raises outside "
-                   "any try and the worker thread dies (on every restart: the topic is compacted)")
 def test_a_hostile_reference_cannot_take_the_worker_down(
         kafka_bootstrap: str, unique_name: Callable[[str], str],
         running: Callable[[Settings], Running]) -> None:

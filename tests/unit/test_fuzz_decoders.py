@@ -461,9 +461,6 @@ def test_multivariate_reference_errors_are_profile_errors() -> None:
         ModelMonitor(prof, fuzz.small_monitor_config())
 
 
-@pytest.mark.xfail(strict=True, reason="Processor.set_reference/state_of build a ModelMonitor "
-                   "outside any try: a reference the monitor refuses (ProfileError for a "
-                   "multivariate part that does not fit, by design) crashes the worker loop")
 def test_processor_survives_a_reference_it_cannot_use() -> None:
     from prometheus_client import CollectorRegistry
 
