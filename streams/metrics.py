@@ -31,6 +31,7 @@ _DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
 #: ``driftline_drift_threshold``; their ``statistic`` label is the statistic's name
 #: (``mmd_rff``, ``covariance``, ``pca_recon``).
 MULTIVARIATE_FEATURE = "__multivariate__"
+ALERT_STATES = ("firing", "resolved")
 
 
 class WorkerMetrics:
@@ -117,6 +118,11 @@ class WorkerMetrics:
                 self.threshold.labels(model, name, "chi2").set(thr)
                 seen.add(("threshold", model, name, "chi2"))
         mv = ev.multivariate
+        # alert counters start at 0, so the first alert of a model is an increase that
+        # rate(), increase() and changes() see (a series born at 1 shows no change)
+        for kind in set(ev.kinds) | ({"data"} if mv is not None else set()):
+            for state in ALERT_STATES:
+                self.alerts.labels(model, kind, state)
         if mv is not None:
             for name, v, thr in zip(mv.names, mv.score.tolist(), mv.threshold.tolist(),
                                     strict=True):

@@ -76,3 +76,13 @@ def test_multivariate_setting_reaches_the_monitor_config(monkeypatch) -> None:  
     for value, expected in (("off", False), ("on", True), ("false", False), ("1", True)):
         monkeypatch.setenv("DRIFTLINE_MULTIVARIATE", value)
         assert Settings().monitor_config().multivariate is expected
+
+
+def test_alert_counters_exist_at_zero_before_the_first_alert() -> None:
+    _, _, registry = _run(multivariate=True)
+    counters = {(s.labels["kind"], s.labels["state"]): s.value
+                for family in registry.collect() for s in family.samples
+                if s.name == "driftline_alerts_total"}
+    # no drift in the stream: every kind of the model is there, at zero
+    assert counters == {("data", "firing"): 0.0, ("data", "resolved"): 0.0,
+                        ("prediction", "firing"): 0.0, ("prediction", "resolved"): 0.0}
