@@ -398,6 +398,11 @@ def test_rules_and_dashboard_on_a_real_prometheus(
             else:
                 assert metric_names(match) <= set(NOT_EXERCISED), (name, match)
 
+        # the drill-down ranks the multivariate statistics beside the drifted column
+        ranked = next(substitute(e) for t, e in exprs if t.startswith("Score / calibrated"))
+        rows = {(r["metric"]["feature"], r["metric"]["statistic"]) for r in prom.query(ranked)}
+        assert {("__multivariate__", s) for s in MV_STATISTICS} | {(DRIFTED, "chi2")} <= rows
+
         # the recording rules produced values for the model; no rule failed
         for group in prom.get("/api/v1/rules")["data"]["groups"]:
             for rule in group["rules"]:
