@@ -105,8 +105,12 @@ class MultivariateModel:
     _thresholds: dict[tuple[float, int], Vec] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # Σz for the mean-shift explanation; the covariance sums carry it when they are
-        # on z itself (not projected)
+        # the covariance sums of z and z zᵀ (when not projected) also give Σz for the
+        # mean-shift explanation and the PCA's reconstruction errors
+        if self.z_key != KEY_Z:
+            object.__setattr__(self, "statistics", tuple(
+                (name, replace(stat, shared=True) if isinstance(stat, PCARecon) else stat)
+                for name, stat in self.statistics))
         shapes: dict[str, tuple[tuple[int, ...], str]] = {}
         if self.z_key == KEY_Z:
             shapes[KEY_Z] = ((self.encoding.dim,), "<f8")
@@ -270,8 +274,7 @@ class MultivariateModel:
                 out.update({mv_cov_u: u, mv_cov_uu: u * u})
             elif isinstance(stat, PCARecon):
                 r = (length + float(np.linalg.norm(stat.mean))) ** 2
-                out.update({k: r for k in stat.shapes()})
-                out[mv_pca_e] = r * r
+                out.update({k: r * r if k == mv_pca_e else r for k in stat.shapes()})
         return out
 
     @property

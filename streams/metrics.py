@@ -2,7 +2,9 @@
 
 Names follow ``driftline_<subsystem>_<name>_<unit>``; label values come from bounded
 sets (models are capped by ``max_models``, features by ``max_features`` and the
-reference, reasons and kinds are fixed vocabularies).
+reference, reasons and kinds are fixed vocabularies). The multivariate statistics of a
+model (at most three) are exported as drift scores and thresholds of the pseudo-feature
+``__multivariate__``, one series per statistic.
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ from driftline.schemas.models import EventBatch
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 50000)
 _DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+
+#: ``feature`` label of the multivariate statistics in ``driftline_drift_score`` and
+#: ``driftline_drift_threshold``; their ``statistic`` label is the statistic's name
+#: (``mmd_rff``, ``covariance``, ``pca_recon``).
+MULTIVARIATE_FEATURE = "__multivariate__"
+ALERT_STATES = ("firing", "resolved")
 
 
 class WorkerMetrics:
@@ -109,6 +117,21 @@ class WorkerMetrics:
             if math.isfinite(thr):
                 self.threshold.labels(model, name, "chi2").set(thr)
                 seen.add(("threshold", model, name, "chi2"))
+        mv = ev.multivariate
+        # alert counters start at 0, so the first alert of a model is an increase that
+        # rate(), increase() and changes() see (a series born at 1 shows no change)
+        for kind in set(ev.kinds) | ({"data"} if mv is not None else set()):
+            for state in ALERT_STATES:
+                self.alerts.labels(model, kind, state)
+        if mv is not None:
+            for name, v, thr in zip(mv.names, mv.score.tolist(), mv.threshold.tolist(),
+                                    strict=True):
+                if math.isfinite(v):
+                    self.score.labels(model, MULTIVARIATE_FEATURE, name).set(v)
+                    seen.add(("score", model, MULTIVARIATE_FEATURE, name))
+                if math.isfinite(thr):
+                    self.threshold.labels(model, MULTIVARIATE_FEATURE, name).set(thr)
+                    seen.add(("threshold", model, MULTIVARIATE_FEATURE, name))
         for a in ev.alerts:
             self.state.labels(model, a.kind, a.feature or "").set(1.0 if a.state == "firing" else 0.0)
             seen.add(("state", model, a.kind, a.feature or ""))

@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     fire_n: int = Field(1, ge=1)
     clear_after: int = Field(3, ge=1)
     cooldown: int = Field(0, ge=0)
+    #: the reference's multivariate statistics (RFF kernel MMD, covariance, PCA
+    #: reconstruction) beside the per-column tests; ``off`` runs the per-column tests only
+    multivariate: bool = True
 
     # limits
     max_payload_bytes: int = Field(1_048_576, ge=64)
@@ -95,6 +98,7 @@ class Settings(BaseSettings):
             correction=self.correction,
             policy=PolicyConfig(self.fire_m, max(self.fire_n, self.fire_m), self.clear_after,
                                 self.cooldown),
+            multivariate=self.multivariate,
         )
 
     def limits(self) -> Limits:
