@@ -427,8 +427,11 @@ class ModelMonitor:
         thr = self.calibration.thresholds(chi.df, alpha, family)
         if mv is not None:
             mv = mv.decided(decided[p.size :], alpha / family)
-        ks, _ = ks_binned(ref, win, layout.n_bins, layout.numeric)
-        wd = wasserstein_binned(ref, win, layout.n_bins, self._widths, self._scale)
+        if segment:  # segment windows report the tested statistic, PSI and JS only
+            ks = wd = np.full(len(layout.names), np.nan)
+        else:
+            ks, _ = ks_binned(ref, win, layout.n_bins, layout.numeric)
+            wd = wasserstein_binned(ref, win, layout.n_bins, self._widths, self._scale)
         start, end, first, last = ring.window_bounds()
         info = WindowInfo(
             start_ts=None if math.isnan(start) else start,
