@@ -326,10 +326,11 @@ def _distributions(reference: ReferenceProfile, table: Table, bins: NDArray[np.i
 # -- gathering from Kafka -------------------------------------------------------------------
 def gather(kafka: Mapping[str, Any], *, inference_topic: str, references_topic: str,
            changes_topic: str, model: str, segment: Mapping[str, str], since: float | None,
-           timeout: float = 60.0
+           timeout: float = 60.0, max_events: int = 1_000_000
            ) -> tuple[ReferenceProfile | None, list[EventBatch], list[dict[str, Any]], int]:
-    """The model's reference, its events since ``since`` in the segment, change events,
-    and how many messages could not be decoded."""
+    """The model's reference, its events since ``since`` in the segment (the newest
+    ``max_events`` at most, in batches), change events, and how many messages could not
+    be decoded."""
     from driftline.schemas.codecs import decode_change, decode_inference
     from driftline.streams.admin import UnknownTopicError, iter_to_end, read_compacted
 
@@ -338,11 +339,11 @@ def gather(kafka: Mapping[str, Any], *, inference_topic: str, references_topic: 
     reference = ReferenceProfile.from_json(raw) if raw is not None else None
     since_ms = None if since is None else max(int(since * 1000), 0)
     batches: list[EventBatch] = []
-    bad = 0
+    bad = kept = 0
     chunk: list[tuple[bytes, int, int, float]] = []
 
     def flush() -> None:
-        nonlocal bad
+        nonlocal bad, kept
         if not chunk:
             return
         vals, parts, offs, stamps = (list(x) for x in zip(*chunk, strict=True))
@@ -359,6 +360,9 @@ def gather(kafka: Mapping[str, Any], *, inference_topic: str, references_topic: 
                 from driftline.streams.processor import _rows
 
                 batches.append(_rows(b, keep))
+                kept += int(keep.size)
+                while kept - len(batches[0]) >= max_events:
+                    kept -= len(batches.pop(0))
         chunk.clear()
 
     for msg in iter_to_end(kafka, inference_topic, timeout, since_ms=since_ms):

@@ -26,6 +26,7 @@ def investigate(
     pane_size: int = typer.Option(500, min=20, help="events per pane of the change-point series"),
     alpha: float = typer.Option(0.05, help="family-wise significance of the feature tests"),
     timeout: float = typer.Option(60.0, help="seconds to read each topic to its end"),
+    max_events: int = typer.Option(1_000_000, min=1, help="keep at most the newest N events"),
 ) -> None:
     """Read a model's events, reference and change events from Kafka and explain its drift."""
     s = Settings(bootstrap_servers=bootstrap) if bootstrap else Settings()
@@ -37,7 +38,8 @@ def investigate(
         raise typer.Exit(2) from None
     reference, batches, changes, bad = gather(
         s.kafka(), inference_topic=s.inference_topic, references_topic=s.references_topic,
-        changes_topic=s.changes_topic, model=model, segment=seg, since=start, timeout=timeout)
+        changes_topic=s.changes_topic, model=model, segment=seg, since=start, timeout=timeout,
+        max_events=max_events)
     if reference is None:
         typer.echo(f"error: no reference for model {model!r} on {s.references_topic}", err=True)
         raise typer.Exit(1)
