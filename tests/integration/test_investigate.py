@@ -63,6 +63,7 @@ def test_investigate_finds_the_segment_drift_its_start_and_the_change_before_it(
                                               "ts": true_start - 1, "text": "not this model"}))
     p.produce(s.changes_topic, b"{not a change event")
     assert p.flush(30) == 0
+    del p  # no client left to reconnect once the broker stops
 
     env = {"DRIFTLINE_INFERENCE_TOPIC": s.inference_topic,
            "DRIFTLINE_REFERENCES_TOPIC": s.references_topic,
