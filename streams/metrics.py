@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import numpy as np
@@ -82,6 +82,13 @@ class WorkerMetrics:
         r.register(self.serving_latency)
         self.requests = Counter("driftline_serving_requests", "Predictions seen, by outcome",
                                 ["model", "outcome"], registry=r)
+        self.segment_score = Gauge("driftline_segment_drift_score",
+                                   "Chi-square statistic of one segment's window",
+                                   ["model", "segment", "feature"], registry=r)
+        self.segment_events = Counter("driftline_segment_events",
+                                      "Events applied to one segment's windows (values beyond "
+                                      "the per-model maximum are counted as segment=\"other\")",
+                                      ["model", "segment"], registry=r)
         self._features: dict[str, set[tuple[str, ...]]] = {}
 
     def observe_batch(self, model: str, batch: EventBatch, seconds: float) -> None:
@@ -102,8 +109,18 @@ class WorkerMetrics:
         if ts.size:
             self.event_time_lag.labels(model).set(max(time.time() - float(ts.max()), 0.0))
 
+    def observe_segments(self, model: str, events: Mapping[str, int]) -> None:
+        """Events per segment value of one update (labels bounded by the segment maximum)."""
+        seen = self._features.setdefault(model, set())
+        for segment, n in events.items():
+            self.segment_events.labels(model, segment).inc(n)
+            seen.add(("segment_events", model, segment))
+
     def observe_evaluation(self, model: str, ev: Evaluation) -> None:
         """Per pane close: statistics, thresholds, state gauges."""
+        if ev.segment:
+            self._observe_segment(model, ev)
+            return
         self.last_evaluation.labels(model).set(time.time())
         self.insufficient.labels(model).set(1.0 if ev.insufficient else 0.0)
         seen = self._features.setdefault(model, set())
@@ -136,11 +153,23 @@ class WorkerMetrics:
             self.state.labels(model, a.kind, a.feature or "").set(1.0 if a.state == "firing" else 0.0)
             seen.add(("state", model, a.kind, a.feature or ""))
 
+    def _observe_segment(self, model: str, ev: Evaluation) -> None:
+        if ev.insufficient:
+            return
+        seen = self._features.setdefault(model, set())
+        for j, name in enumerate(ev.names):
+            v = float(ev.chi2[j])
+            if math.isfinite(v):
+                self.segment_score.labels(model, ev.segment, name).set(v)
+                seen.add(("segment_score", model, ev.segment, name))
+
     def forget_model(self, model: str) -> None:
         """Remove a model's series (its partition moved to another worker)."""
         for key in self._features.pop(model, set()):
             family, labels = key[0], key[1:]
-            metric = {"score": self.score, "threshold": self.threshold, "state": self.state}[family]
+            metric = {"score": self.score, "threshold": self.threshold, "state": self.state,
+                      "segment_score": self.segment_score,
+                      "segment_events": self.segment_events}[family]
             try:
                 metric.remove(*labels)
             except KeyError:

@@ -240,6 +240,8 @@ class Processor:
             batch = _rows(batch, np.arange(need, len(batch)))
         n = len(batch)
         evals = st.monitor.update(batch)
+        if st.monitor.segments is not None and st.monitor.segments.last_events:
+            self.metrics.observe_segments(st.model, st.monitor.segments.last_events)
         late = st.monitor.last_late_rows
         applied = n - int(late.size)
         st.events_applied += applied

@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     #: reconstruction) beside the per-column tests; ``off`` runs the per-column tests only
     multivariate: bool = True
 
+    # segments: drift per segment value as well as per model
+    segments: bool = True  # DRIFTLINE_SEGMENTS=false turns per-segment windows off
+    segment_max: int = Field(16, ge=1, le=1000)  # values with their own window; rest pooled
+    segment_keys: str = ""  # comma-separated keys forming the segment value; "" = all keys
+
     # limits
     max_payload_bytes: int = Field(1_048_576, ge=64)
     max_features: int = Field(512, ge=1)
@@ -99,6 +104,9 @@ class Settings(BaseSettings):
             policy=PolicyConfig(self.fire_m, max(self.fire_n, self.fire_m), self.clear_after,
                                 self.cooldown),
             multivariate=self.multivariate,
+            segments=self.segments,
+            segment_max=self.segment_max,
+            segment_keys=tuple(k.strip() for k in self.segment_keys.split(",") if k.strip()),
         )
 
     def limits(self) -> Limits:

@@ -296,7 +296,7 @@ def test_hostile_producers_cannot_take_the_worker_down(
     assert set(names) <= features, "label-breaking feature names must round-trip as labels"
     label_names = {k for _, lbl in samples for k in lbl}
     assert label_names <= {"model", "feature", "statistic", "kind", "state", "reason", "topic",
-                           "partition", "source", "outcome", "le"}, label_names
+                           "partition", "source", "outcome", "le", "segment"}, label_names
     f_max = len(names)
     bound = 56 + s.partitions + MAX_MODELS * (59 + 9 * (f_max + 1))
     per_model = Counter(lbl.get("model") for _, lbl in samples)
