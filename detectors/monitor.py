@@ -140,6 +140,8 @@ class Evaluation:
     alerts: tuple[DriftAlert, ...] = ()
     #: The multivariate statistics (kind "data"), when the reference has them.
     multivariate: MVEvaluation | None = None
+    #: False-alarm budget (family-wise level) this evaluation was decided at.
+    alpha: float = math.nan
 
     def drifted(self, kind: str | None = None) -> list[str]:
         """Drifted columns (and multivariate statistics, which are of kind "data")."""
@@ -305,11 +307,31 @@ class ModelMonitor:
 
     def tick(self, now: float | None = None, idle_timeout: float | None = None,
              last_seen: float | None = None) -> list[Evaluation]:
-        """Idle timeout: when nothing arrived for ``idle_timeout`` s, close the open panes."""
+        """Idle timeout: nothing arrived for ``idle_timeout`` s (``now - last_seen``, wall time).
+
+        Count panes: the open, partial pane closes and is evaluated; the next event starts a
+        new pane. Event-time panes: the watermark is moved on by the wall time passed since
+        the last event, as if event time had kept flowing; the panes it passes close (empty
+        ones too, at most ``panes`` of them, so the window drains and reports insufficient
+        data when traffic stops). The ring keeps its real newest event time, so events of a
+        pane that is still open when traffic resumes are not late.
+        """
         now = time.time() if now is None else now
         if idle_timeout is None or last_seen is None or now - last_seen < idle_timeout:
             return []
-        evs = [self._evaluate(p, None) for p in self.ring.close_all_open()]
+        ring = self.ring
+        if isinstance(ring.rule, TimeRule):
+            if not math.isfinite(ring.max_ts):
+                return []
+            through = ring.rule.closable_through(ring.seq, ring.max_ts + (now - last_seen))
+            first = max(ring.last_closed + 1, through - self.config.panes + 1)
+            ids = sorted({*(p for p in ring.open if p <= through), *range(first, through + 1)})
+            panes = [ring.close(p) for p in ids]
+        else:
+            panes = ring.close_all_open()
+            size = self.config.pane_size
+            ring.seq = -(-ring.seq // size) * size  # the next event opens a new pane
+        evs = [self._evaluate(p, None) for p in panes]
         self.last_evaluations = evs
         return evs
 
@@ -372,6 +394,7 @@ class ModelMonitor:
             ks=ks,
             wasserstein=wd,
             multivariate=mv,
+            alpha=alpha,
         )
         if insufficient:
             return ev

@@ -6,14 +6,17 @@ Kafka security settings pass through to every client driftline creates.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from driftline.detectors.monitor import MonitorConfig
 from driftline.detectors.policy import PolicyConfig
 from driftline.schemas.limits import Limits
+
+if TYPE_CHECKING:
+    from driftline.streams.model_config import ModelConfigs
 
 
 class Settings(BaseSettings):
@@ -75,6 +78,9 @@ class Settings(BaseSettings):
     fire_n: int = Field(1, ge=1)
     clear_after: int = Field(3, ge=1)
     cooldown: int = Field(0, ge=0)
+    #: YAML/JSON file of per-model windows over the defaults above (see model_config.py)
+    model_config_file: str | None = Field(
+        None, validation_alias=AliasChoices("model_config_file", "DRIFTLINE_MODEL_CONFIG"))
 
     # limits
     max_payload_bytes: int = Field(1_048_576, ge=64)
@@ -96,6 +102,16 @@ class Settings(BaseSettings):
             policy=PolicyConfig(self.fire_m, max(self.fire_n, self.fire_m), self.clear_after,
                                 self.cooldown),
         )
+
+    def model_configs(self) -> ModelConfigs:
+        """Per-model configuration: the model config file over :meth:`monitor_config`.
+
+        Raises ModelConfigError when the file is unreadable or invalid.
+        """
+        from driftline.streams.model_config import load_model_configs
+
+        return load_model_configs(self.model_config_file, self.monitor_config(),
+                                  self.idle_timeout_s)
 
     def limits(self) -> Limits:
         return Limits(
