@@ -69,20 +69,20 @@ class WindowSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    pane_events: int | None = Field(None, ge=1, le=10_000_000)
-    panes: int | None = Field(None, ge=1, le=10_000)
+    pane_events: int | None = Field(default=None, ge=1, le=10_000_000)
+    panes: int | None = Field(default=None, ge=1, le=10_000)
     window: float | None = None  # event-time window (seconds)
     pane: float | None = None  # event-time pane (seconds)
     allowed_lateness: float | None = None
     late_policy: Literal["deadletter", "current"] | None = None
     idle_timeout: float | None = None
-    min_samples: int | None = Field(None, ge=1, le=2**40)
-    target_run_length: float | None = Field(None, gt=0, allow_inf_nan=False)
+    min_samples: int | None = Field(default=None, ge=1, le=2**40)
+    target_run_length: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     correction: Literal["bonferroni", "bh"] | None = None
-    fire_m: int | None = Field(None, ge=1, le=1000)
-    fire_n: int | None = Field(None, ge=1, le=1000)
-    clear_after: int | None = Field(None, ge=1, le=1000)
-    cooldown: int | None = Field(None, ge=0, le=1000)
+    fire_m: int | None = Field(default=None, ge=1, le=1000)
+    fire_n: int | None = Field(default=None, ge=1, le=1000)
+    clear_after: int | None = Field(default=None, ge=1, le=1000)
+    cooldown: int | None = Field(default=None, ge=0, le=1000)
 
     @field_validator("window", "pane", "allowed_lateness", "idle_timeout", mode="before")
     @classmethod
@@ -131,7 +131,7 @@ class ConfigFile(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    defaults: WindowSpec = WindowSpec()
+    defaults: WindowSpec = Field(default_factory=WindowSpec)
     models: dict[str, WindowSpec] = Field(default_factory=dict, max_length=MAX_MODELS)
 
 

@@ -270,13 +270,15 @@ class Processor:
                 return
             batch = _rows(batch, np.arange(need, len(batch)))
         n = len(batch)
-        late_before = st.monitor.late_events
-        evals = st.monitor.update(batch)
-        late = st.monitor.last_late_rows
+        mon = st.monitor
+        assert mon is not None
+        late_before = mon.late_events
+        evals = mon.update(batch)
+        late = mon.last_late_rows
         applied = n - int(late.size)
         st.events_applied += applied
         out.applied += applied
-        late_now = st.monitor.late_events - late_before
+        late_now = mon.late_events - late_before
         if late_now:
             self.metrics.late_events.labels(st.model).inc(late_now)
         if late.size:
