@@ -177,6 +177,15 @@ class ModelConfigs:
     def models(self) -> tuple[str, ...]:
         return tuple(self.file.models)
 
+    def with_model(self, model: str, entry: WindowSpec) -> ModelConfigs:
+        """A copy in which ``entry`` replaces the model's entry (it still inherits the
+        defaults). Raises ModelConfigError when the combination is invalid."""
+        models = {**self.file.models, model: entry}
+        if len(models) > MAX_MODELS:
+            raise ModelConfigError(f"{self.source}: more than {MAX_MODELS} model entries")
+        file = self.file.model_copy(update={"models": models})
+        return ModelConfigs(self.base, self.base_idle_timeout, file, self.source)
+
     def _resolve(self, spec: WindowSpec, name: str | None) -> Effective:
         b = self.base
         pol = b.policy
@@ -246,3 +255,39 @@ def parse_model_configs(text: bytes | str, base: MonitorConfig,
 def _errors(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(x) for x in e['loc']) or '(top level)'}: {e['msg']}"
                      for e in exc.errors())
+
+
+# -- a model's entry on the references topic ---------------------------------------------
+RECORD_SCHEMA = "driftline.model-config/v1"
+
+
+def record_key(model: str) -> bytes:
+    """References-topic key of a model's configuration (its profile is keyed by the bare
+    model id; the NUL keeps the two apart under compaction)."""
+    return b"config\x00" + model.encode()
+
+
+def encode_record(model: str, entry: WindowSpec) -> bytes:
+    """A model's configuration entry as a references-topic record."""
+    return orjson.dumps({"schema": RECORD_SCHEMA, "model": model,
+                         "config": entry.model_dump(exclude_none=True)})
+
+
+def decode_record(value: bytes) -> tuple[str, WindowSpec] | None:
+    """``(model, entry)`` of a configuration record; None when the value is something
+    else (a reference profile). Raises ModelConfigError for a malformed record."""
+    if b'"driftline.model-config/v1"' not in value[:512]:
+        return None
+    try:
+        d = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise ModelConfigError(f"model config record: not JSON: {exc}") from None
+    if not isinstance(d, dict) or d.get("schema") != RECORD_SCHEMA:
+        return None
+    model = d.get("model")
+    if not isinstance(model, str) or not 1 <= len(model) <= 256:
+        raise ModelConfigError("model config record: 'model' must be a string of 1..256 chars")
+    try:
+        return model, WindowSpec.model_validate(d.get("config") or {})
+    except ValidationError as exc:
+        raise ModelConfigError(f"model config record for {model}: {_errors(exc)}") from None

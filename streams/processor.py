@@ -22,7 +22,7 @@ from driftline.schemas.codecs import decode_inference
 from driftline.schemas.limits import Limits
 from driftline.schemas.models import DriftAlert, EventBatch, Rejection
 from driftline.streams.metrics import WorkerMetrics
-from driftline.streams.model_config import ModelConfigs
+from driftline.streams.model_config import ModelConfigError, ModelConfigs, WindowSpec
 from driftline.streams.model_state import ModelState, state_key
 
 log = logging.getLogger("driftline.worker")
@@ -104,6 +104,18 @@ class Processor:
                 restarted.append(key)
                 log.info("model %s: configuration changed; new windows", st.model)
         return restarted
+
+    def set_model_entry(self, model: str, entry: WindowSpec) -> bool:
+        """One model's configuration entry (from the references topic) replaces its entry
+        of the file; its windows restart if its configuration changed. False when the
+        entry is unusable (logged; the model keeps its configuration)."""
+        try:
+            configs = self.model_configs.with_model(model, entry)
+        except ModelConfigError as exc:
+            log.error("model %s: configuration rejected: %s", model, exc)
+            return False
+        self.set_model_configs(configs)
+        return True
 
     def _monitor(self, ref: ReferenceProfile) -> ModelMonitor:
         """A fresh monitor; the calibration (a bootstrap) is computed once per reference

@@ -3,6 +3,9 @@ evaluated (the last one by the idle timeout), and a shift is alerted on the topi
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -127,3 +130,23 @@ def test_quiet_model_evaluated_every_pane_and_alerted_through_the_worker(
     assert t0 + 2 * 3600 <= firing[0].window.end_ts <= t0 + 3 * 3600
     gauge = w.registry.get_sample_value("driftline_drift_insufficient_data", {"model": "quiet"})
     assert gauge == 0.0
+
+    # a new configuration for the model through the references topic: new windows, live
+    entry = tmp_path / "quiet.yaml"
+    env = {**os.environ, "DRIFTLINE_REFERENCES_TOPIC": s.references_topic}
+    entry.write_text("window: 30m\npane: 5m\nmin_samples: 150\n")
+    cli = [sys.executable, "-m", "driftline.streams", "reference", "set", "--model", "quiet",
+           "--config", str(entry), "--bootstrap", kafka_bootstrap]
+    res = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "configuration set for quiet" in res.stdout
+
+    def reconfigured() -> bool:
+        mon = next(st.monitor for st in w.worker.processor.models.values()
+                   if st.model == "quiet")
+        return mon is not None and (mon.config.panes, mon.config.min_samples) == (6, 150)
+
+    wait_for(reconfigured, 30, "the new configuration in use")
+    entry.write_text("window: 30m\npane: 7m\n")
+    res = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "whole number of panes" in res.stderr

@@ -17,9 +17,13 @@ from driftline.schemas.limits import Limits
 from driftline.streams.metrics import WorkerMetrics
 from driftline.streams.model_config import (
     ModelConfigError,
+    WindowSpec,
+    decode_record,
+    encode_record,
     load_model_configs,
     parse_duration,
     parse_model_configs,
+    record_key,
 )
 from driftline.streams.processor import Processor
 from driftline.streams.settings import Settings
@@ -355,3 +359,36 @@ def test_quiet_model_is_evaluated_every_pane_and_alerts_on_a_shift(seed: int) ->
     assert first.feature == "f2" and first.window.end_ts is not None
     assert T0 + 4 * 3600 <= first.window.end_ts <= T0 + 5 * 3600
     assert all(a.window.end_ts is None or a.window.end_ts >= T0 + 4 * 3600 for a in firing)
+
+
+# -- a model's configuration on the references topic -----------------------------------
+def test_config_record_round_trip_and_refusals() -> None:
+    entry = WindowSpec(window=600.0, pane=60.0, min_samples=50)
+    model, back = decode_record(encode_record("m-1", entry))  # type: ignore[misc]
+    assert (model, back) == ("m-1", entry)
+    assert record_key("m-1") != b"m-1"
+    assert decode_record(profile("x").to_json()) is None  # a reference profile
+    for bad in (b'{"schema": "driftline.model-config/v1", "model": "m", "config": {"pane": 1}}',
+                b'{"schema": "driftline.model-config/v1", "model": 3, "config": {}}',
+                b'{"schema": "driftline.model-config/v1", "model": "m", "config": {"x": 1}}',
+                b'{"schema": "driftline.model-config/v1", "model": "m", "config"'):
+        with pytest.raises(ModelConfigError):
+            decode_record(bad)
+
+
+def test_config_entry_from_the_topic_replaces_the_files_and_restarts_windows() -> None:
+    p, _ = make()
+    rng = np.random.default_rng(8)
+    Feed(p, "busy").send(rng.normal(size=(120, F)), T0 + np.arange(120.0))
+    Feed(p, "quiet").send(rng.normal(size=(120, F)), T0 + np.arange(120.0))
+    quiet_before = p.models["quiet@0"].monitor
+    _, entry = decode_record(encode_record("busy", WindowSpec(window=600.0, pane=60.0)))  # type: ignore[misc]
+    assert p.set_model_entry("busy", entry)
+    busy = p.models["busy@0"].monitor
+    assert busy is not None and busy.config.pane_seconds == 60.0 and busy.config.panes == 10
+    assert busy.config.min_samples == 600  # still inherits the file's defaults
+    assert busy.ring.seq == 0 and p.models["quiet@0"].monitor is quiet_before
+    # an entry that cannot combine with the defaults is refused, nothing changes
+    p2, _ = make(b"defaults: {window: 1h, pane: 5m, min_samples: 10}")
+    assert not p2.set_model_entry("busy", WindowSpec(panes=7))  # contradicts window / pane
+    assert p2.config_for("busy").panes == 12
