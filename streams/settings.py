@@ -80,7 +80,8 @@ class Settings(BaseSettings):
     cooldown: int = Field(0, ge=0)
     #: YAML/JSON file of per-model windows over the defaults above (see model_config.py)
     model_config_file: str | None = Field(
-        None, validation_alias=AliasChoices("model_config_file", "DRIFTLINE_MODEL_CONFIG"))
+        None, validation_alias=AliasChoices("model_config_file", "DRIFTLINE_MODEL_CONFIG",
+                                            "DRIFTLINE_MODEL_CONFIG_FILE"))
 
     # limits
     max_payload_bytes: int = Field(1_048_576, ge=64)
