@@ -72,8 +72,9 @@ class Processor:
     ) -> None:
         """``model_configs``: per-model windows over ``config`` (the default for every
         model); ``clock``: wall time in seconds (the idle timeout measures quiet with it)."""
-        self.config = config
         self.model_configs = model_configs or ModelConfigs(config)
+        if model_configs is not None and model_configs.base != config:
+            self.config = config
         self.clock = clock
         self.limits = limits
         self.metrics = metrics
@@ -87,6 +88,16 @@ class Processor:
         self._prior: dict[tuple[str, int], int] = {}
         self.cluster_id: str | None = None  # Kafka cluster the offsets in the states refer to
         self._calibrations: dict[tuple[str, MonitorConfig], Calibration] = {}
+
+    @property
+    def config(self) -> MonitorConfig:
+        """The configuration of every model without an entry of its own (under the file)."""
+        return self.model_configs.base
+
+    @config.setter
+    def config(self, value: MonitorConfig) -> None:
+        c = self.model_configs
+        self.model_configs = ModelConfigs(value, c.base_idle_timeout, c.file, c.source)
 
     def config_for(self, model: str) -> MonitorConfig:
         """The windows and alerting a model runs with (its entry, else the defaults)."""
