@@ -159,6 +159,8 @@ class Evaluation:
     multivariate: MVEvaluation | None = None
     #: The segment value this evaluation is of (canonical, ``""`` for the whole model).
     segment: str = ""
+    #: False-alarm budget (family-wise level) this evaluation was decided at.
+    alpha: float = math.nan
 
     def drifted(self, kind: str | None = None) -> list[str]:
         """Drifted columns (and multivariate statistics, which are of kind "data")."""
@@ -372,15 +374,41 @@ class ModelMonitor:
 
     def tick(self, now: float | None = None, idle_timeout: float | None = None,
              last_seen: float | None = None) -> list[Evaluation]:
-        """Idle timeout: when nothing arrived for ``idle_timeout`` s, close the open panes."""
+        """Idle timeout: nothing arrived for ``idle_timeout`` s (``now - last_seen``, wall time).
+
+        Count panes: the open, partial pane closes and is evaluated; the next event starts a
+        new pane. Event-time panes: the watermark is moved on by the wall time passed since
+        the last event, as if event time had kept flowing; the panes it passes close (empty
+        ones too, at most ``panes`` of them, so the window drains and reports insufficient
+        data when traffic stops). The ring keeps its real newest event time, so events of a
+        pane that is still open when traffic resumes are not late.
+        """
         now = time.time() if now is None else now
         if idle_timeout is None or last_seen is None or now - last_seen < idle_timeout:
             return []
-        evs = [self._evaluate(p, None) for p in self.ring.close_all_open()]
-        if self.segments is not None:
+        ring = self.ring
+        timed = isinstance(ring.rule, TimeRule)
+        size = self.config.pane_size
+        if timed:
+            if not math.isfinite(ring.max_ts):
+                return []
+            through = ring.rule.closable_through(ring.seq, ring.max_ts + (now - last_seen))
+            first = max(ring.last_closed + 1, through - self.config.panes + 1)
+            ids = sorted({*(p for p in ring.open if p <= through), *range(first, through + 1)})
+            panes = [ring.close(p) for p in ids]
+        else:
+            panes = ring.close_all_open()
+            ring.seq = -(-ring.seq // size) * size  # the next event opens a new pane
+        evs = [self._evaluate(p, None) for p in panes]
+        if self.segments is not None:  # segment windows follow the model's: the same panes close
             for label in list(self.segments.labels):
-                evs += [self._evaluate(p, None, label)
-                        for p in self.segments.rings[label].close_all_open()]
+                sring = self.segments.rings[label]
+                if timed:
+                    closing = [sring.close(p) for p in sorted(p for p in sring.open if p <= through)]
+                else:
+                    closing = sring.close_all_open()
+                    sring.seq = -(-sring.seq // size) * size
+                evs += [self._evaluate(p, None, label) for p in closing]
         self.last_evaluations = evs
         return evs
 
@@ -459,6 +487,7 @@ class ModelMonitor:
             wasserstein=wd,
             multivariate=mv,
             segment=segment,
+            alpha=alpha,
         )
         if insufficient:
             return ev

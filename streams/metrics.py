@@ -74,6 +74,13 @@ class WorkerMetrics:
         self.insufficient = Gauge("driftline_drift_insufficient_data",
                                   "1 while the window holds fewer than min_samples events",
                                   ["model"], registry=r)
+        self.late_events = Counter("driftline_worker_late_events",
+                                   "Events behind the model's watermark (dead-lettered or "
+                                   "applied to the current pane, by late_policy)", ["model"],
+                                   registry=r)
+        self.watermark = Gauge("driftline_worker_watermark_seconds",
+                               "Event-time watermark: newest event time minus allowed lateness",
+                               ["model"], registry=r)
         self.alerts = Counter("driftline_alerts", "Alerts emitted", ["model", "kind", "state"],
                               registry=r)
         self.serving_latency = BatchHistogram(
@@ -175,7 +182,8 @@ class WorkerMetrics:
             except KeyError:
                 pass
         for metric in (self.events, self.bytes, self.event_time_lag, self.last_evaluation,
-                       self.insufficient, self.serving_latency):
+                       self.insufficient, self.serving_latency, self.late_events,
+                       self.watermark):
             try:
                 metric.remove(model)
             except KeyError:

@@ -6,14 +6,17 @@ Kafka security settings pass through to every client driftline creates.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from driftline.detectors.monitor import MonitorConfig
 from driftline.detectors.policy import PolicyConfig
 from driftline.schemas.limits import Limits
+
+if TYPE_CHECKING:
+    from driftline.streams.model_config import ModelConfigs
 
 
 class Settings(BaseSettings):
@@ -83,6 +86,10 @@ class Settings(BaseSettings):
     segments: bool = True  # DRIFTLINE_SEGMENTS=false turns per-segment windows off
     segment_max: int = Field(16, ge=1, le=1000)  # values with their own window; rest pooled
     segment_keys: str = ""  # comma-separated keys forming the segment value; "" = all keys
+    #: YAML/JSON file of per-model windows over the defaults above (see model_config.py)
+    model_config_file: str | None = Field(
+        None, validation_alias=AliasChoices("model_config_file", "DRIFTLINE_MODEL_CONFIG",
+                                            "DRIFTLINE_MODEL_CONFIG_FILE"))
 
     # limits
     max_payload_bytes: int = Field(1_048_576, ge=64)
@@ -108,6 +115,16 @@ class Settings(BaseSettings):
             segment_max=self.segment_max,
             segment_keys=tuple(k.strip() for k in self.segment_keys.split(",") if k.strip()),
         )
+
+    def model_configs(self) -> ModelConfigs:
+        """Per-model configuration: the model config file over :meth:`monitor_config`.
+
+        Raises ModelConfigError when the file is unreadable or invalid.
+        """
+        from driftline.streams.model_config import load_model_configs
+
+        return load_model_configs(self.model_config_file, self.monitor_config(),
+                                  self.idle_timeout_s)
 
     def limits(self) -> Limits:
         return Limits(

@@ -38,6 +38,7 @@ from driftline.schemas.models import DriftAlert, Rejection
 from driftline.streams.admin import TopicSpec, ensure_topics, read_compacted
 from driftline.streams.kafka_config import consumer_config, producer_config
 from driftline.streams.metrics import WorkerMetrics
+from driftline.streams.model_config import ModelConfigError, ModelConfigs, decode_record
 from driftline.streams.model_state import ModelState
 from driftline.streams.processor import UNATTRIBUTED, Processor
 from driftline.streams.settings import Settings
@@ -97,7 +98,9 @@ class Worker:
         *,
         owner: str | None = None,
         on_alert: Callable[[DriftAlert], None] | None = None,
+        model_configs: ModelConfigs | None = None,
     ) -> None:
+        """``model_configs``: per-model windows (default: read from the settings' file)."""
         self.settings = settings
         self.metrics = WorkerMetrics(registry)
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
@@ -121,6 +124,7 @@ class Worker:
             max_models=settings.max_models,
             snapshot_loader=self._snapshots.get,
             snapshot_key=key,
+            model_configs=model_configs or settings.model_configs(),
         )
         base: dict[str, Any] = {**settings.kafka(), "logger": logging.getLogger("driftline.kafka")}
         self._base = base
@@ -479,6 +483,15 @@ class Worker:
                 continue
             value = m.value()
             if value is None:
+                continue
+            try:
+                entry = decode_record(value)
+            except ModelConfigError as exc:
+                log.error("ignoring model config at offset %d: %s", m.offset(), exc)
+                continue
+            if entry is not None:
+                if self.processor.set_model_entry(*entry):
+                    log.info("model %s: configuration from the references topic", entry[0])
                 continue
             try:
                 profile = ReferenceProfile.from_json(value)

@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 import typer
+import yaml
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, Producer, TopicPartition
 from rich.console import Console
 from rich.table import Table as RichTable
@@ -28,6 +29,13 @@ from driftline.streams.admin import (
     read_compacted,
 )
 from driftline.streams.kafka_config import producer_config, redacted
+from driftline.streams.model_config import (
+    ModelConfigError,
+    WindowSpec,
+    encode_record,
+    parse_model_configs,
+    record_key,
+)
 from driftline.streams.producer import DriftlineProducer
 from driftline.streams.settings import Settings
 from driftline.streams.subscriber import AlertSubscriber
@@ -294,32 +302,72 @@ reference_app = typer.Typer(help="Reference profiles on the references topic.",
 @reference_app.command("set")
 def reference_set(
     model: str = typer.Option(..., "--model", "-m", help="model id"),
-    file: Path = typer.Option(..., "--file", "-f", help="CSV/Parquet/NPZ data, or a profile JSON"),
+    file: Path | None = typer.Option(None, "--file", "-f",
+                                     help="CSV/Parquet/NPZ data, or a profile JSON"),
+    config: Path | None = typer.Option(
+        None, "--config", help="the model's window configuration: one entry of the model "
+        "config file (YAML/JSON), e.g. 'window: 1h' and 'pane: 5m' on two lines"),
     bootstrap: str | None = BootstrapOpt,
     version: str | None = typer.Option(None, help="model version of this reference"),
 ) -> None:
-    """Replace a model's reference; workers pick it up live and restart its windows."""
+    """Replace a model's reference and/or its window configuration; workers pick them up
+    live (the model's windows restart)."""
     s = _settings(bootstrap)
+    if file is None and config is None:
+        typer.echo("error: give --file (a reference), --config (a configuration) or both",
+                   err=True)
+        raise typer.Exit(2)
+    records: list[tuple[bytes, bytes]] = []
     try:
-        if file.suffix == ".json":
-            prof = ReferenceProfile.from_json(file.read_bytes())
-            if prof.model != model:
-                raise DriftlineError(f"profile is for model {prof.model!r}, not {model!r}")
-        else:
-            prof = profile_table(model, read_table(file), source=str(file), bins=s.reference_bins)
-    except DriftlineError as exc:
+        if config is not None:
+            entry = _config_entry(model, config, s)
+            records.append((record_key(model), encode_record(model, entry)))
+        if file is not None:
+            prof = _profile(model, file, s, version)
+            records.append((model.encode(), prof.to_json()))
+    except (DriftlineError, ModelConfigError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    if version:
-        prof = ReferenceProfile(**{**prof.__dict__, "model_version": version})
     ensure_topics(s.kafka(), topic_specs(s))
     p = Producer(producer_config(s.kafka()))
-    p.produce(s.references_topic, prof.to_json(), key=model.encode())
+    for key, value in records:
+        p.produce(s.references_topic, value, key=key)
     if p.flush(30):
         typer.echo("error: the broker did not acknowledge the reference", err=True)
         raise typer.Exit(1)
-    typer.echo(f"reference {prof.reference_id} set for {model} ({prof.size} rows, "
-               f"{len(prof.columns)} features)")
+    if config is not None:
+        typer.echo(f"configuration set for {model}")
+    if file is not None:
+        typer.echo(f"reference {prof.reference_id} set for {model} ({prof.size} rows, "
+                   f"{len(prof.columns)} features)")
+
+
+def _profile(model: str, file: Path, s: Settings, version: str | None) -> ReferenceProfile:
+    if file.suffix == ".json":
+        prof = ReferenceProfile.from_json(file.read_bytes())
+        if prof.model != model:
+            raise DriftlineError(f"profile is for model {prof.model!r}, not {model!r}")
+    else:
+        prof = profile_table(model, read_table(file), source=str(file), bins=s.reference_bins)
+    if version:
+        prof = ReferenceProfile(**{**prof.__dict__, "model_version": version})
+    return prof
+
+
+def _config_entry(model: str, path: Path, s: Settings) -> WindowSpec:
+    """A model's entry, validated against the defaults it will inherit here."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ModelConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        entry = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ModelConfigError(f"{path}: not valid YAML: {exc}") from None
+    doc = orjson.dumps({"models": {model: entry if entry is not None else {}}})
+    configs = parse_model_configs(doc, s.monitor_config(), s.idle_timeout_s, source=str(path),
+                                  json=True)
+    return configs.file.models[model]
 
 
 @reference_app.command("show")
