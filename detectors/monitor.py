@@ -166,7 +166,7 @@ def multivariate_for(
                 if isinstance(c, CategoricalProfile)}
         layout = binner.layout
         return model, BatchEncoder(model.encoding, layout.names, cats, layout.missing_bin)
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:  # OverflowError: int() of a huge JSON integer
         raise ProfileError(f"unusable multivariate reference: {exc}") from None
 
 
@@ -500,6 +500,11 @@ class ModelMonitor:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise SnapshotError(f"malformed monitor snapshot: {exc!r}") from None
         mon = cls(reference, cfg, cal)
+        # restore() checks the scale against this monitor's own: check it against the reference
+        want = (len(mon.binner.layout.names),)
+        if cal.scale.shape != want or not np.all(np.isfinite(cal.scale)):
+            raise SnapshotError(f"snapshot calibration has shape {cal.scale.shape}, the reference "
+                                f"needs {want}")
         return mon, mon.restore(data, key=key)
 
     def restore(self, data: bytes, *, key: bytes | None = None) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry
 
 from driftline.detectors.errors import DriftlineError
 from driftline.detectors.reference import ReferenceProfile
+from driftline.detectors.serialization import sign_record, verify_record
 from driftline.schemas.codecs import encode_alert, encode_dead_letter
 from driftline.schemas.models import DriftAlert, Rejection
 from driftline.streams.admin import TopicSpec, ensure_topics, read_compacted
@@ -481,7 +482,7 @@ class Worker:
             if value is None:
                 continue
             try:
-                profile = ReferenceProfile.from_json(value)
+                profile = ReferenceProfile.from_json(verify_record(value, self._key))
             except DriftlineError as exc:
                 log.error("ignoring invalid reference at offset %d: %s", m.offset(), exc)
                 continue
@@ -490,7 +491,8 @@ class Worker:
                          profile.model, profile.source)
 
     def _publish_reference(self, ref: ReferenceProfile) -> None:
-        self._producer.produce(self.settings.references_topic, ref.to_json(),
+        value = ref.to_json() if self._key is None else sign_record(ref.to_json(), self._key)
+        self._producer.produce(self.settings.references_topic, value,
                                key=ref.model.encode(), on_delivery=self._on_delivery)
 
     # -- callbacks ---------------------------------------------------------------------

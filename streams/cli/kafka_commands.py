@@ -14,11 +14,13 @@ import orjson
 import typer
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, Producer, TopicPartition
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table as RichTable
 
 from driftline.detectors.errors import DriftlineError
 from driftline.detectors.offline import profile_table
 from driftline.detectors.reference import ReferenceProfile
+from driftline.detectors.serialization import sign_record, verify_record
 from driftline.detectors.tables import read_table
 from driftline.schemas.codecs import alert_to_dict, encode_event
 from driftline.streams.admin import (
@@ -180,12 +182,14 @@ def alerts(
                 sys.stdout.write(orjson.dumps(alert_to_dict(a)).decode() + "\n")
                 sys.stdout.flush()
             else:
-                feats = ", ".join(f"{f.name}({f.score:.1f})" for f in a.top_features[:3])
+                # names come from the topics (anyone with write access): never markup
+                feats = ", ".join(f"{escape(f.name)}({f.score:.1f})" for f in a.top_features[:3])
                 color = "red" if a.state == "firing" else "green"
                 console.print(
-                    f"[{color}]{a.state:8}[/] {a.kind:10} {a.model:20} feature={a.feature} "
-                    f"{a.statistic}={a.score:.1f} thr={a.threshold:.1f} n={a.window.n} "
-                    f"top: {feats}  [dim]{a.alert_id}[/]")
+                    f"[{color}]{escape(a.state):8}[/] {escape(a.kind):10} {escape(a.model):20} "
+                    f"feature={escape(str(a.feature))} {escape(a.statistic)}={a.score:.1f} "
+                    f"thr={a.threshold:.1f} n={a.window.n} top: {feats}  "
+                    f"[dim]{escape(a.alert_id)}[/]")
     except KeyboardInterrupt:
         pass
     except TimeoutError as exc:
@@ -221,7 +225,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         records = read_compacted(base, settings.status_topic, timeout=30)
     except UnknownTopicError:
         records = {}
-    rows = [orjson.loads(v) for v in records.values()]
+    rows = [r for r in (_status_row(k, v) for k, v in records.items()) if r is not None]
     dl_total = sum(int(r.get("events_deadlettered", 0)) for r in rows)
     models = _per_model([r for r in rows if not r.get("unattributed")])
     n = partition_count(base, settings.inference_topic) or 0
@@ -245,6 +249,28 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         "lag": lag,
         "lag_total": sum(lag.values()),
     }
+
+
+_COUNTS = ("events_applied", "events_deadlettered", "events_late", "alerts_firing", "alerts_fired")
+
+
+def _status_row(key: bytes, value: bytes) -> dict[str, Any] | None:
+    """One status record, or None (logged) when it is not one a worker wrote: the status
+    topic is only as trustworthy as its ACLs, and one bad record must not hide the rest."""
+    try:
+        r = orjson.loads(value)
+        if not isinstance(r, dict) or not isinstance(r.get("model"), str):
+            raise ValueError("not an object with a model")
+        for k in _COUNTS:
+            v = r.get(k) or 0
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**63:
+                raise ValueError(f"{k} is not a count")
+        if not isinstance(r.get("offsets") or {}, dict):
+            raise ValueError("offsets is not an object")
+    except ValueError as exc:  # orjson.JSONDecodeError is a ValueError
+        typer.echo(f"skipping status record {key[:80]!r}: {exc}", err=True)
+        return None
+    return r
 
 
 def _per_model(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -281,9 +307,9 @@ def status(
                   f"dead letters {data['deadletter_total']}, lag {data['lag_total']}")
     for col in ("model", "applied", "dead-lettered", "alerts firing", "reference", "owner"):
         t.add_column(col)
-    for r in data["models"]:
-        t.add_row(r["model"], f"{r['events_applied']:,}", f"{r['events_deadlettered']:,}",
-                  str(r["alerts_firing"]), str(r["reference"]), str(r["owner"]))
+    for r in data["models"]:  # data-derived strings: escaped, never markup
+        t.add_row(escape(r["model"]), f"{r['events_applied']:,}", f"{r['events_deadlettered']:,}",
+                  str(r["alerts_firing"]), escape(str(r["reference"])), escape(str(r["owner"])))
     console.print(t)
 
 
@@ -314,7 +340,9 @@ def reference_set(
         prof = ReferenceProfile(**{**prof.__dict__, "model_version": version})
     ensure_topics(s.kafka(), topic_specs(s))
     p = Producer(producer_config(s.kafka()))
-    p.produce(s.references_topic, prof.to_json(), key=model.encode())
+    key = s.snapshot_key.get_secret_value().encode() if s.snapshot_key else None
+    value = prof.to_json() if key is None else sign_record(prof.to_json(), key)
+    p.produce(s.references_topic, value, key=model.encode())
     if p.flush(30):
         typer.echo("error: the broker did not acknowledge the reference", err=True)
         raise typer.Exit(1)
@@ -334,7 +362,13 @@ def reference_show(
     if blob is None:
         typer.echo(f"no reference for {model}", err=True)
         raise typer.Exit(1)
-    typer.echo(orjson.dumps(orjson.loads(blob), option=orjson.OPT_INDENT_2).decode())
+    key = s.snapshot_key.get_secret_value().encode() if s.snapshot_key else None
+    try:
+        doc = orjson.loads(verify_record(blob, key))
+    except (DriftlineError, orjson.JSONDecodeError) as exc:
+        typer.echo(f"error: the reference of {model} is not usable: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
 
 
 slo_app = typer.Typer(help="Service-level objectives as Prometheus rules.", no_args_is_help=True)
