@@ -13,6 +13,7 @@ from driftline.detectors.errors import DriftlineError
 from driftline.detectors.offline import Report, compare, profile_table, replay
 from driftline.detectors.reference import ReferenceProfile
 from driftline.detectors.tables import read_table
+from driftline.streams.cli.terminal import shown
 
 
 def _load_reference(path: Path, model: str) -> ReferenceProfile:
@@ -62,12 +63,13 @@ def _print(report: Report) -> None:
         table.add_column(col, justify="left" if col in ("feature", "kind") else "right")
     for f in sorted(report.features, key=lambda f: f.p_value):
         table.add_row(
-            f.name, f.kind, "[bold red]DRIFT[/]" if f.drift else "ok", f"{f.score:.1f}",
+            shown(f.name), f.kind, "[bold red]DRIFT[/]" if f.drift else "ok", f"{f.score:.1f}",
             f"{f.threshold:.1f}", f"{f.p_value:.2e}", f"{f.psi:.3f}", f"{f.js:.3f}",
             "" if f.ks is None else f"{f.ks:.3f}",
         )
     console.print(table)
     for a in report.alerts:
-        console.print(f"row {a['index']}: {a['kind']} drift {a['state']} — {', '.join(a['features'])}")
+        feats = ", ".join(shown(f) for f in a["features"])
+        console.print(f"row {a['index']}: {a['kind']} drift {a['state']} — {feats}")
     verdict = "[bold red]drift detected[/]" if report.drift else "[green]no drift[/]"
     console.print(f"verdict: {verdict}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import signal
 import sys
 import threading
@@ -14,7 +15,6 @@ import orjson
 import typer
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, Producer, TopicPartition
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table as RichTable
 
 from driftline.detectors.errors import DriftlineError
@@ -29,6 +29,7 @@ from driftline.streams.admin import (
     partition_count,
     read_compacted,
 )
+from driftline.streams.cli.terminal import shown
 from driftline.streams.kafka_config import producer_config, redacted
 from driftline.streams.producer import DriftlineProducer
 from driftline.streams.settings import Settings
@@ -183,13 +184,13 @@ def alerts(
                 sys.stdout.flush()
             else:
                 # names come from the topics (anyone with write access): never markup
-                feats = ", ".join(f"{escape(f.name)}({f.score:.1f})" for f in a.top_features[:3])
+                feats = ", ".join(f"{shown(f.name)}({f.score:.1f})" for f in a.top_features[:3])
                 color = "red" if a.state == "firing" else "green"
                 console.print(
-                    f"[{color}]{escape(a.state):8}[/] {escape(a.kind):10} {escape(a.model):20} "
-                    f"feature={escape(str(a.feature))} {escape(a.statistic)}={a.score:.1f} "
+                    f"[{color}]{shown(a.state):8}[/] {shown(a.kind):10} {shown(a.model):20} "
+                    f"feature={shown(a.feature)} {shown(a.statistic)}={a.score:.1f} "
                     f"thr={a.threshold:.1f} n={a.window.n} top: {feats}  "
-                    f"[dim]{escape(a.alert_id)}[/]")
+                    f"[dim]{shown(a.alert_id)}[/]")
     except KeyboardInterrupt:
         pass
     except TimeoutError as exc:
@@ -226,7 +227,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
     except UnknownTopicError:
         records = {}
     rows = [r for r in (_status_row(k, v) for k, v in records.items()) if r is not None]
-    dl_total = sum(int(r.get("events_deadlettered", 0)) for r in rows)
+    dl_total = min(sum(int(r.get("events_deadlettered") or 0) for r in rows), _MAX_COUNT)
     models = _per_model([r for r in rows if not r.get("unattributed")])
     n = partition_count(base, settings.inference_topic) or 0
     lag: dict[str, int] = {}
@@ -252,6 +253,8 @@ def collect_status(settings: Settings) -> dict[str, Any]:
 
 
 _COUNTS = ("events_applied", "events_deadlettered", "events_late", "alerts_firing", "alerts_fired")
+#: a worker's counters are int64; sums over records are clamped there, so --json can write them
+_MAX_COUNT = 2**63 - 1
 
 
 def _status_row(key: bytes, value: bytes) -> dict[str, Any] | None:
@@ -263,8 +266,17 @@ def _status_row(key: bytes, value: bytes) -> dict[str, Any] | None:
             raise ValueError("not an object with a model")
         for k in _COUNTS:
             v = r.get(k) or 0
-            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**63:
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= _MAX_COUNT:
                 raise ValueError(f"{k} is not a count")
+        p = r.get("partition", -1)
+        if isinstance(p, bool) or not isinstance(p, int) or not -1 <= p < 2**31:
+            raise ValueError("partition is not a partition number")
+        t = r.get("updated_at") or 0.0
+        if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t):
+            raise ValueError("updated_at is not a time")
+        for k in ("reference", "owner"):
+            if r.get(k) is not None and not isinstance(r[k], str):
+                raise ValueError(f"{k} is not a string")
         if not isinstance(r.get("offsets") or {}, dict):
             raise ValueError("offsets is not an object")
     except ValueError as exc:  # orjson.JSONDecodeError is a ValueError
@@ -284,7 +296,7 @@ def _per_model(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "partitions": [], "updated_at": 0.0})
         for k in ("events_applied", "events_deadlettered", "events_late", "alerts_firing",
                   "alerts_fired"):
-            m[k] += int(r.get(k) or 0)
+            m[k] = min(m[k] + int(r.get(k) or 0), _MAX_COUNT)
         m["offsets"].update(r.get("offsets") or {})
         m["partitions"].append(r.get("partition"))
         if r.get("owner") and r.get("owner") != m["owner"]:
@@ -308,8 +320,8 @@ def status(
     for col in ("model", "applied", "dead-lettered", "alerts firing", "reference", "owner"):
         t.add_column(col)
     for r in data["models"]:  # data-derived strings: escaped, never markup
-        t.add_row(escape(r["model"]), f"{r['events_applied']:,}", f"{r['events_deadlettered']:,}",
-                  str(r["alerts_firing"]), escape(str(r["reference"])), escape(str(r["owner"])))
+        t.add_row(shown(r["model"]), f"{r['events_applied']:,}", f"{r['events_deadlettered']:,}",
+                  str(r["alerts_firing"]), shown(r["reference"]), shown(r["owner"]))
     console.print(t)
 
 
