@@ -72,6 +72,8 @@ class MonitorConfig:
             raise ValueError("panes, pane_size and min_samples must be >= 1")
         if self.pane_seconds is not None and self.pane_seconds <= 0:
             raise ValueError("pane_seconds must be > 0")
+        if self.target_run_length <= 0:  # the false-alarm budget divides by it
+            raise ValueError("target_run_length must be > 0")
         if self.late_policy not in ("deadletter", "current"):
             raise ValueError("late_policy is 'deadletter' or 'current'")
         if self.correction not in ("bonferroni", "bh"):
