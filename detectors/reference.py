@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 from driftline.detectors.errors import ProfileError
 from driftline.detectors.multivariate import MultivariateModel
 from driftline.detectors.mv_encode import CategoricalInput, ColumnInput, NumericInput
+from driftline.detectors.serialization import within_depth
 
 SCHEMA = "driftline.reference/v1"
 PREDICTION = "prediction"
@@ -133,6 +134,8 @@ class ReferenceProfile:
             mv = d.get("multivariate")
             if mv is not None and not isinstance(mv, dict):
                 raise ProfileError("multivariate must be an object or null")
+            if mv is not None and not within_depth(mv, _MAX_MV_DEPTH):  # it is kept verbatim
+                raise ProfileError(f"multivariate nested deeper than {_MAX_MV_DEPTH} levels")
             return cls(
                 model=_str(d["model"], "model", min_length=1),
                 columns=tuple(cols),
@@ -186,6 +189,9 @@ def _column_dict(c: ColumnProfile) -> dict[str, Any]:
 
 #: Counts and sizes stay exact in float64 and their sums in int64.
 _MAX_COUNT = 2**53
+#: The multivariate part nests 5 levels; deeper JSON is hostile (and to_json() could not
+#: write it back: orjson writes at most 254 levels).
+_MAX_MV_DEPTH = 16
 
 
 def _brief(v: object) -> str:

@@ -64,7 +64,7 @@ _SIGNED_RECORD = b"DLR1"
 _MAX_HEADER_DEPTH = 32
 
 
-def _shallow(obj: Any, limit: int) -> bool:
+def within_depth(obj: Any, limit: int) -> bool:
     """Whether ``obj`` (parsed JSON) nests at most ``limit`` levels (no recursion)."""
     stack: list[tuple[Any, int]] = [(obj, 0)]
     while stack:
@@ -128,7 +128,7 @@ def unpack(
         header = orjson.loads(data[8 : 8 + hlen])
     except orjson.JSONDecodeError as exc:
         raise SnapshotError(f"bad snapshot header: {exc}") from None
-    if not _shallow(header, _MAX_HEADER_DEPTH):  # before any message repr()s a value of it
+    if not within_depth(header, _MAX_HEADER_DEPTH):  # before any message repr()s a value of it
         raise SnapshotError(f"snapshot header nested deeper than {_MAX_HEADER_DEPTH} levels")
     if not isinstance(header, dict) or header.get("kind") != kind:
         got = header.get("kind") if isinstance(header, dict) else None

@@ -451,16 +451,65 @@ def test_reference_accepted_by_from_json_is_usable(data: bytes) -> None:
     fuzz.check_reference(data)  # accepted: re-encodes, builds a monitor, takes a batch
 
 
-def test_multivariate_reference_errors_are_profile_errors() -> None:
-    """int() of an integer beyond int64 in the multivariate part used to escape ModelMonitor()."""
+def _mv_changed(path: str, value: Any) -> dict[str, Any]:
+    d = orjson.loads(orjson.dumps(fuzz.corpus().references[0]))
+    node = d["multivariate"]
+    *head, last = path.split(".")
+    for k in head:
+        node = node[int(k)] if k.isdigit() else node[k]
+    node[int(last) if last.isdigit() else last] = value
+    return d
+
+
+_DEEP_LIST: Any = []
+for _ in range(40):
+    _DEEP_LIST = [_DEEP_LIST]
+
+
+@pytest.mark.parametrize("path, value", [
+    ("statistics.covariance.pairs", [[2**64 - 1] * 5] * 5),
+    ("statistics.covariance.pairs", [[-1] * 5] * 5),
+    ("statistics.covariance.pairs", [[0.5] * 5] * 5),
+    ("statistics.covariance.pairs", [["1"] * 5] * 5),
+    ("statistics.covariance.pairs", [[1] * 4] * 5),
+    ("statistics.covariance.names", [1, 2, 3, 4, 5]),
+    ("statistics.covariance.names", [_DEEP_LIST] * 5),
+    ("encoding.numeric.0.name", ["x"]),
+    ("encoding.numeric.0.lo", "-3"),
+    ("encoding.numeric.0.scale", 10**400),
+    ("encoding.onehot.0.category", 7),
+    ("statistics.mmd_rff.bandwidth", "2.0"),
+    ("statistics.mmd_rff.d", 128.0),
+    ("statistics.pca_recon.e_var", True),
+    ("statistics.covariance.scale", "1"),
+    ("calibration", [["method", "x"]]),
+    ("rows", 2**64 - 1),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_multivariate_reference_errors_are_profile_errors(path: str, value: Any) -> None:
+    """The multivariate part used to be parsed with int()/float()/str(): an integer beyond
+    int64 raised OverflowError out of ModelMonitor(), wrong types were coerced."""
     from driftline.detectors.monitor import ModelMonitor
     from driftline.detectors.reference import ReferenceProfile
 
-    d = orjson.loads(orjson.dumps(fuzz.corpus().references[0]))
-    d["multivariate"]["statistics"]["covariance"]["pairs"] = [[2**64 - 1] * 5] * 5
-    prof = ReferenceProfile.from_json(fuzz.dumps(d))
     with pytest.raises(ProfileError):
+        prof = ReferenceProfile.from_json(fuzz.dumps(_mv_changed(path, value)))
         ModelMonitor(prof, fuzz.small_monitor_config())
+
+
+def test_deeply_nested_multivariate_part_is_a_profile_error() -> None:
+    from driftline.detectors.reference import ReferenceProfile
+
+    d = _mv_changed("calibration.exceed_5pct", DEEP)
+    with pytest.raises(ProfileError, match="nested deeper"):
+        ReferenceProfile.from_json(fuzz.dumps(d))
+
+
+def test_unchanged_multivariate_part_still_loads() -> None:
+    from driftline.detectors.monitor import ModelMonitor
+    from driftline.detectors.reference import ReferenceProfile
+
+    prof = ReferenceProfile.from_json(fuzz.dumps(_mv_changed("version", 1)))
+    assert ModelMonitor(prof, fuzz.small_monitor_config()).mv is not None
 
 
 def test_processor_survives_a_reference_it_cannot_use() -> None:
