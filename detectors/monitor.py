@@ -24,7 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from driftline.detectors.binning import Binner
-from driftline.detectors.calibration import Calibration, calibrate
+from driftline.detectors.calibration import SCALE_MAX, SCALE_MIN, Calibration, calibrate
 from driftline.detectors.errors import InputError, ProfileError, SnapshotError
 from driftline.detectors.multivariate import MultivariateModel, MVEvaluation
 from driftline.detectors.mv_encode import BatchEncoder
@@ -504,7 +504,7 @@ class ModelMonitor:
         mon = cls(reference, cfg, cal)
         # restore() checks the scale against this monitor's own: check it against the reference
         want = (len(mon.binner.layout.names),)
-        if cal.scale.shape != want or not np.all(np.isfinite(cal.scale)):
+        if cal.scale.shape != want:
             raise SnapshotError(f"snapshot calibration has shape {cal.scale.shape}, the reference "
                                 f"needs {want}")
         return mon, mon.restore(data, key=key)
@@ -520,7 +520,8 @@ class ModelMonitor:
                 )
             config = MonitorConfig.from_dict(meta["config"])
             scale = arrays.pop("calibration.scale")
-            if scale.shape != self.calibration.scale.shape or not np.all(np.isfinite(scale)):
+            if scale.shape != self.calibration.scale.shape or not np.all(
+                    (scale >= SCALE_MIN) & (scale <= SCALE_MAX)):  # NaN fails too
                 raise SnapshotError("snapshot calibration does not fit the reference")
             # load into a new monitor and swap, so a rejected snapshot changes nothing
             new = ModelMonitor(self.reference, config, Calibration(

@@ -580,6 +580,28 @@ def test_monitor_snapshot_with_a_non_positive_target_run_length_is_a_snapshot_er
         MonitorConfig(target_run_length=target)
 
 
+@pytest.mark.parametrize("scale", [0.0, -1.0, 0.5, 6.0, float("nan"), float("inf")])
+def test_monitor_snapshot_with_a_calibration_scale_out_of_range_is_a_snapshot_error(
+        scale: float) -> None:
+    """restore() used to accept any finite scale: 0 made every statistic infinite (false
+    alerts at every evaluation). calibrate() only writes scales within [1, 5]."""
+    import numpy as np
+
+    from driftline.detectors.errors import SnapshotError
+    from driftline.detectors.monitor import ModelMonitor
+    from driftline.detectors.serialization import pack, unpack
+
+    c = fuzz.corpus()
+    meta, arrays, _ = unpack(c.snapshots["monitor"][0][0], "driftline.monitor")
+    assert np.all((arrays["calibration.scale"] >= 1) & (arrays["calibration.scale"] <= 5))
+    arrays["calibration.scale"] = np.full_like(arrays["calibration.scale"], scale)
+    data = pack("driftline.monitor", meta, arrays)
+    with pytest.raises(SnapshotError):
+        ModelMonitor(c.monitor_reference, c.monitor_config).restore(data)
+    with pytest.raises(SnapshotError):
+        ModelMonitor.from_snapshot(c.monitor_reference, data)
+
+
 def _state_blob(**meta_changes: Any) -> bytes:
     blob = fuzz.corpus().snapshots["model_state"][2][0]  # no monitor, pending rows
     magic, header, body, _ = fuzz._split(blob)
