@@ -8,11 +8,11 @@ shrunk and reported with its input. The property: the documented outcome (object
 documented error with a ``code: detail`` reason whose code is in ``REASON_CODES``), never
 another exception.
 
-``KNOWN`` lists defects this fuzzing found in code owned elsewhere, each pinned below by
-a deterministic ``xfail(strict=True)`` test with its minimal input: the fuzz tests tolerate
-exactly those (matched by exception type and the function that raised) and fail on
-anything new. When a fix lands, its pinned test XPASSes (strict: the suite fails) and
-its ``KNOWN`` entry is removed.
+``KNOWN`` lists defects this fuzzing found that are not fixed yet (none at present), each
+pinned below by a deterministic ``xfail(strict=True)`` test with its minimal input: the
+fuzz tests tolerate exactly those (matched by exception type and the function that raised)
+and fail on anything new. When a fix lands, its pinned test XPASSes (strict: the suite
+fails), the xfail becomes a regression test and the ``KNOWN`` entry is removed.
 """
 
 from __future__ import annotations
@@ -53,42 +53,10 @@ class Known:
     test: str  # the strict-xfail test pinning it
 
 
-_REF_ERR = "test_reference_loader_raises_only_profile_error"
-_REF_USE = "test_reference_accepted_by_from_json_is_usable"
-_PENDING = "test_model_state_restore_rejects_inconsistent_pending_rows"
-_SETTINGS = "test_settings_reject_values_the_worker_cannot_use"
-_MV = "test_multivariate_reference_errors_are_profile_errors"
-_CAL = "test_monitor_from_snapshot_checks_the_calibration_against_the_reference"
-KNOWN: tuple[Known, ...] = (
-    Known(("reference",), OverflowError, "detectors/reference.py:_numeric_from", _REF_ERR),
-    Known(("reference",), OverflowError, "detectors/reference.py:_categorical_from", _REF_ERR),
-    Known(("reference",), RecursionError, "detectors/reference.py:from_dict", _REF_ERR),
-    Known(("reference",), TypeError, "detectors/reference.py:to_json", _REF_USE),
-    Known(("reference",), ValueError, "detectors/binning.py:__init__", _REF_USE),
-    Known(("reference",), ValueError, "detectors/calibration.py:calibrate", _REF_USE),
-    # multivariate part of a reference: parsing lets OverflowError out (pinned below), and
-    # a rare mutated null table (~1 in 10-20k inputs) makes ModelMonitor.update raise
-    # IndexError in mv_null (inside the worker's detector try: dead letters, not a crash)
-    *(Known(("reference",), Exception, f"detectors/{f}:*", _MV)
-      for f in ("multivariate.py", "mv_cov.py", "mv_null.py", "mv_rff.py", "mv_encode.py")),
-    # accepted, but to_json() writes what from_json() refuses ("mean": "nan" -> null)
-    Known(("reference",), ProfileError, "detectors/reference.py:from_dict", _REF_USE),
-    Known(("unpack", "monitor_restore", "model_state_restore"), RecursionError,
-          "detectors/serialization.py:unpack", "test_unpack_of_a_deeply_nested_kind_is_a_snapshot_error"),
-    Known(("model_state_restore",), TypeError, "detectors/serialization.py:pack",
-          "test_model_state_restore_rejects_counters_it_cannot_write"),
-    Known(("model_state_restore",), Exception, "streams/model_state.py:build_reference", _PENDING),
-    # a calibration of the wrong shape loads through from_snapshot (~1 in 100k inputs);
-    # the first evaluation then fails (inside the worker's detector try: dead letters)
-    *(Known(("model_state_restore",), ValueError, f"detectors/{f}:*", _CAL)
-      for f in ("monitor.py", "calibration.py", "stats.py")),
-    Known(("model_state_restore",), Exception, "detectors/reference.py:build_profile", _PENDING),
-    Known(("settings",), ValueError, "benchmarks/fuzz.py:_derive", _SETTINGS),
-    Known(("settings",), ValueError, "detectors/monitor.py:__post_init__", _SETTINGS),
-    Known(("settings",), ValueError, "detectors/monitor.py:_check_types", _SETTINGS),
-    Known(("settings",), ValueError, "detectors/policy.py:__post_init__", _SETTINGS),
-    Known(("settings",), ValueError, "streams/kafka_config.py:client_config", _SETTINGS),
-)
+#: Defects the fuzz tests tolerate until their fix lands (each pinned by a strict xfail
+#: test below). Empty: every defect this fuzzing found so far is fixed, and its pinned test
+#: is a regression test.
+KNOWN: tuple[Known, ...] = ()
 
 
 def _where(exc: BaseException) -> str:
