@@ -24,7 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from driftline.detectors.binning import Binner
-from driftline.detectors.calibration import Calibration, calibrate
+from driftline.detectors.calibration import SCALE_MAX, SCALE_MIN, Calibration, calibrate
 from driftline.detectors.errors import InputError, ProfileError, SnapshotError
 from driftline.detectors.multivariate import MultivariateModel, MVEvaluation
 from driftline.detectors.mv_encode import BatchEncoder
@@ -76,6 +76,8 @@ class MonitorConfig:
             raise ValueError("panes, pane_size and min_samples must be >= 1")
         if self.pane_seconds is not None and self.pane_seconds <= 0:
             raise ValueError("pane_seconds must be > 0")
+        if self.target_run_length <= 0:  # the false-alarm budget divides by it
+            raise ValueError("target_run_length must be > 0")
         if self.late_policy not in ("deadletter", "current"):
             raise ValueError("late_policy is 'deadletter' or 'current'")
         if self.correction not in ("bonferroni", "bh"):
@@ -187,7 +189,7 @@ def multivariate_for(
                 if isinstance(c, CategoricalProfile)}
         layout = binner.layout
         return model, BatchEncoder(model.encoding, layout.names, cats, layout.missing_bin)
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:  # OverflowError: int() of a huge JSON integer
         raise ProfileError(f"unusable multivariate reference: {exc}") from None
 
 
@@ -622,6 +624,11 @@ class ModelMonitor:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise SnapshotError(f"malformed monitor snapshot: {exc!r}") from None
         mon = cls(reference, cfg, cal)
+        # restore() checks the scale against this monitor's own: check it against the reference
+        want = (len(mon.binner.layout.names),)
+        if cal.scale.shape != want:
+            raise SnapshotError(f"snapshot calibration has shape {cal.scale.shape}, the reference "
+                                f"needs {want}")
         return mon, mon.restore(data, key=key)
 
     def restore(self, data: bytes, *, key: bytes | None = None) -> dict[str, Any]:
@@ -635,7 +642,8 @@ class ModelMonitor:
                 )
             config = MonitorConfig.from_dict(meta["config"])
             scale = arrays.pop("calibration.scale")
-            if scale.shape != self.calibration.scale.shape or not np.all(np.isfinite(scale)):
+            if scale.shape != self.calibration.scale.shape or not np.all(
+                    (scale >= SCALE_MIN) & (scale <= SCALE_MAX)):  # NaN fails too
                 raise SnapshotError("snapshot calibration does not fit the reference")
             # load into a new monitor and swap, so a rejected snapshot changes nothing
             new = ModelMonitor(self.reference, config, Calibration(

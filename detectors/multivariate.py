@@ -44,7 +44,8 @@ from driftline.detectors.mv_encode import (
     fit_encoding,
     rows_of,
 )
-from driftline.detectors.mv_null import Contribution, top_normal
+from driftline.detectors.mv_json import number
+from driftline.detectors.mv_null import Contribution, ref_rows, top_normal
 from driftline.detectors.mv_pca import KEY_E as mv_pca_e
 from driftline.detectors.mv_pca import PCARecon
 from driftline.detectors.mv_rff import DEFAULT_D, RFFMMD
@@ -215,9 +216,7 @@ class MultivariateModel:
         try:
             if d["version"] != VERSION:
                 raise ValueError(f"unknown multivariate profile version {d['version']!r}")
-            n_ref = d["rows"]
-            if isinstance(n_ref, bool) or not isinstance(n_ref, int) or n_ref < 2:
-                raise ValueError("rows must be an integer >= 2")
+            n_ref = ref_rows(d["rows"])
             enc = Encoding.from_dict(d["encoding"])
             p = enc.dim
             mean = np.asarray(d["dims"]["mean"], dtype=np.float64)
@@ -233,15 +232,19 @@ class MultivariateModel:
             stats: list[tuple[str, Statistic]] = []
             scales: list[float] = []
             for name in (n for n in NAMES if n in specs):
-                s = float(specs[name]["scale"])
+                s = number(specs[name]["scale"], "statistic scale")
                 if not 1.0 <= s <= 5.0:
                     raise ValueError("scale must be within [1, 5]")
                 stats.append((name, loaders[name].from_dict(specs[name], p)))
                 scales.append(s)
             cal = d.get("calibration") or {}
+            if not isinstance(cal, dict):
+                raise ValueError("calibration must be an object")
             return cls(enc, n_ref, mean, var, tuple(stats), tuple(scales), dict(cal))
-        except (KeyError, TypeError, AttributeError, IndexError) as exc:
-            raise ValueError(f"malformed multivariate profile: {exc!r}") from None
+        except (KeyError, TypeError, AttributeError, IndexError, OverflowError,
+                RecursionError) as exc:  # never repr() a hostile value: it may nest deeply
+            raise ValueError(f"malformed multivariate profile: {type(exc).__name__}: "
+                             f"{str(exc)[:200]}") from None
 
     # -- streaming ------------------------------------------------------------------------
     @property

@@ -32,6 +32,7 @@ from numpy.typing import NDArray
 
 from driftline.detectors.mv_blas import gram, matmul
 from driftline.detectors.mv_cov import KEY_U, KEY_UU
+from driftline.detectors.mv_json import number
 from driftline.detectors.mv_null import (
     Contribution,
     max_normal_threshold,
@@ -128,7 +129,7 @@ class PCARecon:
         basis = np.asarray(d["basis"], dtype=np.float64)
         r2m = np.asarray(d["r2_mean"], dtype=np.float64)
         r2v = np.asarray(d["r2_var"], dtype=np.float64)
-        em, ev = float(d["e_mean"]), float(d["e_var"])
+        em, ev = number(d["e_mean"], "PCA e_mean"), number(d["e_var"], "PCA e_var")
         arrays = (mean, basis, r2m, r2v)
         if mean.shape != (dim,) or basis.ndim != 2 or basis.shape[0] != dim \
                 or not 1 <= basis.shape[1] < dim or r2m.shape != (dim,) or r2v.shape != (dim,) \

@@ -13,6 +13,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import numpy as np
@@ -23,6 +24,7 @@ from prometheus_client.registry import Collector
 from driftline.detectors.monitor import Evaluation
 from driftline.schemas.models import EventBatch
 
+_ALERT_KINDS = ("data", "prediction", "concept", "quality", "shadow")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 50000)
 _DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
@@ -186,6 +188,18 @@ class WorkerMetrics:
                        self.watermark):
             try:
                 metric.remove(model)
+            except KeyError:
+                pass
+        # the model's counters with fixed-vocabulary labels go too: a worker keeps series
+        # for the models it owns (<= max_models), not for every model it ever saw
+        labelled: list[tuple[Any, tuple[str, ...]]] = [
+            *((self.requests, (model, o)) for o in ("ok", "error", "unknown")),
+            *((self.alerts, (model, k, st)) for k in _ALERT_KINDS for st in ("firing", "resolved")),
+            (self.references_built, (model, "first-events")),
+        ]
+        for metric, labels in labelled:
+            try:
+                metric.remove(*labels)
             except KeyError:
                 pass
 

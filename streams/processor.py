@@ -139,6 +139,15 @@ class Processor:
             self._calibrations.pop(next(iter(self._calibrations)))
         return mon
 
+    def _usable_monitor(self, ref: ReferenceProfile) -> ModelMonitor | None:
+        """A monitor on ``ref``, or None (logged) when the reference cannot be used."""
+        try:
+            return self._monitor(ref)
+        except Exception as exc:  # never take the worker down (see set_reference)
+            log.error("model %s: reference %s is unusable, ignored: %s: %s", ref.model,
+                      ref.reference_id, type(exc).__name__, exc)
+            return None
+
     # -- references --------------------------------------------------------------------
     def set_reference(self, profile: ReferenceProfile) -> bool:
         """A reference arrived (references topic or CLI): new windows if it changed."""
@@ -182,7 +191,8 @@ class Processor:
                     raise SnapshotError(f"snapshot is from Kafka cluster {st.cluster_id}, "
                                         f"not {self.cluster_id}")
                 if st.monitor is None and ref is not None:
-                    st.reference, st.monitor = ref, self._monitor(ref)
+                    st.monitor = self._usable_monitor(ref)
+                    st.reference = ref if st.monitor is not None else None
                 elif st.monitor is not None and st.monitor.config != self.config_for(model):
                     log.info("model %s: configuration changed since the snapshot; new windows",
                              model)
@@ -195,7 +205,8 @@ class Processor:
         if st is None:
             st = ModelState(model, partition, cluster_id=self.cluster_id)
             if ref is not None:
-                st.reference, st.monitor = ref, self._monitor(ref)
+                st.monitor = self._usable_monitor(ref)
+                st.reference = ref if st.monitor is not None else None
         self.models[key] = st
         self.metrics.models_tracked.set(len(self.models))
         return st
@@ -282,7 +293,8 @@ class Processor:
             st.events_applied += len(head)
             out.applied += len(head)
             if st.pending_rows >= self.auto_reference_events:
-                ref = st.build_reference(bins=self.reference_bins)
+                ref = st.build_reference(bins=self.reference_bins,
+                                         max_features=self.limits.max_features)
                 self.references[st.model] = ref
                 st.reference, st.monitor = ref, self._monitor(ref)
                 out.references.append(ref)

@@ -6,9 +6,10 @@ Kafka security settings pass through to every client driftline creates.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from driftline.detectors.monitor import MonitorConfig
@@ -97,6 +98,18 @@ class Settings(BaseSettings):
     max_string_length: int = Field(1024, ge=1)
     max_events_per_envelope: int = Field(100_000, ge=1)
     max_models: int = Field(1000, ge=1)
+
+    @model_validator(mode="after")
+    def _usable(self) -> Settings:
+        """Refuse, at startup and naming the variable, values the worker would fail on later
+        (pane_seconds <= 0, non-finite numbers, integers the detectors refuse, an unknown
+        log level, blank bootstrap servers): pydantic turns these ValueErrors into a
+        ValidationError."""
+        if not isinstance(logging.getLevelName(self.log_level.upper()), int):
+            raise ValueError(f"log_level {self.log_level!r} is not a logging level")
+        self.monitor_config()
+        self.kafka()
+        return self
 
     def monitor_config(self) -> MonitorConfig:
         return MonitorConfig(

@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry
 
 from driftline.detectors.errors import DriftlineError
 from driftline.detectors.reference import ReferenceProfile
+from driftline.detectors.serialization import sign_record, verify_record
 from driftline.schemas.codecs import encode_alert, encode_dead_letter
 from driftline.schemas.models import DriftAlert, Rejection
 from driftline.streams.admin import TopicSpec, ensure_topics, read_compacted
@@ -485,6 +486,11 @@ class Worker:
             if value is None:
                 continue
             try:
+                value = verify_record(value, self._key)
+            except DriftlineError as exc:
+                log.error("ignoring unverifiable record at offset %d: %s", m.offset(), exc)
+                continue
+            try:
                 entry = decode_record(value)
             except ModelConfigError as exc:
                 log.error("ignoring model config at offset %d: %s", m.offset(), exc)
@@ -503,7 +509,8 @@ class Worker:
                          profile.model, profile.source)
 
     def _publish_reference(self, ref: ReferenceProfile) -> None:
-        self._producer.produce(self.settings.references_topic, ref.to_json(),
+        value = ref.to_json() if self._key is None else sign_record(ref.to_json(), self._key)
+        self._producer.produce(self.settings.references_topic, value,
                                key=ref.model.encode(), on_delivery=self._on_delivery)
 
     # -- callbacks ---------------------------------------------------------------------

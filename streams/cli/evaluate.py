@@ -7,13 +7,13 @@ from pathlib import Path
 import orjson
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table as RichTable
 
 from driftline.detectors.errors import DriftlineError
 from driftline.detectors.offline import Report, compare, profile_table, replay
 from driftline.detectors.reference import ReferenceProfile
 from driftline.detectors.tables import read_table
+from driftline.streams.cli.terminal import shown
 
 
 def _load_reference(path: Path, model: str) -> ReferenceProfile:
@@ -63,7 +63,7 @@ def _print(report: Report) -> None:
         table.add_column(col, justify="left" if col in ("feature", "kind") else "right")
     for f in sorted(report.features, key=lambda f: f.p_value):
         table.add_row(
-            escape(f.name), f.kind, "[bold red]DRIFT[/]" if f.drift else "ok", f"{f.score:.1f}",
+            shown(f.name), f.kind, "[bold red]DRIFT[/]" if f.drift else "ok", f"{f.score:.1f}",
             f"{f.threshold:.1f}", f"{f.p_value:.2e}", f"{f.psi:.3f}", f"{f.js:.3f}",
             "" if f.ks is None else f"{f.ks:.3f}",
         )
@@ -71,8 +71,8 @@ def _print(report: Report) -> None:
     if report.multivariate:
         console.print(_multivariate_table(report))
     for a in report.alerts:
-        console.print(f"row {a['index']}: {a['kind']} drift {a['state']} — "
-                      f"{escape(', '.join(a['features']))}")
+        feats = ", ".join(shown(f) for f in a["features"])
+        console.print(f"row {a['index']}: {a['kind']} drift {a['state']} — {feats}")
     verdict = "[bold red]drift detected[/]" if report.drift else "[green]no drift[/]"
     console.print(f"verdict: {verdict}")
 
@@ -90,7 +90,7 @@ def _multivariate_table(report: Report) -> RichTable:
         groups: dict[str, list[str]] = {}
         for c in s["top"]:
             groups.setdefault(c["statistic"], []).append(c["name"])
-        top = escape("; ".join(f"{', '.join(names)} ({stat})" for stat, names in groups.items()))
+        top = shown("; ".join(f"{', '.join(names)} ({stat})" for stat, names in groups.items()))
         table.add_row(s["name"], "[bold red]DRIFT[/]" if s["drift"] else "ok",
                       _num(s["score"], ".3g"), _num(s["threshold"], ".3g"),
                       _num(s["p_value"], ".2e"), top)

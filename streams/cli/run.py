@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from rich.console import Console
 
 from driftline.streams.broker import EmbeddedBroker
+from driftline.streams.cli.terminal import shown
 from driftline.streams.logs import setup_logging
 from driftline.streams.metrics import MetricsServer
 from driftline.streams.model_config import ModelConfigError
@@ -145,10 +146,10 @@ def up(
                         first_alert = now - t_start
                         a = firing[0]
                         console.print(
-                            f"\n[bold red]ALERT[/] {a.kind} drift on [bold]{a.model}[/] "
-                            f"after {first_alert:.1f} s: feature {a.feature} {a.statistic}="
+                            f"\n[bold red]ALERT[/] {a.kind} drift on [bold]{shown(a.model)}[/] "
+                            f"after {first_alert:.1f} s: feature {shown(a.feature)} {a.statistic}="
                             f"{a.score:.1f} > {a.threshold:.1f} (p={a.p_value:.1e}); top: "
-                            + ", ".join(f.name for f in a.top_features[:3]))
+                            + ", ".join(shown(f.name) for f in a.top_features[:3]))
                     st = w.stats
                     elapsed = max(time.time() - st.started, 1e-9)
                     sys.stderr.write(
