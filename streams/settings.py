@@ -13,6 +13,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from driftline.detectors.monitor import MonitorConfig
 from driftline.detectors.policy import PolicyConfig
+from driftline.detectors.quality import QualityConfig
+from driftline.detectors.shadow import ShadowConfig
 from driftline.schemas.limits import Limits
 
 
@@ -76,6 +78,26 @@ class Settings(BaseSettings):
     clear_after: int = Field(3, ge=1)
     cooldown: int = Field(0, ge=0)
 
+    # data quality (kind "quality") and confidence spikes (kind "prediction")
+    quality_enabled: bool = True
+    quality_min_increase: float = Field(0.02, ge=0, le=1)  # absolute floor over the reference rate
+    quality_range_tolerance: float = Field(0.05, ge=0)  # share of the reference span beyond min/max
+    confidence_enabled: bool = True
+    confidence_threshold: float = Field(0.9, ge=0, le=1)
+    confidence_min_increase: float = Field(0.05, ge=0, le=1)
+    confidence_baseline_events: int = Field(5000, ge=1)
+
+    # shadow mode (kind "shadow")
+    shadow_tolerance: float = Field(0.05, ge=0)  # scores agree within this
+    shadow_min_agreement: float = Field(0.95, ge=0, le=1)
+    shadow_min_pairs: int = Field(1000, ge=1)
+    shadow_pane_pairs: int = Field(500, ge=1)
+    shadow_panes: int = Field(4, ge=1)
+    shadow_ttl_s: float = Field(300.0, ge=0)
+    shadow_max_pending: int = Field(20_000, ge=1)
+    shadow_max_candidates: int = Field(8, ge=1)
+    shadow_clear_after: int = Field(3, ge=1)
+
     # limits
     max_payload_bytes: int = Field(1_048_576, ge=64)
     max_features: int = Field(512, ge=1)
@@ -95,6 +117,21 @@ class Settings(BaseSettings):
             correction=self.correction,
             policy=PolicyConfig(self.fire_m, max(self.fire_n, self.fire_m), self.clear_after,
                                 self.cooldown),
+            quality=QualityConfig(
+                enabled=self.quality_enabled, min_increase=self.quality_min_increase,
+                range_tolerance=self.quality_range_tolerance, confidence=self.confidence_enabled,
+                confidence_threshold=self.confidence_threshold,
+                confidence_min_increase=self.confidence_min_increase,
+                confidence_baseline_events=self.confidence_baseline_events),
+        )
+
+    def shadow_config(self) -> ShadowConfig:
+        return ShadowConfig(
+            tolerance=self.shadow_tolerance, min_agreement=self.shadow_min_agreement,
+            min_pairs=self.shadow_min_pairs, pane_pairs=self.shadow_pane_pairs,
+            panes=self.shadow_panes, ttl_s=self.shadow_ttl_s,
+            max_pending=self.shadow_max_pending, max_candidates=self.shadow_max_candidates,
+            clear_after=self.shadow_clear_after,
         )
 
     def limits(self) -> Limits:

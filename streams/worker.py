@@ -121,6 +121,7 @@ class Worker:
             max_models=settings.max_models,
             snapshot_loader=self._snapshots.get,
             snapshot_key=key,
+            shadow=settings.shadow_config(),
         )
         base: dict[str, Any] = {**settings.kafka(), "logger": logging.getLogger("driftline.kafka")}
         self._base = base
@@ -421,6 +422,7 @@ class Worker:
             "owner": self.owner,
             "updated_at": time.time(),
             "unattributed": st.model.startswith(UNATTRIBUTED),
+            **({"shadow": st.shadow.summary()} if st.shadow is not None else {}),
         }
 
     # -- rebalancing -------------------------------------------------------------------
