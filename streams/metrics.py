@@ -25,8 +25,7 @@ from driftline.schemas.models import EventBatch
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 50000)
-_DIFF_BUCKETS = (-1.0, -0.5, -0.2, -0.1, -0.05, -0.02, -0.01, 0.0, 0.01, 0.02, 0.05, 0.1, 0.2,
-                 0.5, 1.0)
+_DIFF_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 _DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
 
@@ -92,7 +91,8 @@ class WorkerMetrics:
                                     "Live and shadow predictions paired by event id",
                                     ["model", "candidate"], registry=r)
         self.shadow_score_diff = BatchHistogram(
-            "driftline_shadow_score_diff", "Candidate minus live score of paired predictions",
+            "driftline_shadow_score_diff",
+            "Absolute difference of candidate and live scores of paired predictions",
             ("model", "candidate"), _DIFF_BUCKETS)
         r.register(self.shadow_score_diff)
         self._features: dict[str, set[tuple[str, ...]]] = {}
@@ -157,7 +157,7 @@ class WorkerMetrics:
             self.shadow_pairs.labels(model, candidate).inc(pairs)
             seen.add(("shadow_pairs", model, candidate))
         if diffs.size:
-            self.shadow_score_diff.observe_many((model, candidate), diffs)
+            self.shadow_score_diff.observe_many((model, candidate), np.abs(diffs))
             seen.add(("shadow_score_diff", model, candidate))
         if agreement is not None and math.isfinite(agreement):
             self.shadow_agreement.labels(model, candidate).set(agreement)

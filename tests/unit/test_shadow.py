@@ -169,9 +169,10 @@ def envelope(model: str, ids: list[str], score: np.ndarray, shadow_of: str | Non
 def test_processor_pairs_shadow_events_in_the_live_models_state() -> None:
     """Both models keep their own monitors; pairs live in the live model's state, which
     survives a snapshot round trip exactly and reports a summary."""
+    registry = CollectorRegistry()
     proc = Processor(config=MonitorConfig(pane_size=500, min_samples=1000,
                                           calibration_rounds=20),
-                     limits=Limits(), metrics=WorkerMetrics(CollectorRegistry()),
+                     limits=Limits(), metrics=WorkerMetrics(registry),
                      auto_reference_events=1000,
                      shadow=ShadowConfig(min_pairs=1000, pane_pairs=500))
     rng = np.random.default_rng(3)
@@ -200,3 +201,13 @@ def test_processor_pairs_shadow_events_in_the_live_models_state() -> None:
     assert rows[0]["verdict"] == "diverged" and rows[0]["pairs_total"] == 2 * 12 * 400
     text = orjson.dumps(rows).decode()
     assert '"candidate":"cand"' in text
+    labels = {"model": "live", "candidate": "cand"}
+    assert registry.get_sample_value("driftline_shadow_pairs_total", labels) == 12 * 400
+    assert registry.get_sample_value("driftline_shadow_agreement_ratio", labels) < 0.95
+    assert registry.get_sample_value("driftline_shadow_score_diff_count", labels) == 12 * 400
+    assert registry.get_sample_value("driftline_quality_metric", {
+        "model": "live", "feature": "a", "metric": "missing_rate"}) == 0.0
+    assert registry.get_sample_value("driftline_alerts_total", {
+        "model": "live", "kind": "shadow", "state": "firing"}) == 1
+    proc.drop(["live@0", "cand@0"])
+    assert registry.get_sample_value("driftline_shadow_pairs_total", labels) is None
