@@ -526,10 +526,10 @@ class ModelMonitor:
         found: list[tuple[str, str, str | None, list[FeatureScore]]] = []
         q, conf = ev.quality, ev.confidence
         if q is not None:
-            hits = q.findings()
+            hits = q.findings() if q.drift.any() else []
             state = self.policy.step("quality", bool(hits))
-            ranked = hits or q.ranked()
-            if state is not None and ranked:
+            ranked = (hits or q.ranked()) if state is not None else []
+            if ranked:
                 floor = self.config.quality.min_increase
                 found.append(("quality", state, None, [
                     FeatureScore(q.names[j], METRICS[m], float(q.rate[j, m]),

@@ -153,37 +153,50 @@ class DataQuality:
         app[:, MISMATCH] = self.numeric | ~numbers_ok
         app &= n_ref > 0
         self.applicable = app
+        self._names_seen: tuple[str, ...] | None = None
+        self._where = np.zeros(0, dtype=np.int64)
 
     def shapes(self) -> dict[str, tuple[tuple[int, ...], str]]:
         return {"quality": ((len(self.names), 4), "<i8")}
 
     def flags(self, batch: EventBatch, bins: NDArray[np.int64]) -> NDArray[np.bool_]:
-        """``(n, F, 4)`` per-row flags of the batch (``bins`` from the monitor's binner)."""
+        """``(4, F, n)`` per-row flags of the batch (``bins`` from the monitor's binner);
+        rows last, so that summing a pane's rows is a contiguous reduction."""
         n, f = len(batch), len(self.names)
-        index = {name: i for i, name in enumerate(batch.feature_names)}
-        where = np.asarray([index.get(name, -1) for name in self.names], dtype=np.int64)
+        if batch.feature_names != self._names_seen:
+            index = {name: i for i, name in enumerate(batch.feature_names)}
+            self._where = np.asarray([index.get(name, -1) for name in self.names], dtype=np.int64)
+            self._names_seen = batch.feature_names
+        where = self._where
         have = where >= 0
-        num = np.full((n, f), np.nan)
-        text = np.zeros((n, f), dtype=bool)
-        if have.any():
+        if have.all() and np.array_equal(where, np.arange(batch.numeric.shape[1])):
+            num = batch.numeric  # the common case: the reference's features, in its order
+        else:
+            num = np.full((n, f), np.nan)
             num[:, have] = batch.numeric[:, where[have]]
-            if batch.text is not None:
-                text[:, have] = is_set(batch.text[:, where[have]])
-        finite = np.isfinite(num)
+        # computed row-major like the inputs, stored rows-last (one transposing copy each)
+        out = np.empty((4, f, n), dtype=bool)
+        mismatch = np.zeros((n, f), dtype=bool)
+        if batch.text is not None and self.numeric.any():
+            cols = np.flatnonzero(have & self.numeric)
+            mismatch[:, cols] = is_set(batch.text[:, where[cols]])
+        cats = np.flatnonzero(~self.numeric & ~self.numbers_ok)
+        if cats.size:
+            mismatch[:, cats] = np.isfinite(num[:, cats])
         b = bins[:, :f]
-        out = np.zeros((n, f, 4), dtype=bool)
-        mismatch = np.where(self.numeric, text, finite & ~self.numbers_ok)
-        out[:, :, MISMATCH] = mismatch
-        out[:, :, MISSING] = (b == self.missing_bin) & ~mismatch
-        out[:, :, UNSEEN] = ~self.numeric & (b == self.other) & ~mismatch
-        with np.errstate(invalid="ignore"):
-            out[:, :, OUT_OF_RANGE] = self.numeric & finite & ((num < self.lo) | (num > self.hi))
+        out[MISMATCH] = mismatch.T
+        out[MISSING] = ((b == self.missing_bin) & ~mismatch).T
+        out[UNSEEN] = ((b == self.other) & ~mismatch).T
+        with np.errstate(invalid="ignore"):  # NaN compares False; lo/hi are +-inf if unused
+            out[OUT_OF_RANGE] = ((num < self.lo) | (num > self.hi)).T
         return out
 
     @staticmethod
     def sums(flags: NDArray[np.bool_], rows: NDArray[np.int64]) -> NDArray[np.int64]:
         """``(F, 4)`` counts of some rows (pane-additive)."""
-        return np.asarray(flags[rows].sum(axis=0), dtype=np.int64)
+        part = flags[:, :, rows[0] : rows[-1] + 1] if rows[-1] - rows[0] + 1 == rows.size \
+            else flags[:, :, rows]
+        return np.asarray(part.view(np.uint8).sum(axis=2, dtype=np.int64).T)
 
     def evaluate(self, counts: NDArray[Any], n: int) -> QualityEvaluation:
         """Rates and p-values of a window of ``n`` events with these counts."""
