@@ -529,7 +529,7 @@ class ModelMonitor:
             hits = q.findings() if q.drift.any() else []
             state = self.policy.step("quality", bool(hits))
             ranked = (hits or q.ranked()) if state is not None else []
-            if ranked:
+            if state is not None and ranked:
                 floor = self.config.quality.min_increase
                 found.append(("quality", state, None, [
                     FeatureScore(q.names[j], METRICS[m], float(q.rate[j, m]),
