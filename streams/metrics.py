@@ -150,9 +150,13 @@ class WorkerMetrics:
             seen.add(("high_confidence", model))
 
     def observe_shadow(self, model: str, candidate: str, pairs: int, diffs: np.ndarray,
-                       agreement: float | None) -> None:
-        """Per batch of paired shadow predictions (``agreement`` at a window evaluation)."""
+                       agreement: float | None, state: str | None = None) -> None:
+        """Per batch of paired shadow predictions (``agreement`` at a window evaluation,
+        ``state`` when its alert fired or resolved)."""
         seen = self._features.setdefault(model, set())
+        if state is not None:
+            self.state.labels(model, "shadow", candidate).set(1.0 if state == "firing" else 0.0)
+            seen.add(("state", model, "shadow", candidate))
         if pairs:
             self.shadow_pairs.labels(model, candidate).inc(pairs)
             seen.add(("shadow_pairs", model, candidate))

@@ -250,14 +250,16 @@ class Processor:
                 found.append((live_st, [u] if u is not None else []))
         for owner, updates in found:
             for u in updates:
-                agreement = None
+                agreement, state = None, None
                 for ev in u.evaluations:
                     agreement = ev.agreement
                     if ev.alert is not None:
                         out.alerts.append(ev.alert)
-                        owner.alerts_fired += ev.alert.state == "firing"
-                        self.metrics.alerts.labels(owner.model, "shadow", ev.alert.state).inc()
-                self.metrics.observe_shadow(owner.model, u.candidate, u.pairs, u.diffs, agreement)
+                        state = ev.alert.state
+                        owner.alerts_fired += state == "firing"
+                        self.metrics.alerts.labels(owner.model, "shadow", state).inc()
+                self.metrics.observe_shadow(owner.model, u.candidate, u.pairs, u.diffs,
+                                            agreement, state)
 
     def _feed(self, st: ModelState, batch: EventBatch, topic: str, out: Output) -> None:
         if st.monitor is None:
