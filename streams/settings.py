@@ -81,22 +81,22 @@ class Settings(BaseSettings):
     # data quality (kind "quality") and confidence spikes (kind "prediction")
     quality_enabled: bool = True
     quality_min_increase: float = Field(0.02, ge=0, le=1)  # absolute floor over the reference rate
-    quality_range_tolerance: float = Field(0.05, ge=0)  # share of the reference span beyond min/max
+    quality_range_tolerance: float = Field(0.05, ge=0, le=1e6, allow_inf_nan=False)
     confidence_enabled: bool = True
     confidence_threshold: float = Field(0.9, ge=0, le=1)
     confidence_min_increase: float = Field(0.05, ge=0, le=1)
-    confidence_baseline_events: int = Field(5000, ge=1)
+    confidence_baseline_events: int = Field(5000, ge=1, le=2**40)
 
     # shadow mode (kind "shadow")
-    shadow_tolerance: float = Field(0.05, ge=0)  # scores agree within this
+    shadow_tolerance: float = Field(0.05, ge=0, le=1e12, allow_inf_nan=False)  # scores agree within
     shadow_min_agreement: float = Field(0.95, ge=0, le=1)
-    shadow_min_pairs: int = Field(1000, ge=1)
-    shadow_pane_pairs: int = Field(500, ge=1)
-    shadow_panes: int = Field(4, ge=1)
-    shadow_ttl_s: float = Field(300.0, ge=0)
-    shadow_max_pending: int = Field(20_000, ge=1)
-    shadow_max_candidates: int = Field(8, ge=1)
-    shadow_clear_after: int = Field(3, ge=1)
+    shadow_min_pairs: int = Field(1000, ge=1, le=2**40)
+    shadow_pane_pairs: int = Field(500, ge=1, le=2**40)
+    shadow_panes: int = Field(4, ge=1, le=2**20)
+    shadow_ttl_s: float = Field(300.0, ge=0, le=1e12, allow_inf_nan=False)
+    shadow_max_pending: int = Field(20_000, ge=1, le=2**40)
+    shadow_max_candidates: int = Field(8, ge=1, le=2**20)
+    shadow_clear_after: int = Field(3, ge=1, le=2**30)
 
     # limits
     max_payload_bytes: int = Field(1_048_576, ge=64)

@@ -8,10 +8,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 from integration.test_pipeline import RunningWorker, make_settings, wait_for
+from typer.testing import CliRunner
 
 from driftline.streams.admin import ensure_topics
+from driftline.streams.cli.main import app
 from driftline.streams.cli.shadow import shadow_report
 from driftline.streams.producer import DriftlineProducer
 from driftline.streams.settings import Settings
@@ -74,4 +77,16 @@ def test_shifted_candidate_flagged_identical_one_safe(
     assert rows["cand-shift"]["verdict"] == "diverged"
     assert rows["cand-shift"]["score_diff_mean"] > 0.05
     assert rows["cand-same"]["pairs_total"] == rows["cand-shift"]["pairs_total"] == n
+
+    # the command: exit 1 while a candidate diverged, 0 for the safe one alone
+    runner = CliRunner()
+    env = {"DRIFTLINE_STATUS_TOPIC": s.status_topic}
+    res = runner.invoke(app, ["shadow", "report", "--model", "live", "-b", kafka_bootstrap,
+                              "--json"], env=env)
+    assert res.exit_code == 1, res.output
+    verdicts = {c["candidate"]: c["verdict"] for c in orjson.loads(res.output)["candidates"]}
+    assert verdicts == {"cand-same": "safe", "cand-shift": "diverged"}
+    res = runner.invoke(app, ["shadow", "report", "-m", "live", "-c", "cand-same", "-b",
+                              kafka_bootstrap], env=env)
+    assert res.exit_code == 0 and "safe" in res.output, res.output
     w.stop()
