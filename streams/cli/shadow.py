@@ -28,11 +28,11 @@ _SUMS = ("pairs_total", "window_pairs", "window_comparable", "window_agreeing",
          "unpaired_live", "unpaired_shadow", "pending_live", "pending_shadow")
 
 
-def merge_summaries(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def merge_summaries(records: list[Any]) -> list[dict[str, Any]]:
     """One row per candidate from the per-partition status records of one live model."""
     out: dict[str, dict[str, Any]] = {}
     for r in records:
-        for s in r.get("shadow") or ():
+        for s in _readable(r):
             c = out.setdefault(s["candidate"], {
                 "candidate": s["candidate"], **dict.fromkeys(_SUMS, 0), "firing": False,
                 "_diff": 0.0, "_diff_n": 0, "js": None, "psi": None,
@@ -58,6 +58,27 @@ def merge_summaries(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda c: c["candidate"])
 
 
+def _readable(record: object) -> list[dict[str, Any]]:
+    """The well-formed shadow summaries of one status record (anyone who can write the
+    status topic could put anything there: what does not fit is skipped)."""
+    shadow = record.get("shadow") if isinstance(record, dict) else None
+    if not isinstance(shadow, list):
+        return []
+    ok = []
+    for s in shadow:
+        if not isinstance(s, dict) or not isinstance(s.get("candidate"), str):
+            continue
+        if not all(isinstance(s.get(k, 0), int) and not isinstance(s.get(k, 0), bool)
+                   for k in _SUMS):
+            continue
+        if not all(s.get(k) is None or (isinstance(s[k], (int, float))
+                                        and not isinstance(s[k], bool))
+                   for k in ("score_diff_mean", "js", "psi", "min_agreement", "min_pairs")):
+            continue
+        ok.append(s)
+    return ok
+
+
 def verdict(c: dict[str, Any]) -> str:
     """safe: enough comparable pairs, agreement at or above the bar, no alert firing."""
     min_agreement, min_pairs = c.get("min_agreement") or 0.0, c.get("min_pairs") or 1
@@ -74,8 +95,13 @@ def shadow_report(settings: Settings, model: str) -> list[dict[str, Any]]:
         records = read_compacted(settings.kafka(), settings.status_topic, timeout=30)
     except UnknownTopicError:
         records = {}
-    rows = [orjson.loads(v) for v in records.values()]
-    return merge_summaries([r for r in rows if r.get("model") == model])
+    rows: list[Any] = []
+    for v in records.values():
+        try:
+            rows.append(orjson.loads(v))
+        except orjson.JSONDecodeError:
+            continue
+    return merge_summaries([r for r in rows if isinstance(r, dict) and r.get("model") == model])
 
 
 @app.command("report")

@@ -213,3 +213,18 @@ def test_processor_pairs_shadow_events_in_the_live_models_state() -> None:
         "model": "live", "kind": "shadow", "feature": "cand"}) == 1.0
     proc.drop(["live@0", "cand@0"])
     assert registry.get_sample_value("driftline_shadow_pairs_total", labels) is None
+
+
+def test_report_skips_status_records_it_cannot_read() -> None:
+    good = {"candidate": "c", "pairs_total": 1500, "window_pairs": 1500,
+            "window_comparable": 1500, "window_agreeing": 1490, "firing": False,
+            "score_diff_mean": 0.001, "min_agreement": 0.95, "min_pairs": 1000}
+    rows = merge_summaries([
+        [], {"shadow": "x"}, {"shadow": [1, {"candidate": 3}]},
+        {"shadow": [{**good, "pairs_total": "many"}]}, {"shadow": [{**good, "js": "far"}]},
+        {"shadow": [good]},
+    ])
+    assert len(rows) == 1 and rows[0]["pairs_total"] == 1500
+    assert rows[0]["verdict"] == "safe" and abs(rows[0]["agreement"] - 1490 / 1500) < 1e-12
+    low = merge_summaries([{"shadow": [{**good, "window_comparable": 999}]}])
+    assert low[0]["verdict"] == "insufficient"
