@@ -51,7 +51,7 @@ class ShadowConfig:
     pane_pairs: int = 500
     panes: int = 4
     ttl_s: float = 300.0  # event time an unpaired prediction waits for its pair
-    max_pending: int = 20_000  # unpaired predictions kept per side and candidate
+    max_pending: int = 10_000  # unpaired predictions kept per side and candidate
     max_candidates: int = 8  # candidates tracked per live model (more are counted, ignored)
     clear_after: int = 3
 
@@ -253,6 +253,7 @@ class ShadowPairs:
         self.shadow = PendingSide()
         self.labels: dict[str, int] = {}
         self.max_ts = -math.inf
+        self.shadow_ts = -math.inf  # newest event time of the candidate's predictions
         self.pairs_total = 0
         self.unpaired_live = 0
         self.unpaired_shadow = 0
@@ -268,10 +269,14 @@ class ShadowPairs:
         rows, slots = other.take(ids)
         rest = np.ones(ids.size, dtype=bool)
         rest[rows] = False
-        mine.put(ids[rest], ts[rest], score[rest], label[rest])
         finite = ts[np.isfinite(ts)]
         if finite.size:
             self.max_ts = max(self.max_ts, float(finite.max()))
+            if side == "shadow":
+                self.shadow_ts = max(self.shadow_ts, float(finite.max()))
+        # a candidate silent for longer than the TTL pins no live predictions
+        if side == "shadow" or self.max_ts - self.shadow_ts <= self.config.ttl_s:
+            mine.put(ids[rest], ts[rest], score[rest], label[rest])
         cutoff = self.max_ts - self.config.ttl_s
         self.unpaired_live += self.live.expire(cutoff, self.config.max_pending)
         self.unpaired_shadow += self.shadow.expire(cutoff, self.config.max_pending)
@@ -436,6 +441,7 @@ class ShadowPairs:
             "candidate": self.candidate, "ring": ring_meta, "policy": self.policy.to_dict(),
             "labels": sorted(self.labels, key=self.labels.__getitem__), "sides": sides,
             "max_ts": self.max_ts if math.isfinite(self.max_ts) else None,
+            "shadow_ts": self.shadow_ts if math.isfinite(self.shadow_ts) else None,
             "pairs_total": self.pairs_total, "unpaired_live": self.unpaired_live,
             "unpaired_shadow": self.unpaired_shadow, "firing": self.firing,
             "last": None if self.last is None else _evaluation_dict(self.last),
@@ -460,6 +466,8 @@ class ShadowPairs:
             setattr(pairs, name, side)
         max_ts = meta["max_ts"]
         pairs.max_ts = -math.inf if max_ts is None else float(max_ts)
+        shadow_ts = meta["shadow_ts"]
+        pairs.shadow_ts = -math.inf if shadow_ts is None else float(shadow_ts)
         for name in ("pairs_total", "unpaired_live", "unpaired_shadow"):
             v = meta[name]
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**62:

@@ -94,7 +94,7 @@ class Settings(BaseSettings):
     shadow_pane_pairs: int = Field(500, ge=1, le=2**40)
     shadow_panes: int = Field(4, ge=1, le=2**20)
     shadow_ttl_s: float = Field(300.0, ge=0, le=1e12, allow_inf_nan=False)
-    shadow_max_pending: int = Field(20_000, ge=1, le=2**40)
+    shadow_max_pending: int = Field(10_000, ge=1, le=2**40)
     shadow_max_candidates: int = Field(8, ge=1, le=2**20)
     shadow_clear_after: int = Field(3, ge=1, le=2**30)
 

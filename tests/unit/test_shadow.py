@@ -121,7 +121,21 @@ def test_unpaired_predictions_expire_by_event_time_and_are_counted() -> None:
     book.add_live(preds("live", ["l1"], np.zeros(1), 30.0))
     s = book.summary()[0]
     assert (s["pairs_total"], s["unpaired_shadow"], s["unpaired_live"]) == (1, 1, 1)
-    assert s["pending_live"] == 1  # l1 still waits
+    assert s["pending_live"] == 0  # l1 is not kept: the candidate is silent beyond the TTL
+
+
+def test_a_silent_candidate_pins_no_live_predictions() -> None:
+    book = ShadowBook("live", ShadowConfig(ttl_s=10.0))
+    book.add_shadow("cand", preds("cand", ["s0"], np.zeros(1), 0.0, "live"))
+    book.add_live(preds("live", ["a", "b"], np.zeros(2), 5.0))
+    assert book.summary()[0]["pending_live"] == 2
+    book.add_live(preds("live", [f"x{i}" for i in range(100)], np.zeros(100), 50.0))
+    s = book.summary()[0]
+    assert s["pending_live"] == 0 and s["unpaired_live"] == 2 and s["unpaired_shadow"] == 1
+    book.add_shadow("cand", preds("cand", ["y0"], np.zeros(1), 51.0, "live"))
+    book.add_live(preds("live", ["y0", "y1"], np.zeros(2), 51.0))  # back: pairs again
+    s = book.summary()[0]
+    assert s["pairs_total"] == 1 and s["pending_live"] == 1
 
 
 def test_candidates_are_bounded_and_ids_required() -> None:
