@@ -25,10 +25,21 @@ from numpy.typing import NDArray
 
 from driftline.detectors.binning import Binner
 from driftline.detectors.calibration import SCALE_MAX, SCALE_MIN, Calibration, calibrate
+from driftline.detectors.confidence import DETECTOR as CONFIDENCE_DETECTOR
+from driftline.detectors.confidence import FEATURE as CONFIDENCE_FEATURE
+from driftline.detectors.confidence import STATISTIC as CONFIDENCE_STATISTIC
+from driftline.detectors.confidence import ConfidenceCheck, ConfidenceEvaluation
 from driftline.detectors.errors import InputError, ProfileError, SnapshotError
 from driftline.detectors.multivariate import MultivariateModel, MVEvaluation
 from driftline.detectors.mv_encode import BatchEncoder
 from driftline.detectors.policy import AlertPolicy, PolicyConfig
+from driftline.detectors.quality import DETECTOR as QUALITY_DETECTOR
+from driftline.detectors.quality import (
+    METRICS,
+    DataQuality,
+    QualityConfig,
+    QualityEvaluation,
+)
 from driftline.detectors.reference import CategoricalProfile, NumericProfile, ReferenceProfile
 from driftline.detectors.segments import SEGMENT_SHARE, Segments, parse
 from driftline.detectors.serialization import pack, unpack
@@ -48,6 +59,7 @@ DETECTOR = "pane_chi2"
 MV_DETECTOR = "pane_multivariate"
 TOP_FEATURES = 5
 TOP_CONTRIBUTORS = 3  # per multivariate statistic in an alert's top_features
+CONFIDENCE_KEY = "prediction:confidence"  # policy key of confidence spikes (kind "prediction")
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,7 @@ class MonitorConfig:
     segments: bool = True  # also evaluate per segment value (see detectors/segments.py)
     segment_max: int = 16  # segment values with a ring of their own; the rest are pooled
     segment_keys: tuple[str, ...] = ()  # keys that form the segment value (empty: all)
+    quality: QualityConfig = field(default_factory=QualityConfig)  # data quality, confidence
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -98,6 +111,7 @@ class MonitorConfig:
         d["policy"] = PolicyConfig(**d.get("policy", {}))
         if isinstance(d.get("segment_keys"), list):
             d["segment_keys"] = tuple(d["segment_keys"])
+        d["quality"] = QualityConfig(**d.get("quality", {}))
         return cls(**d)
 
 
@@ -130,6 +144,8 @@ def _check_types(cfg: MonitorConfig) -> None:
         raise ValueError(f"pane_seconds must be a finite number or null, not {ps!r}")
     if not isinstance(cfg.policy, PolicyConfig):
         raise ValueError("policy must be a PolicyConfig")
+    if not isinstance(cfg.quality, QualityConfig):
+        raise ValueError("quality must be a QualityConfig")
     if not isinstance(cfg.multivariate, bool):
         raise ValueError(f"multivariate must be true or false, not {cfg.multivariate!r}")
     if not isinstance(cfg.segments, bool):
@@ -163,6 +179,9 @@ class Evaluation:
     segment: str = ""
     #: False-alarm budget (family-wise level) this evaluation was decided at.
     alpha: float = math.nan
+    #: Data-quality rates and tests (kind "quality"), and the confident-prediction share.
+    quality: QualityEvaluation | None = None
+    confidence: ConfidenceEvaluation | None = None
 
     def drifted(self, kind: str | None = None) -> list[str]:
         """Drifted columns (and multivariate statistics, which are of kind "data")."""
@@ -239,6 +258,9 @@ class ModelMonitor:
         self._scale = np.asarray(
             [c.std if isinstance(c, NumericProfile) else 0.0 for c in numeric_cols]
         )
+        qc = self.config.quality
+        self.quality = DataQuality(reference, layout.missing_bin, qc) if qc.enabled else None
+        self._confident = qc.confidence and ConfidenceCheck.applies(reference)
         self._reset()
 
     def _reset(self) -> None:
@@ -252,6 +274,11 @@ class ModelMonitor:
         shapes: dict[str, tuple[tuple[int, ...], str]] = {"hist": ((c, w), "<i8")}
         if self.mv is not None:
             shapes.update(self.mv.shapes())
+        if self.quality is not None:
+            shapes.update(self.quality.shapes())
+        self.confidence = ConfidenceCheck(self.reference, cfg.quality) if self._confident else None
+        if self.confidence is not None:
+            shapes.update(self.confidence.shapes())
         self.ring = PaneRing(cfg.panes, rule, shapes)
         hist = {"hist": shapes["hist"]}
         self.segments: Segments | None = Segments(
@@ -299,6 +326,10 @@ class ModelMonitor:
                 self.last_late_rows = np.union1d(self.last_late_rows, missing_ts).astype(np.int64)
         rows = np.flatnonzero(keep)
         kept_pids = pane_ids[rows]
+        qflags = self.quality.flags(batch, bins) if self.quality is not None else None
+        cflags = self.confidence.flags(batch) if self.confidence is not None else None
+        if cflags is not None and self.confidence is not None:
+            self.confidence.learn(cflags[rows])
         seq0 = self.ring.seq
         out: list[Evaluation] = []
         if rows.size:
@@ -311,6 +342,10 @@ class ModelMonitor:
                 sums: dict[str, NDArray[Any]] = {"hist": self.binner.histogram(bins[r])}
                 if self.mv is not None and self._encoder is not None:
                     sums.update(self._mv_sums(batch, bins, r))
+                if qflags is not None:
+                    sums["quality"] = DataQuality.sums(qflags, r)
+                if cflags is not None:
+                    sums["confidence"] = cflags[r].sum(axis=0).astype(np.int64)
                 self.ring.add(
                     int(pid[grp[0]]),
                     sums,
@@ -448,6 +483,13 @@ class ModelMonitor:
         mv = self.mv.evaluate(self._window_sums(), n) \
             if self.mv is not None and not segment else None
         p_all = p if mv is None else np.concatenate([p, mv.p_value])
+        n_mv = p_all.size
+        q = self.quality.evaluate(ring.totals["quality"], n) \
+            if self.quality is not None and not segment else None
+        conf = self.confidence.evaluate(ring.totals["confidence"]) \
+            if self.confidence is not None and not segment else None
+        p_all = np.concatenate([p_all, *([q.tests] if q is not None else []),
+                                *([conf.p_value] if conf is not None else [])])
         alpha = self.calibration.alpha_eval(new_events) * share
         insufficient = n < self.config.min_samples
         decided = (np.zeros(p_all.size, dtype=bool) if insufficient
@@ -456,7 +498,11 @@ class ModelMonitor:
         family = p_all.size
         thr = self.calibration.thresholds(chi.df, alpha, family)
         if mv is not None:
-            mv = mv.decided(decided[p.size :], alpha / family)
+            mv = mv.decided(decided[p.size : n_mv], alpha / family)
+        if q is not None:
+            q = q.with_decisions(decided[n_mv : n_mv + q.tests.size])
+        if conf is not None:
+            conf = replace(conf, drift=bool(decided[-1]))
         if segment:  # segment windows report the tested statistic, PSI and JS only
             ks = wd = np.full(len(layout.names), np.nan)
         else:
@@ -490,10 +536,12 @@ class ModelMonitor:
             multivariate=mv,
             segment=segment,
             alpha=alpha,
+            quality=q,
+            confidence=conf,
         )
         if insufficient:
             return ev
-        alerts = tuple(self._alerts(ev, batch))
+        alerts = tuple(self._alerts(ev, batch)) + tuple(self._check_alerts(ev, batch))
         if alerts:
             ev = replace(ev, alerts=alerts)
         return ev
@@ -590,6 +638,59 @@ class ModelMonitor:
             )
         return out
 
+    def _check_alerts(self, ev: Evaluation, batch: EventBatch | None) -> list[DriftAlert]:
+        """Alerts of the data-quality checks (kind "quality") and of confidence spikes
+        (kind "prediction", statistic "confidence_spike"), each with its own policy key."""
+        version = None
+        if batch is not None and len(batch):
+            v = batch.model_version[-1]
+            version = v if isinstance(v, str) else None
+        found: list[tuple[str, str, str | None, list[FeatureScore]]] = []
+        q, conf = ev.quality, ev.confidence
+        if q is not None:
+            hits = q.findings() if q.drift.any() else []
+            state = self.policy.step("quality", bool(hits))
+            ranked = (hits or q.ranked()) if state is not None else []
+            if state is not None and ranked:
+                floor = self.config.quality.min_increase
+                found.append(("quality", state, None, [
+                    FeatureScore(q.names[j], METRICS[m], float(q.rate[j, m]),
+                                 float(q.reference_rate[j, m] + floor), float(q.p_value[j, m]))
+                    for j, m in ranked[:TOP_FEATURES]]))
+        if conf is not None:
+            state = self.policy.step(CONFIDENCE_KEY, conf.drift)
+            if state is not None:
+                thr = conf.baseline + self.config.quality.confidence_min_increase
+                found.append((CONFIDENCE_KEY, state, CONFIDENCE_FEATURE, [FeatureScore(
+                    CONFIDENCE_FEATURE, CONFIDENCE_STATISTIC, conf.share, thr,
+                    float(conf.p_value[0]))]))
+        out: list[DriftAlert] = []
+        for key, state, feature, feats in found:
+            (self.firing_keys.add if state == "firing" else self.firing_keys.discard)(key)
+            kind = key.split(":")[0]
+            lead = feats[0]
+            p = lead.p_value if lead.p_value is not None and math.isfinite(lead.p_value) else 1.0
+            out.append(DriftAlert(
+                alert_id=alert_id(self.reference.model, kind, feature or lead.name, "",
+                                  ev.window.pane, state),
+                model=self.reference.model,
+                kind=kind,
+                state=state,
+                detector=QUALITY_DETECTOR if kind == "quality" else CONFIDENCE_DETECTOR,
+                statistic=lead.statistic,
+                score=lead.score,
+                threshold=lead.threshold,
+                p_value=p,
+                window=ev.window,
+                model_version=version,
+                feature=feature or lead.name,
+                reference=self.reference.reference_id,
+                severity="critical" if p < 1e-12 else "warning",
+                top_features=tuple(feats),
+                created_at=ev.window.end_ts or 0.0,
+            ))
+        return out
+
     # -- state ------------------------------------------------------------------------
     def snapshot(self, *, key: bytes | None = None, extra: dict[str, Any] | None = None) -> bytes:
         """The whole running state, exact, in the plain snapshot format."""
@@ -609,6 +710,8 @@ class ModelMonitor:
         if self.segments is not None:
             meta["segments"], seg_arrays = self.segments.state()
             arrays.update(seg_arrays)
+        if self.confidence is not None:
+            meta["confidence"] = self.confidence.state()
         return pack(SNAPSHOT_KIND, meta, arrays, key=key)
 
     @classmethod
@@ -654,10 +757,22 @@ class ModelMonitor:
                     a = arrays.get(f"{group}.{name}")
                     if a is not None and not np.all(np.isfinite(a)):  # before the ring adds them
                         raise ValueError(f"non-finite {group}.{name}")
+            for name, (shape, dtype) in new.ring.shapes.items():  # snapshots older than a check
+                if name in ("quality", "confidence"):
+                    for group in ("closed", "open"):
+                        rows = arrays[f"{group}.meta"].shape[0]
+                        arrays.setdefault(f"{group}.{name}", np.zeros((rows, *shape), dtype))
             new.ring.load(meta["ring"], {k: v for k, v in arrays.items()
                                          if not k.startswith("seg")})
             if new.segments is not None:
                 new.segments.load(meta.get("segments") or _NO_SEGMENTS, arrays)
+            for pane in (*new.ring.closed, *new.ring.open.values()):
+                for k in ("quality", "confidence"):
+                    v = pane.sums.get(k)
+                    if v is not None and (np.any(v < 0) or np.any(v > pane.n)):
+                        raise ValueError(f"pane counts {k!r} out of range")
+            if new.confidence is not None and "confidence" in meta:
+                new.confidence.load(meta["confidence"])
             bounds = new.mv.row_bounds() if new.mv is not None else {}
             for pane in (*new.ring.closed, *new.ring.open.values()):
                 for k, bound in bounds.items():

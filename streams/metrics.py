@@ -22,11 +22,13 @@ from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from driftline.detectors.monitor import Evaluation
+from driftline.detectors.quality import METRICS as QUALITY_METRICS
 from driftline.schemas.models import EventBatch
 
 _ALERT_KINDS = ("data", "prediction", "concept", "quality", "shadow")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 50000)
+_DIFF_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 _DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
 #: ``feature`` label of the multivariate statistics in ``driftline_drift_score`` and
@@ -98,6 +100,24 @@ class WorkerMetrics:
                                       "Events applied to one segment's windows (values beyond "
                                       "the per-model maximum are counted as segment=\"other\")",
                                       ["model", "segment"], registry=r)
+        self.quality = Gauge("driftline_quality_metric",
+                             "Data-quality rate of the current window, per feature",
+                             ["model", "feature", "metric"], registry=r)
+        self.high_confidence = Gauge("driftline_prediction_high_confidence_ratio",
+                                     "Share of the window's predictions at or above the "
+                                     "confidence threshold", ["model"], registry=r)
+        self.shadow_agreement = Gauge("driftline_shadow_agreement_ratio",
+                                      "Agreement of a shadow candidate with the live model "
+                                      "over the window of pairs", ["model", "candidate"],
+                                      registry=r)
+        self.shadow_pairs = Counter("driftline_shadow_pairs",
+                                    "Live and shadow predictions paired by event id",
+                                    ["model", "candidate"], registry=r)
+        self.shadow_score_diff = BatchHistogram(
+            "driftline_shadow_score_diff",
+            "Absolute difference of candidate and live scores of paired predictions",
+            ("model", "candidate"), _DIFF_BUCKETS)
+        r.register(self.shadow_score_diff)
         self._features: dict[str, set[tuple[str, ...]]] = {}
 
     def observe_batch(self, model: str, batch: EventBatch, seconds: float) -> None:
@@ -161,6 +181,39 @@ class WorkerMetrics:
         for a in ev.alerts:
             self.state.labels(model, a.kind, a.feature or "").set(1.0 if a.state == "firing" else 0.0)
             seen.add(("state", model, a.kind, a.feature or ""))
+        self._observe_checks(model, ev, seen)
+
+    def _observe_checks(self, model: str, ev: Evaluation, seen: set[tuple[str, ...]]) -> None:
+        """Data-quality rates and the high-confidence share of one evaluation."""
+        q = ev.quality
+        if q is not None:
+            for j, m in zip(*np.nonzero(q.applicable), strict=True):
+                v = float(q.rate[j, m])
+                if math.isfinite(v):
+                    self.quality.labels(model, q.names[j], QUALITY_METRICS[m]).set(v)
+                    seen.add(("quality", model, q.names[j], QUALITY_METRICS[m]))
+        c = ev.confidence
+        if c is not None and math.isfinite(c.share):
+            self.high_confidence.labels(model).set(c.share)
+            seen.add(("high_confidence", model))
+
+    def observe_shadow(self, model: str, candidate: str, pairs: int, diffs: np.ndarray,
+                       agreement: float | None, state: str | None = None) -> None:
+        """Per batch of paired shadow predictions (``agreement`` at a window evaluation,
+        ``state`` when its alert fired or resolved)."""
+        seen = self._features.setdefault(model, set())
+        if state is not None:
+            self.state.labels(model, "shadow", candidate).set(1.0 if state == "firing" else 0.0)
+            seen.add(("state", model, "shadow", candidate))
+        if pairs:
+            self.shadow_pairs.labels(model, candidate).inc(pairs)
+            seen.add(("shadow_pairs", model, candidate))
+        if diffs.size:
+            self.shadow_score_diff.observe_many((model, candidate), np.abs(diffs))
+            seen.add(("shadow_score_diff", model, candidate))
+        if agreement is not None and math.isfinite(agreement):
+            self.shadow_agreement.labels(model, candidate).set(agreement)
+            seen.add(("shadow_agreement", model, candidate))
 
     def _observe_segment(self, model: str, ev: Evaluation) -> None:
         if ev.insufficient:
@@ -178,7 +231,11 @@ class WorkerMetrics:
             family, labels = key[0], key[1:]
             metric = {"score": self.score, "threshold": self.threshold, "state": self.state,
                       "segment_score": self.segment_score,
-                      "segment_events": self.segment_events}[family]
+                      "segment_events": self.segment_events,
+                      "quality": self.quality, "high_confidence": self.high_confidence,
+                      "shadow_pairs": self.shadow_pairs,
+                      "shadow_score_diff": self.shadow_score_diff,
+                      "shadow_agreement": self.shadow_agreement}[family]
             try:
                 metric.remove(*labels)
             except KeyError:
@@ -207,13 +264,14 @@ class WorkerMetrics:
 class BatchHistogram(Collector):
     """A labelled histogram fed a whole numpy batch at a time (one ``searchsorted``)."""
 
-    def __init__(self, name: str, doc: str, label: str, buckets: tuple[float, ...]) -> None:
+    def __init__(self, name: str, doc: str, label: str | tuple[str, ...],
+                 buckets: tuple[float, ...]) -> None:
         self.name, self.doc, self.label = name, doc, label
         self.edges = np.asarray(buckets, dtype=np.float64)
-        self._series: dict[str, tuple[np.ndarray, list[float]]] = {}
+        self._series: dict[Any, tuple[np.ndarray, list[float]]] = {}
         self._lock = threading.Lock()
 
-    def observe_many(self, value: str, x: np.ndarray) -> None:
+    def observe_many(self, value: str | tuple[str, ...], x: np.ndarray) -> None:
         idx = np.searchsorted(self.edges, x, side="left")  # le-buckets: x <= edge
         counts = np.bincount(idx, minlength=self.edges.size + 1)
         with self._lock:
@@ -222,20 +280,22 @@ class BatchHistogram(Collector):
             buckets += counts
             total[0] += float(x.sum())
 
-    def remove(self, value: str) -> None:
+    def remove(self, *value: str) -> None:
+        key = value[0] if len(value) == 1 else value
         with self._lock:
-            if self._series.pop(value, None) is None:
-                raise KeyError(value)
+            if self._series.pop(key, None) is None:
+                raise KeyError(key)
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
-        fam = HistogramMetricFamily(self.name, self.doc, labels=[self.label])
+        names = [self.label] if isinstance(self.label, str) else list(self.label)
+        fam = HistogramMetricFamily(self.name, self.doc, labels=names)
         with self._lock:
             items = [(k, b.copy(), t[0]) for k, (b, t) in self._series.items()]
         for value, buckets, total in items:
             cum = np.cumsum(buckets)
             pairs = [(_fmt(e), float(c)) for e, c in zip(self.edges, cum[:-1], strict=True)]
             pairs.append(("+Inf", float(cum[-1])))
-            fam.add_metric([value], pairs, total)
+            fam.add_metric([value] if isinstance(value, str) else list(value), pairs, total)
         yield fam
 
 

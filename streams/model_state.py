@@ -18,6 +18,7 @@ from driftline.detectors.errors import SnapshotError
 from driftline.detectors.monitor import ModelMonitor, MonitorConfig
 from driftline.detectors.reference import ReferenceProfile, build_profile
 from driftline.detectors.serialization import pack, unpack
+from driftline.detectors.shadow import ShadowBook, ShadowConfig
 from driftline.schemas.models import EventBatch
 
 SNAPSHOT_KIND = "driftline.model"
@@ -42,6 +43,7 @@ class ModelState:
     last_seen: float = 0.0
     dirty: bool = False
     cluster_id: str | None = None  # the Kafka cluster its offsets refer to
+    shadow: ShadowBook | None = None  # shadow candidates paired with this (live) model
 
     @property
     def key(self) -> str:
@@ -50,7 +52,8 @@ class ModelState:
 
     @property
     def alerts_firing(self) -> int:
-        return len(self.monitor.firing_keys) if self.monitor is not None else 0
+        shadows = sum(p.firing for p in self.shadow.candidates.values()) if self.shadow else 0
+        return (len(self.monitor.firing_keys) if self.monitor is not None else 0) + shadows
 
     def last_offset(self, topic: str, partition: int) -> int:
         return self.offsets.get(f"{topic}:{partition}", -1)
@@ -128,6 +131,8 @@ class ModelState:
         arrays: dict[str, np.ndarray] = {}
         if self.monitor is not None:
             arrays["monitor"] = np.frombuffer(self.monitor.snapshot(), dtype=np.uint8)
+        if self.shadow is not None:
+            arrays["shadow"] = np.frombuffer(self.shadow.snapshot(), dtype=np.uint8)
         return pack(SNAPSHOT_KIND, meta, arrays, key=key)
 
     @classmethod
@@ -138,8 +143,10 @@ class ModelState:
         config: MonitorConfig,
         *,
         key: bytes | None = None,
+        shadow: ShadowConfig | None = None,
     ) -> ModelState:
-        """Rebuild a model's state; the reference comes from the references topic."""
+        """Rebuild a model's state; the reference comes from the references topic
+        (``shadow``: the shadow-mode settings, when they differ from the snapshot's)."""
         meta, arrays, _ = unpack(data, SNAPSHOT_KIND, key=key)
         try:
             model = meta["model"]
@@ -164,6 +171,8 @@ class ModelState:
                 raise ValueError("pending must be a list")
             for rows in pending:
                 st.buffer_for_reference(_rows_batch(st.model, rows))
+            if "shadow" in arrays:
+                st.shadow = ShadowBook.restore(arrays["shadow"].tobytes(), shadow)
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError,
                 IndexError) as exc:
             raise SnapshotError(f"malformed model snapshot: {type(exc).__name__}: "

@@ -17,7 +17,8 @@ import numpy as np
 from driftline.detectors.calibration import Calibration
 from driftline.detectors.errors import DriftlineError, SnapshotError
 from driftline.detectors.monitor import Evaluation, ModelMonitor, MonitorConfig
-from driftline.detectors.reference import ReferenceProfile
+from driftline.detectors.reference import NumericProfile, ReferenceProfile
+from driftline.detectors.shadow import ShadowBook, ShadowConfig, ShadowUpdate
 from driftline.schemas.codecs import decode_inference
 from driftline.schemas.limits import Limits
 from driftline.schemas.models import DriftAlert, EventBatch, Rejection
@@ -69,6 +70,7 @@ class Processor:
         snapshot_key: bytes | None = None,
         model_configs: ModelConfigs | None = None,
         clock: Callable[[], float] = time.time,
+        shadow: ShadowConfig | None = None,
     ) -> None:
         """``model_configs``: per-model windows over ``config`` (the default for every
         model); ``clock``: wall time in seconds (the idle timeout measures quiet with it)."""
@@ -88,6 +90,7 @@ class Processor:
         self._prior: dict[tuple[str, int], int] = {}
         self.cluster_id: str | None = None  # Kafka cluster the offsets in the states refer to
         self._calibrations: dict[tuple[str, MonitorConfig], Calibration] = {}
+        self.shadow_config = shadow or ShadowConfig()
 
     @property
     def config(self) -> MonitorConfig:
@@ -186,7 +189,8 @@ class Processor:
         ref = self.references.get(model)
         if blob is not None:
             try:
-                st = ModelState.restore(blob, ref, self.config_for(model), key=self.snapshot_key)
+                st = ModelState.restore(blob, ref, self.config_for(model), key=self.snapshot_key,
+                                        shadow=self.shadow_config)
                 if self.cluster_id and st.cluster_id and st.cluster_id != self.cluster_id:
                     raise SnapshotError(f"snapshot is from Kafka cluster {st.cluster_id}, "
                                         f"not {self.cluster_id}")
@@ -241,7 +245,8 @@ class Processor:
         self._prior = {}
         for rej in decoded.rejections:
             self._dead_letter(rej, out)
-        for model, batch in decoded.batches.items():
+        # shadow predictions first, so a live model's book exists before its rows arrive
+        for model, batch in sorted(decoded.batches.items(), key=lambda b: b[1].shadow_of is None):
             self._apply(model, batch, topic, payloads, out)
         return out
 
@@ -283,7 +288,43 @@ class Processor:
         for p in np.unique(batch.partition).tolist():
             st.mark(topic, p, int(batch.offset[batch.partition == p].max()))
         st.last_seen, st.dirty = self.clock(), True
+        if st.shadow is not None or batch.shadow_of is not None:
+            self._pair(st, batch, out)
         self.metrics.observe_batch(model, batch, time.perf_counter() - t0)
+
+    def _pair(self, st: ModelState, batch: EventBatch, out: Output) -> None:
+        """Shadow mode: pair live and shadow predictions by event id in the live model's
+        state (a shadow event is keyed by its live model: same partition, same worker)."""
+        found: list[tuple[ModelState, list[ShadowUpdate]]] = []
+        if st.shadow is not None:
+            found.append((st, st.shadow.add_live(batch)))
+        if batch.shadow_of is not None:
+            lives = {m for m in batch.shadow_of.tolist() if m is not None} - {st.model}
+            for live in sorted(lives):
+                live_st = self.state_of(live, st.partition)
+                if live_st is None:
+                    continue
+                if live_st.shadow is None:
+                    ref = live_st.reference
+                    pred = ref.prediction if ref is not None else None
+                    edges = pred.edges if isinstance(pred, NumericProfile) and pred.edges.size \
+                        else None
+                    live_st.shadow = ShadowBook(live, self.shadow_config, edges)
+                u = live_st.shadow.add_shadow(st.model, batch)
+                live_st.dirty = True
+                found.append((live_st, [u] if u is not None else []))
+        for owner, updates in found:
+            for u in updates:
+                agreement, state = None, None
+                for ev in u.evaluations:
+                    agreement = ev.agreement
+                    if ev.alert is not None:
+                        out.alerts.append(ev.alert)
+                        state = ev.alert.state
+                        owner.alerts_fired += state == "firing"
+                        self.metrics.alerts.labels(owner.model, "shadow", state).inc()
+                self.metrics.observe_shadow(owner.model, u.candidate, u.pairs, u.diffs,
+                                            agreement, state)
 
     def _feed(self, st: ModelState, batch: EventBatch, topic: str, out: Output) -> None:
         if st.monitor is None:

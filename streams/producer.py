@@ -247,19 +247,22 @@ class DriftlineProducer:
             self._drop("error")
             return False
 
-    def send_raw(self, model: str, value: bytes) -> bool:
-        """Queue one pre-encoded message (e.g. a single InferenceEvent JSON), key = model.
+    def send_raw(self, model: str, value: bytes, *, shadow_of: str | None = None) -> bool:
+        """Queue one pre-encoded message (e.g. a single InferenceEvent JSON), key = model,
+        or = ``shadow_of`` (the live model) for a shadow event, like :meth:`emit`.
 
         Counted as one event; goes out in order with the envelopes. Never raises.
         """
         try:
-            if type(model) is not str or not model or not isinstance(value, bytes | bytearray):
+            lim = self.limits.max_model_id_length
+            if not _valid_str(model, lim) or not isinstance(value, bytes | bytearray) or (
+                    shadow_of is not None and not _valid_str(shadow_of, lim)):
                 self._drop("invalid")
                 return False
             with self._lock:
                 if not self._admit():
                     return False
-                self._ready.append(_Outgoing(model, model, None, None, bytes(value)))
+                self._ready.append(_Outgoing(model, shadow_of or model, None, None, bytes(value)))
             self._wake.set()
             return True
         except Exception:

@@ -14,6 +14,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from driftline.detectors.monitor import MonitorConfig
 from driftline.detectors.policy import PolicyConfig
+from driftline.detectors.quality import QualityConfig
+from driftline.detectors.shadow import ShadowConfig
 from driftline.schemas.limits import Limits
 
 if TYPE_CHECKING:
@@ -92,6 +94,26 @@ class Settings(BaseSettings):
         None, validation_alias=AliasChoices("model_config_file", "DRIFTLINE_MODEL_CONFIG",
                                             "DRIFTLINE_MODEL_CONFIG_FILE"))
 
+    # data quality (kind "quality") and confidence spikes (kind "prediction")
+    quality_enabled: bool = True
+    quality_min_increase: float = Field(0.02, ge=0, le=1)  # absolute floor over the reference rate
+    quality_range_tolerance: float = Field(0.05, ge=0, le=1e6, allow_inf_nan=False)
+    confidence_enabled: bool = True
+    confidence_threshold: float = Field(0.9, ge=0, le=1)
+    confidence_min_increase: float = Field(0.05, ge=0, le=1)
+    confidence_baseline_events: int = Field(5000, ge=1, le=2**40)
+
+    # shadow mode (kind "shadow")
+    shadow_tolerance: float = Field(0.05, ge=0, le=1e12, allow_inf_nan=False)  # scores agree within
+    shadow_min_agreement: float = Field(0.95, ge=0, le=1)
+    shadow_min_pairs: int = Field(1000, ge=1, le=2**40)
+    shadow_pane_pairs: int = Field(500, ge=1, le=2**40)
+    shadow_panes: int = Field(4, ge=1, le=2**20)
+    shadow_ttl_s: float = Field(300.0, ge=0, le=1e12, allow_inf_nan=False)
+    shadow_max_pending: int = Field(10_000, ge=1, le=2**40)
+    shadow_max_candidates: int = Field(8, ge=1, le=2**20)
+    shadow_clear_after: int = Field(3, ge=1, le=2**30)
+
     # limits
     max_payload_bytes: int = Field(1_048_576, ge=64)
     max_features: int = Field(512, ge=1)
@@ -127,6 +149,21 @@ class Settings(BaseSettings):
             segments=self.segments,
             segment_max=self.segment_max,
             segment_keys=tuple(k.strip() for k in self.segment_keys.split(",") if k.strip()),
+            quality=QualityConfig(
+                enabled=self.quality_enabled, min_increase=self.quality_min_increase,
+                range_tolerance=self.quality_range_tolerance, confidence=self.confidence_enabled,
+                confidence_threshold=self.confidence_threshold,
+                confidence_min_increase=self.confidence_min_increase,
+                confidence_baseline_events=self.confidence_baseline_events),
+        )
+
+    def shadow_config(self) -> ShadowConfig:
+        return ShadowConfig(
+            tolerance=self.shadow_tolerance, min_agreement=self.shadow_min_agreement,
+            min_pairs=self.shadow_min_pairs, pane_pairs=self.shadow_pane_pairs,
+            panes=self.shadow_panes, ttl_s=self.shadow_ttl_s,
+            max_pending=self.shadow_max_pending, max_candidates=self.shadow_max_candidates,
+            clear_after=self.shadow_clear_after,
         )
 
     def model_configs(self) -> ModelConfigs:

@@ -126,6 +126,7 @@ class Worker:
             snapshot_loader=self._snapshots.get,
             snapshot_key=key,
             model_configs=model_configs or settings.model_configs(),
+            shadow=settings.shadow_config(),
         )
         base: dict[str, Any] = {**settings.kafka(), "logger": logging.getLogger("driftline.kafka")}
         self._base = base
@@ -426,6 +427,7 @@ class Worker:
             "owner": self.owner,
             "updated_at": time.time(),
             "unattributed": st.model.startswith(UNATTRIBUTED),
+            **({"shadow": st.shadow.summary()} if st.shadow is not None else {}),
         }
 
     # -- rebalancing -------------------------------------------------------------------

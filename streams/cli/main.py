@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import typer
 
-from driftline.streams.cli import bench, bench_ops, evaluate, investigate, kafka_commands, run
+from driftline.streams.cli import (
+    bench,
+    bench_ops,
+    evaluate,
+    investigate,
+    kafka_commands,
+    run,
+    shadow,
+)
 
 app = typer.Typer(
     name="driftline",
@@ -24,6 +32,7 @@ for name, fn in kafka_commands.COMMANDS.items():
     app.command(name)(fn)
 app.add_typer(kafka_commands.reference_app, name="reference")
 app.add_typer(kafka_commands.slo_app, name="slo")
+app.add_typer(shadow.app, name="shadow")
 
 
 def main() -> None:

@@ -330,6 +330,11 @@ def test_emit_event_and_send_raw(fake_kafka: list[FakeKafka]) -> None:
     assert k2 == b"m" and env["model"] == "m" and env["model_version"] == "v3"
     assert env["events"] == [{"features": {"a": 1}, "ts": 5.0, "extra": 1}] * 2
     assert p.stats().delivered == 3
+    shadow = orjson.dumps({"model": "cand", "features": {"a": 1}, "shadow_of": "solo"})
+    assert p.send_raw("cand", shadow, shadow_of="solo")
+    assert not p.send_raw("cand", shadow, shadow_of="")
+    assert p.flush(2.0) == 0
+    assert kafka.sent[-1][1:] == (b"solo", shadow)  # keyed by the live model
     p.close()
 
 
