@@ -23,6 +23,8 @@ from driftline.schemas.models import EventBatch
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 50000)
+_DELAY_BUCKETS = (1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 12 * 3600.0, 86400.0,
+                  3 * 86400.0, 7 * 86400.0, 30 * 86400.0)
 _DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
 
@@ -74,6 +76,21 @@ class WorkerMetrics:
         r.register(self.serving_latency)
         self.requests = Counter("driftline_serving_requests", "Predictions seen, by outcome",
                                 ["model", "outcome"], registry=r)
+        self.labels_joined = Counter("driftline_labels_joined", "Labels joined to their prediction",
+                                     ["model"], registry=r)
+        self.labels_unmatched = Counter(
+            "driftline_labels_unmatched", "Labels or predictions that never joined, by reason "
+            "(unmatched|late labels, expired|evicted predictions)", ["model", "reason"], registry=r)
+        self.label_coverage = Gauge("driftline_label_coverage_ratio",
+                                    "Joined share of the predictions whose label wait is over",
+                                    ["model"], registry=r)
+        self.label_delay = BatchHistogram("driftline_label_delay_seconds",
+                                          "Label time minus prediction time of joined labels",
+                                          "model", _DELAY_BUCKETS)
+        r.register(self.label_delay)
+        self.model_quality = Gauge("driftline_model_quality",
+                                   "Window metric of the labelled predictions",
+                                   ["model", "metric"], registry=r)
         self._features: dict[str, set[tuple[str, ...]]] = {}
 
     def observe_batch(self, model: str, batch: EventBatch, seconds: float) -> None:
@@ -113,6 +130,29 @@ class WorkerMetrics:
             self.state.labels(model, a.kind, a.feature or "").set(1.0 if a.state == "firing" else 0.0)
             seen.add(("state", model, a.kind, a.feature or ""))
 
+    def observe_labels(self, model: str, delta: dict[str, int], delay: np.ndarray,
+                       coverage: float) -> None:
+        """Per join call: counts it added, delays of the joined rows, coverage so far."""
+        if delta.get("joined"):
+            self.labels_joined.labels(model).inc(delta["joined"])
+        for reason in ("unmatched", "late", "expired", "evicted"):
+            if delta.get(reason):
+                self.labels_unmatched.labels(model, reason).inc(delta[reason])
+        d = delay[np.isfinite(delay)]
+        if d.size:
+            self.label_delay.observe_many(model, np.maximum(d, 0.0))
+        if math.isfinite(coverage):
+            self.label_coverage.labels(model).set(coverage)
+
+    def observe_quality(self, model: str, values: dict[str, float]) -> None:
+        for metric, v in values.items():
+            if math.isfinite(v):
+                self.model_quality.labels(model, metric).set(v)
+
+    def observe_concept_alert(self, model: str, feature: str, state: str) -> None:
+        self.state.labels(model, "concept", feature).set(1.0 if state == "firing" else 0.0)
+        self._features.setdefault(model, set()).add(("state", model, "concept", feature))
+
     def forget_model(self, model: str) -> None:
         """Remove a model's series (its partition moved to another worker)."""
         for key in self._features.pop(model, set()):
@@ -122,8 +162,16 @@ class WorkerMetrics:
                 metric.remove(*labels)
             except KeyError:
                 pass
+        for fam, values in ((self.labels_unmatched, ("unmatched", "late", "expired", "evicted")),
+                            (self.model_quality, ("accuracy", "fpr", "fnr", "error_rate"))):
+            for v in values:
+                try:
+                    fam.remove(model, v)
+                except KeyError:
+                    pass
         for metric in (self.events, self.bytes, self.event_time_lag, self.last_evaluation,
-                       self.insufficient, self.serving_latency):
+                       self.insufficient, self.serving_latency, self.labels_joined,
+                       self.label_coverage, self.label_delay):
             try:
                 metric.remove(model)
             except KeyError:

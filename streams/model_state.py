@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from driftline.detectors.concept import ConceptMonitor
 from driftline.detectors.errors import SnapshotError
+from driftline.detectors.label_join import JoinStore
 from driftline.detectors.monitor import ModelMonitor, MonitorConfig
 from driftline.detectors.reference import ReferenceProfile, build_profile
 from driftline.detectors.serialization import pack, unpack
@@ -42,6 +44,8 @@ class ModelState:
     last_seen: float = 0.0
     dirty: bool = False
     cluster_id: str | None = None  # the Kafka cluster its offsets refer to
+    joins: JoinStore | None = None  # predictions waiting for labels (once labels are on)
+    concept: ConceptMonitor | None = None  # labelled window and concept alerts
 
     @property
     def key(self) -> str:
@@ -50,7 +54,8 @@ class ModelState:
 
     @property
     def alerts_firing(self) -> int:
-        return len(self.monitor.firing_keys) if self.monitor is not None else 0
+        n = len(self.monitor.firing_keys) if self.monitor is not None else 0
+        return n + (len(self.concept.firing_keys) if self.concept is not None else 0)
 
     def last_offset(self, topic: str, partition: int) -> int:
         return self.offsets.get(f"{topic}:{partition}", -1)
@@ -119,6 +124,10 @@ class ModelState:
         arrays: dict[str, np.ndarray] = {}
         if self.monitor is not None:
             arrays["monitor"] = np.frombuffer(self.monitor.snapshot(), dtype=np.uint8)
+        if self.joins is not None:
+            arrays["joins"] = np.frombuffer(self.joins.snapshot(), dtype=np.uint8)
+        if self.concept is not None:
+            arrays["concept"] = np.frombuffer(self.concept.snapshot(), dtype=np.uint8)
         return pack(SNAPSHOT_KIND, meta, arrays, key=key)
 
     @classmethod
@@ -148,6 +157,10 @@ class ModelState:
                 st.buffer_for_reference(_rows_batch(st.model, rows))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise SnapshotError(f"malformed model snapshot: {exc!r}") from None
+        if "joins" in arrays:
+            st.joins = JoinStore.from_snapshot(arrays["joins"].tobytes())
+        if "concept" in arrays:
+            st.concept = ConceptMonitor.from_snapshot(arrays["concept"].tobytes())
         rid = meta.get("reference_id")
         if reference is not None and rid == reference.reference_id:
             st.reference = reference

@@ -21,6 +21,7 @@ from driftline.detectors.reference import ReferenceProfile
 from driftline.schemas.codecs import decode_inference
 from driftline.schemas.limits import Limits
 from driftline.schemas.models import DriftAlert, EventBatch, Rejection
+from driftline.streams.labels import LabelSetup, join_predictions, take_labels
 from driftline.streams.metrics import WorkerMetrics
 from driftline.streams.model_state import ModelState, state_key
 
@@ -50,6 +51,7 @@ class Output:
     references: list[ReferenceProfile] = field(default_factory=list)
     applied: int = 0
     skipped_replays: int = 0
+    labels_applied: int = 0  # labels taken into the join (matched or counted)
 
 
 class Processor:
@@ -66,8 +68,10 @@ class Processor:
         max_models: int = 1000,
         snapshot_loader: Callable[[str], bytes | None] | None = None,
         snapshot_key: bytes | None = None,
+        labels: LabelSetup | None = None,
     ) -> None:
         self.config = config
+        self.labels = labels or LabelSetup()
         self.limits = limits
         self.metrics = metrics
         self.auto_reference_events = auto_reference_events
@@ -215,6 +219,10 @@ class Processor:
                 self._dead_letter(Rejection(f"detector_error: {type(exc).__name__}: {exc}"[:500],
                                             payloads.get((p, o), b""), topic, p, o, model), out)
             return
+        try:
+            join_predictions(self, st, batch, out)
+        except Exception:  # the windows have the batch; only the label join missed it
+            log.exception("model %s: prediction join error", model)
         for p in np.unique(batch.partition).tolist():
             st.mark(topic, p, int(batch.offset[batch.partition == p].max()))
         st.last_seen, st.dirty = time.time(), True
@@ -259,6 +267,15 @@ class Processor:
                 if a.state == "firing":
                     st.alerts_fired += 1
                 self.metrics.alerts.labels(a.model, a.kind, a.state).inc()
+
+    def process_labels(self, topic: str, values: list[bytes], partitions: list[int],
+                       offsets: list[int], timestamps: list[float]) -> Output:
+        """A batch of LabelEvent messages: joined to the predictions of their model
+        states (replays skipped), invalid ones dead-lettered; concept alerts out."""
+        out = Output()
+        if values:
+            take_labels(self, topic, values, partitions, offsets, timestamps, out)
+        return out
 
     def _last_before_batch(self, st: ModelState, topic: str, partition: int) -> int:
         """The model's last applied offset as it was when this batch began."""

@@ -6,14 +6,19 @@ Kafka security settings pass through to every client driftline creates.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from driftline.detectors.concept import ConceptConfig, ConceptRule
+from driftline.detectors.label_join import JoinConfig
 from driftline.detectors.monitor import MonitorConfig
 from driftline.detectors.policy import PolicyConfig
 from driftline.schemas.limits import Limits
+
+if TYPE_CHECKING:
+    from driftline.streams.labels import LabelSetup
 
 
 class Settings(BaseSettings):
@@ -76,12 +81,35 @@ class Settings(BaseSettings):
     clear_after: int = Field(3, ge=1)
     cooldown: int = Field(0, ge=0)
 
+    # labels and concept drift (see README "Labels and concept drift")
+    label_join: Literal["auto", "all", "off"] = "auto"  # which models keep their predictions
+    label_ttl_seconds: float = Field(86_400.0, gt=0)  # event time a prediction waits for its label
+    label_join_max: int = Field(100_000, ge=1, le=10_000_000)  # predictions kept per model
+    label_pending_max: int = Field(10_000, ge=1, le=1_000_000)  # labels waiting for a prediction
+    concept_task: Literal["binary", "multiclass"] = "binary"
+    concept_positive_label: str = "1"
+    concept_score_threshold: float = 0.5
+    concept_metric: Literal["accuracy", "fpr", "fnr", "error_rate"] = "error_rate"
+    concept_threshold: float | None = Field(None, ge=0, le=1)  # None: no rule unless per model
+    concept_window: int = Field(10_000, ge=1, le=10_000_000)
+    concept_min_labelled: int = Field(1_000, ge=1)
+    concept_eval_every: int = Field(500, ge=1)
+    concept_detector: Literal["adwin", "ddm", "none"] = "adwin"
+    concept_rules: dict[str, str] = Field(default_factory=dict)  # model -> "fpr > 0.05 over 10000"
+
     # limits
     max_payload_bytes: int = Field(1_048_576, ge=64)
     max_features: int = Field(512, ge=1)
     max_string_length: int = Field(1024, ge=1)
     max_events_per_envelope: int = Field(100_000, ge=1)
     max_models: int = Field(1000, ge=1)
+
+    @field_validator("concept_rules")
+    @classmethod
+    def _check_rules(cls, rules: dict[str, str]) -> dict[str, str]:
+        for text in rules.values():
+            ConceptRule.parse(text)
+        return rules
 
     def monitor_config(self) -> MonitorConfig:
         return MonitorConfig(
@@ -96,6 +124,24 @@ class Settings(BaseSettings):
             policy=PolicyConfig(self.fire_m, max(self.fire_n, self.fire_m), self.clear_after,
                                 self.cooldown),
         )
+
+    def label_setup(self) -> LabelSetup:
+        """Join bounds and concept configs (the per-model rules are checked here)."""
+        from driftline.streams.labels import LabelSetup
+
+        mon = self.monitor_config()
+        rule = (None if self.concept_threshold is None
+                else ConceptRule.default_for(self.concept_metric, self.concept_threshold))
+        base = ConceptConfig(
+            task=self.concept_task, positive_label=self.concept_positive_label,
+            score_threshold=self.concept_score_threshold, window=self.concept_window,
+            min_labelled=min(self.concept_min_labelled, self.concept_window),
+            eval_every=self.concept_eval_every, rule=rule, detector=self.concept_detector,
+            policy=mon.policy)
+        return LabelSetup(
+            join=JoinConfig(self.label_ttl_seconds, self.label_join_max, self.label_pending_max),
+            concept=base, rules={m: base.with_rule(r) for m, r in self.concept_rules.items()},
+            keep=self.label_join)
 
     def limits(self) -> Limits:
         return Limits(
