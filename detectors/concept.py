@@ -82,6 +82,22 @@ class ConceptRule:
         return cls(m.group(1), m.group(2), float(m.group(3))), window
 
 
+def model_rules(text: str) -> dict[str, str]:
+    """``"fraud=fpr > 0.05 over 10000; churn=accuracy < 0.9"`` -> {model: rule text};
+    every rule is checked."""
+    out: dict[str, str] = {}
+    for part in text.split(";"):
+        if not part.strip():
+            continue
+        model, sep, rule = part.rpartition("=")
+        model = model.strip()
+        if not sep or not model:
+            raise ValueError(f"expected model=rule, got {part.strip()!r}")
+        ConceptRule.parse(rule)
+        out[model] = rule.strip()
+    return out
+
+
 @dataclass(frozen=True)
 class ConceptConfig:
     """How one model's labelled predictions are scored and alerted on."""

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from driftline.detectors.concept import ConceptConfig, ConceptRule
+from driftline.detectors.concept import ConceptConfig, ConceptRule, model_rules
 from driftline.detectors.label_join import JoinConfig
 from driftline.detectors.monitor import MonitorConfig
 from driftline.detectors.policy import PolicyConfig
@@ -83,19 +83,21 @@ class Settings(BaseSettings):
 
     # labels and concept drift (see README "Labels and concept drift")
     label_join: Literal["auto", "all", "off"] = "auto"  # which models keep their predictions
-    label_ttl_seconds: float = Field(86_400.0, gt=0)  # event time a prediction waits for its label
+    # event time a prediction waits for its label
+    label_ttl_seconds: float = Field(86_400.0, gt=0, allow_inf_nan=False)
     label_join_max: int = Field(100_000, ge=1, le=10_000_000)  # predictions kept per model
     label_pending_max: int = Field(10_000, ge=1, le=1_000_000)  # labels waiting for a prediction
     concept_task: Literal["binary", "multiclass"] = "binary"
-    concept_positive_label: str = "1"
-    concept_score_threshold: float = 0.5
+    concept_positive_label: str = Field("1", min_length=1)
+    concept_score_threshold: float = Field(0.5, allow_inf_nan=False)
     concept_metric: Literal["accuracy", "fpr", "fnr", "error_rate"] = "error_rate"
     concept_threshold: float | None = Field(None, ge=0, le=1)  # None: no rule unless per model
     concept_window: int = Field(10_000, ge=1, le=10_000_000)
     concept_min_labelled: int = Field(1_000, ge=1)
     concept_eval_every: int = Field(500, ge=1)
     concept_detector: Literal["adwin", "ddm", "none"] = "adwin"
-    concept_rules: dict[str, str] = Field(default_factory=dict)  # model -> "fpr > 0.05 over 10000"
+    # per-model rules: "fraud=fpr > 0.05 over 10000; churn=accuracy < 0.9"
+    concept_rules: str = ""
 
     # limits
     max_payload_bytes: int = Field(1_048_576, ge=64)
@@ -104,12 +106,10 @@ class Settings(BaseSettings):
     max_events_per_envelope: int = Field(100_000, ge=1)
     max_models: int = Field(1000, ge=1)
 
-    @field_validator("concept_rules")
-    @classmethod
-    def _check_rules(cls, rules: dict[str, str]) -> dict[str, str]:
-        for text in rules.values():
-            ConceptRule.parse(text)
-        return rules
+    @model_validator(mode="after")
+    def _check_labels(self) -> Settings:
+        self.label_setup()  # the concept rules and bounds must make a valid setup
+        return self
 
     def monitor_config(self) -> MonitorConfig:
         return MonitorConfig(
@@ -140,7 +140,8 @@ class Settings(BaseSettings):
             policy=mon.policy)
         return LabelSetup(
             join=JoinConfig(self.label_ttl_seconds, self.label_join_max, self.label_pending_max),
-            concept=base, rules={m: base.with_rule(r) for m, r in self.concept_rules.items()},
+            concept=base,
+            rules={m: base.with_rule(r) for m, r in model_rules(self.concept_rules).items()},
             keep=self.label_join)
 
     def limits(self) -> Limits:
