@@ -21,6 +21,7 @@ arrays, see :mod:`~driftline.detectors.serialization`).
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -153,9 +154,10 @@ class JoinStore:
         self.config = config or JoinConfig()
         self.counts = JoinCounts()
         self.watermark = -math.inf  # newest event time seen on either stream
-        self._pred: dict[str, tuple[float, str | None, float]] = {}
-        self._pending: dict[str, tuple[str, float]] = {}
-        self._gone: dict[str, int] = {}
+        # OrderedDict: dropping the oldest entry is O(1) (a plain dict rescans its deleted head)
+        self._pred: OrderedDict[str, tuple[float, str | None, float]] = OrderedDict()
+        self._pending: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._gone: OrderedDict[str, int] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._pred)
@@ -193,8 +195,7 @@ class JoinStore:
             pred_store.pop(eid, None)  # a repeated id: the newest prediction counts
             pred_store[eid] = (score, p, t)
             if len(pred_store) > cfg.max_entries:
-                old = next(iter(pred_store))
-                del pred_store[old]
+                old, _ = pred_store.popitem(last=False)
                 c.evicted += 1
                 self._forget(old, _EVICTED)
         self._advance(ts)
@@ -231,7 +232,7 @@ class JoinStore:
                 c.unmatched += 1
             pending[eid] = (label, lt)
             if len(pending) > cfg.max_pending:
-                del pending[next(iter(pending))]
+                pending.popitem(last=False)
                 c.unmatched += 1
         self._advance(ts)
         return rows.done()
@@ -276,21 +277,20 @@ class JoinStore:
         gone.pop(eid, None)
         gone[eid] = why
         if len(gone) > self.config.max_entries:
-            del gone[next(iter(gone))]
+            gone.popitem(last=False)
 
     def reconfigure(self, config: JoinConfig) -> None:
         """New bounds; entries beyond them leave as evicted / unmatched."""
         self.config = config
         while len(self._pred) > config.max_entries:
-            old = next(iter(self._pred))
-            del self._pred[old]
+            old, _ = self._pred.popitem(last=False)
             self.counts.evicted += 1
             self._forget(old, _EVICTED)
         while len(self._pending) > config.max_pending:
-            del self._pending[next(iter(self._pending))]
+            self._pending.popitem(last=False)
             self.counts.unmatched += 1
         while len(self._gone) > config.max_entries:
-            del self._gone[next(iter(self._gone))]
+            self._gone.popitem(last=False)
         self.expire()
 
     # -- state -------------------------------------------------------------------------
@@ -334,21 +334,21 @@ class JoinStore:
             cls_ = _get_strs(arrays, "pred.class")
             score, ts = arrays["pred.score"], arrays["pred.ts"]
             _same_length(ids, cls_, score, ts)
-            store._pred = {i: (float(s), c, float(t)) for i, c, s, t in
-                           zip(ids, cls_, score.tolist(), ts.tolist(), strict=True)}
+            store._pred = OrderedDict((i, (float(s), c, float(t))) for i, c, s, t in
+                                      zip(ids, cls_, score.tolist(), ts.tolist(), strict=True))
             pids = _get_strs(arrays, "pending.id")
             labels = _get_strs(arrays, "pending.label")
             pts = arrays["pending.ts"]
             _same_length(pids, labels, pts)
             if any(lab is None for lab in labels):
                 raise ValueError("pending labels cannot be null")
-            store._pending = {i: (str(lab), float(t)) for i, lab, t in
-                              zip(pids, labels, pts.tolist(), strict=True)}
+            store._pending = OrderedDict((i, (str(lab), float(t))) for i, lab, t in
+                                         zip(pids, labels, pts.tolist(), strict=True))
             gids, why = _get_strs(arrays, "gone.id"), arrays["gone.why"]
             _same_length(gids, why)
             if not np.isin(why, (_EXPIRED, _EVICTED, _JOINED)).all():
                 raise ValueError("bad reason codes")
-            store._gone = dict(zip(gids, (int(w) for w in why.tolist()), strict=True))
+            store._gone = OrderedDict(zip(gids, (int(w) for w in why.tolist()), strict=True))
             if any(i is None for i in (*store._pred, *store._pending, *store._gone)):
                 raise ValueError("ids cannot be null")
             if (len(store._pred) != len(ids) or len(store._pending) != len(pids)
