@@ -174,30 +174,33 @@ class JoinStore:
         rows = _Rows()
         ttl, cfg = self.config.ttl_seconds, self.config
         pred_store, pending, gone, c = self._pred, self._pending, self._gone, self.counts
-        for i, eid in enumerate(event_ids):
+        classes: Sequence[str | None] = predicted if predicted is not None else [None] * len(ts)
+        n = 0
+        for eid, score, p, t in zip(event_ids, scores, classes, ts, strict=True):
             if type(eid) is not str:
                 continue
-            c.predictions += 1
-            t = self._time(float(ts[i]))
-            score = float(scores[i])
-            p = predicted[i] if predicted is not None else None
-            waiting = pending.pop(eid, None)
-            if waiting is not None:
-                label, lt = waiting
+            n += 1
+            if t != t:  # no event time
+                t = self._time(t)
+            if pending and eid in pending:
+                label, lt = pending.pop(eid)
                 if lt - t > ttl:
                     c.late += 1
                 else:
                     c.joined += 1
-                    rows.add(eid, score, p, label, t, lt)
+                    rows.add(eid, float(score), p, label, float(t), lt)
                 self._forget(eid, _JOINED)
                 continue
-            gone.pop(eid, None)
-            pred_store.pop(eid, None)  # a repeated id: the newest prediction counts
-            pred_store[eid] = (score, p, t)
-            if len(pred_store) > cfg.max_entries:
-                old, _ = pred_store.popitem(last=False)
-                c.evicted += 1
-                self._forget(old, _EVICTED)
+            if eid in gone:
+                del gone[eid]
+            if eid in pred_store:  # a repeated id: the newest prediction counts
+                del pred_store[eid]
+            pred_store[eid] = (float(score), p, float(t))
+        c.predictions += n
+        while len(pred_store) > cfg.max_entries:
+            old, _ = pred_store.popitem(last=False)
+            c.evicted += 1
+            self._forget(old, _EVICTED)
         self._advance(ts)
         return rows.done()
 

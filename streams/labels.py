@@ -76,6 +76,8 @@ def join_predictions(proc: Processor, st: ModelState, batch: EventBatch, out: Ou
     setup = proc.labels
     if setup.keep == "off" or (st.joins is None and not setup.keeps_from_start(st.model)):
         return
+    if not (batch.event_id != None).any():  # noqa: E711 (elementwise on an object array)
+        return
     joins, _ = _ensure(st, setup)
     labels = batch.prediction_label
     predicted = None if labels is None else [
