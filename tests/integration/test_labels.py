@@ -1,5 +1,6 @@
-"""Delayed labels end to end on a real broker: SDK predictions and labels in, concept
-alerts out of the alerts topic, labels past the TTL counted."""
+"""Delayed labels end to end on a real broker: SDK predictions in, a worker restart, SDK
+labels in (joined to the predictions the restored states kept), concept alerts out of
+the alerts topic, labels past the TTL counted."""
 
 from __future__ import annotations
 
@@ -112,6 +113,10 @@ def test_rising_fpr_alerts_a_steady_model_stays_silent_and_late_labels_count(
                               float(scores[m][i]), event_id=f"{m}-{i}", ts=T0 + i / RATE)
         assert p.flush(30) == 0
         wait_for(lambda: w.worker.stats.applied >= 2 * N, 90, "predictions applied")
+        # the waiting predictions survive a restart: the labels join on the next worker
+        w.stop()
+        w = start_worker(s)
+        wait_for(lambda: w.worker.ready, 30, "second worker ready")
         labelled = {m: N - (LATE if m == "steady" else 0) for m in models}
         for m in models:
             for i in range(labelled[m]):
