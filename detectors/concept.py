@@ -122,6 +122,8 @@ class ConceptConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 10_000_000:
                 raise ValueError(f"{name} must be an integer in [1, 1e7], not {v!r}")
+        if self.min_labelled > self.window:
+            raise ValueError("min_labelled cannot exceed the window")
         if not isinstance(self.positive_label, str) or not self.positive_label:
             raise ValueError("positive_label must be a non-empty string")
         st = self.score_threshold

@@ -11,6 +11,9 @@ Accounting: every accepted event (``emitted``) ends ``delivered`` or ``failed``
 refused by ``emit()`` (buffer full, closed, invalid, internal error) is ``dropped``.
 ``emitted == delivered + failed + pending`` at all times.
 
+``emit_label()`` sends the ground truth of an earlier prediction (LabelEvent v1, one
+message on the labels topic, key = model) through the same queue and accounting.
+
 Encoding runs on the background thread, not in ``emit()``: every ``emit()`` stays O(1),
 and one thread producing from one FIFO keeps each model's envelopes in emit order.
 
