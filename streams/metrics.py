@@ -29,6 +29,8 @@ _ALERT_KINDS = ("data", "prediction", "concept", "quality", "shadow")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 50000)
 _DIFF_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+_DELAY_BUCKETS = (1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 12 * 3600.0, 86400.0,
+                  3 * 86400.0, 7 * 86400.0, 30 * 86400.0)
 _DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
 #: ``feature`` label of the multivariate statistics in ``driftline_drift_score`` and
@@ -118,6 +120,21 @@ class WorkerMetrics:
             "Absolute difference of candidate and live scores of paired predictions",
             ("model", "candidate"), _DIFF_BUCKETS)
         r.register(self.shadow_score_diff)
+        self.labels_joined = Counter("driftline_labels_joined", "Labels joined to their prediction",
+                                     ["model"], registry=r)
+        self.labels_unmatched = Counter(
+            "driftline_labels_unmatched", "Labels or predictions that never joined, by reason "
+            "(unmatched|late labels, expired|evicted predictions)", ["model", "reason"], registry=r)
+        self.label_coverage = Gauge("driftline_label_coverage_ratio",
+                                    "Joined share of the predictions whose label wait is over",
+                                    ["model"], registry=r)
+        self.label_delay = BatchHistogram("driftline_label_delay_seconds",
+                                          "Label time minus prediction time of joined labels",
+                                          "model", _DELAY_BUCKETS)
+        r.register(self.label_delay)
+        self.model_quality = Gauge("driftline_model_quality",
+                                   "Window metric of the labelled predictions",
+                                   ["model", "metric"], registry=r)
         self._features: dict[str, set[tuple[str, ...]]] = {}
 
     def observe_batch(self, model: str, batch: EventBatch, seconds: float) -> None:
@@ -225,6 +242,29 @@ class WorkerMetrics:
                 self.segment_score.labels(model, ev.segment, name).set(v)
                 seen.add(("segment_score", model, ev.segment, name))
 
+    def observe_labels(self, model: str, delta: dict[str, int], delay: np.ndarray,
+                       coverage: float) -> None:
+        """Per join call: counts it added, delays of the joined rows, coverage so far."""
+        if delta.get("joined"):
+            self.labels_joined.labels(model).inc(delta["joined"])
+        for reason in ("unmatched", "late", "expired", "evicted"):
+            if delta.get(reason):
+                self.labels_unmatched.labels(model, reason).inc(delta[reason])
+        d = delay[np.isfinite(delay)]
+        if d.size:
+            self.label_delay.observe_many(model, np.maximum(d, 0.0))
+        if math.isfinite(coverage):
+            self.label_coverage.labels(model).set(coverage)
+
+    def observe_quality(self, model: str, values: dict[str, float]) -> None:
+        for metric, v in values.items():
+            if math.isfinite(v):
+                self.model_quality.labels(model, metric).set(v)
+
+    def observe_concept_alert(self, model: str, feature: str, state: str) -> None:
+        self.state.labels(model, "concept", feature).set(1.0 if state == "firing" else 0.0)
+        self._features.setdefault(model, set()).add(("state", model, "concept", feature))
+
     def forget_model(self, model: str) -> None:
         """Remove a model's series (its partition moved to another worker)."""
         for key in self._features.pop(model, set()):
@@ -240,9 +280,17 @@ class WorkerMetrics:
                 metric.remove(*labels)
             except KeyError:
                 pass
+        for fam, values in ((self.labels_unmatched, ("unmatched", "late", "expired", "evicted")),
+                            (self.model_quality, ("accuracy", "fpr", "fnr", "error_rate"))):
+            for v in values:
+                try:
+                    fam.remove(model, v)
+                except KeyError:
+                    pass
         for metric in (self.events, self.bytes, self.event_time_lag, self.last_evaluation,
                        self.insufficient, self.serving_latency, self.late_events,
-                       self.watermark):
+                       self.watermark, self.labels_joined, self.label_coverage,
+                       self.label_delay):
             try:
                 metric.remove(model)
             except KeyError:

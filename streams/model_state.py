@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from driftline.detectors.concept import ConceptMonitor
 from driftline.detectors.errors import SnapshotError
+from driftline.detectors.label_join import JoinStore
 from driftline.detectors.monitor import ModelMonitor, MonitorConfig
 from driftline.detectors.reference import ReferenceProfile, build_profile
 from driftline.detectors.serialization import pack, unpack
@@ -44,6 +46,8 @@ class ModelState:
     dirty: bool = False
     cluster_id: str | None = None  # the Kafka cluster its offsets refer to
     shadow: ShadowBook | None = None  # shadow candidates paired with this (live) model
+    joins: JoinStore | None = None  # predictions waiting for labels (once labels are on)
+    concept: ConceptMonitor | None = None  # labelled window and concept alerts
 
     @property
     def key(self) -> str:
@@ -53,7 +57,8 @@ class ModelState:
     @property
     def alerts_firing(self) -> int:
         shadows = sum(p.firing for p in self.shadow.candidates.values()) if self.shadow else 0
-        return (len(self.monitor.firing_keys) if self.monitor is not None else 0) + shadows
+        n = len(self.monitor.firing_keys) if self.monitor is not None else 0
+        return n + shadows + (len(self.concept.firing_keys) if self.concept is not None else 0)
 
     def last_offset(self, topic: str, partition: int) -> int:
         return self.offsets.get(f"{topic}:{partition}", -1)
@@ -133,6 +138,10 @@ class ModelState:
             arrays["monitor"] = np.frombuffer(self.monitor.snapshot(), dtype=np.uint8)
         if self.shadow is not None:
             arrays["shadow"] = np.frombuffer(self.shadow.snapshot(), dtype=np.uint8)
+        if self.joins is not None:
+            arrays["joins"] = np.frombuffer(self.joins.snapshot(), dtype=np.uint8)
+        if self.concept is not None:
+            arrays["concept"] = np.frombuffer(self.concept.snapshot(), dtype=np.uint8)
         return pack(SNAPSHOT_KIND, meta, arrays, key=key)
 
     @classmethod
@@ -177,6 +186,10 @@ class ModelState:
                 IndexError) as exc:
             raise SnapshotError(f"malformed model snapshot: {type(exc).__name__}: "
                                 f"{str(exc)[:200]}") from None
+        if "joins" in arrays:
+            st.joins = JoinStore.from_snapshot(arrays["joins"].tobytes())
+        if "concept" in arrays:
+            st.concept = ConceptMonitor.from_snapshot(arrays["concept"].tobytes())
         rid = meta.get("reference_id")
         if reference is not None and rid == reference.reference_id:
             st.reference = reference

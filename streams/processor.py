@@ -22,6 +22,7 @@ from driftline.detectors.shadow import ShadowBook, ShadowConfig, ShadowUpdate
 from driftline.schemas.codecs import decode_inference
 from driftline.schemas.limits import Limits
 from driftline.schemas.models import DriftAlert, EventBatch, Rejection
+from driftline.streams.labels import LabelSetup, join_predictions, take_labels
 from driftline.streams.metrics import WorkerMetrics
 from driftline.streams.model_config import ModelConfigError, ModelConfigs, WindowSpec
 from driftline.streams.model_state import ModelState, state_key
@@ -52,6 +53,7 @@ class Output:
     references: list[ReferenceProfile] = field(default_factory=list)
     applied: int = 0
     skipped_replays: int = 0
+    labels_applied: int = 0  # labels taken into the join (matched or counted)
 
 
 class Processor:
@@ -71,13 +73,16 @@ class Processor:
         model_configs: ModelConfigs | None = None,
         clock: Callable[[], float] = time.time,
         shadow: ShadowConfig | None = None,
+        labels: LabelSetup | None = None,
     ) -> None:
         """``model_configs``: per-model windows over ``config`` (the default for every
-        model); ``clock``: wall time in seconds (the idle timeout measures quiet with it)."""
+        model); ``clock``: wall time in seconds (the idle timeout measures quiet with it);
+        ``labels``: the label join and concept monitoring setup."""
         self.model_configs = model_configs or ModelConfigs(config)
         if model_configs is not None and model_configs.base != config:
             self.config = config
         self.clock = clock
+        self.labels = labels or LabelSetup()
         self.limits = limits
         self.metrics = metrics
         self.auto_reference_events = auto_reference_events
@@ -285,6 +290,10 @@ class Processor:
                 self._dead_letter(Rejection(f"detector_error: {type(exc).__name__}: {exc}"[:500],
                                             payloads.get((p, o), b""), topic, p, o, model), out)
             return
+        try:
+            join_predictions(self, st, batch, out)
+        except Exception:  # the windows have the batch; only the label join missed it
+            log.exception("model %s: prediction join error", model)
         for p in np.unique(batch.partition).tolist():
             st.mark(topic, p, int(batch.offset[batch.partition == p].max()))
         st.last_seen, st.dirty = self.clock(), True
@@ -388,6 +397,15 @@ class Processor:
                 and np.isfinite(mon.ring.max_ts):
             self.metrics.watermark.labels(st.model).set(
                 mon.ring.max_ts - mon.config.allowed_lateness)
+
+    def process_labels(self, topic: str, values: list[bytes], partitions: list[int],
+                       offsets: list[int], timestamps: list[float]) -> Output:
+        """A batch of LabelEvent messages: joined to the predictions of their model
+        states (replays skipped), invalid ones dead-lettered; concept alerts out."""
+        out = Output()
+        if values:
+            take_labels(self, topic, values, partitions, offsets, timestamps, out)
+        return out
 
     def _last_before_batch(self, st: ModelState, topic: str, partition: int) -> int:
         """The model's last applied offset as it was when this batch began."""

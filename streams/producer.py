@@ -11,6 +11,9 @@ Accounting: every accepted event (``emitted``) ends ``delivered`` or ``failed``
 refused by ``emit()`` (buffer full, closed, invalid, internal error) is ``dropped``.
 ``emitted == delivered + failed + pending`` at all times.
 
+``emit_label()`` sends the ground truth of an earlier prediction (LabelEvent v1, one
+message on the labels topic, key = model) through the same queue and accounting.
+
 Encoding runs on the background thread, not in ``emit()``: every ``emit()`` stays O(1),
 and one thread producing from one FIFO keeps each model's envelopes in emit order.
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import numbers
 import threading
 import time
@@ -37,6 +41,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+import orjson
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from driftline.schemas.codecs import encode_envelope_columns, encode_envelope_rows
@@ -57,6 +62,7 @@ log = logging.getLogger(__name__)
 _PLAIN = (float, int, type(None))  # ts / prediction values needing no further check
 
 DEFAULT_TOPIC = "driftline.inference"
+DEFAULT_LABELS_TOPIC = "driftline.labels"
 # SDK settings on top of kafka_config.PRODUCER_DEFAULTS; the caller's config wins over both.
 _SDK_DEFAULTS: dict[str, Any] = {
     "client.id": "driftline-sdk",
@@ -97,12 +103,13 @@ class _Pending:
 class _Outgoing:
     """One Kafka message ready to produce (encoded lazily, kept across BufferError)."""
 
-    __slots__ = ("events", "key", "model", "model_version", "n", "screened", "value")
+    __slots__ = ("events", "key", "model", "model_version", "n", "screened", "topic", "value")
 
     def __init__(self, model: str, key: str, model_version: str | None,
                  events: list[dict[str, Any]] | None, value: bytes | None = None,
-                 screened: bool = False) -> None:
+                 screened: bool = False, topic: str | None = None) -> None:
         self.model, self.key, self.model_version = model, key, model_version
+        self.topic = topic  # None: the producer's inference topic
         self.events, self.value = events, value
         self.n = len(events) if events is not None else 1
         self.screened = screened or self.n == 1
@@ -134,6 +141,7 @@ class DriftlineProducer:
         client_options: Mapping[str, Any] | None = None,
         envelope_form: str = "rows",
         limits: Limits = DEFAULT_LIMITS,
+        labels_topic: str = DEFAULT_LABELS_TOPIC,
     ) -> None:
         if batch_size < 1 or max_buffered_events < 1 or max_envelope_bytes < 1:
             raise ValueError("batch_size, max_buffered_events and max_envelope_bytes must be >= 1")
@@ -143,6 +151,7 @@ class DriftlineProducer:
             raise ValueError("envelope_form is 'rows' or 'auto' (columns when events are uniform)")
         self.envelope_form = envelope_form
         self.topic, self.batch_size, self.linger_s = topic, batch_size, linger_s
+        self.labels_topic = labels_topic
         self.max_buffered_events, self.max_envelope_bytes = max_buffered_events, max_envelope_bytes
         self.limits = limits
 
@@ -269,6 +278,34 @@ class DriftlineProducer:
             self._drop("error")
             return False
 
+    def emit_label(self, model: str, event_id: str, label: str | float | bool,
+                   ts: float | None = None) -> bool:
+        """Queue the ground truth of an earlier prediction (LabelEvent v1 on the labels
+        topic, key = model, so it reaches the worker that holds the prediction). ``event_id``
+        is the prediction's; ``ts`` (when the truth was known) defaults to now. Counted as
+        one event like the others; never blocks, never raises."""
+        try:
+            lim = self.limits
+            if not (_valid_str(model, lim.max_model_id_length)
+                    and _valid_str(event_id, lim.max_string_length)
+                    and (_valid_str(label, lim.max_string_length, 0) or type(label) is bool
+                         or (isinstance(label, numbers.Real) and math.isfinite(label)))
+                    and (ts is None or (isinstance(ts, numbers.Real) and math.isfinite(ts)))):
+                self._drop("invalid")
+                return False
+            value = orjson.dumps({"model": model, "event_id": event_id, "label": _as_json(label),
+                                  "ts": time.time() if ts is None else float(ts)})
+            with self._lock:
+                if not self._admit():
+                    return False
+                self._ready.append(_Outgoing(model, model, None, None, value,
+                                             topic=self.labels_topic))
+            self._wake.set()
+            return True
+        except Exception:
+            self._drop("error")
+            return False
+
     def _add(self, model: str, shadow_of: str | None, version: str | None,
              ev: dict[str, Any]) -> bool:
         # model, shadow_of and model_version are envelope-wide: check them here, cheaply
@@ -359,7 +396,7 @@ class DriftlineProducer:
                 self._split_head(out)
                 continue
             try:
-                self._producer.produce(self.topic, out.value, out.key,
+                self._producer.produce(out.topic or self.topic, out.value, out.key,
                                        on_delivery=partial(self._on_delivery, out.n))
             except BufferError:  # librdkafka queue full: keep it, let deliveries drain
                 self._producer.poll(0.05)

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from driftline.detectors.concept import ConceptConfig, ConceptRule, model_rules
+from driftline.detectors.label_join import JoinConfig
 from driftline.detectors.monitor import MonitorConfig
 from driftline.detectors.policy import PolicyConfig
 from driftline.detectors.quality import QualityConfig
@@ -19,6 +21,7 @@ from driftline.detectors.shadow import ShadowConfig
 from driftline.schemas.limits import Limits
 
 if TYPE_CHECKING:
+    from driftline.streams.labels import LabelSetup
     from driftline.streams.model_config import ModelConfigs
 
 
@@ -114,6 +117,24 @@ class Settings(BaseSettings):
     shadow_max_candidates: int = Field(8, ge=1, le=2**20)
     shadow_clear_after: int = Field(3, ge=1, le=2**30)
 
+    # labels and concept drift (see README "Labels and concept drift")
+    label_join: Literal["auto", "all", "off"] = "auto"  # which models keep their predictions
+    # event time a prediction waits for its label
+    label_ttl_seconds: float = Field(86_400.0, gt=0, allow_inf_nan=False)
+    label_join_max: int = Field(100_000, ge=1, le=10_000_000)  # predictions kept per model
+    label_pending_max: int = Field(10_000, ge=1, le=1_000_000)  # labels waiting for a prediction
+    concept_task: Literal["binary", "multiclass"] = "binary"
+    concept_positive_label: str = Field("1", min_length=1)
+    concept_score_threshold: float = Field(0.5, allow_inf_nan=False)
+    concept_metric: Literal["accuracy", "fpr", "fnr", "error_rate"] = "error_rate"
+    concept_threshold: float | None = Field(None, ge=0, le=1)  # None: no rule unless per model
+    concept_window: int = Field(10_000, ge=1, le=10_000_000)
+    concept_min_labelled: int = Field(1_000, ge=1)
+    concept_eval_every: int = Field(500, ge=1)
+    concept_detector: Literal["adwin", "ddm", "none"] = "adwin"
+    # per-model rules: "fraud=fpr > 0.05 over 10000; churn=accuracy < 0.9"
+    concept_rules: str = ""
+
     # limits
     max_payload_bytes: int = Field(1_048_576, ge=64)
     max_features: int = Field(512, ge=1)
@@ -125,12 +146,13 @@ class Settings(BaseSettings):
     def _usable(self) -> Settings:
         """Refuse, at startup and naming the variable, values the worker would fail on later
         (pane_seconds <= 0, non-finite numbers, integers the detectors refuse, an unknown
-        log level, blank bootstrap servers): pydantic turns these ValueErrors into a
-        ValidationError."""
+        log level, blank bootstrap servers, invalid concept rules): pydantic turns these
+        ValueErrors into a ValidationError."""
         if not isinstance(logging.getLevelName(self.log_level.upper()), int):
             raise ValueError(f"log_level {self.log_level!r} is not a logging level")
         self.monitor_config()
         self.kafka()
+        self.label_setup()  # the concept rules and bounds must make a valid setup
         return self
 
     def monitor_config(self) -> MonitorConfig:
@@ -175,6 +197,24 @@ class Settings(BaseSettings):
 
         return load_model_configs(self.model_config_file, self.monitor_config(),
                                   self.idle_timeout_s)
+    def label_setup(self) -> LabelSetup:
+        """Join bounds and concept configs (the per-model rules are checked here)."""
+        from driftline.streams.labels import LabelSetup
+
+        mon = self.monitor_config()
+        rule = (None if self.concept_threshold is None
+                else ConceptRule.default_for(self.concept_metric, self.concept_threshold))
+        base = ConceptConfig(
+            task=self.concept_task, positive_label=self.concept_positive_label,
+            score_threshold=self.concept_score_threshold, window=self.concept_window,
+            min_labelled=min(self.concept_min_labelled, self.concept_window),
+            eval_every=self.concept_eval_every, rule=rule, detector=self.concept_detector,
+            policy=mon.policy)
+        return LabelSetup(
+            join=JoinConfig(self.label_ttl_seconds, self.label_join_max, self.label_pending_max),
+            concept=base,
+            rules={m: base.with_rule(r) for m, r in model_rules(self.concept_rules).items()},
+            keep=self.label_join)
 
     def limits(self) -> Limits:
         return Limits(

@@ -38,6 +38,7 @@ from driftline.schemas.codecs import encode_alert, encode_dead_letter
 from driftline.schemas.models import DriftAlert, Rejection
 from driftline.streams.admin import TopicSpec, ensure_topics, read_compacted
 from driftline.streams.kafka_config import consumer_config, producer_config
+from driftline.streams.labels import label_status
 from driftline.streams.metrics import WorkerMetrics
 from driftline.streams.model_config import ModelConfigError, ModelConfigs, decode_record
 from driftline.streams.model_state import ModelState
@@ -58,6 +59,10 @@ class ClusterChanged(Exception):
         self.cluster_id = cluster_id
 
 
+#: Largest state snapshot (one Kafka message) the worker writes.
+STATE_MAX_BYTES = 16_777_216
+
+
 def topic_specs(settings: Settings) -> list[TopicSpec]:
     """Every topic driftline uses, with its intended partition count and policy."""
     s, p, rf = settings, settings.partitions, settings.replication_factor
@@ -68,7 +73,10 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(s.alerts_topic, p, replication_factor=rf),
         TopicSpec(s.deadletter_topic, p, replication_factor=rf),
         TopicSpec(s.changes_topic, 1, replication_factor=rf),
-        TopicSpec(s.state_topic, p, compact=True, replication_factor=rf),
+        # snapshots of models with a label join store or shadow book can pass Kafka's 1 MB
+        # default; the worker's producer allows 16 MiB (message.max.bytes) to match
+        TopicSpec(s.state_topic, p, compact=True, replication_factor=rf,
+                  config={"max.message.bytes": str(STATE_MAX_BYTES)}),
         TopicSpec(s.status_topic, 1, compact=True, replication_factor=rf),
     ]
 
@@ -82,6 +90,7 @@ class WorkerStats:
     alerts: int = 0
     dead_letters: int = 0
     skipped_replays: int = 0
+    labels: int = 0
     snapshots: int = 0
     commits: int = 0
     cluster_changes: int = 0
@@ -111,6 +120,7 @@ class Worker:
         self._snapshots: dict[str, bytes] = {}
         self._positions: dict[tuple[str, int], int] = {}  # next offset to commit
         self._assigned: set[int] = set()
+        self._assigned_labels: set[int] = set()
         self._delivery_errors: list[str] = []
         self._last_snapshot = time.monotonic()
         self._ready = threading.Event()
@@ -127,6 +137,7 @@ class Worker:
             snapshot_key=key,
             model_configs=model_configs or settings.model_configs(),
             shadow=settings.shadow_config(),
+            labels=settings.label_setup(),
         )
         base: dict[str, Any] = {**settings.kafka(), "logger": logging.getLogger("driftline.kafka")}
         self._base = base
@@ -141,7 +152,7 @@ class Worker:
     def _make_producer(self) -> Producer:
         return Producer(producer_config(
             self._base, **{"client.id": f"{self.settings.client_id}-worker",
-                           "message.max.bytes": 16_777_216}))
+                           "message.max.bytes": STATE_MAX_BYTES}))
 
     # -- lifecycle ---------------------------------------------------------------------
     @property
@@ -191,7 +202,8 @@ class Worker:
                "statistics.interval.ms": 5000,
                "stats_cb": self._on_stats,
                "error_cb": self._on_error}))
-        self._consumer.subscribe([s.inference_topic], on_assign=self._on_assign,
+        topics = [s.inference_topic] + ([s.labels_topic] if s.label_join != "off" else [])
+        self._consumer.subscribe(topics, on_assign=self._on_assign,
                                  on_revoke=self._on_revoke, on_lost=self._on_revoke)
 
     def _step(self, last_tick: float) -> None:
@@ -272,7 +284,7 @@ class Worker:
                 log.warning("closing the old consumer: %s", exc)
         if self._refs is not None:
             self._refs.close()
-        self._assigned = set()
+        self._assigned, self._assigned_labels = set(), set()
         self._start_references()
         self._subscribe()
         self._rejoin_by = time.monotonic() + REJOIN_AFTER_S
@@ -292,6 +304,40 @@ class Worker:
 
     # -- the batch ---------------------------------------------------------------------
     def _handle(self, msgs: list[Message]) -> None:
+        lt = self.settings.labels_topic
+        if self.settings.label_join == "off":
+            self._handle_inference(msgs)
+            return
+        labels = [m for m in msgs if m.topic() == lt]
+        self._handle_inference([m for m in msgs if m.topic() != lt] if labels else msgs)
+        if labels:
+            self._handle_labels(labels)
+
+    def _handle_labels(self, msgs: list[Message]) -> None:
+        """Labels: joined in the model states; concept alerts and dead letters out."""
+        topic = self.settings.labels_topic
+        values: list[bytes] = []
+        parts: list[int] = []
+        offs: list[int] = []
+        stamps: list[float] = []
+        for m in msgs:
+            if m.error() is not None:
+                continue
+            ts_type, ts_ms = m.timestamp()
+            values.append(m.value() or b"")
+            parts.append(m.partition())
+            offs.append(m.offset())
+            stamps.append(ts_ms / 1000.0 if ts_type else math.nan)
+        if not values:
+            return
+        for p, o in zip(parts, offs, strict=True):
+            self._positions[(topic, p)] = max(self._positions.get((topic, p), 0), o + 1)
+        out = self.processor.process_labels(topic, values, parts, offs, stamps)
+        self._emit(out.alerts, out.dead_letters)
+        self.stats.labels += out.labels_applied
+        self.stats.skipped_replays += out.skipped_replays
+
+    def _handle_inference(self, msgs: list[Message]) -> None:
         t0 = time.perf_counter()
         values: list[bytes] = []
         parts: list[int] = []
@@ -405,7 +451,8 @@ class Worker:
             raise ClusterChanged(cid)
         if self._consumer is not None and positions:
             offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()
-                       if p in self._assigned or t != s.inference_topic]
+                       if p in (self._assigned_labels if t == s.labels_topic else self._assigned)
+                       or t not in (s.inference_topic, s.labels_topic)]
             if offsets:
                 try:
                     self._consumer.commit(offsets=offsets, asynchronous=False)
@@ -428,12 +475,15 @@ class Worker:
             "updated_at": time.time(),
             "unattributed": st.model.startswith(UNATTRIBUTED),
             **({"shadow": st.shadow.summary()} if st.shadow is not None else {}),
+            **({"labels": label_status(st)} if st.joins is not None else {}),
         }
 
     # -- rebalancing -------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         mine = {tp.partition for tp in partitions if tp.topic == self.settings.inference_topic}
         self._assigned |= mine
+        self._assigned_labels |= {tp.partition for tp in partitions
+                                  if tp.topic == self.settings.labels_topic}
         if mine:
             self._rejoin_by = None
         try:
@@ -460,6 +510,10 @@ class Worker:
         for p in gone:
             self._positions.pop((topic, p), None)
         self._assigned -= gone
+        for tp in partitions:
+            if tp.topic == self.settings.labels_topic:
+                self._positions.pop((tp.topic, tp.partition), None)
+                self._assigned_labels.discard(tp.partition)
         log.info("revoked partitions %s; dropped %d models", sorted(gone), len(leaving))
 
     # -- references --------------------------------------------------------------------

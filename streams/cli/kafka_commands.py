@@ -306,6 +306,11 @@ def _per_model(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                   "alerts_fired"):
             m[k] = min(m[k] + int(r.get(k) or 0), _MAX_COUNT)
         m["offsets"].update(r.get("offsets") or {})
+        if isinstance(r.get("labels"), dict):  # label join accounting, summed over partitions
+            lab = m.setdefault("labels", {})
+            for k, v in r["labels"].items():
+                if isinstance(v, int):
+                    lab[k] = lab.get(k, 0) + v
         m["partitions"].append(r.get("partition"))
         if r.get("owner") and r.get("owner") != m["owner"]:
             m["owner"] = f"{m['owner']},{r['owner']}"

@@ -68,7 +68,7 @@ DASHBOARD_ONLY_METRICS = {
     "driftline_segment_events_total",     # counter {model, segment}
     "driftline_prediction_score",         # histogram {model}: score or top-class probability
     "driftline_labels_joined_total",      # counter {model}
-    "driftline_quality_metric",           # gauge {model, metric=accuracy|fpr|error_rate}
+    "driftline_model_quality",            # gauge {model, metric=accuracy|fpr|fnr|error_rate}
 }
 DASHBOARD_ONLY_HISTOGRAMS = {"driftline_prediction_score"}
 
