@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -210,7 +210,7 @@ class ModelConfigs:
                                   spec.clear_after if spec.clear_after is not None
                                   else pol.clear_after,
                                   spec.cooldown if spec.cooldown is not None else pol.cooldown)
-            cfg = MonitorConfig(**{**b.to_dict(), "policy": policy, **changes})
+            cfg = replace(b, policy=policy, **changes)
         except (TypeError, ValueError) as exc:
             where = "defaults" if name is None else f"models.{name}"
             raise ModelConfigError(f"{self.source}: {where}: {exc}") from None
