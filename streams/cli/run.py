@@ -54,6 +54,9 @@ def worker(
                                          help="Kafka bootstrap servers (default: settings)"),
     metrics_port: int | None = typer.Option(None, help="port of /metrics and /healthz"),
     duration: float | None = typer.Option(None, help="stop after this many seconds"),
+    runtime: str | None = typer.Option(
+        None, help="kafka (default: the confluent-kafka worker) | faust (agents in a Faust "
+                   "app, see README 'Faust runtime'); default: DRIFTLINE_RUNTIME"),
 ) -> None:
     """Run one worker of the consumer group until SIGTERM/SIGINT."""
     overrides: dict[str, Any] = {}
@@ -61,8 +64,17 @@ def worker(
         overrides["bootstrap_servers"] = bootstrap
     if metrics_port is not None:
         overrides["metrics_port"] = metrics_port
+    if runtime is not None:
+        if runtime not in ("kafka", "faust"):
+            raise typer.BadParameter("expected kafka or faust", param_hint="--runtime")
+        overrides["runtime"] = runtime
     settings = Settings(**overrides)
     setup_logging(settings)
+    if settings.runtime == "faust":
+        from driftline.streams.faust_app import run_worker
+
+        run_worker(settings, duration)
+        return
     registry = CollectorRegistry()
     w = Worker(settings, registry)
     server = MetricsServer(registry, settings.metrics_host, settings.metrics_port,
