@@ -91,15 +91,16 @@ def broker_credentials(settings: Settings) -> CredentialsT | None:
                                  ssl_context=context, mechanism=mech)
 
 
-def changelog_topic(settings: Settings) -> str:
-    return f"{settings.group_id}-{STATE_TABLE}-changelog"
+def changelog_topic(settings: Settings, app_id: str | None = None) -> str:
+    """The state table's changelog topic (Faust names it after the app id)."""
+    return f"{app_id or settings.group_id}-{STATE_TABLE}-changelog"
 
 
-def faust_topic_specs(settings: Settings) -> list[TopicSpec]:
+def faust_topic_specs(settings: Settings, app_id: str | None = None) -> list[TopicSpec]:
     """Every topic of the Faust runtime: driftline's topics and the table's changelog
     (compacted, as many partitions as the inference topic: Faust requires it)."""
     return [*topic_specs(settings),
-            TopicSpec(changelog_topic(settings), settings.partitions, compact=True,
+            TopicSpec(changelog_topic(settings, app_id), settings.partitions, compact=True,
                       replication_factor=settings.replication_factor)]
 
 
@@ -139,6 +140,7 @@ class FaustStats:
     """Counts since the runtime started."""
 
     consumed: int = 0
+    batches: int = 0
     applied: int = 0
     alerts: int = 0
     dead_letters: int = 0
@@ -179,6 +181,7 @@ class FaustRuntime:
         self._stop_event: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
+        self._stop_requested = False
         self._last_checkpoint = time.monotonic()
         self._refs: Consumer | None = None
         self.ready = threading.Event()
@@ -193,7 +196,8 @@ class FaustRuntime:
 
     def ensure_topics(self) -> list[str]:
         """Create missing topics (before the app starts: Faust does not declare them)."""
-        return ensure_topics(self.settings.kafka(), faust_topic_specs(self.settings))
+        return ensure_topics(self.settings.kafka(),
+                             faust_topic_specs(self.settings, self.app.conf.id))
 
     def _load_snapshot(self, key: str) -> bytes | None:
         blob = self.table.data.get(key.encode())
@@ -251,6 +255,7 @@ class FaustRuntime:
         await self._emit(out.alerts, out.dead_letters)
         self._observe_lag(topic, last)
         self.stats.consumed += len(values)
+        self.stats.batches += 1
         self.stats.applied += out.applied
         self.stats.skipped_replays += out.skipped_replays
         self.metrics.batch_size.observe(len(values))
@@ -391,6 +396,7 @@ class FaustRuntime:
     # -- lifecycle ---------------------------------------------------------------------
     def request_stop(self) -> None:
         """Stop serving (thread-safe); :meth:`serve` checkpoints and stops the app."""
+        self._stop_requested = True
         loop, ev = self._loop, self._stop_event
         if loop is not None and ev is not None:
             loop.call_soon_threadsafe(ev.set)
@@ -404,6 +410,8 @@ class FaustRuntime:
         if signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._loop.add_signal_handler(sig, self._stop_event.set)
+        if self._stop_requested:  # asked to stop before the loop ran
+            self._stop_event.set()
         try:
             await self.app.start()
             try:
@@ -443,6 +451,8 @@ def run_worker(settings: Settings, duration: float | None = None) -> FaustStats:
 
     registry = CollectorRegistry()
     rt = FaustRuntime(settings, registry)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # until the loop's own handlers take over
+        signal.signal(sig, lambda signum, frame: rt.request_stop())
     server = MetricsServer(registry, settings.metrics_host, settings.metrics_port,
                            health=rt.ready.is_set).start()
     log.info("faust runtime; metrics on http://%s:%d/metrics", settings.metrics_host, server.port)

@@ -33,6 +33,10 @@ def _on_signals(stop: Callable[[], None]) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def _exit_now() -> None:
+    raise SystemExit(0)
+
+
 def broker(
     port: int = typer.Option(9092, help="loopback port to listen on (0: a free one)"),
     host: str = typer.Option("127.0.0.1", help="address to listen on"),
@@ -71,6 +75,7 @@ def worker(
     settings = Settings(**overrides)
     setup_logging(settings)
     if settings.runtime == "faust":
+        _on_signals(_exit_now)  # a signal while Faust loads: nothing started yet
         from driftline.streams.faust_app import run_worker
 
         run_worker(settings, duration)
