@@ -239,3 +239,28 @@ def test_faust_worker_restart_resumes_windows_from_the_table(
         assert st.events_applied == 10_000
         assert st.reference is not None and st.reference.reference_id == ref_ids[m]
         assert st.monitor is not None and st.monitor.ring.seq == seq[m] + 4000
+
+
+def test_second_faust_worker_joins_mid_stream_and_nothing_is_applied_twice(
+    kafka_bootstrap: str, unique_name: Callable[[str], str], faust_worker: Any
+) -> None:
+    fields = overrides(kafka_bootstrap, unique_name)
+    s = Settings(**fields)
+    gen = SyntheticModels(4, seed=3)
+    a = faust_worker(fields)
+    a.wait_ready()
+    produce_sdk(s, gen, 4000)
+    wait_for(lambda: sum(a.events_applied().values()) == 16_000, 90, "first part applied",
+             lambda: a.log[-3000:])
+    b = faust_worker(fields)  # joins the group: partitions move, states follow via the table
+    b.wait_ready()
+    produce_sdk(s, gen, 4000)
+    wait_for(lambda: applied_by_model(s) == {m: 8000 for m in gen.models}, 120,
+             "every event applied once (status topic)", lambda: a.log[-2000:] + b.log[-2000:])
+    assert b.stop() == 0 and a.stop() == 0
+    # each event was applied by exactly one of the two processes (their final counts)
+    applied = [int(re.findall(r"stopped: consumed=\d+ applied=(\d+)", w.log)[-1]) for w in (a, b)]
+    assert sum(applied) == 32_000
+    assert applied[1] > 0, "the second worker never got a partition\n" + b.log[-3000:]
+    for m, st in table_states(s).items():
+        assert st.events_applied == 8000, m
