@@ -33,6 +33,9 @@ def test_sasl_scram_credentials_pass_through() -> None:
     assert (c.username, c.password, c.mechanism.value) == ("svc", "canary-secret", "SCRAM-SHA-512")
     assert c.protocol.value == "SASL_PLAINTEXT" and c.ssl_context is None
     assert "canary-secret" not in repr(c)
+    app = create_app(s.with_(bootstrap_servers="k:9093"))
+    assert app.conf.broker_credentials is not None  # what Faust's clients are built with
+    assert app.conf.broker_credentials.password == "canary-secret"
 
 
 def test_sasl_ssl_and_ssl_carry_a_tls_context() -> None:
