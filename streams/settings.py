@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
     snapshot_key: SecretStr | None = None  # HMAC key for snapshots/references
+    runtime: Literal["kafka", "faust"] = "kafka"  # worker runtime (streams/faust_app.py)
+    faust_web_port: int | None = Field(None, ge=0, le=65535)  # Faust's web server; None: off
 
     # references
     auto_reference_events: int = Field(5000, ge=100)

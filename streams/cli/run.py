@@ -36,6 +36,10 @@ def _on_signals(stop: Callable[[], None]) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def _exit_now() -> None:
+    raise SystemExit(0)
+
+
 def broker(
     port: int = typer.Option(9092, help="loopback port to listen on (0: a free one)"),
     host: str = typer.Option("127.0.0.1", help="address to listen on"),
@@ -60,6 +64,9 @@ def worker(
     model_config: Path | None = typer.Option(
         None, "--model-config", help="per-model windows (YAML/JSON; default: "
         "DRIFTLINE_MODEL_CONFIG)"),
+    runtime: str | None = typer.Option(
+        None, help="kafka (default: the confluent-kafka worker) | faust (agents in a Faust "
+                   "app, see README 'Faust runtime'); default: DRIFTLINE_RUNTIME"),
 ) -> None:
     """Run one worker of the consumer group until SIGTERM/SIGINT."""
     overrides: dict[str, Any] = {}
@@ -69,6 +76,10 @@ def worker(
         overrides["metrics_port"] = metrics_port
     if model_config is not None:
         overrides["model_config_file"] = str(model_config)
+    if runtime is not None:
+        if runtime not in ("kafka", "faust"):
+            raise typer.BadParameter("expected kafka or faust", param_hint="--runtime")
+        overrides["runtime"] = runtime
     settings = Settings(**overrides)
     try:
         configs = settings.model_configs()
@@ -76,6 +87,12 @@ def worker(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     setup_logging(settings)
+    if settings.runtime == "faust":
+        _on_signals(_exit_now)  # a signal while Faust loads: nothing started yet
+        from driftline.streams.faust_app import run_worker
+
+        run_worker(settings, duration)
+        return
     registry = CollectorRegistry()
     w = Worker(settings, registry, model_configs=configs)
     if configs.models:
