@@ -19,6 +19,7 @@ from driftline.detectors.monitor import ModelMonitor, MonitorConfig
 from driftline.detectors.reference import ReferenceProfile, build_profile
 from driftline.detectors.serialization import pack, unpack
 from driftline.schemas.models import EventBatch
+from driftline.streams.changes import UpstreamSchema
 
 SNAPSHOT_KIND = "driftline.model"
 
@@ -42,6 +43,7 @@ class ModelState:
     last_seen: float = 0.0
     dirty: bool = False
     cluster_id: str | None = None  # the Kafka cluster its offsets refer to
+    upstream: UpstreamSchema = field(default_factory=UpstreamSchema)  # for change detection
 
     @property
     def key(self) -> str:
@@ -115,6 +117,7 @@ class ModelState:
             "alerts_fired": self.alerts_fired,
             "reference_id": self.reference.reference_id if self.reference else None,
             "pending": [_batch_rows(b) for b in self.pending_reference],
+            "upstream": self.upstream.to_dict(),
         }
         arrays: dict[str, np.ndarray] = {}
         if self.monitor is not None:
@@ -143,6 +146,7 @@ class ModelState:
                 events_late=int(meta.get("events_late", 0)),
                 alerts_fired=int(meta.get("alerts_fired", 0)),
                 restored_reference_id=meta.get("reference_id"),
+                upstream=UpstreamSchema.from_dict(meta.get("upstream")),
             )
             for rows in meta.get("pending", []):
                 st.buffer_for_reference(_rows_batch(st.model, rows))
