@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from driftline.schemas.codecs import decode_change, encode_change
 from driftline.schemas.envelope import Reject, check_ts
@@ -135,14 +136,17 @@ class UpstreamSchema:
         if not isinstance(d, dict):
             raise ValueError("upstream schema must be an object")
         ref = d.get("reference")
-        st = cls(
-            started=bool(d.get("started", False)),
-            features={str(k): str(v) for k, v in d.get("features", {}).items()},
-            absent={str(k): [int(v[0]), float(v[1]), str(v[2])]
-                    for k, v in d.get("absent", {}).items()},
-            versions=[str(v) for v in d.get("versions", [])],
-            reference=None if ref is None else str(ref),
-        )
+        try:
+            st = cls(
+                started=bool(d.get("started", False)),
+                features={str(k): str(v) for k, v in d.get("features", {}).items()},
+                absent={str(k): [int(v[0]), float(v[1]), str(v[2])]
+                        for k, v in d.get("absent", {}).items()},
+                versions=[str(v) for v in d.get("versions", [])],
+                reference=None if ref is None else str(ref),
+            )
+        except (TypeError, IndexError, AttributeError, OverflowError) as exc:
+            raise ValueError(f"malformed upstream schema: {exc!r}") from None
         if any(t not in ("numeric", "string", "") for t in st.features.values()):
             raise ValueError("unknown feature type in upstream schema")
         return st
@@ -207,8 +211,9 @@ def detect_changes(seen: UpstreamSchema, batch: EventBatch) -> list[ChangeEvent]
 
     # features: names, then types only where they could have changed
     names = batch.feature_names
-    has_num = np.isfinite(batch.numeric).any(axis=0) if batch.numeric.size else \
-        np.zeros(len(names), dtype=bool)
+    has_num: NDArray[np.bool_] = np.zeros(len(names), dtype=bool)
+    if batch.numeric.size:
+        has_num = np.asarray(np.isfinite(batch.numeric).any(axis=0), dtype=bool)
     text_cache: dict[int, bool] = {}
 
     def has_text(j: int) -> bool:
