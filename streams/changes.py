@@ -176,7 +176,8 @@ def detect_changes(seen: UpstreamSchema, batch: EventBatch) -> list[ChangeEvent]
     """Compare one batch (rows in source order) with what the stream showed before;
     update ``seen`` and return the changes (at most one per kind of finding).
 
-    The first batch a state ever sees sets the baseline silently.
+    The first batch a state ever sees sets the baseline silently (except versions that
+    appear after its first one).
     """
     n = len(batch)
     if n == 0:
@@ -192,9 +193,9 @@ def detect_changes(seen: UpstreamSchema, batch: EventBatch) -> list[ChangeEvent]
     new = [v for v in present if v not in seen.versions]
     if new:
         first = {v: versions.index(v) for v in new}
-        for v in sorted(new, key=first.__getitem__):
+        for k, v in enumerate(sorted(new, key=first.__getitem__)):
             before = seen.versions[-1] if seen.versions else None
-            if not baseline:
+            if not baseline or k > 0:  # a baseline batch's first version is no change
                 text = f"model_version {v} first seen (before: {before or 'none'})"
                 row = first[v]
                 out.append(ChangeEvent(model, "model_version", _ts(batch, row), text,

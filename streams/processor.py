@@ -226,7 +226,6 @@ class Processor:
                 self._dead_letter(Rejection(f"detector_error: {type(exc).__name__}: {exc}"[:500],
                                             payloads.get((p, o), b""), topic, p, o, model), out)
             return
-        self._note_changes(st, batch, out, reference_only=True)  # a reference built just now
         for p in np.unique(batch.partition).tolist():
             st.mark(topic, p, int(batch.offset[batch.partition == p].max()))
         st.last_seen, st.dirty = time.time(), True
@@ -245,6 +244,7 @@ class Processor:
                 st.reference, st.monitor = ref, self._monitor(ref)
                 out.references.append(ref)
                 self.metrics.references_built.labels(st.model, "first-events").inc()
+                self._note_changes(st, batch, out, reference_only=True)
                 log.info("model %s: built reference %s from its first %d events",
                          st.model, ref.reference_id, ref.size)
             if len(head) == len(batch):

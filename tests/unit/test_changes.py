@@ -108,6 +108,14 @@ def test_version_bump_feature_changes_and_reference_are_detected_once() -> None:
     assert len({c.id for c in p.changes.of("m")}) == len(p.changes.of("m")) == 5
 
 
+def test_a_version_bump_inside_the_first_batch_is_a_change() -> None:
+    s, p = Stream(seed=7), processor()
+    out = p.process([s.envelope() for _ in range(4)] + [s.envelope(version="v2")]
+                    + [s.envelope(version="v1")])
+    assert [(c.kind, c.ts) for c in out.changes] == [("model_version", T0 + 1000)]
+    assert p.models["m@0"].upstream.versions == ["v2", "v1"]  # most recently seen last
+
+
 def test_replayed_batches_never_record_a_change_twice() -> None:
     s = Stream(seed=1)
     msgs = [s.envelope() for _ in range(10)] + [s.envelope(version="v2") for _ in range(4)]
