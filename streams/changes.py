@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from numpy.typing import NDArray
 
 from driftline.schemas.codecs import decode_change, encode_change
 from driftline.schemas.envelope import Reject, check_ts
@@ -187,11 +186,15 @@ def detect_changes(seen: UpstreamSchema, batch: EventBatch) -> list[ChangeEvent]
     baseline = not seen.started
     seen.started = True
 
-    # model versions: one set() over the column, the rest only when something is new
-    versions = batch.model_version.tolist()
+    # model versions: one C-level comparison when the batch has a single version
+    mv = batch.model_version
+    v0 = mv[0]
+    uniform = bool(np.all(mv == v0))
+    versions: list[Any] = [v0] if uniform else mv.tolist()
     present = {v for v in set(versions) if isinstance(v, str) and v}
     new = [v for v in present if v not in seen.versions]
     if new:
+        versions = mv.tolist()
         first = {v: versions.index(v) for v in new}
         for k, v in enumerate(sorted(new, key=first.__getitem__)):
             before = seen.versions[-1] if seen.versions else None
@@ -202,20 +205,27 @@ def detect_changes(seen: UpstreamSchema, batch: EventBatch) -> list[ChangeEvent]
                                        WORKER_SOURCE, change_id(model, "model_version", text,
                                                                 _where(batch, row))))
             seen.versions.append(v)
-    if present:  # most recently seen last
-        order = sorted(present, key=lambda v: n - 1 - versions[::-1].index(v)) \
-            if len(present) > 1 else list(present)
-        for v in order:
+    if len(present) > 1:  # most recently seen last
+        for v in sorted(present, key=lambda v: len(versions) - 1 - versions[::-1].index(v)):
             seen.versions.remove(v)
             seen.versions.append(v)
+    elif present:
+        (only,) = present
+        if seen.versions[-1] != only:
+            seen.versions.remove(only)
+            seen.versions.append(only)
     del seen.versions[:-MAX_VERSIONS]
 
-    # features: names, then types only where they could have changed
+    # features: names, then values only where a type could have changed (a batch without
+    # strings cannot turn a numeric feature into a string one: no scan at all)
     names = batch.feature_names
-    has_num: NDArray[np.bool_] = np.zeros(len(names), dtype=bool)
-    if batch.numeric.size:
-        has_num = np.asarray(np.isfinite(batch.numeric).any(axis=0), dtype=bool)
+    num_cache: dict[int, bool] = {}
     text_cache: dict[int, bool] = {}
+
+    def has_num(j: int) -> bool:
+        if j not in num_cache:
+            num_cache[j] = bool(np.isfinite(batch.numeric[:, j]).any())
+        return num_cache[j]
 
     def has_text(j: int) -> bool:
         if batch.text is None:
@@ -238,21 +248,23 @@ def detect_changes(seen: UpstreamSchema, batch: EventBatch) -> list[ChangeEvent]
         if old is None:
             if len(seen.features) >= MAX_FEATURES:
                 continue
-            num = bool(has_num[j])
-            txt = has_text(j)
+            num, txt = has_num(j), has_text(j)
             kind = "numeric" if num and not txt else "string" if txt and not num else ""
             seen.features[name] = kind
             appeared.append((name, first_row(j, txt and not num)))
             continue
-        seen.absent.pop(name, None)
-        if old == "numeric" and not has_num[j] and has_text(j):
-            seen.features[name] = "string"
-            retyped.append((name, old, "string", first_row(j, True)))
-        elif old == "string" and has_num[j] and not has_text(j):
-            seen.features[name] = "numeric"
-            retyped.append((name, old, "numeric", first_row(j, False)))
-        elif old == "" and (has_num[j] or has_text(j)):
-            num, txt = bool(has_num[j]), has_text(j)
+        if seen.absent:
+            seen.absent.pop(name, None)
+        if old == "numeric":
+            if batch.text is not None and has_text(j) and not has_num(j):
+                seen.features[name] = "string"
+                retyped.append((name, old, "string", first_row(j, True)))
+        elif old == "string":
+            if has_num(j) and not has_text(j):
+                seen.features[name] = "numeric"
+                retyped.append((name, old, "numeric", first_row(j, False)))
+        elif has_num(j) or has_text(j):
+            num, txt = has_num(j), has_text(j)
             seen.features[name] = "numeric" if num and not txt else "string" if txt and not num \
                 else ""
     gone: list[tuple[str, list[Any]]] = []

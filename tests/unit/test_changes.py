@@ -114,6 +114,10 @@ def test_a_version_bump_inside_the_first_batch_is_a_change() -> None:
                     + [s.envelope(version="v1")])
     assert [(c.kind, c.ts) for c in out.changes] == [("model_version", T0 + 1000)]
     assert p.models["m@0"].upstream.versions == ["v2", "v1"]  # most recently seen last
+    # unversioned events mixed in change nothing; the version seen last moves last
+    later = p.process([s.envelope(version=None), s.envelope(version="v2")]).changes
+    assert kinds(later) == ["reference"]  # built from the first 2,000 events, no version
+    assert p.models["m@0"].upstream.versions == ["v1", "v2"]
 
 
 def test_replayed_batches_never_record_a_change_twice() -> None:
