@@ -297,3 +297,39 @@ def test_metrics_serve_exemplars_in_openmetrics_when_asked() -> None:
              and 'state="firing"' in ln]
     assert fired and ' # {trace_id="drift-' in fired[0]
     assert 'driftline_change_events_total{kind="model_version",model="m"} 1.0' in om
+
+
+def _batch(rows: list[dict[str, Any]]) -> Any:
+    from driftline.schemas.codecs import decode_inference
+
+    msgs = [orjson.dumps({"model": "c", **r}) for r in rows]
+    res = decode_inference(msgs, partitions=[0] * len(msgs), offsets=list(range(len(msgs))))
+    assert not res.rejections
+    return res.batches["c"]
+
+
+def test_exemplars_of_a_categorical_feature_are_the_rows_of_the_new_category() -> None:
+    from driftline.detectors.exemplars import exemplar_rows, row_ids
+    from driftline.detectors.monitor import ModelMonitor
+    from driftline.detectors.reference import build_profile
+
+    rng = np.random.default_rng(8)
+    ref = build_profile("c", {"city": rng.choice(["paris", "rome", "oslo"], 3000).astype(object),
+                              "x": rng.normal(size=3000)}, multivariate=False)
+    mon = ModelMonitor(ref, MonitorConfig(pane_size=300, min_samples=300, calibration_rounds=20))
+    rows = [{"features": {"city": str(rng.choice(["paris", "rome", "oslo"])),
+                          "x": float(rng.normal())}, "trace_id": f"ok-{i}", "prediction": 0.5}
+            for i in range(300)]
+    for i in rng.choice(300, 40, replace=False):
+        rows[i]["features"]["city"] = "atlantis"
+        rows[i]["trace_id"] = f"new-{i}"
+    batch = _batch(rows)
+    (ev,) = mon.update(batch)
+    # the column's own binning agrees with the whole-batch binning, for every column
+    full = mon.binner.bins(batch)
+    for j in range(len(mon.binner.layout.names)):
+        assert (mon.binner.column_bins(batch, j) == full[:, j]).all()
+    picked = exemplar_rows(mon, batch, np.arange(300), "city", ev.window.pane, k=5)
+    assert [t.split("-")[0] for t, _ in row_ids(batch, picked)] == ["new"] * 5
+    assert row_ids(batch, picked)[0][1] is True  # a trace id
+    assert exemplar_rows(mon, batch, np.arange(300), "no-such-feature", ev.window.pane).size == 0
