@@ -24,6 +24,8 @@ from scipy import special, stats
 from driftline.detectors.stats import chi_square
 
 Vec = NDArray[np.float64]
+#: the range calibrate() clips every column's scale to
+SCALE_MIN, SCALE_MAX = 1.0, 5.0
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,7 @@ class Calibration:
     """Per-column scale factors and the family-wise budget rule."""
 
     target_run_length: float
-    scale: Vec  # (C,) >= 1
+    scale: Vec  # (C,) in [SCALE_MIN, SCALE_MAX]
     correction: str = "bonferroni"  # or "bh"
     rounds: int = 0
     #: share of the budget spent per evaluation: overlapping windows and a reference of
@@ -94,6 +96,6 @@ def calibrate(
         df = np.maximum(np.stack(dfs).mean(axis=0), 1.0)
         mean_ratio = s.mean(axis=0) / df
         tail_ratio = np.quantile(s, 0.99, axis=0) / stats.chi2.isf(0.01, df)
-        scale = np.clip(np.maximum(mean_ratio, tail_ratio), 1.0, 5.0)
+        scale = np.clip(np.maximum(mean_ratio, tail_ratio), SCALE_MIN, SCALE_MAX)
         scale = np.where(n_ref > 0, scale, 1.0)
     return Calibration(target_run_length, np.asarray(scale, dtype=np.float64), correction, rounds)

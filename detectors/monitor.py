@@ -24,12 +24,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from driftline.detectors.binning import Binner
-from driftline.detectors.calibration import Calibration, calibrate
+from driftline.detectors.calibration import SCALE_MAX, SCALE_MIN, Calibration, calibrate
 from driftline.detectors.errors import InputError, ProfileError, SnapshotError
 from driftline.detectors.multivariate import MultivariateModel, MVEvaluation
 from driftline.detectors.mv_encode import BatchEncoder
 from driftline.detectors.policy import AlertPolicy, PolicyConfig
 from driftline.detectors.reference import CategoricalProfile, NumericProfile, ReferenceProfile
+from driftline.detectors.segments import SEGMENT_SHARE, Segments, parse
 from driftline.detectors.serialization import pack, unpack
 from driftline.detectors.stats import (
     bin_widths,
@@ -65,6 +66,9 @@ class MonitorConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     seed: int = 0
     multivariate: bool = True  # use the reference's multivariate statistics when it has them
+    segments: bool = True  # also evaluate per segment value (see detectors/segments.py)
+    segment_max: int = 16  # segment values with a ring of their own; the rest are pooled
+    segment_keys: tuple[str, ...] = ()  # keys that form the segment value (empty: all)
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -72,10 +76,14 @@ class MonitorConfig:
             raise ValueError("panes, pane_size and min_samples must be >= 1")
         if self.pane_seconds is not None and self.pane_seconds <= 0:
             raise ValueError("pane_seconds must be > 0")
+        if self.target_run_length <= 0:  # the false-alarm budget divides by it
+            raise ValueError("target_run_length must be > 0")
         if self.late_policy not in ("deadletter", "current"):
             raise ValueError("late_policy is 'deadletter' or 'current'")
         if self.correction not in ("bonferroni", "bh"):
             raise ValueError("correction is 'bonferroni' or 'bh'")
+        if self.segment_max < 1:
+            raise ValueError("segment_max must be >= 1")
 
     @property
     def nominal_window(self) -> int:
@@ -88,7 +96,13 @@ class MonitorConfig:
     def from_dict(cls, d: dict[str, Any]) -> MonitorConfig:
         d = dict(d)
         d["policy"] = PolicyConfig(**d.get("policy", {}))
+        if isinstance(d.get("segment_keys"), list):
+            d["segment_keys"] = tuple(d["segment_keys"])
         return cls(**d)
+
+
+_NO_SEGMENTS: dict[str, Any] = {"labels": [], "since_eval": [], "events": [],
+                                "overflow_events": 0, "rings": []}
 
 
 def _count(v: Any) -> int:
@@ -100,7 +114,7 @@ def _count(v: Any) -> int:
 
 def _check_types(cfg: MonitorConfig) -> None:
     """Refuse wrongly typed fields (configs also come from snapshots and files)."""
-    ints = ("panes", "pane_size", "min_samples", "calibration_rounds", "seed")
+    ints = ("panes", "pane_size", "min_samples", "calibration_rounds", "seed", "segment_max")
     floats = ("allowed_lateness", "target_run_length")
     for name in ints:
         v = getattr(cfg, name)
@@ -118,6 +132,11 @@ def _check_types(cfg: MonitorConfig) -> None:
         raise ValueError("policy must be a PolicyConfig")
     if not isinstance(cfg.multivariate, bool):
         raise ValueError(f"multivariate must be true or false, not {cfg.multivariate!r}")
+    if not isinstance(cfg.segments, bool):
+        raise ValueError(f"segments must be true or false, not {cfg.segments!r}")
+    keys = cfg.segment_keys
+    if not isinstance(keys, tuple) or not all(isinstance(k, str) and k for k in keys):
+        raise ValueError(f"segment_keys must be a tuple of non-empty strings, not {keys!r}")
 
 
 @dataclass(frozen=True)
@@ -140,6 +159,10 @@ class Evaluation:
     alerts: tuple[DriftAlert, ...] = ()
     #: The multivariate statistics (kind "data"), when the reference has them.
     multivariate: MVEvaluation | None = None
+    #: The segment value this evaluation is of (canonical, ``""`` for the whole model).
+    segment: str = ""
+    #: False-alarm budget (family-wise level) this evaluation was decided at.
+    alpha: float = math.nan
 
     def drifted(self, kind: str | None = None) -> list[str]:
         """Drifted columns (and multivariate statistics, which are of kind "data")."""
@@ -166,7 +189,7 @@ def multivariate_for(
                 if isinstance(c, CategoricalProfile)}
         layout = binner.layout
         return model, BatchEncoder(model.encoding, layout.names, cats, layout.missing_bin)
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:  # OverflowError: int() of a huge JSON integer
         raise ProfileError(f"unusable multivariate reference: {exc}") from None
 
 
@@ -230,6 +253,10 @@ class ModelMonitor:
         if self.mv is not None:
             shapes.update(self.mv.shapes())
         self.ring = PaneRing(cfg.panes, rule, shapes)
+        hist = {"hist": shapes["hist"]}
+        self.segments: Segments | None = Segments(
+            cfg.segment_max, cfg.segment_keys, lambda: PaneRing(cfg.panes, rule, dict(hist))
+        ) if cfg.segments else None
         self.policy = AlertPolicy(cfg.policy)
         self.events_since_eval = 0
         self.evaluations = 0
@@ -271,6 +298,7 @@ class ModelMonitor:
                 missing_ts = np.flatnonzero(~np.isfinite(ts))
                 self.last_late_rows = np.union1d(self.last_late_rows, missing_ts).astype(np.int64)
         rows = np.flatnonzero(keep)
+        kept_pids = pane_ids[rows]
         seq0 = self.ring.seq
         out: list[Evaluation] = []
         if rows.size:
@@ -300,16 +328,89 @@ class ModelMonitor:
             self.ring.advance(0, float(finite.max()) if finite.size else math.nan)
         self.ring.seq = seq0 + n if isinstance(self.ring.rule, CountRule) else self.ring.seq + n
         out.extend(self._close_due(batch))
+        if self.segments is not None:
+            out.extend(self._update_segments(batch, bins, np.flatnonzero(keep), kept_pids, seq0))
         self.last_evaluations = out
+        return out
+
+    def _update_segments(self, batch: EventBatch, bins: NDArray[np.int64],
+                         rows: NDArray[np.int64], pids: NDArray[np.int64],
+                         seq0: int) -> list[Evaluation]:
+        """Add the kept rows to their segments' rings; evaluate the panes that closed.
+
+        Count panes count each segment's own events; event-time panes share the model's
+        slots and watermark, so every segment's panes close when the model's do.
+        """
+        segs = self.segments
+        assert segs is not None
+        out: list[Evaluation] = []
+        timed = isinstance(self.ring.rule, TimeRule)
+        pid_of = np.empty(len(batch), dtype=np.int64)
+        pid_of[rows] = pids
+        ts = batch.ts
+        for label, r in segs.group(batch.segment, rows):
+            ring = segs.rings[label]
+            pid = pid_of[r] if timed else ring.pane_ids(int(r.size), ts[r])
+            cuts = np.flatnonzero(np.diff(pid)) + 1
+            if timed:
+                order = np.argsort(pid, kind="stable")
+                r, pid = r[order], pid[order]
+                cuts = np.flatnonzero(np.diff(pid)) + 1
+            for grp in np.split(np.arange(r.size), cuts):
+                rr = r[grp]
+                ring.add(int(pid[grp[0]]), {"hist": self.binner.histogram(bins[rr])},
+                         int(rr.size), ts[rr], batch.offset[rr], last_seq=seq0 + int(rr.max()))
+                segs.since_eval[label] += int(rr.size)
+                if not timed:
+                    full = sorted(p for p, pane in ring.open.items()
+                                  if pane.n >= self.config.pane_size)
+                    out += [self._evaluate(ring.close(p), batch, label) for p in full]
+            if not timed:
+                ring.seq += int(r.size)
+        if timed:
+            for label in list(segs.labels):
+                ring = segs.rings[label]
+                ring.advance(0, self.ring.max_ts)
+                out += [self._evaluate(ring.close(p), batch, label) for p in ring.due()]
         return out
 
     def tick(self, now: float | None = None, idle_timeout: float | None = None,
              last_seen: float | None = None) -> list[Evaluation]:
-        """Idle timeout: when nothing arrived for ``idle_timeout`` s, close the open panes."""
+        """Idle timeout: nothing arrived for ``idle_timeout`` s (``now - last_seen``, wall time).
+
+        Count panes: the open, partial pane closes and is evaluated; the next event starts a
+        new pane. Event-time panes: the watermark is moved on by the wall time passed since
+        the last event, as if event time had kept flowing; the panes it passes close (empty
+        ones too, at most ``panes`` of them, so the window drains and reports insufficient
+        data when traffic stops). The ring keeps its real newest event time, so events of a
+        pane that is still open when traffic resumes are not late.
+        """
         now = time.time() if now is None else now
         if idle_timeout is None or last_seen is None or now - last_seen < idle_timeout:
             return []
-        evs = [self._evaluate(p, None) for p in self.ring.close_all_open()]
+        ring = self.ring
+        timed = isinstance(ring.rule, TimeRule)
+        size = self.config.pane_size
+        if timed:
+            if not math.isfinite(ring.max_ts):
+                return []
+            through = ring.rule.closable_through(ring.seq, ring.max_ts + (now - last_seen))
+            first = max(ring.last_closed + 1, through - self.config.panes + 1)
+            ids = sorted({*(p for p in ring.open if p <= through), *range(first, through + 1)})
+            panes = [ring.close(p) for p in ids]
+        else:
+            panes = ring.close_all_open()
+            ring.seq = -(-ring.seq // size) * size  # the next event opens a new pane
+        evs = [self._evaluate(p, None) for p in panes]
+        if self.segments is not None:  # segment windows follow the model's: the same panes close
+            for label in list(self.segments.labels):
+                sring = self.segments.rings[label]
+                if timed:
+                    closing = [sring.close(p) for p in sorted(p for p in sring.open if p <= through)]
+                else:
+                    closing = sring.close_all_open()
+                    sring.seq = -(-sring.seq // size) * size
+                evs += [self._evaluate(p, None, label) for p in closing]
         self.last_evaluations = evs
         return evs
 
@@ -324,19 +425,30 @@ class ModelMonitor:
         return [self._evaluate(self.ring.close(p), batch) for p in done]
 
     # -- evaluation -------------------------------------------------------------------
-    def _evaluate(self, pane: Pane, batch: EventBatch | None) -> Evaluation:
+    def _evaluate(self, pane: Pane, batch: EventBatch | None, segment: str = "") -> Evaluation:
+        """Test the window of the model (``segment=""``) or of one segment value."""
         layout = self.binner.layout
-        ring = self.ring
+        segs = self.segments
+        if segment:
+            assert segs is not None
+            ring = segs.rings[segment]
+            new_events = max(segs.since_eval[segment], pane.n)
+            segs.since_eval[segment] = 0
+            share = SEGMENT_SHARE
+        else:
+            ring = self.ring
+            new_events = max(self.events_since_eval, pane.n)
+            self.events_since_eval = 0
+            share = 1.0 - SEGMENT_SHARE if segs is not None and segs.active else 1.0
         win = ring.totals["hist"]
         ref = layout.ref_counts
         n = ring.total_n
         chi = chi_square(ref, win)
         p = self.calibration.p_values(chi.statistic, chi.df)
-        mv = self.mv.evaluate(self._window_sums(), n) if self.mv is not None else None
+        mv = self.mv.evaluate(self._window_sums(), n) \
+            if self.mv is not None and not segment else None
         p_all = p if mv is None else np.concatenate([p, mv.p_value])
-        new_events = max(self.events_since_eval, pane.n)
-        self.events_since_eval = 0
-        alpha = self.calibration.alpha_eval(new_events)
+        alpha = self.calibration.alpha_eval(new_events) * share
         insufficient = n < self.config.min_samples
         decided = (np.zeros(p_all.size, dtype=bool) if insufficient
                    else self.calibration.decide(p_all, alpha))
@@ -345,8 +457,11 @@ class ModelMonitor:
         thr = self.calibration.thresholds(chi.df, alpha, family)
         if mv is not None:
             mv = mv.decided(decided[p.size :], alpha / family)
-        ks, _ = ks_binned(ref, win, layout.n_bins, layout.numeric)
-        wd = wasserstein_binned(ref, win, layout.n_bins, self._widths, self._scale)
+        if segment:  # segment windows report the tested statistic, PSI and JS only
+            ks = wd = np.full(len(layout.names), np.nan)
+        else:
+            ks, _ = ks_binned(ref, win, layout.n_bins, layout.numeric)
+            wd = wasserstein_binned(ref, win, layout.n_bins, self._widths, self._scale)
         start, end, first, last = ring.window_bounds()
         info = WindowInfo(
             start_ts=None if math.isnan(start) else start,
@@ -356,7 +471,8 @@ class ModelMonitor:
             last_offset=last,
             pane=pane.pane_id,
         )
-        self.evaluations += 1
+        if not segment:
+            self.evaluations += 1
         ev = Evaluation(
             window=info,
             index=pane.last_seq,
@@ -372,6 +488,8 @@ class ModelMonitor:
             ks=ks,
             wasserstein=wd,
             multivariate=mv,
+            segment=segment,
+            alpha=alpha,
         )
         if insufficient:
             return ev
@@ -410,24 +528,26 @@ class ModelMonitor:
             version = v if isinstance(v, str) else None
         mv = ev.multivariate
         kinds = set(ev.kinds) | ({"data"} if mv is not None else set())
+        seg = ev.segment
         for kind in sorted(kinds):
+            key = f"{kind}@{seg}" if seg else kind
             cols = [i for i, k in enumerate(ev.kinds) if k == kind]
             stats = list(range(len(mv.names))) if mv is not None and kind == "data" else []
             drifted = bool(ev.drift[cols].any()) or (mv is not None and bool(mv.drift[stats].any()))
-            state = self.policy.step(kind, drifted)
+            state = self.policy.step(key, drifted)
             if state is None:
                 continue
             ranked = sorted(cols, key=lambda i: (ev.p_value[i], -ev.chi2[i]))
             mv_hits: list[int] = []
             if state == "firing":
-                self.firing_keys.add(kind)
+                self.firing_keys.add(key)
                 uni = [i for i in ranked if ev.drift[i]]
                 if mv is not None:
                     mv_hits = sorted((i for i in stats if mv.drift[i]),
                                      key=lambda i: (mv.p_value[i], -mv.score[i]))
                 ranked = uni or ([] if mv_hits else ranked)
             else:
-                self.firing_keys.discard(kind)
+                self.firing_keys.discard(key)
             feats = [FeatureScore(ev.names[i], "chi2", float(ev.chi2[i]), float(ev.threshold[i]),
                                   float(ev.p_value[i])) for i in ranked[:TOP_FEATURES]]
             contributions = {i: mv.contributors(i, TOP_CONTRIBUTORS) for i in mv_hits} \
@@ -448,7 +568,7 @@ class ModelMonitor:
                     float(mv.p_value[lead])
             out.append(
                 DriftAlert(
-                    alert_id=alert_id(self.reference.model, kind, feature, "", ev.window.pane,
+                    alert_id=alert_id(self.reference.model, kind, feature, seg, ev.window.pane,
                                       state),
                     model=self.reference.model,
                     kind=kind,
@@ -462,6 +582,7 @@ class ModelMonitor:
                     model_version=version,
                     feature=feature,
                     reference=self.reference.reference_id,
+                    segment=parse(seg) if seg else None,
                     severity="critical" if p < 1e-12 else "warning",
                     top_features=tuple(feats),
                     created_at=ev.window.end_ts or 0.0,
@@ -485,6 +606,9 @@ class ModelMonitor:
             "firing": sorted(self.firing_keys),
             "extra": extra or {},
         }
+        if self.segments is not None:
+            meta["segments"], seg_arrays = self.segments.state()
+            arrays.update(seg_arrays)
         return pack(SNAPSHOT_KIND, meta, arrays, key=key)
 
     @classmethod
@@ -500,6 +624,11 @@ class ModelMonitor:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise SnapshotError(f"malformed monitor snapshot: {exc!r}") from None
         mon = cls(reference, cfg, cal)
+        # restore() checks the scale against this monitor's own: check it against the reference
+        want = (len(mon.binner.layout.names),)
+        if cal.scale.shape != want:
+            raise SnapshotError(f"snapshot calibration has shape {cal.scale.shape}, the reference "
+                                f"needs {want}")
         return mon, mon.restore(data, key=key)
 
     def restore(self, data: bytes, *, key: bytes | None = None) -> dict[str, Any]:
@@ -513,7 +642,8 @@ class ModelMonitor:
                 )
             config = MonitorConfig.from_dict(meta["config"])
             scale = arrays.pop("calibration.scale")
-            if scale.shape != self.calibration.scale.shape or not np.all(np.isfinite(scale)):
+            if scale.shape != self.calibration.scale.shape or not np.all(
+                    (scale >= SCALE_MIN) & (scale <= SCALE_MAX)):  # NaN fails too
                 raise SnapshotError("snapshot calibration does not fit the reference")
             # load into a new monitor and swap, so a rejected snapshot changes nothing
             new = ModelMonitor(self.reference, config, Calibration(
@@ -524,7 +654,10 @@ class ModelMonitor:
                     a = arrays.get(f"{group}.{name}")
                     if a is not None and not np.all(np.isfinite(a)):  # before the ring adds them
                         raise ValueError(f"non-finite {group}.{name}")
-            new.ring.load(meta["ring"], arrays)
+            new.ring.load(meta["ring"], {k: v for k, v in arrays.items()
+                                         if not k.startswith("seg")})
+            if new.segments is not None:
+                new.segments.load(meta.get("segments") or _NO_SEGMENTS, arrays)
             bounds = new.mv.row_bounds() if new.mv is not None else {}
             for pane in (*new.ring.closed, *new.ring.open.values()):
                 for k, bound in bounds.items():

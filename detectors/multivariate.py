@@ -44,7 +44,8 @@ from driftline.detectors.mv_encode import (
     fit_encoding,
     rows_of,
 )
-from driftline.detectors.mv_null import Contribution, top_normal
+from driftline.detectors.mv_json import number
+from driftline.detectors.mv_null import Contribution, ref_rows, top_normal
 from driftline.detectors.mv_pca import KEY_E as mv_pca_e
 from driftline.detectors.mv_pca import PCARecon
 from driftline.detectors.mv_rff import DEFAULT_D, RFFMMD
@@ -105,8 +106,12 @@ class MultivariateModel:
     _thresholds: dict[tuple[float, int], Vec] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # Σz for the mean-shift explanation; the covariance sums carry it when they are
-        # on z itself (not projected)
+        # the covariance sums of z and z zᵀ (when not projected) also give Σz for the
+        # mean-shift explanation and the PCA's reconstruction errors
+        if self.z_key != KEY_Z:
+            object.__setattr__(self, "statistics", tuple(
+                (name, replace(stat, shared=True) if isinstance(stat, PCARecon) else stat)
+                for name, stat in self.statistics))
         shapes: dict[str, tuple[tuple[int, ...], str]] = {}
         if self.z_key == KEY_Z:
             shapes[KEY_Z] = ((self.encoding.dim,), "<f8")
@@ -211,9 +216,7 @@ class MultivariateModel:
         try:
             if d["version"] != VERSION:
                 raise ValueError(f"unknown multivariate profile version {d['version']!r}")
-            n_ref = d["rows"]
-            if isinstance(n_ref, bool) or not isinstance(n_ref, int) or n_ref < 2:
-                raise ValueError("rows must be an integer >= 2")
+            n_ref = ref_rows(d["rows"])
             enc = Encoding.from_dict(d["encoding"])
             p = enc.dim
             mean = np.asarray(d["dims"]["mean"], dtype=np.float64)
@@ -229,15 +232,19 @@ class MultivariateModel:
             stats: list[tuple[str, Statistic]] = []
             scales: list[float] = []
             for name in (n for n in NAMES if n in specs):
-                s = float(specs[name]["scale"])
+                s = number(specs[name]["scale"], "statistic scale")
                 if not 1.0 <= s <= 5.0:
                     raise ValueError("scale must be within [1, 5]")
                 stats.append((name, loaders[name].from_dict(specs[name], p)))
                 scales.append(s)
             cal = d.get("calibration") or {}
+            if not isinstance(cal, dict):
+                raise ValueError("calibration must be an object")
             return cls(enc, n_ref, mean, var, tuple(stats), tuple(scales), dict(cal))
-        except (KeyError, TypeError, AttributeError, IndexError) as exc:
-            raise ValueError(f"malformed multivariate profile: {exc!r}") from None
+        except (KeyError, TypeError, AttributeError, IndexError, OverflowError,
+                RecursionError) as exc:  # never repr() a hostile value: it may nest deeply
+            raise ValueError(f"malformed multivariate profile: {type(exc).__name__}: "
+                             f"{str(exc)[:200]}") from None
 
     # -- streaming ------------------------------------------------------------------------
     @property
@@ -270,8 +277,7 @@ class MultivariateModel:
                 out.update({mv_cov_u: u, mv_cov_uu: u * u})
             elif isinstance(stat, PCARecon):
                 r = (length + float(np.linalg.norm(stat.mean))) ** 2
-                out.update({k: r for k in stat.shapes()})
-                out[mv_pca_e] = r * r
+                out.update({k: r * r if k == mv_pca_e else r for k in stat.shapes()})
         return out
 
     @property

@@ -27,6 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from driftline.detectors.mv_blas import gram, matmul
+from driftline.detectors.mv_json import flags, texts
 from driftline.detectors.mv_null import (
     Contribution,
     max_normal_p,
@@ -112,15 +113,15 @@ class CovarianceDrift:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], dim: int) -> CovarianceDrift:
-        names = tuple(str(x) for x in d["names"])
+        names = texts(d["names"], "covariance coordinate names")
         q = len(names)
         cov = np.asarray(d["cov"], dtype=np.float64)
         var = np.asarray(d["var"], dtype=np.float64)
-        pairs = np.asarray(d["pairs"], dtype=np.int64)
-        if cov.shape != (q, q) or var.shape != (q, q) or pairs.shape != (q, q) \
+        pairs = flags(d["pairs"], q, "covariance pairs")
+        if cov.shape != (q, q) or var.shape != (q, q) \
                 or not (np.all(np.isfinite(cov)) and np.all(np.isfinite(var))):
             raise ValueError("bad covariance reference")
-        mask = (pairs != 0) & np.triu(np.ones((q, q), dtype=bool), 1) & (var > 0)
+        mask = pairs & np.triu(np.ones((q, q), dtype=bool), 1) & (var > 0)
         proj: Vec | None = None
         seed = 0
         spec = d["projection"]

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from driftline.detectors.mv_json import number, text
 from driftline.schemas.models import EventBatch
 
 Vec = NDArray[np.float64]
@@ -103,16 +104,19 @@ class Encoding:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Encoding:
         num, cat, miss = d["numeric"], d["onehot"], d["missing"]
+        if not all(isinstance(x, list) and all(isinstance(e, dict) for e in x)
+                   for x in (num, cat, miss)):
+            raise ValueError("an encoding holds lists of objects")
         enc = cls(
-            num_names=tuple(str(e["name"]) for e in num),
+            num_names=tuple(text(e["name"], "encoded feature name") for e in num),
             num_lo=_floats([e["lo"] for e in num]),
             num_hi=_floats([e["hi"] for e in num]),
             num_center=_floats([e["center"] for e in num]),
             num_scale=_floats([e["scale"] for e in num]),
-            cat_source=tuple(str(e["name"]) for e in cat),
-            cat_value=tuple(str(e["category"]) for e in cat),
+            cat_source=tuple(text(e["name"], "encoded feature name") for e in cat),
+            cat_value=tuple(text(e["category"], "encoded category") for e in cat),
             cat_center=_floats([e["center"] for e in cat]),
-            miss_source=tuple(str(e["name"]) for e in miss),
+            miss_source=tuple(text(e["name"], "encoded feature name") for e in miss),
             miss_center=_floats([e["center"] for e in miss]),
         )
         if np.any(enc.num_scale <= 0) or np.any(enc.num_hi < enc.num_lo):
@@ -156,10 +160,7 @@ class Encoding:
 
 
 def _floats(values: Sequence[Any]) -> Vec:
-    out = np.asarray([float(v) for v in values], dtype=np.float64)
-    if not np.all(np.isfinite(out)):
-        raise ValueError("encoding parameters must be finite")
-    return out
+    return np.asarray([number(v, "an encoding parameter") for v in values], dtype=np.float64)
 
 
 def rows_of(col: ColumnInput) -> int:

@@ -1,10 +1,14 @@
 """Data reconstruction drift: PCA fitted on the reference, mean reconstruction error per window.
 
 The principal subspace keeps the fewest components that explain 90 % of the encoded
-reference variance (at most 32, at least 1, fewer than the dimension). Every event's
-squared reconstruction error ``e = |r|²``, ``r = c - V Vᵀ c`` (``c`` the centred row), is
-summed per pane together with ``e²`` and the per-dimension ``r_j²``. The window's mean
-error is compared with the reference's mean error::
+reference variance (at most 32, at least 1, fewer than the dimension). An event's squared
+reconstruction error is ``e = |r|²`` with ``r = Π c`` (``c`` the row centred on the
+reference, ``Π = I - V Vᵀ`` the projection off the subspace). Its window sum is linear in
+the window's second moments: ``Σ e = tr(Π M Π)`` and ``Σ r_j² = (Π M Π)_jj`` with
+``M = Σ c cᵀ``. When the covariance statistic keeps the pane sums of ``z`` and ``z zᵀ``
+(up to 32 encoded dimensions) ``M`` comes from them and this statistic costs nothing per
+event; otherwise panes carry ``Σ e``, ``Σ e²`` and the Gram of the residual coordinates.
+The window's mean error is compared with the reference's mean error::
 
     z = (mean e - E_ref e) / sqrt(Var_ref(e) (1/n + 1/N))
 
@@ -19,13 +23,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from driftline.detectors.mv_blas import gram, matmul
+from driftline.detectors.mv_cov import KEY_U, KEY_UU
+from driftline.detectors.mv_json import number
 from driftline.detectors.mv_null import (
     Contribution,
     max_normal_threshold,
@@ -68,10 +75,17 @@ class PCARecon:
     r2_mean: Vec  # (p,)
     r2_var: Vec  # (p,)
     rows: int  # held-out reference rows the error moments come from
-    _maps: tuple[Vec, Vec, bool] = field(init=False, repr=False, compare=False)
+    #: read the window's second moments from the covariance statistic's sums of z, z zᵀ
+    shared: bool = False
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_maps", _residual_maps(self.basis))
+    @cached_property
+    def _maps(self) -> tuple[Vec, Vec, bool]:
+        return _residual_maps(self.basis)
+
+    @cached_property
+    def _proj(self) -> Vec:
+        """Π, the projection off the principal subspace."""
+        return np.asarray(np.eye(self.mean.size) - self.basis @ self.basis.T)
 
     @classmethod
     def fit(cls, a: Vec, b: Vec, *, explained: float = EXPLAINED,
@@ -115,7 +129,7 @@ class PCARecon:
         basis = np.asarray(d["basis"], dtype=np.float64)
         r2m = np.asarray(d["r2_mean"], dtype=np.float64)
         r2v = np.asarray(d["r2_var"], dtype=np.float64)
-        em, ev = float(d["e_mean"]), float(d["e_var"])
+        em, ev = number(d["e_mean"], "PCA e_mean"), number(d["e_var"], "PCA e_var")
         arrays = (mean, basis, r2m, r2v)
         if mean.shape != (dim,) or basis.ndim != 2 or basis.shape[0] != dim \
                 or not 1 <= basis.shape[1] < dim or r2m.shape != (dim,) or r2v.shape != (dim,) \
@@ -126,6 +140,8 @@ class PCARecon:
 
     # -- streaming ------------------------------------------------------------------------
     def shapes(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        if self.shared:
+            return {}
         a, _, complement = self._maps
         if complement:  # r = y Uᵀ with y = c U: the Gram of y gives every Σ r_j²
             m = a.shape[1]
@@ -140,6 +156,8 @@ class PCARecon:
         return np.asarray(r * r)
 
     def pane_sums(self, z: Vec) -> dict[str, Vec]:
+        if self.shared:
+            return {}
         a, _, complement = self._maps
         if complement:
             y = matmul(z - self.mean, a)
@@ -159,8 +177,19 @@ class PCARecon:
         r2 = self._residual2(z)
         return replace(self, e_mean=float(r2.sum(axis=1).mean()), r2_mean=r2.mean(axis=0))
 
+    def _residual_moments(self, sums: Mapping[str, NDArray[Any]], n: float) -> Vec:
+        """``Π M Π`` from the covariance statistic's window sums of z and z zᵀ."""
+        s1 = np.asarray(sums[KEY_U], dtype=np.float64)
+        s2 = np.asarray(sums[KEY_UU], dtype=np.float64)
+        mu = self.mean
+        m = s2 - np.outer(mu, s1) - np.outer(s1, mu) + n * np.outer(mu, mu)
+        return np.asarray(self._proj @ m @ self._proj)
+
     def zscore(self, sums: Mapping[str, NDArray[Any]], n: Vec, var_factor: Vec) -> Vec:
-        e = np.asarray(sums[KEY_E], dtype=np.float64)[..., 0] / n
+        if KEY_E in sums:
+            e = np.asarray(sums[KEY_E], dtype=np.float64)[..., 0] / n
+        else:
+            e = np.trace(self._residual_moments(sums, float(n))) / n
         return np.asarray((e - self.e_mean) / np.sqrt(self.e_var * var_factor))
 
     def statistic(self, sums: Mapping[str, NDArray[Any]], n: Vec, var_factor: Vec) -> Vec:
@@ -175,18 +204,14 @@ class PCARecon:
     def calibration_value(self, score: Vec, var_factor: float) -> tuple[Vec, float, float]:
         return score**2, 1.0, 1.959963984540054**2
 
-    def window_error(self, sums: Mapping[str, NDArray[Any]], n: int) -> tuple[float, float]:
-        """The window's mean reconstruction error and its standard deviation."""
-        s, s2 = (float(v) for v in sums[KEY_E])
-        mean = s / n
-        return mean, math.sqrt(max(s2 / n - mean * mean, 0.0))
-
     def contributors(self, sums: Mapping[str, NDArray[Any]], n: int, var_factor: float,
                      alpha: float, names: Sequence[str], sources: Sequence[str],
                      k: int) -> list[Contribution]:
         """Dimensions whose mean squared residual moved the most (standardised)."""
-        a, _, complement = self._maps
-        if complement:
+        if KEY_E not in sums:
+            r2 = np.diag(self._residual_moments(sums, float(n))) / n
+        elif self._maps[2]:  # complement mode
+            a = self._maps[0]
             yy = np.asarray(sums[KEY_YY], dtype=np.float64)
             r2 = np.einsum("ij,jk,ik->i", a, yy, a) / n  # diag(U YᵀY Uᵀ)
         else:

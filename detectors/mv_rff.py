@@ -44,6 +44,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from driftline.detectors.mv_blas import gram, matmul, rows_per_block
+from driftline.detectors.mv_json import number
 from driftline.detectors.mv_null import WeightedChiSquare, ref_rows
 
 Vec = NDArray[np.float64]
@@ -159,8 +160,8 @@ class RFFMMD:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], dim: int) -> RFFMMD:
-        D, seed, bw = d["d"], d["seed"], float(d["bandwidth"])
-        if not (isinstance(D, int) and isinstance(seed, int) and 4 <= D <= 65536 and D % 4 == 0
+        D, seed, bw = d["d"], d["seed"], number(d["bandwidth"], "RFF bandwidth")
+        if not (type(D) is int and type(seed) is int and 4 <= D <= 65536 and D % 4 == 0
                 and 0 <= seed < 2**63 and math.isfinite(bw) and bw > 0):
             raise ValueError("bad RFF parameters")
         w = weights(dim, D, bw, seed)

@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 from driftline.detectors.errors import ProfileError
 from driftline.detectors.multivariate import MultivariateModel
 from driftline.detectors.mv_encode import CategoricalInput, ColumnInput, NumericInput
+from driftline.detectors.serialization import within_depth
 
 SCHEMA = "driftline.reference/v1"
 PREDICTION = "prediction"
@@ -122,22 +123,37 @@ class ReferenceProfile:
             pred: ColumnProfile | None = None
             p = d.get("prediction")
             if p is not None:
+                if p["kind"] not in ("score", "label"):
+                    raise ProfileError(f"prediction kind {_brief(p['kind'])} is not score or label")
                 pred = _numeric_from(p) if p["kind"] == "score" else _categorical_from(p)
+            if not cols:
+                raise ProfileError("a reference needs at least one feature column")
+            names = [c.name for c in cols]
+            if len(set(names)) != len(names):
+                raise ProfileError("duplicate column names")
+            mv = d.get("multivariate")
+            if mv is not None and not isinstance(mv, dict):
+                raise ProfileError("multivariate must be an object or null")
+            if mv is not None and not within_depth(mv, _MAX_MV_DEPTH):  # it is kept verbatim
+                raise ProfileError(f"multivariate nested deeper than {_MAX_MV_DEPTH} levels")
             return cls(
-                model=str(d["model"]),
+                model=_str(d["model"], "model", min_length=1),
                 columns=tuple(cols),
                 prediction=pred,
-                size=int(d["size"]),
-                source=str(d.get("source", "")),
-                model_version=d.get("model_version"),
-                created_at=float(d.get("created_at", 0.0)),
-                reference_id=str(d.get("reference_id", "")),
-                multivariate=d.get("multivariate"),
+                size=_int(d["size"], "size"),
+                source=_str(d.get("source", ""), "source"),
+                model_version=None if d.get("model_version") is None
+                else _str(d["model_version"], "model_version"),
+                created_at=_finite(d.get("created_at", 0.0), "created_at"),
+                reference_id=_str(d.get("reference_id", ""), "reference_id"),
+                multivariate=mv,
             )
         except ProfileError:
             raise
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ProfileError(f"malformed reference profile: {exc!r}") from None
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError,
+                RecursionError) as exc:
+            raise ProfileError(f"malformed reference profile: {type(exc).__name__}: "
+                               f"{str(exc)[:200]}") from None
 
     @classmethod
     def from_json(cls, data: bytes | str) -> ReferenceProfile:
@@ -171,31 +187,77 @@ def _column_dict(c: ColumnProfile) -> dict[str, Any]:
     }
 
 
+#: Counts and sizes stay exact in float64 and their sums in int64.
+_MAX_COUNT = 2**53
+#: The multivariate part nests 5 levels; deeper JSON is hostile (and to_json() could not
+#: write it back: orjson writes at most 254 levels).
+_MAX_MV_DEPTH = 16
+
+
+def _brief(v: object) -> str:
+    return repr(v)[:64] if isinstance(v, str | int | float | bool | None) else type(v).__name__
+
+
+def _str(v: object, what: str, min_length: int = 0) -> str:
+    if not isinstance(v, str) or len(v) < min_length:
+        raise ProfileError(f"{what} must be a{' non-empty' if min_length else ''} string, "
+                           f"not {_brief(v)}")
+    return v
+
+
+def _int(v: object, what: str) -> int:
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < _MAX_COUNT:
+        raise ProfileError(f"{what} must be an integer in [0, 2**53), not {_brief(v)}")
+    return v
+
+
+def _finite(v: object, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise ProfileError(f"{what} must be a finite number, not {_brief(v)}")
+    return float(v)
+
+
+def _counts(c: Mapping[str, Any], name: str) -> NDArray[np.int64]:
+    raw = c["counts"]
+    if not isinstance(raw, list):
+        raise ProfileError(f"column {name!r}: counts must be an array")
+    counts = np.asarray([_int(x, f"column {name!r} count") for x in raw], dtype=np.int64)
+    if counts.sum(dtype=np.float64) >= _MAX_COUNT:
+        raise ProfileError(f"column {name!r}: counts sum to 2**53 or more")
+    return counts
+
+
 def _numeric_from(c: Mapping[str, Any]) -> NumericProfile:
-    edges = np.asarray(c["edges"], dtype=np.float64)
-    counts = np.asarray(c["counts"], dtype=np.int64)
-    if counts.size != edges.size + 1 or np.any(np.diff(edges) <= 0) or np.any(counts < 0):
-        raise ProfileError(f"numeric profile {c.get('name')!r}: edges/counts inconsistent")
+    name = _str(c["name"], "column name", min_length=1)
+    edges = np.asarray([_finite(x, f"column {name!r} edge") for x in c["edges"]], dtype=np.float64)
+    counts = _counts(c, name)
+    if counts.size != edges.size + 1 or np.any(np.diff(edges) <= 0):
+        raise ProfileError(f"numeric profile {name!r}: edges/counts inconsistent")
     return NumericProfile(
-        name=str(c["name"]),
+        name=name,
         edges=edges,
         counts=counts,
-        missing=int(c["missing"]),
-        sample=np.asarray(c["sample"], dtype=np.float64),
-        mean=float(c["mean"]),
-        std=float(c["std"]),
-        min=float(c["min"]),
-        max=float(c["max"]),
+        missing=_int(c["missing"], f"column {name!r} missing"),
+        sample=np.asarray([_finite(x, f"column {name!r} sample") for x in c["sample"]],
+                          dtype=np.float64),
+        mean=_finite(c["mean"], f"column {name!r} mean"),
+        std=_finite(c["std"], f"column {name!r} std"),
+        min=_finite(c["min"], f"column {name!r} min"),
+        max=_finite(c["max"], f"column {name!r} max"),
     )
 
 
 def _categorical_from(c: Mapping[str, Any]) -> CategoricalProfile:
-    cats = tuple(str(x) for x in c["categories"])
-    counts = np.asarray(c["counts"], dtype=np.int64)
-    if counts.size != len(cats) + 1 or np.any(counts < 0):
-        raise ProfileError(f"categorical profile {c.get('name')!r}: counts inconsistent")
+    name = _str(c["name"], "column name", min_length=1)
+    cats = tuple(_str(x, f"column {name!r} category") for x in c["categories"])
+    counts = _counts(c, name)
+    if counts.size != len(cats) + 1 or len(set(cats)) != len(cats):
+        raise ProfileError(f"categorical profile {name!r}: categories/counts inconsistent")
     return CategoricalProfile(
-        name=str(c["name"]), categories=cats, counts=counts, missing=int(c["missing"])
+        name=name, categories=cats, counts=counts,
+        missing=_int(c["missing"], f"column {name!r} missing"),
     )
 
 

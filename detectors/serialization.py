@@ -58,6 +58,49 @@ def pack(
     return _SIGNED + body + hmac.new(key, body, hashlib.sha256).digest()
 
 
+_SIGNED_RECORD = b"DLR1"
+#: Headers are small structured JSON; anything deeper is hostile (and would make the
+#: loaders' error messages, which repr() values, raise RecursionError).
+_MAX_HEADER_DEPTH = 32
+
+
+def within_depth(obj: Any, limit: int) -> bool:
+    """Whether ``obj`` (parsed JSON) nests at most ``limit`` levels (no recursion)."""
+    stack: list[tuple[Any, int]] = [(obj, 0)]
+    while stack:
+        o, depth = stack.pop()
+        if isinstance(o, dict | list):
+            if depth >= limit:
+                return False
+            stack.extend((v, depth + 1) for v in (o.values() if isinstance(o, dict) else o))
+    return True
+
+
+def sign_record(data: bytes, key: bytes) -> bytes:
+    """A JSON record (a reference profile) with an HMAC-SHA256 tag: ``DLR1 + data + tag``."""
+    return _SIGNED_RECORD + data + hmac.new(key, data, hashlib.sha256).digest()
+
+
+def verify_record(data: bytes, key: bytes | None) -> bytes:
+    """The payload of a :func:`sign_record` record, verified before anything parses it.
+
+    With a key, unsigned or tampered records raise SnapshotError; without one, plain
+    records pass and signed ones raise (they cannot be checked).
+    """
+    data = bytes(data)
+    if data.startswith(_SIGNED_RECORD):
+        if key is None:
+            raise SnapshotError("record is signed but no key is configured")
+        body, tag = data[4:-32], data[-32:]
+        if len(data) < 36 or not hmac.compare_digest(
+                tag, hmac.new(key, body, hashlib.sha256).digest()):
+            raise SnapshotError("record signature does not verify")
+        return body
+    if key is not None:
+        raise SnapshotError("record is not signed but a key is configured")
+    return data
+
+
 def unpack(
     data: bytes, kind: str, *, key: bytes | None = None
 ) -> tuple[dict[str, Any], dict[str, np.ndarray], int]:
@@ -85,9 +128,12 @@ def unpack(
         header = orjson.loads(data[8 : 8 + hlen])
     except orjson.JSONDecodeError as exc:
         raise SnapshotError(f"bad snapshot header: {exc}") from None
+    if not within_depth(header, _MAX_HEADER_DEPTH):  # before any message repr()s a value of it
+        raise SnapshotError(f"snapshot header nested deeper than {_MAX_HEADER_DEPTH} levels")
     if not isinstance(header, dict) or header.get("kind") != kind:
         got = header.get("kind") if isinstance(header, dict) else None
-        raise SnapshotError(f"snapshot kind {got!r}, expected {kind!r}")
+        shown = repr(got[:64]) if isinstance(got, str) else type(got).__name__  # never repr
+        raise SnapshotError(f"snapshot kind {shown}, expected {kind!r}")       # a deep value
     base = 8 + hlen
     arrays: dict[str, np.ndarray] = {}
     try:

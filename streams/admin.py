@@ -181,13 +181,16 @@ def partition_count(config: Mapping[str, Any], topic: str, timeout: float = 10.0
 
 
 def iter_to_end(
-    config: Mapping[str, Any], topic: str, timeout: float = 30.0
+    config: Mapping[str, Any], topic: str, timeout: float = 30.0, *, since_ms: int | None = None
 ) -> Iterator[Message]:
     """Yield every record of ``topic`` from the beginning to the end as of the read.
 
     The end is where each partition reports ``_PARTITION_EOF``, whose high watermark
     comes from the fetch response. ListOffsets is not used: Tansu answers it with a wrong
-    high watermark when the tail was written in multi-record batches. Raises
+    high watermark when the tail was written in multi-record batches. With ``since_ms``
+    (epoch milliseconds) each partition starts at the first record whose timestamp is at
+    or after it (``offsets_for_times``; from the beginning if the broker cannot answer,
+    so callers filtering by time still see every record they want). Raises
     :class:`UnknownTopicError` when the topic is missing and ``TimeoutError`` when the end
     is not reached within ``timeout`` seconds (never a silent partial read).
     """
@@ -213,8 +216,11 @@ def iter_to_end(
         if meta is None or meta.error is not None:
             raise UnknownTopicError(topic)
         n = len(meta.partitions)
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(n)])
-        pending = set(range(n))
+        starts = {p: OFFSET_BEGINNING for p in range(n)}
+        if since_ms is not None:
+            starts = _starts_since(consumer, topic, n, since_ms, timeout)
+        consumer.assign([TopicPartition(topic, p, o) for p, o in starts.items()])
+        pending = set(starts)
         while pending:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -236,6 +242,24 @@ def iter_to_end(
                     log.warning("reading %s: %s", topic, err)
     finally:
         consumer.close()
+
+
+def _starts_since(consumer: Consumer, topic: str, n: int, since_ms: int,
+                  timeout: float) -> dict[int, int]:
+    """First offset at or after ``since_ms`` per partition; partitions with none are left out."""
+    try:
+        found = consumer.offsets_for_times(
+            [TopicPartition(topic, p, since_ms) for p in range(n)], timeout=timeout)
+    except KafkaException as exc:
+        log.warning("%s: offsets_for_times failed (%s); reading from the beginning", topic, exc)
+        return {p: OFFSET_BEGINNING for p in range(n)}
+    starts: dict[int, int] = {}
+    for tp in found:
+        if tp.error is not None:
+            starts[tp.partition] = OFFSET_BEGINNING
+        elif tp.offset >= 0:
+            starts[tp.partition] = tp.offset
+    return starts
 
 
 def read_compacted(

@@ -2,7 +2,9 @@
 
 Names follow ``driftline_<subsystem>_<name>_<unit>``; label values come from bounded
 sets (models are capped by ``max_models``, features by ``max_features`` and the
-reference, reasons and kinds are fixed vocabularies).
+reference, reasons and kinds are fixed vocabularies). The multivariate statistics of a
+model (at most three) are exported as drift scores and thresholds of the pseudo-feature
+``__multivariate__``, one series per statistic.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -22,9 +24,16 @@ from prometheus_client.registry import Collector
 from driftline.detectors.monitor import Evaluation
 from driftline.schemas.models import EventBatch
 
+_ALERT_KINDS = ("data", "prediction", "concept", "quality", "shadow")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 50000)
 _DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+
+#: ``feature`` label of the multivariate statistics in ``driftline_drift_score`` and
+#: ``driftline_drift_threshold``; their ``statistic`` label is the statistic's name
+#: (``mmd_rff``, ``covariance``, ``pca_recon``).
+MULTIVARIATE_FEATURE = "__multivariate__"
+ALERT_STATES = ("firing", "resolved")
 
 
 class WorkerMetrics:
@@ -67,6 +76,13 @@ class WorkerMetrics:
         self.insufficient = Gauge("driftline_drift_insufficient_data",
                                   "1 while the window holds fewer than min_samples events",
                                   ["model"], registry=r)
+        self.late_events = Counter("driftline_worker_late_events",
+                                   "Events behind the model's watermark (dead-lettered or "
+                                   "applied to the current pane, by late_policy)", ["model"],
+                                   registry=r)
+        self.watermark = Gauge("driftline_worker_watermark_seconds",
+                               "Event-time watermark: newest event time minus allowed lateness",
+                               ["model"], registry=r)
         self.alerts = Counter("driftline_alerts", "Alerts emitted", ["model", "kind", "state"],
                               registry=r)
         self.serving_latency = BatchHistogram(
@@ -81,6 +97,13 @@ class WorkerMetrics:
         self.change_last_ts = Gauge("driftline_change_last_timestamp_seconds",
                                     "Time of the newest upstream change event",
                                     ["model", "kind"], registry=r)
+        self.segment_score = Gauge("driftline_segment_drift_score",
+                                   "Chi-square statistic of one segment's window",
+                                   ["model", "segment", "feature"], registry=r)
+        self.segment_events = Counter("driftline_segment_events",
+                                      "Events applied to one segment's windows (values beyond "
+                                      "the per-model maximum are counted as segment=\"other\")",
+                                      ["model", "segment"], registry=r)
         self._features: dict[str, set[tuple[str, ...]]] = {}
 
     def observe_batch(self, model: str, batch: EventBatch, seconds: float) -> None:
@@ -102,8 +125,18 @@ class WorkerMetrics:
         if ts.size:
             self.event_time_lag.labels(model).set(max(time.time() - float(ts.max()), 0.0))
 
+    def observe_segments(self, model: str, events: Mapping[str, int]) -> None:
+        """Events per segment value of one update (labels bounded by the segment maximum)."""
+        seen = self._features.setdefault(model, set())
+        for segment, n in events.items():
+            self.segment_events.labels(model, segment).inc(n)
+            seen.add(("segment_events", model, segment))
+
     def observe_evaluation(self, model: str, ev: Evaluation) -> None:
         """Per pane close: statistics, thresholds, state gauges."""
+        if ev.segment:
+            self._observe_segment(model, ev)
+            return
         self.last_evaluation.labels(model).set(time.time())
         self.insufficient.labels(model).set(1.0 if ev.insufficient else 0.0)
         seen = self._features.setdefault(model, set())
@@ -117,23 +150,63 @@ class WorkerMetrics:
             if math.isfinite(thr):
                 self.threshold.labels(model, name, "chi2").set(thr)
                 seen.add(("threshold", model, name, "chi2"))
+        mv = ev.multivariate
+        # alert counters start at 0, so the first alert of a model is an increase that
+        # rate(), increase() and changes() see (a series born at 1 shows no change)
+        for kind in set(ev.kinds) | ({"data"} if mv is not None else set()):
+            for state in ALERT_STATES:
+                self.alerts.labels(model, kind, state)
+        if mv is not None:
+            for name, v, thr in zip(mv.names, mv.score.tolist(), mv.threshold.tolist(),
+                                    strict=True):
+                if math.isfinite(v):
+                    self.score.labels(model, MULTIVARIATE_FEATURE, name).set(v)
+                    seen.add(("score", model, MULTIVARIATE_FEATURE, name))
+                if math.isfinite(thr):
+                    self.threshold.labels(model, MULTIVARIATE_FEATURE, name).set(thr)
+                    seen.add(("threshold", model, MULTIVARIATE_FEATURE, name))
         for a in ev.alerts:
             self.state.labels(model, a.kind, a.feature or "").set(1.0 if a.state == "firing" else 0.0)
             seen.add(("state", model, a.kind, a.feature or ""))
+
+    def _observe_segment(self, model: str, ev: Evaluation) -> None:
+        if ev.insufficient:
+            return
+        seen = self._features.setdefault(model, set())
+        for j, name in enumerate(ev.names):
+            v = float(ev.chi2[j])
+            if math.isfinite(v):
+                self.segment_score.labels(model, ev.segment, name).set(v)
+                seen.add(("segment_score", model, ev.segment, name))
 
     def forget_model(self, model: str) -> None:
         """Remove a model's series (its partition moved to another worker)."""
         for key in self._features.pop(model, set()):
             family, labels = key[0], key[1:]
-            metric = {"score": self.score, "threshold": self.threshold, "state": self.state}[family]
+            metric = {"score": self.score, "threshold": self.threshold, "state": self.state,
+                      "segment_score": self.segment_score,
+                      "segment_events": self.segment_events}[family]
             try:
                 metric.remove(*labels)
             except KeyError:
                 pass
         for metric in (self.events, self.bytes, self.event_time_lag, self.last_evaluation,
-                       self.insufficient, self.serving_latency):
+                       self.insufficient, self.serving_latency, self.late_events,
+                       self.watermark):
             try:
                 metric.remove(model)
+            except KeyError:
+                pass
+        # the model's counters with fixed-vocabulary labels go too: a worker keeps series
+        # for the models it owns (<= max_models), not for every model it ever saw
+        labelled: list[tuple[Any, tuple[str, ...]]] = [
+            *((self.requests, (model, o)) for o in ("ok", "error", "unknown")),
+            *((self.alerts, (model, k, st)) for k in _ALERT_KINDS for st in ("firing", "resolved")),
+            (self.references_built, (model, "first-events")),
+        ]
+        for metric, labels in labelled:
+            try:
+                metric.remove(*labels)
             except KeyError:
                 pass
 

@@ -67,12 +67,21 @@ class ModelState:
         self.pending_reference.append(batch)
         self.pending_rows += len(batch)
 
-    def build_reference(self, *, bins: int) -> ReferenceProfile:
-        """Profile the buffered events (first N of the model) into its reference."""
+    def build_reference(self, *, bins: int, max_features: int | None = None) -> ReferenceProfile:
+        """Profile the buffered events (first N of the model) into its reference.
+
+        Each decode call caps a model's distinct features, but the buffered batches may each
+        bring new names: only the first ``max_features`` names seen become columns (events'
+        other features are then ignored, as for any feature missing from a reference).
+        """
         batches = self.pending_reference
         names: list[str] = []
+        seen: set[str] = set()
         for b in batches:
-            names += [n for n in b.feature_names if n not in names]
+            for n in b.feature_names:
+                if n not in seen and (max_features is None or len(names) < max_features):
+                    seen.add(n)
+                    names.append(n)
         cols: dict[str, list[Any]] = {n: [] for n in names}
         preds: list[Any] = []
         for b in batches:
@@ -136,22 +145,33 @@ class ModelState:
         """Rebuild a model's state; the reference comes from the references topic."""
         meta, arrays, _ = unpack(data, SNAPSHOT_KIND, key=key)
         try:
+            model = meta["model"]
+            if not isinstance(model, str) or not model:
+                raise ValueError("model must be a non-empty string")
+            rid = meta.get("reference_id")
+            if rid is not None and not isinstance(rid, str):
+                raise ValueError("reference_id must be a string or null")
             st = cls(
-                model=str(meta["model"]),
-                partition=int(meta.get("partition", -1)),
+                model=model,
+                partition=_int64(meta.get("partition", -1), "partition", -1),
                 cluster_id=meta.get("cluster") if isinstance(meta.get("cluster"), str) else None,
-                offsets={str(k): int(v) for k, v in meta["offsets"].items()},
-                events_applied=int(meta["events_applied"]),
-                events_deadlettered=int(meta["events_deadlettered"]),
-                events_late=int(meta.get("events_late", 0)),
-                alerts_fired=int(meta.get("alerts_fired", 0)),
-                restored_reference_id=meta.get("reference_id"),
+                offsets={str(k): _int64(v, "offset", -1) for k, v in meta["offsets"].items()},
+                events_applied=_int64(meta["events_applied"], "events_applied"),
+                events_deadlettered=_int64(meta["events_deadlettered"], "events_deadlettered"),
+                events_late=_int64(meta.get("events_late", 0), "events_late"),
+                alerts_fired=_int64(meta.get("alerts_fired", 0), "alerts_fired"),
+                restored_reference_id=rid,
                 upstream=UpstreamSchema.from_dict(meta.get("upstream")),
             )
-            for rows in meta.get("pending", []):
+            pending = meta.get("pending", [])
+            if not isinstance(pending, list):
+                raise ValueError("pending must be a list")
+            for rows in pending:
                 st.buffer_for_reference(_rows_batch(st.model, rows))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise SnapshotError(f"malformed model snapshot: {exc!r}") from None
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError,
+                IndexError) as exc:
+            raise SnapshotError(f"malformed model snapshot: {type(exc).__name__}: "
+                                f"{str(exc)[:200]}") from None
         rid = meta.get("reference_id")
         if reference is not None and rid == reference.reference_id:
             st.reference = reference
@@ -181,20 +201,59 @@ def _batch_rows(b: EventBatch) -> dict[str, Any]:
     }
 
 
+def _int64(v: Any, what: str, low: int = 0) -> int:
+    """A snapshot integer that the next snapshot can write again (int64, >= ``low``)."""
+    if isinstance(v, bool) or not isinstance(v, int) or not low <= v < 2**63:
+        shown = repr(v)[:40] if isinstance(v, int | float | str) else type(v).__name__
+        raise ValueError(f"{what} must be an integer in [{low}, 2**63), not {shown}")
+    return v
+
+
+def _strs(values: Any, n: int, what: str) -> list[Any]:
+    """``n`` values, each a string or null (text cells, labels, versions)."""
+    if not isinstance(values, list) or len(values) != n:
+        raise ValueError(f"{what} must be a list of {n} values")
+    if not all(v is None or isinstance(v, str) for v in values):
+        raise ValueError(f"{what} must hold strings or nulls")
+    return values
+
+
+def _floats(values: Any, n: int, what: str) -> Any:
+    if not isinstance(values, list) or len(values) != n:
+        raise ValueError(f"{what} must be a list of {n} values")
+    return np.asarray([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+
+
 def _rows_batch(model: str, d: dict[str, Any]) -> EventBatch:
-    names = tuple(str(n) for n in d["names"])
-    numeric = np.asarray(
-        [[np.nan if v is None else float(v) for v in row] for row in d["numeric"]], dtype=np.float64
-    ).reshape(-1, len(names))
-    n = numeric.shape[0]
-    text = None if d.get("text") is None else np.asarray(d["text"], dtype=object).reshape(n, -1)
-    label = None if d.get("label") is None else np.asarray(d["label"], dtype=object)
+    """A pending batch from its JSON form; ValueError unless every shape agrees."""
+    if not isinstance(d, dict):
+        raise ValueError("a pending batch must be an object")
+    names = tuple(d["names"])
+    if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise ValueError("pending feature names must be distinct strings")
+    rows = d["numeric"]
+    if not isinstance(rows, list) or not all(isinstance(r, list) and len(r) == len(names)
+                                             for r in rows):
+        raise ValueError("pending rows must be lists of one value per feature")
+    n = len(rows)
+    numeric = np.asarray([[np.nan if v is None else float(v) for v in row] for row in rows],
+                         dtype=np.float64).reshape(n, len(names))
+    text = None
+    if d.get("text") is not None:
+        cells = d["text"]
+        if not isinstance(cells, list) or len(cells) != n:
+            raise ValueError(f"pending text must have {n} rows")
+        text = np.asarray([_strs(r, len(names), "a pending text row") for r in cells],
+                          dtype=object).reshape(n, len(names))
+    label = None if d.get("label") is None else np.asarray(
+        _strs(d["label"], n, "pending labels"), dtype=object)
     none = np.full(n, None, dtype=object)
     return EventBatch(
         model=model, feature_names=names, numeric=numeric, text=text,
-        ts=np.asarray([np.nan if v is None else v for v in d.get("ts") or [None] * n], dtype=float),
-        prediction_score=np.asarray([np.nan if v is None else v for v in d["score"]], dtype=float),
-        prediction_label=label, event_id=none, model_version=np.asarray(d["version"], dtype=object),
+        ts=_floats(d.get("ts") or [None] * n, n, "pending ts"),
+        prediction_score=_floats(d["score"], n, "pending scores"),
+        prediction_label=label, event_id=none,
+        model_version=np.asarray(_strs(d["version"], n, "pending versions"), dtype=object),
         segment=none.copy(), latency_ms=np.full(n, np.nan), partition=np.full(n, -1, np.int64),
         offset=np.full(n, -1, np.int64),
     )

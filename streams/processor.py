@@ -17,7 +17,7 @@ import numpy as np
 from driftline.detectors.calibration import Calibration
 from driftline.detectors.errors import DriftlineError, SnapshotError
 from driftline.detectors.exemplars import exemplar_rows, identified, row_ids
-from driftline.detectors.monitor import ModelMonitor, MonitorConfig
+from driftline.detectors.monitor import Evaluation, ModelMonitor, MonitorConfig
 from driftline.detectors.reference import ReferenceProfile
 from driftline.schemas.codecs import decode_inference
 from driftline.schemas.limits import Limits
@@ -30,6 +30,7 @@ from driftline.streams.changes import (
     detect_reference,
 )
 from driftline.streams.metrics import WorkerMetrics
+from driftline.streams.model_config import ModelConfigError, ModelConfigs, WindowSpec
 from driftline.streams.model_state import ModelState, state_key
 
 log = logging.getLogger("driftline.worker")
@@ -75,8 +76,15 @@ class Processor:
         max_models: int = 1000,
         snapshot_loader: Callable[[str], bytes | None] | None = None,
         snapshot_key: bytes | None = None,
+        model_configs: ModelConfigs | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        self.config = config
+        """``model_configs``: per-model windows over ``config`` (the default for every
+        model); ``clock``: wall time in seconds (the idle timeout measures quiet with it)."""
+        self.model_configs = model_configs or ModelConfigs(config)
+        if model_configs is not None and model_configs.base != config:
+            self.config = config
+        self.clock = clock
         self.limits = limits
         self.metrics = metrics
         self.auto_reference_events = auto_reference_events
@@ -88,16 +96,67 @@ class Processor:
         self.snapshot_key = snapshot_key
         self._prior: dict[tuple[str, int], int] = {}
         self.cluster_id: str | None = None  # Kafka cluster the offsets in the states refer to
-        self._calibrations: dict[str, Calibration] = {}
+        self._calibrations: dict[tuple[str, MonitorConfig], Calibration] = {}
         self.changes = ChangeLog(max_models=4 * max_models, metrics=metrics)
 
+    @property
+    def config(self) -> MonitorConfig:
+        """The configuration of every model without an entry of its own (under the file)."""
+        return self.model_configs.base
+
+    @config.setter
+    def config(self, value: MonitorConfig) -> None:
+        c = self.model_configs
+        self.model_configs = ModelConfigs(value, c.base_idle_timeout, c.file, c.source)
+
+    def config_for(self, model: str) -> MonitorConfig:
+        """The windows and alerting a model runs with (its entry, else the defaults)."""
+        return self.model_configs.monitor_config(model)
+
+    def set_model_configs(self, configs: ModelConfigs) -> list[str]:
+        """New per-model configuration: models whose configuration changed start new
+        windows (their current panes are dropped); returns the state keys restarted."""
+        self.model_configs = configs
+        restarted = []
+        for key, st in self.models.items():
+            if st.monitor is not None and st.monitor.config != self.config_for(st.model):
+                st.monitor = self._monitor(st.monitor.reference)
+                st.dirty = True
+                restarted.append(key)
+                log.info("model %s: configuration changed; new windows", st.model)
+        return restarted
+
+    def set_model_entry(self, model: str, entry: WindowSpec) -> bool:
+        """One model's configuration entry (from the references topic) replaces its entry
+        of the file; its windows restart if its configuration changed. False when the
+        entry is unusable (logged; the model keeps its configuration)."""
+        try:
+            configs = self.model_configs.with_model(model, entry)
+        except ModelConfigError as exc:
+            log.error("model %s: configuration rejected: %s", model, exc)
+            return False
+        self.set_model_configs(configs)
+        return True
+
     def _monitor(self, ref: ReferenceProfile) -> ModelMonitor:
-        """A fresh monitor; the calibration (a bootstrap) is computed once per reference."""
-        mon = ModelMonitor(ref, self.config, calibration=self._calibrations.get(ref.reference_id))
-        self._calibrations.setdefault(ref.reference_id, mon.calibration)
+        """A fresh monitor; the calibration (a bootstrap) is computed once per reference
+        and configuration."""
+        cfg = self.config_for(ref.model)
+        key = (ref.reference_id, cfg)
+        mon = ModelMonitor(ref, cfg, calibration=self._calibrations.get(key))
+        self._calibrations.setdefault(key, mon.calibration)
         if len(self._calibrations) > 4 * self.max_models:
             self._calibrations.pop(next(iter(self._calibrations)))
         return mon
+
+    def _usable_monitor(self, ref: ReferenceProfile) -> ModelMonitor | None:
+        """A monitor on ``ref``, or None (logged) when the reference cannot be used."""
+        try:
+            return self._monitor(ref)
+        except Exception as exc:  # never take the worker down (see set_reference)
+            log.error("model %s: reference %s is unusable, ignored: %s: %s", ref.model,
+                      ref.reference_id, type(exc).__name__, exc)
+            return None
 
     # -- references --------------------------------------------------------------------
     def set_reference(self, profile: ReferenceProfile) -> bool:
@@ -137,12 +196,17 @@ class Processor:
         ref = self.references.get(model)
         if blob is not None:
             try:
-                st = ModelState.restore(blob, ref, self.config, key=self.snapshot_key)
+                st = ModelState.restore(blob, ref, self.config_for(model), key=self.snapshot_key)
                 if self.cluster_id and st.cluster_id and st.cluster_id != self.cluster_id:
                     raise SnapshotError(f"snapshot is from Kafka cluster {st.cluster_id}, "
                                         f"not {self.cluster_id}")
                 if st.monitor is None and ref is not None:
-                    st.reference, st.monitor = ref, self._monitor(ref)
+                    st.monitor = self._usable_monitor(ref)
+                    st.reference = ref if st.monitor is not None else None
+                elif st.monitor is not None and st.monitor.config != self.config_for(model):
+                    log.info("model %s: configuration changed since the snapshot; new windows",
+                             model)
+                    st.monitor, st.dirty = self._monitor(st.monitor.reference), True
                 log.info("model %s: state restored (%d events applied so far)", model,
                          st.events_applied)
             except (SnapshotError, DriftlineError) as exc:
@@ -151,7 +215,8 @@ class Processor:
         if st is None:
             st = ModelState(model, partition, cluster_id=self.cluster_id)
             if ref is not None:
-                st.reference, st.monitor = ref, self._monitor(ref)
+                st.monitor = self._usable_monitor(ref)
+                st.reference = ref if st.monitor is not None else None
         self.models[key] = st
         self.metrics.models_tracked.set(len(self.models))
         return st
@@ -228,7 +293,7 @@ class Processor:
             return
         for p in np.unique(batch.partition).tolist():
             st.mark(topic, p, int(batch.offset[batch.partition == p].max()))
-        st.last_seen, st.dirty = time.time(), True
+        st.last_seen, st.dirty = self.clock(), True
         self.metrics.observe_batch(model, batch, time.perf_counter() - t0)
 
     def _feed(self, st: ModelState, batch: EventBatch, topic: str, out: Output) -> None:
@@ -239,7 +304,8 @@ class Processor:
             st.events_applied += len(head)
             out.applied += len(head)
             if st.pending_rows >= self.auto_reference_events:
-                ref = st.build_reference(bins=self.reference_bins)
+                ref = st.build_reference(bins=self.reference_bins,
+                                         max_features=self.limits.max_features)
                 self.references[st.model] = ref
                 st.reference, st.monitor = ref, self._monitor(ref)
                 out.references.append(ref)
@@ -251,12 +317,20 @@ class Processor:
                 return
             batch = _rows(batch, np.arange(need, len(batch)))
         n = len(batch)
-        seq0 = st.monitor.ring.seq
-        evals = st.monitor.update(batch)
-        late = st.monitor.last_late_rows
+        mon = st.monitor
+        assert mon is not None
+        late_before = mon.late_events
+        seq0 = mon.ring.seq
+        evals = mon.update(batch)
+        if mon.segments is not None and mon.segments.last_events:
+            self.metrics.observe_segments(st.model, mon.segments.last_events)
+        late = mon.last_late_rows
         applied = n - int(late.size)
         st.events_applied += applied
         out.applied += applied
+        late_now = mon.late_events - late_before
+        if late_now:
+            self.metrics.late_events.labels(st.model).inc(late_now)
         if late.size:
             st.events_late += int(late.size)
             for i in late.tolist():
@@ -265,15 +339,31 @@ class Processor:
                     b"", topic, int(batch.partition[i]), int(batch.offset[i]), st.model))
             st.events_deadlettered += int(late.size)
             self.metrics.deadletter.labels("late").inc(int(late.size))
+        self._observe_watermark(st)
+        out.alerts += self._record(st, evals, batch, seq0)
+
+    def _record(self, st: ModelState, evals: list[Evaluation], batch: EventBatch | None = None,
+                seq0: int = 0) -> list[DriftAlert]:
+        """Metrics and accounting of a model's evaluations; their alerts, with the model's
+        recent changes and (from ``batch``, the one that closed the panes) exemplars."""
+        alerts: list[DriftAlert] = []
         for ev in evals:
             self.metrics.observe_evaluation(st.model, ev)
             for a in ev.alerts:
                 a, trace = self._explain(st, a, batch, seq0)
-                out.alerts.append(a)
+                alerts.append(a)
                 if a.state == "firing":
                     st.alerts_fired += 1
                 self.metrics.alerts.labels(a.model, a.kind, a.state).inc(
                     exemplar={"trace_id": trace} if trace else None)
+        return alerts
+
+    def _observe_watermark(self, st: ModelState) -> None:
+        mon = st.monitor
+        if mon is not None and mon.config.pane_seconds is not None \
+                and np.isfinite(mon.ring.max_ts):
+            self.metrics.watermark.labels(st.model).set(
+                mon.ring.max_ts - mon.config.allowed_lateness)
 
     # -- upstream changes and exemplars ------------------------------------------------
     def _note_changes(self, st: ModelState, batch: EventBatch, out: Output,
@@ -299,7 +389,8 @@ class Processor:
         the batch that closed its pane; also the first exemplar's trace id, if it has one."""
         changes = a.changes or self.changes.recent(a.model, a.window.end_ts, ALERT_CHANGES)
         ids: list[tuple[str, bool]] = []
-        if batch is not None and a.state == "firing" and a.feature and st.monitor is not None:
+        if batch is not None and a.state == "firing" and a.feature and a.segment is None \
+                and st.monitor is not None:
             try:
                 ids = self._exemplars(st.monitor, a, batch, seq0)
             except Exception:  # exemplars are an extra: never lose the alert over them
@@ -346,17 +437,22 @@ class Processor:
         st.dirty = True
         self.metrics.deadletter.labels(rej.reason.split(":", 1)[0]).inc()
 
-    def tick(self, now: float, idle_timeout: float | None) -> list[DriftAlert]:
-        """Idle timeout: evaluate quiet models whose panes would otherwise never close."""
+    def tick(self, now: float | None = None, idle_timeout: float | None = None) -> list[DriftAlert]:
+        """Idle timeout: evaluate quiet models whose panes would otherwise never close.
+
+        A model quiet for its configured ``idle_timeout`` (else ``idle_timeout``) of wall
+        time (``now``, default the processor's clock) has its due panes closed and evaluated.
+        """
+        now = self.clock() if now is None else now
         alerts: list[DriftAlert] = []
-        if idle_timeout is None:
-            return alerts
         for st in self.models.values():
             if st.monitor is None or not st.last_seen:
                 continue
-            for ev in st.monitor.tick(now, idle_timeout, st.last_seen):
-                self.metrics.observe_evaluation(st.model, ev)
-                alerts += [self._explain(st, a)[0] for a in ev.alerts]
+            timeout = self.model_configs.idle_timeout(st.model)
+            evals = st.monitor.tick(now, timeout if timeout is not None else idle_timeout,
+                                    st.last_seen)
+            if evals:
+                alerts += self._record(st, evals)
                 st.dirty = True
         return alerts
 

@@ -6,14 +6,18 @@ Kafka security settings pass through to every client driftline creates.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import logging
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from driftline.detectors.monitor import MonitorConfig
 from driftline.detectors.policy import PolicyConfig
 from driftline.schemas.limits import Limits
+
+if TYPE_CHECKING:
+    from driftline.streams.model_config import ModelConfigs
 
 
 class Settings(BaseSettings):
@@ -75,6 +79,18 @@ class Settings(BaseSettings):
     fire_n: int = Field(1, ge=1)
     clear_after: int = Field(3, ge=1)
     cooldown: int = Field(0, ge=0)
+    #: the reference's multivariate statistics (RFF kernel MMD, covariance, PCA
+    #: reconstruction) beside the per-column tests; ``off`` runs the per-column tests only
+    multivariate: bool = True
+
+    # segments: drift per segment value as well as per model
+    segments: bool = True  # DRIFTLINE_SEGMENTS=false turns per-segment windows off
+    segment_max: int = Field(16, ge=1, le=1000)  # values with their own window; rest pooled
+    segment_keys: str = ""  # comma-separated keys forming the segment value; "" = all keys
+    #: YAML/JSON file of per-model windows over the defaults above (see model_config.py)
+    model_config_file: str | None = Field(
+        None, validation_alias=AliasChoices("model_config_file", "DRIFTLINE_MODEL_CONFIG",
+                                            "DRIFTLINE_MODEL_CONFIG_FILE"))
 
     # limits
     max_payload_bytes: int = Field(1_048_576, ge=64)
@@ -82,6 +98,18 @@ class Settings(BaseSettings):
     max_string_length: int = Field(1024, ge=1)
     max_events_per_envelope: int = Field(100_000, ge=1)
     max_models: int = Field(1000, ge=1)
+
+    @model_validator(mode="after")
+    def _usable(self) -> Settings:
+        """Refuse, at startup and naming the variable, values the worker would fail on later
+        (pane_seconds <= 0, non-finite numbers, integers the detectors refuse, an unknown
+        log level, blank bootstrap servers): pydantic turns these ValueErrors into a
+        ValidationError."""
+        if not isinstance(logging.getLevelName(self.log_level.upper()), int):
+            raise ValueError(f"log_level {self.log_level!r} is not a logging level")
+        self.monitor_config()
+        self.kafka()
+        return self
 
     def monitor_config(self) -> MonitorConfig:
         return MonitorConfig(
@@ -95,7 +123,21 @@ class Settings(BaseSettings):
             correction=self.correction,
             policy=PolicyConfig(self.fire_m, max(self.fire_n, self.fire_m), self.clear_after,
                                 self.cooldown),
+            multivariate=self.multivariate,
+            segments=self.segments,
+            segment_max=self.segment_max,
+            segment_keys=tuple(k.strip() for k in self.segment_keys.split(",") if k.strip()),
         )
+
+    def model_configs(self) -> ModelConfigs:
+        """Per-model configuration: the model config file over :meth:`monitor_config`.
+
+        Raises ModelConfigError when the file is unreadable or invalid.
+        """
+        from driftline.streams.model_config import load_model_configs
+
+        return load_model_configs(self.model_config_file, self.monitor_config(),
+                                  self.idle_timeout_s)
 
     def limits(self) -> Limits:
         return Limits(

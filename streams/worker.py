@@ -39,12 +39,14 @@ from prometheus_client import CollectorRegistry
 
 from driftline.detectors.errors import DriftlineError
 from driftline.detectors.reference import ReferenceProfile
+from driftline.detectors.serialization import sign_record, verify_record
 from driftline.schemas.codecs import encode_alert, encode_dead_letter
 from driftline.schemas.models import DriftAlert, Rejection
 from driftline.streams.admin import TopicSpec, ensure_topics, partition_count, read_compacted
 from driftline.streams.changes import ChangeEvent
 from driftline.streams.kafka_config import consumer_config, producer_config
 from driftline.streams.metrics import WorkerMetrics
+from driftline.streams.model_config import ModelConfigError, ModelConfigs, decode_record
 from driftline.streams.model_state import ModelState
 from driftline.streams.processor import UNATTRIBUTED, Processor
 from driftline.streams.settings import Settings
@@ -104,7 +106,9 @@ class Worker:
         *,
         owner: str | None = None,
         on_alert: Callable[[DriftAlert], None] | None = None,
+        model_configs: ModelConfigs | None = None,
     ) -> None:
+        """``model_configs``: per-model windows (default: read from the settings' file)."""
         self.settings = settings
         self.metrics = WorkerMetrics(registry)
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
@@ -128,6 +132,7 @@ class Worker:
             max_models=settings.max_models,
             snapshot_loader=self._snapshots.get,
             snapshot_key=key,
+            model_configs=model_configs or settings.model_configs(),
         )
         base: dict[str, Any] = {**settings.kafka(), "logger": logging.getLogger("driftline.kafka")}
         self._base = base
@@ -500,6 +505,20 @@ class Worker:
             if value is None:
                 continue
             try:
+                value = verify_record(value, self._key)
+            except DriftlineError as exc:
+                log.error("ignoring unverifiable record at offset %d: %s", m.offset(), exc)
+                continue
+            try:
+                entry = decode_record(value)
+            except ModelConfigError as exc:
+                log.error("ignoring model config at offset %d: %s", m.offset(), exc)
+                continue
+            if entry is not None:
+                if self.processor.set_model_entry(*entry):
+                    log.info("model %s: configuration from the references topic", entry[0])
+                continue
+            try:
                 profile = ReferenceProfile.from_json(value)
             except DriftlineError as exc:
                 log.error("ignoring invalid reference at offset %d: %s", m.offset(), exc)
@@ -545,7 +564,8 @@ class Worker:
             self.processor.changes.add(change, live=live)
 
     def _publish_reference(self, ref: ReferenceProfile) -> None:
-        self._producer.produce(self.settings.references_topic, ref.to_json(),
+        value = ref.to_json() if self._key is None else sign_record(ref.to_json(), self._key)
+        self._producer.produce(self.settings.references_topic, value,
                                key=ref.model.encode(), on_delivery=self._on_delivery)
 
     # -- callbacks ---------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-__all__ = ["Reporter", "RowWindow", "base_parser", "consumer_settings", "cpu_seconds"]
+__all__ = ["PerEventStep", "Reporter", "RowWindow", "base_parser", "consumer_settings", "cpu_seconds"]
 
 
 class RowWindow:
@@ -73,6 +73,26 @@ class Reporter:
         if self.t_first is not None:  # CPU of the whole process (all threads) while consuming
             fields.setdefault("cpu_s", cpu_seconds() - self.cpu_first)
         self.line("result", n=n, t_first=t_first, t_last=t_last, eps=eps, pid=os.getpid(), **fields)
+
+
+class PerEventStep:
+    """The per-event callback of a per-message engine: decode the value into the window,
+    report progress, and end the process with the result once ``target`` events are in."""
+
+    def __init__(self, rep: Reporter, win: RowWindow, target: int, engine: str) -> None:
+        self.rep, self.win, self.target, self.engine = rep, win, target, engine
+
+    def __call__(self, value: bytes) -> None:
+        rep = self.rep
+        if rep.t_first is None:
+            rep.first()
+        self.win.add(value)
+        n = self.win.n
+        rep.progress(n)
+        if n >= self.target:
+            rep.result(n, rep.t_first, time.monotonic(), engine=self.engine)
+            sys.stdout.flush()
+            os._exit(0)
 
 
 def cpu_seconds() -> float:

@@ -8,16 +8,13 @@ gets its own; it does not exit on SIGTERM, so the agent ends the process itself
 from __future__ import annotations
 
 import logging
-import os
-import sys
-import time
 
 import faust
 
 try:
-    from driftline.benchmarks.baselines.common import Reporter, RowWindow, base_parser
+    from driftline.benchmarks.baselines.common import PerEventStep, Reporter, RowWindow, base_parser
 except ImportError:  # run by path in a separate virtualenv
-    from common import Reporter, RowWindow, base_parser  # type: ignore[no-redef]
+    from common import PerEventStep, Reporter, RowWindow, base_parser  # type: ignore[no-redef]
 
 
 def main() -> None:
@@ -42,22 +39,12 @@ def main() -> None:
     )
     topic = app.topic(a.topic, key_type=bytes, value_type=bytes, value_serializer="raw",
                       key_serializer="raw", partitions=a.partitions)
-    state: dict[str, float | None] = {"first": None}
-    target = a.events
+    step = PerEventStep(rep, win, a.events, "faust-streaming agent")
 
     @app.agent(topic)
     async def decode(stream):  # type: ignore[no-untyped-def]
         async for value in stream:
-            if state["first"] is None:
-                rep.first()
-                state["first"] = rep.t_first
-            win.add(value)
-            n = win.n
-            rep.progress(n)
-            if n >= target:
-                rep.result(n, state["first"], time.monotonic(), engine="faust-streaming agent")
-                sys.stdout.flush()
-                os._exit(0)
+            step(value)
 
     @app.task
     async def ready() -> None:

@@ -8,16 +8,13 @@ plus its own dependencies, or run this file with another virtualenv's Python.
 from __future__ import annotations
 
 import logging
-import os
-import sys
-import time
 
 from quixstreams import Application
 
 try:
-    from driftline.benchmarks.baselines.common import Reporter, RowWindow, base_parser
+    from driftline.benchmarks.baselines.common import PerEventStep, Reporter, RowWindow, base_parser
 except ImportError:  # run by path in a separate virtualenv
-    from common import Reporter, RowWindow, base_parser  # type: ignore[no-redef]
+    from common import PerEventStep, Reporter, RowWindow, base_parser  # type: ignore[no-redef]
 
 
 def main() -> None:
@@ -36,22 +33,7 @@ def main() -> None:
     )
     topic = app.topic(a.topic, key_deserializer="bytes", value_deserializer="bytes")
     sdf = app.dataframe(topic)
-    state: dict[str, float | None] = {"first": None}
-    target = a.events
-
-    def decode(value: bytes) -> None:
-        if state["first"] is None:
-            rep.first()
-            state["first"] = rep.t_first
-        win.add(value)
-        n = win.n
-        rep.progress(n)
-        if n >= target:
-            rep.result(n, state["first"], time.monotonic(), engine="quixstreams per-message")
-            sys.stdout.flush()
-            os._exit(0)
-
-    sdf.update(decode)
+    sdf.update(PerEventStep(rep, win, a.events, "quixstreams per-message"))
     rep.line("ready")
     app.run()
 

@@ -21,7 +21,8 @@ def detectors(
     events: int = typer.Option(200_000, help="events in the stream"),
     quick: bool = typer.Option(False, help="smaller samples (CI smoke run)"),
 ) -> None:
-    """Per-event-feature cost: pane histograms vs river, alibi-detect, scipy."""
+    """Per-event-feature cost: pane histograms (per-column, and with the multivariate
+    statistics) vs river, alibi-detect, scipy."""
     from driftline.benchmarks.detectors import run
 
     _show(run(events=events, json_out=json_out, quick=quick))

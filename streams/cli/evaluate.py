@@ -13,6 +13,7 @@ from driftline.detectors.errors import DriftlineError
 from driftline.detectors.offline import Report, compare, profile_table, replay
 from driftline.detectors.reference import ReferenceProfile
 from driftline.detectors.tables import read_table
+from driftline.streams.cli.terminal import shown
 
 
 def _load_reference(path: Path, model: str) -> ReferenceProfile:
@@ -62,12 +63,35 @@ def _print(report: Report) -> None:
         table.add_column(col, justify="left" if col in ("feature", "kind") else "right")
     for f in sorted(report.features, key=lambda f: f.p_value):
         table.add_row(
-            f.name, f.kind, "[bold red]DRIFT[/]" if f.drift else "ok", f"{f.score:.1f}",
+            shown(f.name), f.kind, "[bold red]DRIFT[/]" if f.drift else "ok", f"{f.score:.1f}",
             f"{f.threshold:.1f}", f"{f.p_value:.2e}", f"{f.psi:.3f}", f"{f.js:.3f}",
             "" if f.ks is None else f"{f.ks:.3f}",
         )
     console.print(table)
+    if report.multivariate:
+        console.print(_multivariate_table(report))
     for a in report.alerts:
-        console.print(f"row {a['index']}: {a['kind']} drift {a['state']} — {', '.join(a['features'])}")
+        feats = ", ".join(shown(f) for f in a["features"])
+        console.print(f"row {a['index']}: {a['kind']} drift {a['state']} — {feats}")
     verdict = "[bold red]drift detected[/]" if report.drift else "[green]no drift[/]"
     console.print(f"verdict: {verdict}")
+
+
+def _num(v: float | None, spec: str) -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def _multivariate_table(report: Report) -> RichTable:
+    """The multivariate statistics of the window with what explains each of them."""
+    table = RichTable(title=f"multivariate statistics ({report.tests} tests in the family)")
+    for col in ("statistic", "drift", "score", "threshold", "p-value", "explained by"):
+        table.add_column(col, justify="left" if col in ("statistic", "explained by") else "right")
+    for s in report.multivariate:
+        groups: dict[str, list[str]] = {}
+        for c in s["top"]:
+            groups.setdefault(c["statistic"], []).append(c["name"])
+        top = shown("; ".join(f"{', '.join(names)} ({stat})" for stat, names in groups.items()))
+        table.add_row(s["name"], "[bold red]DRIFT[/]" if s["drift"] else "ok",
+                      _num(s["score"], ".3g"), _num(s["threshold"], ".3g"),
+                      _num(s["p_value"], ".2e"), top)
+    return table

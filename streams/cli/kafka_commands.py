@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import signal
 import sys
 import threading
@@ -13,6 +14,7 @@ from typing import Any
 
 import orjson
 import typer
+import yaml
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, Producer, TopicPartition
 from rich.console import Console
 from rich.table import Table as RichTable
@@ -20,6 +22,7 @@ from rich.table import Table as RichTable
 from driftline.detectors.errors import DriftlineError
 from driftline.detectors.offline import profile_table
 from driftline.detectors.reference import ReferenceProfile
+from driftline.detectors.serialization import sign_record, verify_record
 from driftline.detectors.tables import read_table
 from driftline.schemas.codecs import alert_to_dict, encode_event
 from driftline.streams.admin import (
@@ -29,7 +32,15 @@ from driftline.streams.admin import (
     read_compacted,
 )
 from driftline.streams.changes import annotation
+from driftline.streams.cli.terminal import shown
 from driftline.streams.kafka_config import producer_config, redacted
+from driftline.streams.model_config import (
+    ModelConfigError,
+    WindowSpec,
+    encode_record,
+    parse_model_configs,
+    record_key,
+)
 from driftline.streams.producer import DriftlineProducer
 from driftline.streams.settings import Settings
 from driftline.streams.subscriber import AlertSubscriber
@@ -182,12 +193,14 @@ def alerts(
                 sys.stdout.write(orjson.dumps(alert_to_dict(a)).decode() + "\n")
                 sys.stdout.flush()
             else:
-                feats = ", ".join(f"{f.name}({f.score:.1f})" for f in a.top_features[:3])
+                # names come from the topics (anyone with write access): never markup
+                feats = ", ".join(f"{shown(f.name)}({f.score:.1f})" for f in a.top_features[:3])
                 color = "red" if a.state == "firing" else "green"
                 console.print(
-                    f"[{color}]{a.state:8}[/] {a.kind:10} {a.model:20} feature={a.feature} "
-                    f"{a.statistic}={a.score:.1f} thr={a.threshold:.1f} n={a.window.n} "
-                    f"top: {feats}  [dim]{a.alert_id}[/]")
+                    f"[{color}]{shown(a.state):8}[/] {shown(a.kind):10} {shown(a.model):20} "
+                    f"feature={shown(a.feature)} {shown(a.statistic)}={a.score:.1f} "
+                    f"thr={a.threshold:.1f} n={a.window.n} top: {feats}  "
+                    f"[dim]{shown(a.alert_id)}[/]")
     except KeyboardInterrupt:
         pass
     except TimeoutError as exc:
@@ -223,8 +236,8 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         records = read_compacted(base, settings.status_topic, timeout=30)
     except UnknownTopicError:
         records = {}
-    rows = [orjson.loads(v) for v in records.values()]
-    dl_total = sum(int(r.get("events_deadlettered", 0)) for r in rows)
+    rows = [r for r in (_status_row(k, v) for k, v in records.items()) if r is not None]
+    dl_total = min(sum(int(r.get("events_deadlettered") or 0) for r in rows), _MAX_COUNT)
     models = _per_model([r for r in rows if not r.get("unattributed")])
     n = partition_count(base, settings.inference_topic) or 0
     lag: dict[str, int] = {}
@@ -249,6 +262,39 @@ def collect_status(settings: Settings) -> dict[str, Any]:
     }
 
 
+_COUNTS = ("events_applied", "events_deadlettered", "events_late", "alerts_firing", "alerts_fired")
+#: a worker's counters are int64; sums over records are clamped there, so --json can write them
+_MAX_COUNT = 2**63 - 1
+
+
+def _status_row(key: bytes, value: bytes) -> dict[str, Any] | None:
+    """One status record, or None (logged) when it is not one a worker wrote: the status
+    topic is only as trustworthy as its ACLs, and one bad record must not hide the rest."""
+    try:
+        r = orjson.loads(value)
+        if not isinstance(r, dict) or not isinstance(r.get("model"), str):
+            raise ValueError("not an object with a model")
+        for k in _COUNTS:
+            v = r.get(k) or 0
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= _MAX_COUNT:
+                raise ValueError(f"{k} is not a count")
+        p = r.get("partition", -1)
+        if isinstance(p, bool) or not isinstance(p, int) or not -1 <= p < 2**31:
+            raise ValueError("partition is not a partition number")
+        t = r.get("updated_at") or 0.0
+        if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t):
+            raise ValueError("updated_at is not a time")
+        for k in ("reference", "owner"):
+            if r.get(k) is not None and not isinstance(r[k], str):
+                raise ValueError(f"{k} is not a string")
+        if not isinstance(r.get("offsets") or {}, dict):
+            raise ValueError("offsets is not an object")
+    except ValueError as exc:  # orjson.JSONDecodeError is a ValueError
+        typer.echo(f"skipping status record {key[:80]!r}: {exc}", err=True)
+        return None
+    return r
+
+
 def _per_model(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per model: a model's state is kept per source partition (normally one)."""
     out: dict[str, dict[str, Any]] = {}
@@ -260,7 +306,7 @@ def _per_model(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "partitions": [], "updated_at": 0.0})
         for k in ("events_applied", "events_deadlettered", "events_late", "alerts_firing",
                   "alerts_fired"):
-            m[k] += int(r.get(k) or 0)
+            m[k] = min(m[k] + int(r.get(k) or 0), _MAX_COUNT)
         m["offsets"].update(r.get("offsets") or {})
         m["partitions"].append(r.get("partition"))
         if r.get("owner") and r.get("owner") != m["owner"]:
@@ -283,9 +329,9 @@ def status(
                   f"dead letters {data['deadletter_total']}, lag {data['lag_total']}")
     for col in ("model", "applied", "dead-lettered", "alerts firing", "reference", "owner"):
         t.add_column(col)
-    for r in data["models"]:
-        t.add_row(r["model"], f"{r['events_applied']:,}", f"{r['events_deadlettered']:,}",
-                  str(r["alerts_firing"]), str(r["reference"]), str(r["owner"]))
+    for r in data["models"]:  # data-derived strings: escaped, never markup
+        t.add_row(shown(r["model"]), f"{r['events_applied']:,}", f"{r['events_deadlettered']:,}",
+                  str(r["alerts_firing"]), shown(r["reference"]), shown(r["owner"]))
     console.print(t)
 
 
@@ -296,32 +342,73 @@ reference_app = typer.Typer(help="Reference profiles on the references topic.",
 @reference_app.command("set")
 def reference_set(
     model: str = typer.Option(..., "--model", "-m", help="model id"),
-    file: Path = typer.Option(..., "--file", "-f", help="CSV/Parquet/NPZ data, or a profile JSON"),
+    file: Path | None = typer.Option(None, "--file", "-f",
+                                     help="CSV/Parquet/NPZ data, or a profile JSON"),
+    config: Path | None = typer.Option(
+        None, "--config", help="the model's window configuration: one entry of the model "
+        "config file (YAML/JSON), e.g. 'window: 1h' and 'pane: 5m' on two lines"),
     bootstrap: str | None = BootstrapOpt,
     version: str | None = typer.Option(None, help="model version of this reference"),
 ) -> None:
-    """Replace a model's reference; workers pick it up live and restart its windows."""
+    """Replace a model's reference and/or its window configuration; workers pick them up
+    live (the model's windows restart)."""
     s = _settings(bootstrap)
+    if file is None and config is None:
+        typer.echo("error: give --file (a reference), --config (a configuration) or both",
+                   err=True)
+        raise typer.Exit(2)
+    records: list[tuple[bytes, bytes]] = []
     try:
-        if file.suffix == ".json":
-            prof = ReferenceProfile.from_json(file.read_bytes())
-            if prof.model != model:
-                raise DriftlineError(f"profile is for model {prof.model!r}, not {model!r}")
-        else:
-            prof = profile_table(model, read_table(file), source=str(file), bins=s.reference_bins)
-    except DriftlineError as exc:
+        if config is not None:
+            entry = _config_entry(model, config, s)
+            records.append((record_key(model), encode_record(model, entry)))
+        if file is not None:
+            prof = _profile(model, file, s, version)
+            records.append((model.encode(), prof.to_json()))
+    except (DriftlineError, ModelConfigError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    if version:
-        prof = ReferenceProfile(**{**prof.__dict__, "model_version": version})
     ensure_topics(s.kafka(), topic_specs(s))
     p = Producer(producer_config(s.kafka()))
-    p.produce(s.references_topic, prof.to_json(), key=model.encode())
+    key = s.snapshot_key.get_secret_value().encode() if s.snapshot_key else None
+    for rkey, value in records:
+        p.produce(s.references_topic, value if key is None else sign_record(value, key), key=rkey)
     if p.flush(30):
         typer.echo("error: the broker did not acknowledge the reference", err=True)
         raise typer.Exit(1)
-    typer.echo(f"reference {prof.reference_id} set for {model} ({prof.size} rows, "
-               f"{len(prof.columns)} features)")
+    if config is not None:
+        typer.echo(f"configuration set for {model}")
+    if file is not None:
+        typer.echo(f"reference {prof.reference_id} set for {model} ({prof.size} rows, "
+                   f"{len(prof.columns)} features)")
+
+
+def _profile(model: str, file: Path, s: Settings, version: str | None) -> ReferenceProfile:
+    if file.suffix == ".json":
+        prof = ReferenceProfile.from_json(file.read_bytes())
+        if prof.model != model:
+            raise DriftlineError(f"profile is for model {prof.model!r}, not {model!r}")
+    else:
+        prof = profile_table(model, read_table(file), source=str(file), bins=s.reference_bins)
+    if version:
+        prof = ReferenceProfile(**{**prof.__dict__, "model_version": version})
+    return prof
+
+
+def _config_entry(model: str, path: Path, s: Settings) -> WindowSpec:
+    """A model's entry, validated against the defaults it will inherit here."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ModelConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        entry = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ModelConfigError(f"{path}: not valid YAML: {exc}") from None
+    doc = orjson.dumps({"models": {model: entry if entry is not None else {}}})
+    configs = parse_model_configs(doc, s.monitor_config(), s.idle_timeout_s, source=str(path),
+                                  json=True)
+    return configs.file.models[model]
 
 
 @reference_app.command("show")
@@ -336,7 +423,13 @@ def reference_show(
     if blob is None:
         typer.echo(f"no reference for {model}", err=True)
         raise typer.Exit(1)
-    typer.echo(orjson.dumps(orjson.loads(blob), option=orjson.OPT_INDENT_2).decode())
+    key = s.snapshot_key.get_secret_value().encode() if s.snapshot_key else None
+    try:
+        doc = orjson.loads(verify_record(blob, key))
+    except (DriftlineError, orjson.JSONDecodeError) as exc:
+        typer.echo(f"error: the reference of {model} is not usable: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
 
 
 slo_app = typer.Typer(help="Service-level objectives as Prometheus rules.", no_args_is_help=True)

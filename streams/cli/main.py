@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from driftline.streams.cli import bench, bench_ops, evaluate, kafka_commands, run
+from driftline.streams.cli import bench, bench_ops, evaluate, investigate, kafka_commands, run
 
 app = typer.Typer(
     name="driftline",
@@ -14,6 +14,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("evaluate")(evaluate.evaluate)
+app.command("investigate")(investigate.investigate)
 for name, fn in bench_ops.COMMANDS.items():
     bench.app.command(name)(fn)
 app.add_typer(bench.app, name="bench")

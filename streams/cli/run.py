@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -15,8 +16,10 @@ from prometheus_client import CollectorRegistry
 from rich.console import Console
 
 from driftline.streams.broker import EmbeddedBroker
+from driftline.streams.cli.terminal import shown
 from driftline.streams.logs import setup_logging
 from driftline.streams.metrics import MetricsServer
+from driftline.streams.model_config import ModelConfigError
 from driftline.streams.producer import DriftlineProducer
 from driftline.streams.settings import Settings
 from driftline.streams.synthetic import DriftSpec, SyntheticModels
@@ -54,6 +57,9 @@ def worker(
                                          help="Kafka bootstrap servers (default: settings)"),
     metrics_port: int | None = typer.Option(None, help="port of /metrics and /healthz"),
     duration: float | None = typer.Option(None, help="stop after this many seconds"),
+    model_config: Path | None = typer.Option(
+        None, "--model-config", help="per-model windows (YAML/JSON; default: "
+        "DRIFTLINE_MODEL_CONFIG)"),
 ) -> None:
     """Run one worker of the consumer group until SIGTERM/SIGINT."""
     overrides: dict[str, Any] = {}
@@ -61,10 +67,20 @@ def worker(
         overrides["bootstrap_servers"] = bootstrap
     if metrics_port is not None:
         overrides["metrics_port"] = metrics_port
+    if model_config is not None:
+        overrides["model_config_file"] = str(model_config)
     settings = Settings(**overrides)
+    try:
+        configs = settings.model_configs()
+    except ModelConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     setup_logging(settings)
     registry = CollectorRegistry()
-    w = Worker(settings, registry)
+    w = Worker(settings, registry, model_configs=configs)
+    if configs.models:
+        logging.getLogger("driftline").info("model config %s: %d models configured",
+                                            configs.source, len(configs.models))
     server = MetricsServer(registry, settings.metrics_host, settings.metrics_port,
                            health=lambda: w.ready).start()
     logging.getLogger("driftline").info("metrics on http://%s:%d/metrics",
@@ -130,10 +146,10 @@ def up(
                         first_alert = now - t_start
                         a = firing[0]
                         console.print(
-                            f"\n[bold red]ALERT[/] {a.kind} drift on [bold]{a.model}[/] "
-                            f"after {first_alert:.1f} s: feature {a.feature} {a.statistic}="
+                            f"\n[bold red]ALERT[/] {a.kind} drift on [bold]{shown(a.model)}[/] "
+                            f"after {first_alert:.1f} s: feature {shown(a.feature)} {a.statistic}="
                             f"{a.score:.1f} > {a.threshold:.1f} (p={a.p_value:.1e}); top: "
-                            + ", ".join(f.name for f in a.top_features[:3]))
+                            + ", ".join(shown(f.name) for f in a.top_features[:3]))
                     st = w.stats
                     elapsed = max(time.time() - st.started, 1e-9)
                     sys.stderr.write(

@@ -4,14 +4,15 @@ Whatever is written to the inference topic, the worker stays up, every message i
 within the limits or dead-lettered with a reason (counted from the topics, by source
 offset), and the metric series on /metrics stay bounded:
 
-    series <= 56 + P + M * (50 + 9 * (F + 1))
+    series <= 56 + P + M * (59 + 9 * (F + 1))
 
 per worker (a series = one exposed sample line), where M = ``max_models``, F = the largest
 reference of a model in features (prediction excluded), P = assigned partitions. Per model:
 counters and their ``_created`` (events, bytes, references built: 6), event-time lag,
 last evaluation, insufficient data (3), alerts by kind x state (5 x 2 x 2 = 20), requests by
-outcome (3 x 2), the latency histogram (15); per column: three scores, a threshold and up
-to five alert-state kinds. Fixed: dead letters by reason (12 x 2), the two batch
+outcome (3 x 2), the latency histogram (15), the multivariate statistics' scores and
+thresholds (3 x 2) and an alert state led by one of them (3); per column: three scores, a
+threshold and up to five alert-state kinds. Fixed: dead letters by reason (12 x 2), the two batch
 histograms (31) and models tracked. Model ids beyond ``max_models`` are dead-lettered
 (``too_many_models``) and never become labels; segment values never become labels.
 """
@@ -295,9 +296,9 @@ def test_hostile_producers_cannot_take_the_worker_down(
     assert set(names) <= features, "label-breaking feature names must round-trip as labels"
     label_names = {k for _, lbl in samples for k in lbl}
     assert label_names <= {"model", "feature", "statistic", "kind", "state", "reason", "topic",
-                           "partition", "source", "outcome", "le"}, label_names
+                           "partition", "source", "outcome", "le", "segment"}, label_names
     f_max = len(names)
-    bound = 56 + s.partitions + MAX_MODELS * (50 + 9 * (f_max + 1))
+    bound = 56 + s.partitions + MAX_MODELS * (59 + 9 * (f_max + 1))
     per_model = Counter(lbl.get("model") for _, lbl in samples)
     print(f"metric series: {len(samples)} (bound {bound}); per model: {dict(per_model)}")
     assert len(samples) <= bound, (len(samples), bound)

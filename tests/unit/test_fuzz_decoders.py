@@ -8,11 +8,11 @@ shrunk and reported with its input. The property: the documented outcome (object
 documented error with a ``code: detail`` reason whose code is in ``REASON_CODES``), never
 another exception.
 
-``KNOWN`` lists defects this fuzzing found in code owned elsewhere, each pinned below by
-a deterministic ``xfail(strict=True)`` test with its minimal input: the fuzz tests tolerate
-exactly those (matched by exception type and the function that raised) and fail on
-anything new. When a fix lands, its pinned test XPASSes (strict: the suite fails) and
-its ``KNOWN`` entry is removed.
+``KNOWN`` lists defects this fuzzing found that are not fixed yet (none at present), each
+pinned below by a deterministic ``xfail(strict=True)`` test with its minimal input: the
+fuzz tests tolerate exactly those (matched by exception type and the function that raised)
+and fail on anything new. When a fix lands, its pinned test XPASSes (strict: the suite
+fails), the xfail becomes a regression test and the ``KNOWN`` entry is removed.
 """
 
 from __future__ import annotations
@@ -53,42 +53,10 @@ class Known:
     test: str  # the strict-xfail test pinning it
 
 
-_REF_ERR = "test_reference_loader_raises_only_profile_error"
-_REF_USE = "test_reference_accepted_by_from_json_is_usable"
-_PENDING = "test_model_state_restore_rejects_inconsistent_pending_rows"
-_SETTINGS = "test_settings_reject_values_the_worker_cannot_use"
-_MV = "test_multivariate_reference_errors_are_profile_errors"
-_CAL = "test_monitor_from_snapshot_checks_the_calibration_against_the_reference"
-KNOWN: tuple[Known, ...] = (
-    Known(("reference",), OverflowError, "detectors/reference.py:_numeric_from", _REF_ERR),
-    Known(("reference",), OverflowError, "detectors/reference.py:_categorical_from", _REF_ERR),
-    Known(("reference",), RecursionError, "detectors/reference.py:from_dict", _REF_ERR),
-    Known(("reference",), TypeError, "detectors/reference.py:to_json", _REF_USE),
-    Known(("reference",), ValueError, "detectors/binning.py:__init__", _REF_USE),
-    Known(("reference",), ValueError, "detectors/calibration.py:calibrate", _REF_USE),
-    # multivariate part of a reference: parsing lets OverflowError out (pinned below), and
-    # a rare mutated null table (~1 in 10-20k inputs) makes ModelMonitor.update raise
-    # IndexError in mv_null (inside the worker's detector try: dead letters, not a crash)
-    *(Known(("reference",), Exception, f"detectors/{f}:*", _MV)
-      for f in ("multivariate.py", "mv_cov.py", "mv_null.py", "mv_rff.py", "mv_encode.py")),
-    # accepted, but to_json() writes what from_json() refuses ("mean": "nan" -> null)
-    Known(("reference",), ProfileError, "detectors/reference.py:from_dict", _REF_USE),
-    Known(("unpack", "monitor_restore", "model_state_restore"), RecursionError,
-          "detectors/serialization.py:unpack", "test_unpack_of_a_deeply_nested_kind_is_a_snapshot_error"),
-    Known(("model_state_restore",), TypeError, "detectors/serialization.py:pack",
-          "test_model_state_restore_rejects_counters_it_cannot_write"),
-    Known(("model_state_restore",), Exception, "streams/model_state.py:build_reference", _PENDING),
-    # a calibration of the wrong shape loads through from_snapshot (~1 in 100k inputs);
-    # the first evaluation then fails (inside the worker's detector try: dead letters)
-    *(Known(("model_state_restore",), ValueError, f"detectors/{f}:*", _CAL)
-      for f in ("monitor.py", "calibration.py", "stats.py")),
-    Known(("model_state_restore",), Exception, "detectors/reference.py:build_profile", _PENDING),
-    Known(("settings",), ValueError, "benchmarks/fuzz.py:_derive", _SETTINGS),
-    Known(("settings",), ValueError, "detectors/monitor.py:__post_init__", _SETTINGS),
-    Known(("settings",), ValueError, "detectors/monitor.py:_check_types", _SETTINGS),
-    Known(("settings",), ValueError, "detectors/policy.py:__post_init__", _SETTINGS),
-    Known(("settings",), ValueError, "streams/kafka_config.py:client_config", _SETTINGS),
-)
+#: Defects the fuzz tests tolerate until their fix lands (each pinned by a strict xfail
+#: test below). Empty: every defect this fuzzing found so far is fixed, and its pinned test
+#: is a regression test.
+KNOWN: tuple[Known, ...] = ()
 
 
 def _where(exc: BaseException) -> str:
@@ -352,9 +320,9 @@ def test_processor_survives_hostile_batches_and_counts_every_message() -> None:
 
 
 # ----------------------------------------------------------------------------- pinned defects
-# Minimal inputs of the defects the fuzzing found in code owned elsewhere. Each asserts
-# the documented behaviour; the xfail ones are expected to fail until the fix lands
-# (strict: an unexpected pass fails the suite, so the xfail and its KNOWN entry go).
+# Minimal inputs of the defects the fuzzing found. Each asserts the documented behaviour;
+# a defect not fixed yet is pinned by an xfail(strict=True) test (an unexpected pass fails
+# the suite, so the xfail and its KNOWN entry go when the fix lands).
 
 DEEP = fuzz.Raw(b"[" * 1020 + b"]" * 1020)  # orjson accepts up to 1024 levels
 
@@ -419,13 +387,13 @@ def _reference(**changes: Any) -> bytes:
     return fuzz.dumps(d)
 
 
-@pytest.mark.xfail(strict=True, reason="ReferenceProfile.from_dict lets OverflowError and "
-                   "RecursionError (str() of a deep list) escape instead of ProfileError")
 @pytest.mark.parametrize("data", [
     _reference(numeric__0__counts=[fuzz.Raw(b"1e300")] * 8),
     _reference(model=DEEP),
 ], ids=["counts-1e300", "deep-model"])
 def test_reference_loader_raises_only_profile_error(data: bytes) -> None:
+    """from_dict used to let OverflowError (int() of 1e300) and RecursionError (str() of a
+    deep list) escape."""
     from driftline.detectors.errors import ProfileError
     from driftline.detectors.reference import ReferenceProfile
 
@@ -433,9 +401,6 @@ def test_reference_loader_raises_only_profile_error(data: bytes) -> None:
         ReferenceProfile.from_json(data)
 
 
-@pytest.mark.xfail(strict=True, reason="ReferenceProfile.from_json accepts profiles a worker "
-                   "cannot use: ModelMonitor raises ValueError, or to_json() writes what "
-                   "from_json() refuses")
 @pytest.mark.parametrize("data", [
     _reference(numeric=[], categorical=[], prediction=None, multivariate=None),
     _reference(numeric__0__counts=[2**62] * 8),
@@ -443,6 +408,8 @@ def test_reference_loader_raises_only_profile_error(data: bytes) -> None:
     _reference(numeric__0__mean="nan"),
 ], ids=["no-columns", "counts-overflow-int64-sum", "size-1e300", "mean-nan-string"])
 def test_reference_accepted_by_from_json_is_usable(data: bytes) -> None:
+    """from_json used to accept profiles a worker could not use (ModelMonitor raised ValueError)
+    or that to_json() wrote in a form from_json() refuses."""
     from driftline.detectors.reference import ReferenceProfile
 
     try:
@@ -452,18 +419,65 @@ def test_reference_accepted_by_from_json_is_usable(data: bytes) -> None:
     fuzz.check_reference(data)  # accepted: re-encodes, builds a monitor, takes a batch
 
 
-@pytest.mark.xfail(strict=True, reason="the multivariate part of a reference is parsed with int() "
-                   "on JSON numbers: an integer beyond int64 raises OverflowError, which "
-                   "multivariate_for (catching ValueError) lets out of ModelMonitor()")
-def test_multivariate_reference_errors_are_profile_errors() -> None:
+def _mv_changed(path: str, value: Any) -> dict[str, Any]:
+    d = orjson.loads(orjson.dumps(fuzz.corpus().references[0]))
+    node = d["multivariate"]
+    *head, last = path.split(".")
+    for k in head:
+        node = node[int(k)] if k.isdigit() else node[k]
+    node[int(last) if last.isdigit() else last] = value
+    return d
+
+
+_DEEP_LIST: Any = []
+for _ in range(40):
+    _DEEP_LIST = [_DEEP_LIST]
+
+
+@pytest.mark.parametrize("path, value", [
+    ("statistics.covariance.pairs", [[2**64 - 1] * 5] * 5),
+    ("statistics.covariance.pairs", [[-1] * 5] * 5),
+    ("statistics.covariance.pairs", [[0.5] * 5] * 5),
+    ("statistics.covariance.pairs", [["1"] * 5] * 5),
+    ("statistics.covariance.pairs", [[1] * 4] * 5),
+    ("statistics.covariance.names", [1, 2, 3, 4, 5]),
+    ("statistics.covariance.names", [_DEEP_LIST] * 5),
+    ("encoding.numeric.0.name", ["x"]),
+    ("encoding.numeric.0.lo", "-3"),
+    ("encoding.numeric.0.scale", 10**400),
+    ("encoding.onehot.0.category", 7),
+    ("statistics.mmd_rff.bandwidth", "2.0"),
+    ("statistics.mmd_rff.d", 128.0),
+    ("statistics.pca_recon.e_var", True),
+    ("statistics.covariance.scale", "1"),
+    ("calibration", [["method", "x"]]),
+    ("rows", 2**64 - 1),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_multivariate_reference_errors_are_profile_errors(path: str, value: Any) -> None:
+    """The multivariate part used to be parsed with int()/float()/str(): an integer beyond
+    int64 raised OverflowError out of ModelMonitor(), wrong types were coerced."""
     from driftline.detectors.monitor import ModelMonitor
     from driftline.detectors.reference import ReferenceProfile
 
-    d = orjson.loads(orjson.dumps(fuzz.corpus().references[0]))
-    d["multivariate"]["statistics"]["covariance"]["pairs"] = [[2**64 - 1] * 5] * 5
-    prof = ReferenceProfile.from_json(fuzz.dumps(d))
     with pytest.raises(ProfileError):
+        prof = ReferenceProfile.from_json(fuzz.dumps(_mv_changed(path, value)))
         ModelMonitor(prof, fuzz.small_monitor_config())
+
+
+def test_deeply_nested_multivariate_part_is_a_profile_error() -> None:
+    from driftline.detectors.reference import ReferenceProfile
+
+    d = _mv_changed("calibration.exceed_5pct", DEEP)
+    with pytest.raises(ProfileError, match="nested deeper"):
+        ReferenceProfile.from_json(fuzz.dumps(d))
+
+
+def test_unchanged_multivariate_part_still_loads() -> None:
+    from driftline.detectors.monitor import ModelMonitor
+    from driftline.detectors.reference import ReferenceProfile
+
+    prof = ReferenceProfile.from_json(fuzz.dumps(_mv_changed("version", 1)))
+    assert ModelMonitor(prof, fuzz.small_monitor_config()).mv is not None
 
 
 def test_processor_survives_a_reference_it_cannot_use() -> None:
@@ -483,10 +497,9 @@ def test_processor_survives_a_reference_it_cannot_use() -> None:
     assert out.applied + len(out.dead_letters) == 5
 
 
-@pytest.mark.xfail(strict=True, reason="serialization.unpack puts repr() of the header's 'kind' "
-                   "in its message: a 1000-deep list raises RecursionError (not SnapshotError), "
-                   "which the processor does not catch; an unsigned state topic can kill a worker")
 def test_unpack_of_a_deeply_nested_kind_is_a_snapshot_error() -> None:
+    """unpack used to repr() the header's kind: a deep list raised RecursionError, which the
+    processor does not catch (an unsigned state topic could kill a worker)."""
     from driftline.detectors.errors import SnapshotError
     from driftline.detectors.serialization import MAGIC, unpack
 
@@ -495,10 +508,9 @@ def test_unpack_of_a_deeply_nested_kind_is_a_snapshot_error() -> None:
         unpack(MAGIC + len(header).to_bytes(4, "big") + header, "driftline.model")
 
 
-@pytest.mark.xfail(strict=True, reason="ModelMonitor.from_snapshot builds the monitor with the "
-                   "snapshot's own calibration, so restore() compares the scale with itself: a "
-                   "(4, 1) scale loads and the first evaluation raises ValueError")
 def test_monitor_from_snapshot_checks_the_calibration_against_the_reference() -> None:
+    """from_snapshot used to compare the snapshot's calibration scale with itself: a (4, 1)
+    scale loaded and the first evaluation raised ValueError."""
     from driftline.detectors.errors import SnapshotError
     from driftline.detectors.monitor import ModelMonitor
     from driftline.detectors.serialization import pack, unpack
@@ -514,6 +526,50 @@ def test_monitor_from_snapshot_checks_the_calibration_against_the_reference() ->
     mon.update(fuzz.event_batch(random.Random(1), c.monitor_reference.feature_names, 45))
 
 
+@pytest.mark.parametrize("target", [0, -5.0])
+def test_monitor_snapshot_with_a_non_positive_target_run_length_is_a_snapshot_error(
+        target: float) -> None:
+    """MonitorConfig used to accept target_run_length 0: restore() loaded it and the first
+    evaluation divided by zero (ZeroDivisionError in Calibration.alpha_eval)."""
+    from driftline.detectors.errors import SnapshotError
+    from driftline.detectors.monitor import ModelMonitor, MonitorConfig
+    from driftline.detectors.serialization import pack, unpack
+
+    c = fuzz.corpus()
+    meta, arrays, _ = unpack(c.snapshots["monitor"][0][0], "driftline.monitor")
+    meta["config"]["target_run_length"] = target
+    data = pack("driftline.monitor", meta, arrays)
+    mon = ModelMonitor(c.monitor_reference, c.monitor_config)
+    with pytest.raises(SnapshotError):
+        mon.restore(data)
+    with pytest.raises(SnapshotError):
+        ModelMonitor.from_snapshot(c.monitor_reference, data)
+    with pytest.raises(ValueError):
+        MonitorConfig(target_run_length=target)
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, 0.5, 6.0, float("nan"), float("inf")])
+def test_monitor_snapshot_with_a_calibration_scale_out_of_range_is_a_snapshot_error(
+        scale: float) -> None:
+    """restore() used to accept any finite scale: 0 made every statistic infinite (false
+    alerts at every evaluation). calibrate() only writes scales within [1, 5]."""
+    import numpy as np
+
+    from driftline.detectors.errors import SnapshotError
+    from driftline.detectors.monitor import ModelMonitor
+    from driftline.detectors.serialization import pack, unpack
+
+    c = fuzz.corpus()
+    meta, arrays, _ = unpack(c.snapshots["monitor"][0][0], "driftline.monitor")
+    assert np.all((arrays["calibration.scale"] >= 1) & (arrays["calibration.scale"] <= 5))
+    arrays["calibration.scale"] = np.full_like(arrays["calibration.scale"], scale)
+    data = pack("driftline.monitor", meta, arrays)
+    with pytest.raises(SnapshotError):
+        ModelMonitor(c.monitor_reference, c.monitor_config).restore(data)
+    with pytest.raises(SnapshotError):
+        ModelMonitor.from_snapshot(c.monitor_reference, data)
+
+
 def _state_blob(**meta_changes: Any) -> bytes:
     blob = fuzz.corpus().snapshots["model_state"][2][0]  # no monitor, pending rows
     magic, header, body, _ = fuzz._split(blob)
@@ -522,9 +578,8 @@ def _state_blob(**meta_changes: Any) -> bytes:
     return fuzz._join(magic, header, body)
 
 
-@pytest.mark.xfail(strict=True, reason="ModelState.restore accepts counters beyond int64 that "
-                   "its own snapshot() cannot write (TypeError at the next checkpoint)")
 def test_model_state_restore_rejects_counters_it_cannot_write() -> None:
+    """restore used to accept counters beyond int64 that snapshot() cannot write (TypeError)."""
     from driftline.detectors.errors import SnapshotError
     from driftline.streams.model_state import ModelState
 
@@ -537,8 +592,6 @@ def test_model_state_restore_rejects_counters_it_cannot_write() -> None:
     st.snapshot()
 
 
-@pytest.mark.xfail(strict=True, reason="ModelState.restore does not check the shapes of pending "
-                   "(pre-reference) rows: build_reference fails later with IndexError/ProfileError")
 @pytest.mark.parametrize("pending", [
     [{"names": ["a", "b"], "numeric": [[1.0, 2.0]], "score": [None], "version": [None],
       "text": [["x"]]}],
@@ -546,6 +599,7 @@ def test_model_state_restore_rejects_counters_it_cannot_write() -> None:
     [{"names": ["a"], "numeric": [[1.0]], "score": [None], "version": True}],
 ], ids=["text-columns", "score-rows", "version-not-a-list"])
 def test_model_state_restore_rejects_inconsistent_pending_rows(pending: list[Any]) -> None:
+    """restore used to load pending rows of inconsistent shapes: build_reference failed later."""
     from driftline.detectors.errors import SnapshotError
     from driftline.streams.model_state import ModelState
 
@@ -557,9 +611,6 @@ def test_model_state_restore_rejects_inconsistent_pending_rows(pending: list[Any
     st.build_reference(bins=8)
 
 
-@pytest.mark.xfail(strict=True, reason="Settings validates fields one by one; values the worker "
-                   "cannot use pass and fail later (ValueError in monitor_config()/kafka()/"
-                   "setup_logging) instead of a ValidationError naming the variable")
 @pytest.mark.parametrize("name, value", [
     ("LOG_LEVEL", "bogus"), ("PANE_SECONDS", "-1"), ("PANE_SECONDS", "nan"),
     ("TARGET_RUN_LENGTH", "inf"), ("PANE_SIZE", str(2**63)), ("COOLDOWN", str(10**30)),
@@ -567,6 +618,8 @@ def test_model_state_restore_rejects_inconsistent_pending_rows(pending: list[Any
 ])
 def test_settings_reject_values_the_worker_cannot_use(
         monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    """Settings used to pass values the worker fails on later (monitor_config(), kafka(),
+    logging) instead of raising a ValidationError naming the variable."""
     from pydantic import ValidationError
 
     from driftline.streams.settings import Settings
@@ -576,10 +629,9 @@ def test_settings_reject_values_the_worker_cannot_use(
         fuzz._derive(Settings())
 
 
-@pytest.mark.xfail(strict=True, reason="auto-reference takes the union of the feature names of "
-                   "all buffered batches: max_features is enforced per decode call only, so one "
-                   "model's reference (and its metric series) grows to N x max_features columns")
 def test_auto_reference_keeps_at_most_max_features_columns() -> None:
+    """max_features used to hold per decode call only: an auto-reference took the union of the
+    buffered batches' names (N x max_features columns and metric series)."""
     from prometheus_client import CollectorRegistry
 
     from driftline.schemas.limits import Limits
@@ -601,10 +653,8 @@ def test_auto_reference_keeps_at_most_max_features_columns() -> None:
     assert len(ref.columns) <= 20, len(ref.columns)
 
 
-@pytest.mark.xfail(strict=True, reason="WorkerMetrics.forget_model leaves a revoked model's "
-                   "requests/alerts/references-built series: after rebalances a worker exposes "
-                   "series for every model it ever owned, not at most max_models")
 def test_forgetting_a_model_removes_all_its_series() -> None:
+    """forget_model used to leave a revoked model's requests/alerts/references-built series."""
     from prometheus_client import CollectorRegistry, generate_latest
 
     from driftline.streams.metrics import WorkerMetrics

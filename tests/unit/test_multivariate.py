@@ -232,6 +232,17 @@ def test_evaluate_cli_json_lists_every_statistic(tmp_path: Any) -> None:
     cov = stats_["covariance"]
     assert cov["drift"] and cov["score"] > cov["threshold"] and cov["top"][0]["name"] == "a:b"
 
+    # the terminal report lists the same statistics with their scores and thresholds
+    res = CliRunner().invoke(app, ["evaluate", "-r", str(tmp_path / "ref.csv"), "-c",
+                                   str(tmp_path / "cur.csv")], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    assert "multivariate statistics" in res.output
+    for name, s in stats_.items():
+        line = next(ln for ln in res.output.splitlines() if name in ln)
+        assert f"{s['score']:.3g}" in line and f"{s['threshold']:.3g}" in line
+        assert ("DRIFT" in line) == s["drift"]
+    assert "a:b" in next(ln for ln in res.output.splitlines() if "covariance" in ln)
+
 
 # -- detection and explanation -------------------------------------------------------------
 def test_correlation_flip_is_caught_by_multivariate_and_missed_per_feature(

@@ -1,0 +1,120 @@
+"""Change-point estimates, the investigation's analysis and its HTML report."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from synth import make_batch
+
+from driftline.detectors.changepoint import binary_segmentation, cusum
+from driftline.detectors.reference import build_profile
+from driftline.streams.investigation import (
+    CHANGE_SIGNIFICANCE,
+    analyse,
+    parse_segment,
+    parse_since,
+    segment_rows,
+)
+from driftline.streams.report_html import NO_PLOTS, render_html
+
+F = 6
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_cusum_finds_the_change_within_one_pane(seed: int) -> None:
+    """Per-pane chi-square statistics (df 15) of a stream whose shift starts at pane 23."""
+    rng = np.random.default_rng(seed)
+    before = rng.chisquare(15, 23)
+    after = rng.noncentral_chisquare(15, 40.0, 17)
+    cp = cusum(np.r_[before, after])
+    assert cp is not None and abs(cp.index - 23) <= 1
+    assert cp.statistic > CHANGE_SIGNIFICANCE and cp.after > cp.before
+
+
+def test_cusum_on_no_change_is_not_significant_and_short_series_give_none() -> None:
+    rng = np.random.default_rng(3)
+    stats = [cusum(rng.chisquare(15, 40)).statistic for _ in range(200)]  # type: ignore[union-attr]
+    assert np.mean(np.asarray(stats) >= CHANGE_SIGNIFICANCE) <= 0.02
+    assert cusum([1.0]) is None and cusum([1.0, 2.0], min_size=2) is None
+
+
+def test_binary_segmentation_finds_two_changes() -> None:
+    rng = np.random.default_rng(5)
+    x = np.r_[rng.normal(0, 1, 30), rng.normal(5, 1, 30), rng.normal(-3, 1, 30)]
+    assert [c.index for c in binary_segmentation(x)] in ([30, 60], [29, 60], [30, 61])
+    assert binary_segmentation(rng.normal(0, 1, 90)) == []
+
+
+def test_since_and_segment_arguments() -> None:
+    assert parse_since("2h", now=10_000.0) == 10_000.0 - 7200
+    assert parse_since("2026-01-01T00:00:00Z") == 1767225600.0
+    with pytest.raises(ValueError):
+        parse_since("yesterday")
+    with pytest.raises(ValueError):
+        parse_since("2026-01-01T00:00:00")  # no time zone
+    assert parse_segment(["region=eu", "tier=a=b"]) == {"region": "eu", "tier": "a=b"}
+    with pytest.raises(ValueError):
+        parse_segment(["region"])
+
+
+def _stream(seed: int = 1, n: int = 20_000, start: int = 12_000, shift: float = 0.6):
+    rng = np.random.default_rng(seed)
+    ref = rng.normal(size=(20_000, F))
+    names = tuple(f"f{i}" for i in range(F))
+    pred_ref = 1 / (1 + np.exp(-ref[:, 1]))
+    profile = build_profile("m", {n_: ref[:, i] for i, n_ in enumerate(names)},
+                            prediction=pred_ref, created_at=0.0)
+    x = rng.normal(size=(n, F))
+    x[start:, 1] += shift
+    ts = 1_000_000.0 + np.arange(n, dtype=float)  # one event per second
+    b = make_batch(x, ts=ts, prediction=1 / (1 + np.exp(-x[:, 1])))
+    seg = np.empty(n, dtype=object)
+    seg[:] = [{"region": "eu"} if i % 2 else {"region": "us"} for i in range(n)]
+    return profile, replace(b, segment=seg)
+
+
+def test_analysis_names_the_feature_the_start_and_the_closest_change() -> None:
+    profile, batch = _stream()
+    true_ts = 1_000_000.0 + 12_000
+    changes = [
+        {"model": "m", "kind": "deploy", "ts": true_ts - 90, "text": "v2 rolled out"},
+        {"model": "m", "kind": "pipeline", "ts": true_ts - 5000, "text": "backfill"},
+        {"model": "m", "kind": "schema", "ts": true_ts + 5000, "text": "after the change"},
+        {"model": "other", "kind": "deploy", "ts": true_ts - 10, "text": "another model"},
+    ]
+    inv = analyse(profile, [batch], changes, pane_size=500)
+    assert inv.n_events == 20_000 and inv.drift
+    assert inv.drifted == ["f1"] and inv.top_feature == "f1"
+    assert inv.prediction is not None and inv.prediction.drift
+    cp = inv.change_point
+    assert cp is not None and cp["significant"] and cp["feature"] == "f1"
+    assert abs(cp["pane"] - 12_000 // inv.pane_size) <= 1
+    assert abs(cp["ts"] - true_ts) <= inv.pane_size
+    assert [c["text"] for c in inv.changes] == ["v2 rolled out", "backfill"]
+    d = inv.to_dict()
+    assert d["drifted_features"] == ["f1"] and d["prediction_drift"] is True
+
+
+def test_analysis_of_one_segment_and_of_no_drift() -> None:
+    profile, batch = _stream(shift=0.0)
+    rows = segment_rows(batch, {"region": "eu"})
+    assert rows.size == 10_000 and all(s["region"] == "eu" for s in batch.segment[rows])
+    inv = analyse(profile, [batch], [], segment={"region": "eu"})
+    assert not inv.drift and inv.drifted == []
+    assert inv.change_point is not None and not inv.change_point["significant"]
+
+
+@pytest.mark.parametrize("plots", [True, False])
+def test_html_report_names_the_drifted_feature(plots: bool) -> None:
+    profile, batch = _stream()
+    changes = [{"model": "m", "kind": "deploy", "ts": 1_011_900.0, "text": "v2 <rolled> out"}]
+    page = render_html(analyse(profile, [batch], changes), plots=plots)
+    assert page.startswith("<!doctype html>") and page.endswith("</html>")
+    assert "f1" in page and "DRIFT" in page and "v2 &lt;rolled&gt; out" in page
+    assert "http://" not in page and "https://" not in page  # self-contained
+    if plots:
+        assert page.count("data:image/png;base64,") >= 2 and NO_PLOTS not in page
+    else:
+        assert "data:image/png" not in page and NO_PLOTS in page
