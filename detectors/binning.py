@@ -93,6 +93,23 @@ class Binner:
                 out[:, j] = self._categorical_bins(j, col, values, texts)
         return out
 
+    def column_bins(self, batch: EventBatch, j: int) -> NDArray[np.int64]:
+        """``(n,)`` bin index of every row for column ``j`` only (as :meth:`bins` gives)."""
+        col = self._columns[j]
+        if self.layout.kinds[j] == "prediction":
+            values, texts = batch.prediction_score, batch.prediction_label
+        else:
+            try:
+                i = batch.feature_names.index(col.name)
+            except ValueError:
+                return np.full(len(batch), self.layout.missing_bin, dtype=np.int64)
+            values = batch.numeric[:, i]
+            texts = batch.text[:, i] if batch.text is not None else None
+        if isinstance(col, NumericProfile):
+            b = np.searchsorted(col.edges, values, side="right")
+            return np.where(np.isfinite(values), b, self.layout.missing_bin).astype(np.int64)
+        return self._categorical_bins(j, col, values, texts)
+
     def _categorical_bins(
         self,
         j: int,

@@ -18,7 +18,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import Exemplar, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from driftline.detectors.monitor import Evaluation
@@ -95,6 +95,12 @@ class WorkerMetrics:
         r.register(self.serving_latency)
         self.requests = Counter("driftline_serving_requests", "Predictions seen, by outcome",
                                 ["model", "outcome"], registry=r)
+        self.change_events = Counter("driftline_change_events",
+                                     "Upstream change events recorded while running",
+                                     ["model", "kind"], registry=r)
+        self.change_last_ts = Gauge("driftline_change_last_timestamp_seconds",
+                                    "Time of the newest upstream change event",
+                                    ["model", "kind"], registry=r)
         self.segment_score = Gauge("driftline_segment_drift_score",
                                    "Chi-square statistic of one segment's window",
                                    ["model", "segment", "feature"], registry=r)
@@ -143,7 +149,8 @@ class WorkerMetrics:
         self.events.labels(model).inc(n)
         lat = batch.latency_ms[np.isfinite(batch.latency_ms)]
         if lat.size:
-            self.serving_latency.observe_many(model, lat / 1000.0)
+            self.serving_latency.observe_many(model, lat / 1000.0,
+                                              _latency_exemplars(batch))
         if batch.outcome is not None:
             errors = sum(1 for o in batch.outcome.tolist() if o == "error")
             if errors:
@@ -317,20 +324,34 @@ class BatchHistogram(Collector):
         self.name, self.doc, self.label = name, doc, label
         self.edges = np.asarray(buckets, dtype=np.float64)
         self._series: dict[Any, tuple[np.ndarray, list[float]]] = {}
+        self._exemplars: dict[Any, dict[int, Exemplar]] = {}  # per series: bucket -> last
         self._lock = threading.Lock()
 
-    def observe_many(self, value: str | tuple[str, ...], x: np.ndarray) -> None:
+    def observe_many(self, value: str | tuple[str, ...], x: np.ndarray,
+                     exemplars: list[tuple[float, str]] | None = None) -> None:
+        """Add a batch of observations of one series (its label value, or values);
+        ``exemplars``: a few (value, trace id) of them, each becoming its bucket's
+        OpenMetrics exemplar."""
         idx = np.searchsorted(self.edges, x, side="left")  # le-buckets: x <= edge
         counts = np.bincount(idx, minlength=self.edges.size + 1)
+        marks: dict[int, Exemplar] = {}
+        if exemplars:
+            now = time.time()
+            for v, trace in exemplars:
+                b = int(np.searchsorted(self.edges, v, side="left"))
+                marks[b] = Exemplar({"trace_id": trace}, float(v), now)
         with self._lock:
             buckets, total = self._series.setdefault(
                 value, (np.zeros(self.edges.size + 1, dtype=np.int64), [0.0]))
             buckets += counts
             total[0] += float(x.sum())
+            if marks:
+                self._exemplars.setdefault(value, {}).update(marks)
 
     def remove(self, *value: str) -> None:
         key = value[0] if len(value) == 1 else value
         with self._lock:
+            self._exemplars.pop(key, None)
             if self._series.pop(key, None) is None:
                 raise KeyError(key)
 
@@ -338,13 +359,39 @@ class BatchHistogram(Collector):
         names = [self.label] if isinstance(self.label, str) else list(self.label)
         fam = HistogramMetricFamily(self.name, self.doc, labels=names)
         with self._lock:
-            items = [(k, b.copy(), t[0]) for k, (b, t) in self._series.items()]
-        for value, buckets, total in items:
+            items = [(k, b.copy(), t[0], dict(self._exemplars.get(k, {})))
+                     for k, (b, t) in self._series.items()]
+        for value, buckets, total, marks in items:
             cum = np.cumsum(buckets)
-            pairs = [(_fmt(e), float(c)) for e, c in zip(self.edges, cum[:-1], strict=True)]
+            pairs: list[Any] = [(_fmt(e), float(c))
+                                for e, c in zip(self.edges, cum[:-1], strict=True)]
             pairs.append(("+Inf", float(cum[-1])))
+            for b, ex in marks.items():  # exposed in the OpenMetrics format only
+                pairs[b] = (*pairs[b], ex)
             fam.add_metric([value] if isinstance(value, str) else list(value), pairs, total)
         yield fam
+
+
+#: Exemplars per batch for the latency histogram (a sample, not every event).
+LATENCY_EXEMPLARS = 8
+
+
+def _latency_exemplars(batch: EventBatch) -> list[tuple[float, str]]:
+    """(latency s, trace id) of a few traced events of the batch: the slowest and an even
+    spread of the rest. OpenMetrics caps an exemplar's labels at 128 characters."""
+    if batch.trace_id is None:
+        return []
+    traces = batch.trace_id.tolist()
+    lat = batch.latency_ms
+    rows = [i for i in range(0, len(traces), max(len(traces) // LATENCY_EXEMPLARS, 1))
+            if isinstance(traces[i], str)]
+    finite = np.isfinite(lat)
+    if finite.any():
+        slowest = int(np.nanargmax(np.where(finite, lat, -np.inf)))
+        if isinstance(traces[slowest], str):
+            rows.append(slowest)
+    return [(float(lat[i]) / 1000.0, traces[i]) for i in rows
+            if math.isfinite(lat[i]) and 0 < len(traces[i]) <= 100]
 
 
 def _fmt(edge: float) -> str:

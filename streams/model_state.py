@@ -22,6 +22,7 @@ from driftline.detectors.reference import ReferenceProfile, build_profile
 from driftline.detectors.serialization import pack, unpack
 from driftline.detectors.shadow import ShadowBook, ShadowConfig
 from driftline.schemas.models import EventBatch
+from driftline.streams.changes import UpstreamSchema
 
 SNAPSHOT_KIND = "driftline.model"
 
@@ -48,6 +49,7 @@ class ModelState:
     shadow: ShadowBook | None = None  # shadow candidates paired with this (live) model
     joins: JoinStore | None = None  # predictions waiting for labels (once labels are on)
     concept: ConceptMonitor | None = None  # labelled window and concept alerts
+    upstream: UpstreamSchema = field(default_factory=UpstreamSchema)  # for change detection
 
     @property
     def key(self) -> str:
@@ -132,6 +134,7 @@ class ModelState:
             "alerts_fired": self.alerts_fired,
             "reference_id": self.reference.reference_id if self.reference else None,
             "pending": [_batch_rows(b) for b in self.pending_reference],
+            "upstream": self.upstream.to_dict(),
         }
         arrays: dict[str, np.ndarray] = {}
         if self.monitor is not None:
@@ -174,6 +177,7 @@ class ModelState:
                 events_late=_int64(meta.get("events_late", 0), "events_late"),
                 alerts_fired=_int64(meta.get("alerts_fired", 0), "alerts_fired"),
                 restored_reference_id=rid,
+                upstream=UpstreamSchema.from_dict(meta.get("upstream")),
             )
             pending = meta.get("pending", [])
             if not isinstance(pending, list):

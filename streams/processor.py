@@ -10,18 +10,26 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from driftline.detectors.calibration import Calibration
 from driftline.detectors.errors import DriftlineError, SnapshotError
+from driftline.detectors.exemplars import exemplar_rows, identified, row_ids
 from driftline.detectors.monitor import Evaluation, ModelMonitor, MonitorConfig
 from driftline.detectors.reference import NumericProfile, ReferenceProfile
 from driftline.detectors.shadow import ShadowBook, ShadowConfig, ShadowUpdate
 from driftline.schemas.codecs import decode_inference
 from driftline.schemas.limits import Limits
 from driftline.schemas.models import DriftAlert, EventBatch, Rejection
+from driftline.streams.changes import (
+    ALERT_CHANGES,
+    ChangeEvent,
+    ChangeLog,
+    detect_changes,
+    detect_reference,
+)
 from driftline.streams.labels import LabelSetup, join_predictions, take_labels
 from driftline.streams.metrics import WorkerMetrics
 from driftline.streams.model_config import ModelConfigError, ModelConfigs, WindowSpec
@@ -51,6 +59,7 @@ class Output:
     alerts: list[DriftAlert] = field(default_factory=list)
     dead_letters: list[Rejection] = field(default_factory=list)
     references: list[ReferenceProfile] = field(default_factory=list)
+    changes: list[ChangeEvent] = field(default_factory=list)  # detected: for the changes topic
     applied: int = 0
     skipped_replays: int = 0
     labels_applied: int = 0  # labels taken into the join (matched or counted)
@@ -96,6 +105,7 @@ class Processor:
         self.cluster_id: str | None = None  # Kafka cluster the offsets in the states refer to
         self._calibrations: dict[tuple[str, MonitorConfig], Calibration] = {}
         self.shadow_config = shadow or ShadowConfig()
+        self.changes = ChangeLog(max_models=4 * max_models, metrics=metrics)
 
     @property
     def config(self) -> MonitorConfig:
@@ -281,6 +291,7 @@ class Processor:
         if len(batch) == 0:
             return
         t0 = time.perf_counter()
+        self._note_changes(st, batch, out)
         try:
             self._feed(st, batch, topic, out)
         except Exception as exc:  # a detector must never take the worker down
@@ -349,6 +360,7 @@ class Processor:
                 st.reference, st.monitor = ref, self._monitor(ref)
                 out.references.append(ref)
                 self.metrics.references_built.labels(st.model, "first-events").inc()
+                self._note_changes(st, batch, out, reference_only=True)
                 log.info("model %s: built reference %s from its first %d events",
                          st.model, ref.reference_id, ref.size)
             if len(head) == len(batch):
@@ -358,6 +370,7 @@ class Processor:
         mon = st.monitor
         assert mon is not None
         late_before = mon.late_events
+        seq0 = mon.ring.seq
         evals = mon.update(batch)
         if mon.segments is not None and mon.segments.last_events:
             self.metrics.observe_segments(st.model, mon.segments.last_events)
@@ -377,18 +390,22 @@ class Processor:
             st.events_deadlettered += int(late.size)
             self.metrics.deadletter.labels("late").inc(int(late.size))
         self._observe_watermark(st)
-        out.alerts += self._record(st, evals)
+        out.alerts += self._record(st, evals, batch, seq0)
 
-    def _record(self, st: ModelState, evals: list[Evaluation]) -> list[DriftAlert]:
-        """Metrics and accounting of a model's evaluations; their alerts."""
+    def _record(self, st: ModelState, evals: list[Evaluation], batch: EventBatch | None = None,
+                seq0: int = 0) -> list[DriftAlert]:
+        """Metrics and accounting of a model's evaluations; their alerts, with the model's
+        recent changes and (from ``batch``, the one that closed the panes) exemplars."""
         alerts: list[DriftAlert] = []
         for ev in evals:
             self.metrics.observe_evaluation(st.model, ev)
             for a in ev.alerts:
+                a, trace = self._explain(st, a, batch, seq0)
                 alerts.append(a)
                 if a.state == "firing":
                     st.alerts_fired += 1
-                self.metrics.alerts.labels(a.model, a.kind, a.state).inc()
+                self.metrics.alerts.labels(a.model, a.kind, a.state).inc(
+                    exemplar={"trace_id": trace} if trace else None)
         return alerts
 
     def _observe_watermark(self, st: ModelState) -> None:
@@ -406,6 +423,54 @@ class Processor:
         if values:
             take_labels(self, topic, values, partitions, offsets, timestamps, out)
         return out
+    # -- upstream changes and exemplars ------------------------------------------------
+    def _note_changes(self, st: ModelState, batch: EventBatch, out: Output,
+                      reference_only: bool = False) -> None:
+        """Changes the batch shows against what the model's stream showed before; new
+        ones join the change log (alerts of this batch carry them) and the output."""
+        try:
+            found = [] if reference_only else detect_changes(st.upstream, batch)
+            ref = detect_reference(st.upstream, st.reference, batch)
+        except Exception:  # change detection must never cost the batch
+            log.exception("model %s: change detection failed", st.model)
+            return
+        if ref is not None:
+            found.append(ref)
+        for ev in found:
+            if self.changes.add(ev):
+                out.changes.append(ev)
+                log.info("model %s: %s change: %s", ev.model, ev.kind, ev.text)
+
+    def _explain(self, st: ModelState, a: DriftAlert, batch: EventBatch | None = None,
+                 seq0: int = 0) -> tuple[DriftAlert, str | None]:
+        """The alert with its model's recent changes and, when firing, exemplar ids from
+        the batch that closed its pane; also the first exemplar's trace id, if it has one."""
+        changes = a.changes or self.changes.recent(a.model, a.window.end_ts, ALERT_CHANGES)
+        ids: list[tuple[str, bool]] = []
+        if batch is not None and a.state == "firing" and a.feature and a.segment is None \
+                and st.monitor is not None:
+            try:
+                ids = self._exemplars(st.monitor, a, batch, seq0)
+            except Exception:  # exemplars are an extra: never lose the alert over them
+                log.exception("model %s: exemplar selection failed", a.model)
+        if not changes and not ids:
+            return a, None
+        a = replace(a, changes=changes, exemplars=a.exemplars or tuple(i for i, _ in ids))
+        trace = ids[0][0] if ids and ids[0][1] and len(ids[0][0]) <= 100 else None
+        return a, trace
+
+    def _exemplars(self, mon: ModelMonitor, a: DriftAlert, batch: EventBatch,
+                   seq0: int) -> list[tuple[str, bool]]:
+        """Ids of the rows of the closing batch that moved most against the reference,
+        among its rows in the alert's pane (all its rows when none fall in that pane)."""
+        assert a.feature is not None
+        ok = identified(batch)
+        ok[mon.last_late_rows] = False
+        panes = mon.ring.rule.pane_ids(seq0, len(batch), batch.ts)
+        rows = np.flatnonzero(ok & (panes == a.window.pane))
+        if rows.size == 0:
+            rows = np.flatnonzero(ok)
+        return row_ids(batch, exemplar_rows(mon, batch, rows, a.feature, a.window.pane))
 
     def _last_before_batch(self, st: ModelState, topic: str, partition: int) -> int:
         """The model's last applied offset as it was when this batch began."""

@@ -56,6 +56,7 @@ from driftline.schemas.envelope import (
     check_ts,
 )
 from driftline.schemas.limits import DEFAULT_LIMITS, Limits
+from driftline.streams.changes import annotation
 from driftline.streams.kafka_config import PRODUCER_DEFAULTS, client_config
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ _PLAIN = (float, int, type(None))  # ts / prediction values needing no further c
 
 DEFAULT_TOPIC = "driftline.inference"
 DEFAULT_LABELS_TOPIC = "driftline.labels"
+DEFAULT_CHANGES_TOPIC = "driftline.changes"
 # SDK settings on top of kafka_config.PRODUCER_DEFAULTS; the caller's config wins over both.
 _SDK_DEFAULTS: dict[str, Any] = {
     "client.id": "driftline-sdk",
@@ -142,6 +144,7 @@ class DriftlineProducer:
         envelope_form: str = "rows",
         limits: Limits = DEFAULT_LIMITS,
         labels_topic: str = DEFAULT_LABELS_TOPIC,
+        changes_topic: str = DEFAULT_CHANGES_TOPIC,
     ) -> None:
         if batch_size < 1 or max_buffered_events < 1 or max_envelope_bytes < 1:
             raise ValueError("batch_size, max_buffered_events and max_envelope_bytes must be >= 1")
@@ -150,6 +153,8 @@ class DriftlineProducer:
         if envelope_form not in ("rows", "auto"):
             raise ValueError("envelope_form is 'rows' or 'auto' (columns when events are uniform)")
         self.envelope_form = envelope_form
+        self.changes_topic = changes_topic
+        self.annotations_failed = 0
         self.topic, self.batch_size, self.linger_s = topic, batch_size, linger_s
         self.labels_topic = labels_topic
         self.max_buffered_events, self.max_envelope_bytes = max_buffered_events, max_envelope_bytes
@@ -305,6 +310,36 @@ class DriftlineProducer:
         except Exception:
             self._drop("error")
             return False
+
+    def annotate(self, model: str, kind: str, text: str, ts: float | str | None = None,
+                 *, source: str | None = "driftline-sdk") -> str:
+        """Record an upstream change of ``model`` on the changes topic; returns its id.
+
+        ``kind``: deploy, pipeline, data-source or other (model_version, schema and
+        reference are also accepted); ``ts``: epoch seconds or ISO-8601, default now.
+        Not an event: off the emit() accounting, sent by the same client (``flush()``
+        waits for it too). Raises ValueError when the change is invalid, BufferError
+        when the client queue stays full for 5 s.
+        """
+        ev = annotation(model, kind, text, ts, source)
+        deadline = time.monotonic() + 5.0
+        while True:
+            try:
+                self._producer.produce(self.changes_topic, ev.encode(), model.encode(),
+                                       on_delivery=self._on_annotation)
+                break
+            except BufferError:
+                if time.monotonic() > deadline:
+                    raise
+                self._producer.poll(0.05)
+        self._wake.set()
+        return ev.id
+
+    def _on_annotation(self, err: KafkaError | None, _msg: Any) -> None:
+        if err is not None:
+            with self._lock:
+                self.annotations_failed += 1
+            log.warning("driftline producer: change event not delivered: %s", err)
 
     def _add(self, model: str, shadow_of: str | None, version: str | None,
              ev: dict[str, Any]) -> bool:

@@ -12,6 +12,12 @@ Commit order per batch (at-least-once delivery, exactly-once effect on state):
 
 A crash between any two steps loses nothing; at worst an alert or dead letter repeats,
 recognisable by its deterministic id or its source offset.
+
+Upstream changes: the worker reads the whole changes topic (every partition, assigned
+without a consumer group, from the beginning at start and then as it grows) into the
+processor's change log, since the changes of any model may matter to the alerts of the
+models it owns. Changes it detects itself are produced with the alerts (before them) and
+carry deterministic ids, so a replay never records one twice.
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ from driftline.detectors.reference import ReferenceProfile
 from driftline.detectors.serialization import sign_record, verify_record
 from driftline.schemas.codecs import encode_alert, encode_dead_letter
 from driftline.schemas.models import DriftAlert, Rejection
-from driftline.streams.admin import TopicSpec, ensure_topics, read_compacted
+from driftline.streams.admin import TopicSpec, ensure_topics, partition_count, read_compacted
+from driftline.streams.changes import ChangeEvent
 from driftline.streams.kafka_config import consumer_config, producer_config
 from driftline.streams.labels import label_status
 from driftline.streams.metrics import WorkerMetrics
@@ -144,6 +151,7 @@ class Worker:
         self._producer = self._make_producer()
         self._consumer: Consumer | None = None
         self._refs: Consumer | None = None
+        self._changes: Consumer | None = None
         self._admin: AdminClient | None = None
         self._cluster_id: str | None = None
         self._pending_cluster: str | None = None
@@ -172,6 +180,7 @@ class Worker:
                                    if not k.startswith(("fetch.", "enable."))})
         self._check_cluster()
         self._start_references()
+        self._start_changes()
         self._subscribe()
         deadline = None if duration is None else time.monotonic() + duration
         self._ready.set()
@@ -223,6 +232,7 @@ class Worker:
             self._subscribe()
             self._rejoin_by = time.monotonic() + REJOIN_AFTER_S
         self._poll_references(0)
+        self._poll_changes(0)
         if msgs:
             self._handle(msgs)
         now = time.monotonic()
@@ -284,8 +294,11 @@ class Worker:
                 log.warning("closing the old consumer: %s", exc)
         if self._refs is not None:
             self._refs.close()
+        if self._changes is not None:
+            self._changes.close()
         self._assigned, self._assigned_labels = set(), set()
         self._start_references()
+        self._start_changes()
         self._subscribe()
         self._rejoin_by = time.monotonic() + REJOIN_AFTER_S
         self.stats.cluster_changes += 1
@@ -299,6 +312,8 @@ class Worker:
             self._consumer.close()
         if self._refs is not None:
             self._refs.close()
+        if self._changes is not None:
+            self._changes.close()
         self._producer.flush(10)
         self._ready.clear()
 
@@ -375,18 +390,22 @@ class Worker:
                 self.metrics.bytes.labels(model).inc(n)
         for ref in out.references:
             self._publish_reference(ref)
-        self._emit(out.alerts, out.dead_letters)
+        self._emit(out.alerts, out.dead_letters, out.changes)
         self.stats.consumed += len(values)
         self.stats.applied += out.applied
         self.stats.skipped_replays += out.skipped_replays
         self.metrics.batch_size.observe(len(values))
         self.metrics.batch_duration.observe(time.perf_counter() - t0)
 
-    def _emit(self, alerts: list[DriftAlert], dead: list[Rejection]) -> None:
-        """Produce alerts and dead letters and wait until the broker has them."""
-        if not alerts and not dead:
+    def _emit(self, alerts: list[DriftAlert], dead: list[Rejection],
+              changes: list[ChangeEvent] | None = None) -> None:
+        """Produce changes, alerts and dead letters and wait until the broker has them."""
+        if not alerts and not dead and not changes:
             return
         s = self.settings
+        for c in changes or ():
+            self._producer.produce(s.changes_topic, c.encode(), key=c.model.encode(),
+                                   on_delivery=self._on_delivery)
         for a in alerts:
             self._producer.produce(s.alerts_topic, encode_alert(a), key=a.model.encode(),
                                    on_delivery=self._on_delivery)
@@ -563,6 +582,42 @@ class Worker:
             if self.processor.set_reference(profile):
                 log.info("reference %s for model %s (source %s)", profile.reference_id,
                          profile.model, profile.source)
+
+    # -- upstream changes --------------------------------------------------------------
+    def _start_changes(self) -> None:
+        """Read the changes topic from the beginning (every partition, no group)."""
+        s = self.settings
+        self._changes = Consumer({
+            **self._base, "group.id": f"driftline-changes-{self.owner}",
+            "enable.auto.commit": False, "enable.partition.eof": True,
+            "auto.offset.reset": "earliest", "fetch.queue.backoff.ms": 10})
+        n = partition_count(self._base, s.changes_topic) or 1
+        self._changes.assign([TopicPartition(s.changes_topic, p, -2) for p in range(n)])
+        self._changes_eof: set[int] = set()
+        deadline = time.monotonic() + 30
+        while len(self._changes_eof) < n and time.monotonic() < deadline:
+            self._poll_changes(0.5, live=False)
+        log.info("read %d recent upstream changes", len(self.processor.changes))
+
+    def _poll_changes(self, timeout: float, live: bool = True) -> None:
+        if self._changes is None:
+            return
+        for m in self._changes.consume(num_messages=500, timeout=timeout):
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    self._changes_eof.add(m.partition())
+                continue
+            value = m.value()
+            if value is None:
+                continue
+            try:
+                change = ChangeEvent.decode(value)
+            except ValueError as exc:
+                log.warning("ignoring invalid change event at %s:%d:%d: %s", m.topic(),
+                            m.partition(), m.offset(), exc)
+                continue
+            self.processor.changes.add(change, live=live)
 
     def _publish_reference(self, ref: ReferenceProfile) -> None:
         value = ref.to_json() if self._key is None else sign_record(ref.to_json(), self._key)

@@ -1,4 +1,5 @@
-"""Commands that talk to Kafka: ``produce``, ``alerts``, ``status``, ``reference``, ``slo``."""
+"""Commands that talk to Kafka: ``produce``, ``alerts``, ``status``, ``annotate``,
+``reference``, ``slo``."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from driftline.streams.admin import (
     partition_count,
     read_compacted,
 )
+from driftline.streams.changes import annotation
 from driftline.streams.cli.terminal import shown
 from driftline.streams.kafka_config import producer_config, redacted
 from driftline.streams.model_config import (
@@ -454,6 +456,50 @@ def config_show(bootstrap: str | None = BootstrapOpt) -> None:
     typer.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
 
 
+def annotate(
+    model: str = typer.Option(..., "--model", "-m", help="model id"),
+    kind: str = typer.Option(..., "--kind", "-k",
+                             help="deploy | pipeline | data-source | other (also model_version, "
+                                  "schema, reference)"),
+    text: str = typer.Option(..., "--text", "-t", help="what changed"),
+    ts: str | None = typer.Option(None, "--ts",
+                                  help="when: epoch seconds or ISO-8601 (default: now)"),
+    source: str | None = typer.Option(None, "--source", help="who or what posts it"),
+    bootstrap: str | None = BootstrapOpt,
+) -> None:
+    """Record an upstream change of a model; its alerts list it once its time is past."""
+    s = _settings(bootstrap)
+    when: float | str | None = ts
+    if ts is not None:
+        try:
+            when = float(ts)
+        except ValueError:
+            when = ts
+    try:
+        ev = annotation(model, kind, text, when, source or f"driftline annotate ({_user()})")
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    ensure_topics(s.kafka(), topic_specs(s))
+    p = Producer(producer_config(s.kafka()))
+    p.produce(s.changes_topic, ev.encode(), key=model.encode())
+    if p.flush(30):
+        typer.echo("error: the broker did not acknowledge the change", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"change {ev.id} recorded for {model}: {kind} at {ev.ts:.3f}")
+
+
+def _user() -> str:
+    import getpass
+    import socket
+
+    try:
+        return f"{getpass.getuser()}@{socket.gethostname()}"
+    except (KeyError, OSError):
+        return socket.gethostname()
+
+
 COMMANDS: dict[str, Callable[..., None]] = {
     "produce": produce, "alerts": alerts, "status": status, "config": config_show,
+    "annotate": annotate,
 }

@@ -55,6 +55,8 @@ CONTRACT_METRICS = {
     "driftline_alerts_total",
     "driftline_serving_latency_seconds",
     "driftline_serving_requests_total",
+    "driftline_change_events_total",
+    "driftline_change_last_timestamp_seconds",
 }
 CONTRACT_HISTOGRAMS = {
     "driftline_worker_batch_size_events",

@@ -1,0 +1,132 @@
+"""Upstream changes and exemplars end to end: a real broker, a worker, the CLI and the SDK."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+from typer.testing import CliRunner
+
+from driftline.streams.admin import ensure_topics, iter_to_end
+from driftline.streams.changes import ChangeEvent
+from driftline.streams.cli.main import app
+from driftline.streams.producer import DriftlineProducer
+from driftline.streams.settings import Settings
+from driftline.streams.subscriber import AlertSubscriber
+from driftline.streams.worker import Worker, topic_specs
+
+pytestmark = pytest.mark.integration
+
+T0 = 1_700_000_001.3  # pane boundaries (multiples of 60 s) never meet an envelope boundary
+RATE = 10.0  # events per second of event time
+BUMP = 12_000  # event index of the model_version bump (t = T0 + 20 min)
+DRIFT = 18_000  # event index where f1 drifts (t + 10 min)
+TOTAL = DRIFT + 1_800  # three more minutes
+
+
+def settings(bootstrap: str, unique: Callable[[str], str]) -> Settings:
+    prefix = unique("dl")
+    return Settings(
+        bootstrap_servers=bootstrap, group_id=f"{prefix}.group",
+        inference_topic=f"{prefix}.inference", labels_topic=f"{prefix}.labels",
+        references_topic=f"{prefix}.references", alerts_topic=f"{prefix}.alerts",
+        deadletter_topic=f"{prefix}.deadletter", changes_topic=f"{prefix}.changes",
+        state_topic=f"{prefix}.state", status_topic=f"{prefix}.status", partitions=2,
+        auto_reference_events=3000, pane_seconds=60.0, panes=5, min_samples=1000,
+        snapshot_interval_s=0.5, batch_timeout_s=0.05)
+
+
+def env_of(s: Settings) -> dict[str, str]:
+    """The CLI's settings come from the environment."""
+    names = ("inference", "labels", "references", "alerts", "deadletter", "changes", "state",
+             "status")
+    env = {f"DRIFTLINE_{n.upper()}_TOPIC": getattr(s, f"{n}_topic") for n in names}
+    env["DRIFTLINE_PARTITIONS"] = str(s.partitions)
+    return env
+
+
+@pytest.fixture
+def worker(kafka_bootstrap: str, unique_name: Callable[[str], str]) -> Iterator[Worker]:
+    s = settings(kafka_bootstrap, unique_name)
+    ensure_topics(s.kafka(), topic_specs(s))
+    w = Worker(s, CollectorRegistry())
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    wait_for(lambda: w.ready, 60, "worker ready")
+    yield w
+    w.request_stop()
+    t.join(30)
+    assert not t.is_alive()
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_alert_carries_version_bump_annotations_and_drifted_exemplars(
+    worker: Worker, kafka_bootstrap: str
+) -> None:
+    s = worker.settings
+    ts = [T0 + i / RATE for i in range(TOTAL)]
+    t_bump = ts[BUMP]
+
+    # an operator's annotation, posted with the CLI before the events arrive
+    res = CliRunner().invoke(app, [
+        "annotate", "--model", "m", "--kind", "deploy", "--text", "feature store backfill",
+        "--ts", str(t_bump + 300), "--bootstrap", kafka_bootstrap], env=env_of(s))
+    assert res.exit_code == 0, res.output
+    wait_for(lambda: len(worker.processor.changes.of("m")) == 1, 30, "annotation consumed")
+
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(TOTAL, 5))
+    x[DRIFT:, 1] += 2.0
+    with DriftlineProducer(s.kafka(), s.inference_topic, batch_size=250,
+                           changes_topic=s.changes_topic) as p:
+        sdk_id = p.annotate("m", "pipeline", "nightly job moved to the new cluster",
+                            ts=t_bump + 120)
+        for lo, hi in ((0, BUMP), (BUMP, TOTAL)):  # v1 applied before v2 arrives
+            for i in range(lo, hi):
+                assert p.emit("m", {f"f{j}": float(x[i, j]) for j in range(5)}, ts=ts[i],
+                              event_id=f"e{i}", trace_id=f"t{i}", latency_ms=4.0,
+                              model_version="v1" if i < BUMP else "v2")
+            assert p.flush(60) == 0
+            wait_for(lambda n=hi: worker.stats.applied >= n, 120, f"{hi} events applied")
+    alerts = list(AlertSubscriber(s.kafka(), s.alerts_topic, timeout=30))
+    firing = [a for a in alerts if a.state == "firing" and a.model == "m"]
+    assert firing, "no alert on the alerts topic"
+    a = firing[0]
+    assert a.feature == "f1" and a.window.end_ts is not None and a.window.end_ts > ts[DRIFT]
+
+    # the changes it carries: newest first, none after the window end
+    by_kind = {c["kind"]: c for c in a.changes}
+    assert {"model_version", "deploy", "pipeline", "reference"} <= set(by_kind)
+    bump = by_kind["model_version"]
+    assert bump["ts"] == t_bump and "v2" in bump["text"] and "v1" in bump["text"]
+    assert by_kind["deploy"]["text"] == "feature store backfill"
+    assert by_kind["pipeline"]["id"] == sdk_id
+    assert [c["ts"] for c in a.changes] == sorted((c["ts"] for c in a.changes), reverse=True)
+    assert all(c["ts"] <= a.window.end_ts for c in a.changes)
+
+    # the worker recorded the bump (and the reference) on the changes topic, once each
+    recorded = [ChangeEvent.decode(m.value()) for m in iter_to_end(s.kafka(), s.changes_topic)]
+    assert len({c.id for c in recorded}) == len(recorded)
+    assert sorted(c.kind for c in recorded if c.source == "driftline-worker") == [
+        "model_version", "reference"]
+    assert bump["id"] in {c.id for c in recorded}
+
+    # exemplars: trace ids of drifted events of the pane the alert closed
+    assert a.exemplars and len(a.exemplars) <= 3
+    for trace in a.exemplars:
+        assert trace.startswith("t")
+        i = int(trace[1:])
+        assert i >= DRIFT, f"{trace} is not a drifted event"
+        assert int(ts[i] // 60) == a.window.pane
