@@ -1,20 +1,27 @@
 """The chart's rules and dashboard on a real Prometheus scraping a real worker.
 
 A ``driftline worker`` process on the test broker serves /metrics on a free loopback
-port; the SDK sends it a stream whose feature f3 (and so the prediction) shifts by three
-standard deviations once the model has been evaluated, plus one undecodable message. A
-real ``prometheus`` (Debian's package) scrapes the worker every second and evaluates the
-chart's rule files (helm/driftline/files/rules) every second. Through the HTTP API the
-test then asserts that:
+port. The SDK sends it, for MODEL, events with an event id and a ``region`` segment whose
+feature f3 (and so the prediction) shifts by three standard deviations once the model has
+been evaluated, while the share of missing f5 values rises from 5 % to 40 %; the labels of
+half of the events (flipped after the drift: the model's concept rule fires on their
+error rate), a duplicate
+label now and then (counted unmatched), and a shadow candidate (CANDIDATE, same event
+ids, disagreeing scores); plus one undecodable message. A second model (TIME_MODEL) has
+event-time windows (a model config file) and sends an event behind its watermark now
+and then. A real ``prometheus`` (Debian's package) scrapes the worker every second and
+evaluates the chart's rule files (helm/driftline/files/rules) every second. Through the
+HTTP API the test then asserts that:
 
 * the worker target is up and the driftline series exist (events, per-column and
-  multivariate drift scores of the model);
+  multivariate drift scores, segments, labels and model quality, data quality,
+  confidence, shadow agreement, late events and the watermark);
 * every recording rule produces values and every rule is healthy;
-* DriftlineDriftFiring goes to firing for the drifted model (data and prediction);
+* DriftlineDriftFiring goes to firing for MODEL for every kind: data, prediction,
+  quality, concept and shadow;
 * every expression of the dashboard (panels, annotations, template variables) and every
   rule expression evaluates without error via /api/v1/query, with a non-empty result
-  except where it reads a metric of a feature this stream does not exercise
-  (NOT_EXERCISED) or is an alert condition that must stay false on a healthy worker
+  unless it is an alert condition that must stay false on a healthy worker
   (FALSE_WHEN_HEALTHY); every driftline metric an expression reads has series.
 
 Test copy of the rules: the production files hold alerts for minutes (``for: 10m``) and
@@ -57,23 +64,29 @@ PROMETHEUS = shutil.which("prometheus") or (
     "/usr/bin/prometheus" if os.access("/usr/bin/prometheus", os.X_OK) else None)
 
 MODEL = "pm-drift"
+CANDIDATE = "pm-drift-v2"  # shadow candidate of MODEL
+TIME_MODEL = "pm-time"  # event-time windows (MODEL_CONFIG)
 FEATURES = tuple(f"f{i}" for i in range(6))
 DRIFTED = "f3"
+SPARSE = "f5"  # missing in 5 % of the events, 40 % after the drift
+REGIONS = ("eu", "us", "apac")
+KINDS = {"data", "prediction", "quality", "concept", "shadow"}
+MODEL_CONFIG = f"""
+models:
+  {TIME_MODEL}:
+    window: 2s
+    pane: 500ms
+    allowed_lateness: 1s
+    late_policy: current
+    min_samples: 100
+"""
 SHORT_FOR = "2s"
 RATE_INTERVAL = "15s"  # Grafana's $__rate_interval for a 1 s scrape is at least 4 scrapes
-VARIABLES = {"model": MODEL, "statistic": "chi2", "segment": ".*",
+# both models selected (Grafana's multi-value regex): the event-time panels read TIME_MODEL
+VARIABLES = {"model": f"({MODEL}|{TIME_MODEL})", "statistic": "chi2", "segment": ".*",
              "__rate_interval": RATE_INTERVAL}
 MV_STATISTICS = {"mmd_rff", "covariance", "pca_recon"}
 
-# Metrics of features this stream does not exercise: the worker does not export them (yet);
-# the dashboard's segment, prediction-distribution and label-quality panels wait for them.
-NOT_EXERCISED = {
-    "driftline_segment_drift_state": "per-segment drift is not exported by the worker",
-    "driftline_segment_events_total": "per-segment traffic is not exported by the worker",
-    "driftline_prediction_score_bucket": "the prediction histogram is not exported",
-    "driftline_labels_joined_total": "no labels topic consumer in the worker",
-    "driftline_quality_metric": "no labels topic consumer in the worker",
-}
 # Alert conditions that must evaluate to nothing while the worker is healthy.
 FALSE_WHEN_HEALTHY = {
     "DriftlineWorkerNotEvaluating": "the model is evaluated every pane",
@@ -93,7 +106,7 @@ def metric_names(expr: str) -> set[str]:
 
 
 def substitute(expr: str) -> str:
-    """Grafana's variables as the dashboard would send them for the drifted model."""
+    """Grafana's variables as the dashboard would send them for the two models."""
     for name in sorted(VARIABLES, key=len, reverse=True):
         expr = expr.replace("${" + name + "}", VARIABLES[name]).replace("$" + name,
                                                                         VARIABLES[name])
@@ -204,10 +217,13 @@ def wait_until(cond: Callable[[], bool], timeout: float, what: str,
 
 
 class Stream:
-    """SDK events of MODEL at ~2,000/s until stopped; ``drift`` shifts f3 by 3 sd."""
+    """SDK events of MODEL at ~2,000/s until stopped, with segments, event ids, labels of
+    every other event and a shadow candidate of every other event; TIME_MODEL at ~200/s
+    with one late event a second. ``drift`` shifts f3 by 3 sd and makes f5 sparser."""
 
-    def __init__(self, config: dict[str, str], topic: str) -> None:
-        self.producer = DriftlineProducer(config, topic, batch_size=250, linger_s=0.02)
+    def __init__(self, config: dict[str, str], topic: str, labels_topic: str) -> None:
+        self.producer = DriftlineProducer(config, topic, labels_topic=labels_topic,
+                                          batch_size=250, linger_s=0.02)
         self.drift = threading.Event()
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True, name="prom-stream")
@@ -216,17 +232,45 @@ class Stream:
     def _run(self) -> None:
         rng = np.random.default_rng(7)
         j = FEATURES.index(DRIFTED)
+        emit, label = self.producer.emit, self.producer.emit_label
+        labels: list[tuple[str, int]] = []  # (event id, label) of the previous round
+        step = 0
         while not self._stop.is_set():
+            drift = self.drift.is_set()
             x = rng.normal(size=(100, len(FEATURES)))
-            if self.drift.is_set():
+            if drift:
                 x[:, j] += 3.0
             pred = 1.0 / (1.0 + np.exp(-(x[:, 0] + x[:, j])))
+            # a calibrated model (error rate ~ 0.3); after the drift the labels flip
+            truth = rng.random(100) < (1.0 - pred if drift else pred)
+            shadow = np.clip(pred + rng.normal(0.0, 0.2, size=100), 0.0, 1.0)
+            missing = rng.random(100) < (0.4 if drift else 0.05)
             latency = rng.gamma(2.0, 4.0, size=100)
             errors = rng.random(100) < 0.05
+            # labels arrive one round (~0.05 s) after their predictions
+            for eid, y in labels:
+                label(MODEL, eid, y)
+            if labels:  # a second label for a joined prediction: unmatched
+                label(MODEL, labels[0][0], labels[0][1])
+            labels = []
             for i in range(100):
-                self.producer.emit(MODEL, dict(zip(FEATURES, x[i].tolist(), strict=True)),
-                                   float(pred[i]), latency_ms=float(latency[i]),
-                                   outcome="error" if errors[i] else "ok")
+                eid = f"{step}-{i}"
+                features: dict[str, float | None] = dict(
+                    zip(FEATURES, x[i].tolist(), strict=True))
+                if missing[i]:
+                    features[SPARSE] = None
+                emit(MODEL, features, float(pred[i]), event_id=eid,
+                     segment={"region": REGIONS[i % len(REGIONS)]},
+                     latency_ms=float(latency[i]), outcome="error" if errors[i] else "ok")
+                if i % 2 == 0:
+                    emit(CANDIDATE, features, float(shadow[i]), event_id=eid, shadow_of=MODEL)
+                    labels.append((eid, int(truth[i])))
+            now = time.time()
+            for i in range(10):
+                emit(TIME_MODEL, {"a": float(x[i, 1]), "b": float(x[i, 2])}, ts=now)
+            if step % 20 == 0:  # 30 s behind the newest event time: late
+                emit(TIME_MODEL, {"a": 0.0, "b": 0.0}, ts=now - 30.0)
+            step += 1
             self._stop.wait(0.05)
 
     def stop(self) -> None:
@@ -268,6 +312,8 @@ def test_rules_and_dashboard_on_a_real_prometheus(
     prefix = unique_name("prom")
     topic = f"{prefix}.inference"
     metrics_port, prom_port = free_port(), free_port()
+    model_config = tmp_path / "models.yaml"
+    model_config.write_text(MODEL_CONFIG, encoding="utf-8")
 
     # -- the worker ---------------------------------------------------------------------
     env = {**os.environ, "DRIFTLINE_BOOTSTRAP_SERVERS": kafka_bootstrap,
@@ -278,7 +324,13 @@ def test_rules_and_dashboard_on_a_real_prometheus(
            "DRIFTLINE_METRICS_HOST": "127.0.0.1", "DRIFTLINE_METRICS_PORT": str(metrics_port),
            "DRIFTLINE_AUTO_REFERENCE_EVENTS": "1000", "DRIFTLINE_PANE_SIZE": "250",
            "DRIFTLINE_MIN_SAMPLES": "500", "DRIFTLINE_SNAPSHOT_INTERVAL_S": "1",
-           "DRIFTLINE_BATCH_TIMEOUT_S": "0.05"}
+           "DRIFTLINE_BATCH_TIMEOUT_S": "0.05", "DRIFTLINE_MODEL_CONFIG_FILE": str(model_config),
+           # labels join from the first prediction on (a model with a concept rule); the
+           # error rate, ~0.3 before the drift, passes the rule's 0.45 after it
+           "DRIFTLINE_CONCEPT_RULES": f"{MODEL}=error_rate > 0.45 over 1000",
+           "DRIFTLINE_CONCEPT_MIN_LABELLED": "500", "DRIFTLINE_CONCEPT_EVAL_EVERY": "250",
+           "DRIFTLINE_LABEL_TTL_SECONDS": "60",
+           "DRIFTLINE_SHADOW_MIN_PAIRS": "500", "DRIFTLINE_SHADOW_PANE_PAIRS": "250"}
     worker_log = tmp_path / "worker.log"
     with worker_log.open("wb") as log:
         worker = subprocess.Popen([sys.executable, "-m", "driftline.streams", "worker"], env=env,
@@ -325,7 +377,7 @@ def test_rules_and_dashboard_on_a_real_prometheus(
     loaded = {r["name"] for g in prom.get("/api/v1/rules")["data"]["groups"] for r in g["rules"]}
     assert loaded == {name for name, _ in rule_exprs()}
 
-    stream = Stream(kafka_client_config, topic)
+    stream = Stream(kafka_client_config, topic, f"{prefix}.labels")
     try:
         # one message that is not JSON: a dead letter with reason invalid_json
         assert stream.producer.send_raw(MODEL, b"{not json")
@@ -342,8 +394,13 @@ def test_rules_and_dashboard_on_a_real_prometheus(
                     if a["labels"]["alertname"] == "DriftlineDriftFiring"
                     and a["labels"]["model"] == MODEL and a["state"] == "firing"}
 
-        wait_until(lambda: firing() >= {"data", "prediction"}, 60,
-                   "DriftlineDriftFiring firing for the model's data and prediction", alive)
+        try:
+            wait_until(lambda: firing() >= KINDS, 60,
+                       f"DriftlineDriftFiring firing for the model's {sorted(KINDS)}", alive)
+        except AssertionError as exc:
+            states = [(r["metric"], r["value"][1]) for r in prom.query("driftline_drift_state")]
+            raise AssertionError(f"{exc}; firing: {sorted(firing())}; drift_state: {states}; "
+                                 f"worker log:\n{_tail(worker_log)}") from None
 
         # -- series of the model --------------------------------------------------------
         assert prom.value(f'up{{job="driftline", instance="127.0.0.1:{metrics_port}"}}') == 1.0
@@ -360,6 +417,32 @@ def test_rules_and_dashboard_on_a_real_prometheus(
                 assert v is not None and math.isfinite(v), (family, stat)
         assert prom.value('driftline_worker_deadletter_total{reason="invalid_json"}') == 1.0
 
+        # -- segments, labels, quality, confidence, shadow, event time ------------------
+        segments = {r["metric"]["segment"]: float(r["value"][1]) for r in prom.query(
+            f'driftline_segment_events_total{{model="{MODEL}"}}')}
+        assert set(segments) == {f"region={r}" for r in REGIONS}, segments
+        assert min(segments.values()) > 0
+        assert {r["metric"]["segment"] for r in prom.query(
+            f'driftline_segment_drift_score{{model="{MODEL}", feature="{DRIFTED}"}}')} == set(
+            segments)
+        assert (prom.value(f'driftline_labels_joined_total{{model="{MODEL}"}}') or 0) >= 500
+        assert (prom.value(f'driftline_labels_unmatched_total{{model="{MODEL}", '
+                           f'reason="unmatched"}}') or 0) >= 1
+        error_rate = prom.value(f'driftline_model_quality{{model="{MODEL}", '
+                                f'metric="error_rate"}}')
+        assert error_rate is not None and error_rate > 0.45, error_rate
+        missing = prom.value(f'driftline_quality_metric{{model="{MODEL}", feature="{SPARSE}", '
+                             f'metric="missing_rate"}}')
+        assert missing is not None and 0.2 < missing < 0.6, missing
+        share = prom.value(f'driftline_prediction_high_confidence_ratio{{model="{MODEL}"}}')
+        assert share is not None and 0 <= share <= 1
+        agreement = prom.value(f'driftline_shadow_agreement_ratio{{model="{MODEL}", '
+                               f'candidate="{CANDIDATE}"}}')
+        assert agreement is not None and agreement < 0.95, agreement
+        assert (prom.value(f'driftline_worker_late_events_total{{model="{TIME_MODEL}"}}')
+                or 0) >= 1
+        assert prom.value(f'driftline_worker_watermark_seconds{{model="{TIME_MODEL}"}}')
+
         # -- every expression: no error; non-empty unless listed ------------------------
         exprs, variables = dashboard_exprs()
         checks = [(f"rule {name}", name, expr) for name, expr in rule_exprs()]
@@ -372,9 +455,9 @@ def test_rules_and_dashboard_on_a_real_prometheus(
             reads = metric_names(expr)
             if name in FALSE_WHEN_HEALTHY:
                 assert prom.query(expr) == [], f"{what} holds on a healthy worker: {expr}"
-            elif not reads & set(NOT_EXERCISED):
+            else:
                 pending[f"{what}: {expr}"] = expr
-            for metric in reads - set(NOT_EXERCISED):  # what the expression reads exists
+            for metric in reads:  # what the expression reads exists
                 pending[f"series of {metric} ({what})"] = f'count({{__name__="{metric}"}})'
 
         def all_non_empty() -> bool:
@@ -396,7 +479,8 @@ def test_rules_and_dashboard_on_a_real_prometheus(
             elif name == "statistic":
                 assert {"chi2", "psi", "js"} | MV_STATISTICS <= values, values
             else:
-                assert metric_names(match) <= set(NOT_EXERCISED), (name, match)
+                assert name == "segment", name
+                assert values == {f"region={r}" for r in REGIONS}, values
 
         # the drill-down ranks the multivariate statistics beside the drifted column
         ranked = next(substitute(e) for t, e in exprs if t.startswith("Score / calibrated"))

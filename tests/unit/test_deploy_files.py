@@ -3,9 +3,10 @@
 * the chart's rule files pass ``promtool check rules`` and the ``promtool test rules``
   scenarios in tests/promtool/driftline-alerts.test.yaml (each alert fires at its minute
   and stays silent otherwise) -- skipped when promtool is not on PATH;
-* every metric the rules and the dashboard read is a contract metric (histograms may add
-  _bucket/_sum/_count), a series recorded by the chart's recording rules, or -- in the
-  dashboard only -- one of DASHBOARD_ONLY_METRICS, panels that wait for those metrics;
+* every metric the rules read is a contract metric (histograms may add _bucket/_sum/_count)
+  or a series recorded by the chart's recording rules; every metric the dashboard reads is
+  one of those or a family a worker's WorkerMetrics exports (segments, labels, quality,
+  confidence, shadow, event time);
 * every image is pinned; the dashboard is valid JSON with the model and segment variables;
 * values.yaml matches values.schema.json, which rejects more workers than partitions;
 * the chart renders (``helm`` on PATH, else the ``helm_python`` module) with probes,
@@ -63,17 +64,6 @@ CONTRACT_HISTOGRAMS = {
     "driftline_worker_batch_duration_seconds",
     "driftline_serving_latency_seconds",
 }
-# Panels of the model drill-down that need metrics the contract does not (yet) define:
-# segment view, prediction/confidence distribution, labels and quality.
-DASHBOARD_ONLY_METRICS = {
-    "driftline_segment_drift_state",      # gauge {model, segment, kind}
-    "driftline_segment_events_total",     # counter {model, segment}
-    "driftline_prediction_score",         # histogram {model}: score or top-class probability
-    "driftline_labels_joined_total",      # counter {model}
-    "driftline_model_quality",            # gauge {model, metric=accuracy|fpr|fnr|error_rate}
-}
-DASHBOARD_ONLY_HISTOGRAMS = {"driftline_prediction_score"}
-
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
 _IDENT = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 
@@ -93,6 +83,22 @@ def _load_rules() -> list[dict[str, Any]]:
 
 def _recorded() -> set[str]:
     return {r["record"] for r in _load_rules() if "record" in r}
+
+
+def _worker_families() -> tuple[set[str], set[str]]:
+    """(sample names without histogram suffixes, histogram names) WorkerMetrics exports."""
+    from prometheus_client import CollectorRegistry
+
+    from driftline.streams.metrics import WorkerMetrics
+
+    registry = CollectorRegistry()
+    WorkerMetrics(registry)
+    names, histograms = set(), set()
+    for family in registry.collect():
+        names.add(family.name + ("_total" if family.type == "counter" else ""))
+        if family.type == "histogram":
+            histograms.add(family.name)
+    return names, histograms
 
 
 def _unknown(names: set[str], extra: set[str] = frozenset(),  # type: ignore[assignment]
@@ -226,6 +232,8 @@ def test_dashboard_is_valid_and_has_model_and_segment_variables() -> None:
     variables = {v["name"]: v for v in dash["templating"]["list"]}
     assert {"datasource", "model", "segment"} <= set(variables)
     assert variables["model"]["multi"] and variables["model"]["includeAll"]
+    assert variables["segment"]["query"]["query"].startswith(
+        "label_values(driftline_segment_events_total")
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
     titles = {p["title"] for p in dash["panels"]}
@@ -259,18 +267,31 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_dashboard_reads_contract_metrics_and_declared_extras_only() -> None:
+def test_dashboard_reads_only_metrics_the_worker_exports() -> None:
     names: set[str] = set()
     for expr in _dashboard_exprs(_dashboard()):
         names |= metric_names(expr)
-    assert _unknown(names, DASHBOARD_ONLY_METRICS, DASHBOARD_ONLY_HISTOGRAMS) == set()
+    exported, histograms = _worker_families()
+    assert _unknown(names, exported, histograms) == set()
+    assert _unknown({"driftline_prediction_score_bucket", "driftline_segment_drift_state"},
+                    exported, histograms) == {"driftline_prediction_score_bucket",
+                                              "driftline_segment_drift_state"}
     # the drill-down ranks features by driftline_drift_score; golden signals and health
     for needed in ("driftline_drift_score", "driftline_drift_state",
                    "model:driftline_serving_latency_seconds:p99_5m",
                    "model:driftline_serving_errors:ratio_rate5m",
                    "driftline_worker_consumer_lag_messages",
-                   "driftline_worker_batch_duration_seconds_bucket"):
-        assert needed in names
+                   "driftline_worker_batch_duration_seconds_bucket",
+                   # the drill-down's segment, prediction, label, quality, shadow and
+                   # event-time panels
+                   "driftline_segment_drift_score", "driftline_segment_events_total",
+                   "driftline_prediction_high_confidence_ratio", "driftline_model_quality",
+                   "driftline_label_coverage_ratio", "driftline_label_delay_seconds_bucket",
+                   "driftline_labels_unmatched_total", "driftline_labels_joined_total",
+                   "driftline_quality_metric", "driftline_shadow_agreement_ratio",
+                   "driftline_shadow_pairs_total", "driftline_shadow_score_diff_bucket",
+                   "driftline_worker_late_events_total", "driftline_worker_watermark_seconds"):
+        assert needed in names, needed
 
 
 # ----------------------------------------------------------------- compose, Dockerfile
@@ -317,6 +338,11 @@ def test_compose_kafka_topics_workers_and_monitoring() -> None:
         assert re.search(rf"create driftline\.{topic}\b", init), topic
     for compacted in ("references", "state", "status"):
         assert re.search(rf"driftline\.{compacted} .*cleanup\.policy=compact", init)
+    # the worker writes state snapshots up to STATE_MAX_BYTES (Kafka's default is ~1 MB)
+    from driftline.streams.worker import STATE_MAX_BYTES
+
+    assert re.search(rf"driftline\.state .*--config max\.message\.bytes={STATE_MAX_BYTES}\b",
+                     init)
     worker = services["worker"]
     assert worker["command"] == ["worker", "--bootstrap", "kafka:9092", "--metrics-port", "9464"]
     assert "container_name" not in worker and "ports" not in worker
