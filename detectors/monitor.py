@@ -464,15 +464,18 @@ class ModelMonitor:
         """Test the window of the model (``segment=""``) or of one segment value."""
         layout = self.binner.layout
         segs = self.segments
+        # event-time panes spend the budget of the events they hold, so the decisions do not
+        # depend on the order events arrived in (a replay decides as the live run did)
+        timed = isinstance(self.ring.rule, TimeRule)
         if segment:
             assert segs is not None
             ring = segs.rings[segment]
-            new_events = max(segs.since_eval[segment], pane.n)
+            new_events = pane.n if timed else max(segs.since_eval[segment], pane.n)
             segs.since_eval[segment] = 0
             share = SEGMENT_SHARE
         else:
             ring = self.ring
-            new_events = max(self.events_since_eval, pane.n)
+            new_events = pane.n if timed else max(self.events_since_eval, pane.n)
             self.events_since_eval = 0
             share = 1.0 - SEGMENT_SHARE if segs is not None and segs.active else 1.0
         win = ring.totals["hist"]
