@@ -78,3 +78,20 @@ def unique_name(request: pytest.FixtureRequest) -> Callable[[str], str]:
         return f"{prefix}.{base}.{uuid.uuid4().hex[:10]}"
 
     return make
+
+
+@pytest.fixture
+def start_worker() -> Iterator[Callable[..., Any]]:
+    """Start in-process workers (``workers.RunningWorker``); stopped after the test."""
+    from workers import RunningWorker
+
+    running: list[RunningWorker] = []
+
+    def start(settings: Any) -> RunningWorker:
+        running.append(RunningWorker(settings))
+        return running[-1]
+
+    yield start
+    for w in running:
+        if w.thread.is_alive():
+            w.stop()

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 from typer.testing import CliRunner
+from workers import env_of, isolated_settings, wait_for
 
 from driftline.streams.admin import ensure_topics, iter_to_end
 from driftline.streams.changes import ChangeEvent
@@ -29,24 +29,8 @@ TOTAL = DRIFT + 1_800  # three more minutes
 
 
 def settings(bootstrap: str, unique: Callable[[str], str]) -> Settings:
-    prefix = unique("dl")
-    return Settings(
-        bootstrap_servers=bootstrap, group_id=f"{prefix}.group",
-        inference_topic=f"{prefix}.inference", labels_topic=f"{prefix}.labels",
-        references_topic=f"{prefix}.references", alerts_topic=f"{prefix}.alerts",
-        deadletter_topic=f"{prefix}.deadletter", changes_topic=f"{prefix}.changes",
-        state_topic=f"{prefix}.state", status_topic=f"{prefix}.status", partitions=2,
-        auto_reference_events=3000, pane_seconds=60.0, panes=5, min_samples=1000,
-        snapshot_interval_s=0.5, batch_timeout_s=0.05)
-
-
-def env_of(s: Settings) -> dict[str, str]:
-    """The CLI's settings come from the environment."""
-    names = ("inference", "labels", "references", "alerts", "deadletter", "changes", "state",
-             "status")
-    env = {f"DRIFTLINE_{n.upper()}_TOPIC": getattr(s, f"{n}_topic") for n in names}
-    env["DRIFTLINE_PARTITIONS"] = str(s.partitions)
-    return env
+    return isolated_settings(bootstrap, unique, partitions=2, auto_reference_events=3000,
+                             pane_seconds=60.0, panes=5, min_samples=1000)
 
 
 @pytest.fixture
@@ -61,15 +45,6 @@ def worker(kafka_bootstrap: str, unique_name: Callable[[str], str]) -> Iterator[
     w.request_stop()
     t.join(30)
     assert not t.is_alive()
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_alert_carries_version_bump_annotations_and_drifted_exemplars(

@@ -6,16 +6,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from confluent_kafka import Producer
-from prometheus_client import CollectorRegistry
+from workers import isolated_settings, wait_for
 
 from driftline.detectors.reference import build_profile
 from driftline.streams.admin import ensure_topics
@@ -23,7 +21,7 @@ from driftline.streams.kafka_config import producer_config
 from driftline.streams.producer import DriftlineProducer
 from driftline.streams.settings import Settings
 from driftline.streams.subscriber import AlertSubscriber
-from driftline.streams.worker import Worker, topic_specs
+from driftline.streams.worker import topic_specs
 
 pytestmark = pytest.mark.integration
 
@@ -42,52 +40,11 @@ models:
 
 
 def make_settings(bootstrap: str, unique: Callable[[str], str], **kw: Any) -> Settings:
-    prefix = unique("et")
-    topics = ("inference", "labels", "references", "alerts", "deadletter", "changes", "state",
-              "status")
-    return Settings(bootstrap_servers=bootstrap, group_id=f"{prefix}.group", partitions=2,
-                    snapshot_interval_s=0.5, batch_timeout_s=0.05,
-                    **{f"{t}_topic": f"{prefix}.{t}" for t in topics}, **kw)
-
-
-class RunningWorker:
-    def __init__(self, settings: Settings) -> None:
-        self.registry = CollectorRegistry()
-        self.worker = Worker(settings, self.registry)
-        self.thread = threading.Thread(target=self.worker.run, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.worker.request_stop()
-        self.thread.join(30)
-        assert not self.thread.is_alive()
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-@pytest.fixture
-def worker() -> Iterator[Callable[[Any], RunningWorker]]:
-    running: list[RunningWorker] = []
-
-    def start(settings: Any) -> RunningWorker:
-        running.append(RunningWorker(settings))
-        return running[-1]
-
-    yield start
-    for w in running:
-        if w.thread.is_alive():
-            w.stop()
+    return isolated_settings(bootstrap, unique, "et", partitions=2, **kw)
 
 
 def test_quiet_model_evaluated_every_pane_and_alerted_through_the_worker(
-    kafka_bootstrap: str, unique_name: Callable[[str], str], worker: Any, tmp_path: Path
+    kafka_bootstrap: str, unique_name: Callable[[str], str], start_worker: Any, tmp_path: Path
 ) -> None:
     path = tmp_path / "models.yaml"
     path.write_text(CONFIG)
@@ -108,7 +65,7 @@ def test_quiet_model_evaluated_every_pane_and_alerted_through_the_worker(
     x = rng.normal(size=(ts.size, F))
     x[ts >= t0 + 2 * 3600, 2] += 1.0
 
-    w = worker(s)
+    w = start_worker(s)
     wait_for(lambda: w.worker.ready, 30, "worker ready")
     with DriftlineProducer(s.kafka(), s.inference_topic, batch_size=50) as prod:
         for i in range(ts.size):

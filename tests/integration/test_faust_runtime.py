@@ -22,12 +22,12 @@ import numpy as np
 import orjson
 import pytest
 from confluent_kafka import Producer
+from workers import produce_sdk
 
 from driftline.detectors.reference import ReferenceProfile, build_profile
 from driftline.streams.admin import read_compacted
 from driftline.streams.faust_app import changelog_topic, faust_topic_specs
 from driftline.streams.model_state import ModelState
-from driftline.streams.producer import DriftlineProducer
 from driftline.streams.settings import Settings
 from driftline.streams.subscriber import AlertSubscriber
 from driftline.streams.synthetic import DriftSpec, SyntheticModels
@@ -130,18 +130,6 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str,
             return
         time.sleep(0.3)
     raise AssertionError(f"timed out waiting for {what}\n{detail()}")
-
-
-def produce_sdk(s: Settings, gen: SyntheticModels, per_model: int, chunk: int = 500) -> int:
-    n = 0
-    with DriftlineProducer(s.kafka(), s.inference_topic, batch_size=250) as p:
-        for _ in range(0, per_model, chunk):
-            for m in gen.models:
-                for ev in gen.events(m, chunk):
-                    assert p.emit_event(ev)
-                    n += 1
-        assert p.flush(30) == 0
-    return n
 
 
 def status(s: Settings) -> dict[str, dict[str, Any]]:

@@ -4,23 +4,20 @@ the alerts topic, labels past the TTL counted."""
 
 from __future__ import annotations
 
-import threading
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
-from prometheus_client import CollectorRegistry
+from workers import isolated_settings, wait_for
 
 from driftline.streams.admin import ensure_topics
 from driftline.streams.cli.kafka_commands import collect_status
-from driftline.streams.metrics import MetricsServer
 from driftline.streams.producer import DriftlineProducer
 from driftline.streams.settings import Settings
 from driftline.streams.subscriber import AlertSubscriber
-from driftline.streams.worker import Worker, topic_specs
+from driftline.streams.worker import topic_specs
 
 pytestmark = pytest.mark.integration
 
@@ -33,56 +30,10 @@ LATE = 100  # the last predictions of "steady" get their labels 5,000 s later
 
 
 def settings_for(bootstrap: str, unique: Callable[[str], str]) -> Settings:
-    prefix = unique("dl")
-    return Settings(
-        bootstrap_servers=bootstrap, group_id=f"{prefix}.group",
-        inference_topic=f"{prefix}.inference", labels_topic=f"{prefix}.labels",
-        references_topic=f"{prefix}.references", alerts_topic=f"{prefix}.alerts",
-        deadletter_topic=f"{prefix}.deadletter", changes_topic=f"{prefix}.changes",
-        state_topic=f"{prefix}.state", status_topic=f"{prefix}.status",
-        partitions=4, auto_reference_events=3000, pane_size=500, min_samples=1000,
-        snapshot_interval_s=0.5, batch_timeout_s=0.05,
+    return isolated_settings(
+        bootstrap, unique, auto_reference_events=3000, pane_size=500, min_samples=1000,
         label_ttl_seconds=TTL, concept_eval_every=250,
-        concept_rules="fraud=fpr > 0.1 over 1000; steady=fpr > 0.1 over 1000",
-    )
-
-
-class RunningWorker:
-    def __init__(self, settings: Settings) -> None:
-        self.registry = CollectorRegistry()
-        self.worker = Worker(settings, self.registry)
-        self.server = MetricsServer(self.registry, "127.0.0.1", 0).start()
-        self.thread = threading.Thread(target=self.worker.run, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.worker.request_stop()
-        self.thread.join(30)
-        self.server.stop()
-        assert not self.thread.is_alive()
-
-
-@pytest.fixture
-def start_worker() -> Iterator[Callable[[Settings], RunningWorker]]:
-    running: list[RunningWorker] = []
-
-    def start(settings: Settings) -> RunningWorker:
-        running.append(RunningWorker(settings))
-        return running[-1]
-
-    yield start
-    for w in running:
-        if w.thread.is_alive():
-            w.stop()
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+        concept_rules="fraud=fpr > 0.1 over 1000; steady=fpr > 0.1 over 1000")
 
 
 def truth(model: str, i: int, score: float, rng: np.random.Generator) -> bool:

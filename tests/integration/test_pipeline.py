@@ -4,102 +4,29 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import threading
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 import pytest
 from kafka import KafkaProducer
-from prometheus_client import CollectorRegistry
+from workers import isolated_settings, produce_sdk, wait_for
 
 from driftline.schemas.codecs import decode_dead_letter
 from driftline.streams.admin import ensure_topics, iter_to_end
 from driftline.streams.cli.kafka_commands import collect_status
-from driftline.streams.metrics import MetricsServer
-from driftline.streams.producer import DriftlineProducer
 from driftline.streams.settings import Settings
 from driftline.streams.subscriber import AlertSubscriber
 from driftline.streams.synthetic import DriftSpec, SyntheticModels
-from driftline.streams.worker import Worker, topic_specs
+from driftline.streams.worker import topic_specs
 
 pytestmark = pytest.mark.integration
 
 
 def make_settings(bootstrap: str, unique: Callable[[str], str], **kw: Any) -> Settings:
-    prefix = unique("dl")
-    return Settings(
-        bootstrap_servers=bootstrap,
-        group_id=f"{prefix}.group",
-        inference_topic=f"{prefix}.inference",
-        labels_topic=f"{prefix}.labels",
-        references_topic=f"{prefix}.references",
-        alerts_topic=f"{prefix}.alerts",
-        deadletter_topic=f"{prefix}.deadletter",
-        changes_topic=f"{prefix}.changes",
-        state_topic=f"{prefix}.state",
-        status_topic=f"{prefix}.status",
-        partitions=4,
-        auto_reference_events=3000,
-        pane_size=500,
-        min_samples=1000,
-        snapshot_interval_s=0.5,
-        batch_timeout_s=0.05,
-        **kw,
-    )
-
-
-class RunningWorker:
-    def __init__(self, settings: Settings) -> None:
-        self.registry = CollectorRegistry()
-        self.worker = Worker(settings, self.registry)
-        self.server = MetricsServer(self.registry, "127.0.0.1", 0).start()
-        self.thread = threading.Thread(target=self.worker.run, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.worker.request_stop()
-        self.thread.join(30)
-        self.server.stop()
-        assert not self.thread.is_alive()
-
-
-@pytest.fixture
-def start_worker() -> Iterator[Callable[[Settings], RunningWorker]]:
-    running: list[RunningWorker] = []
-
-    def start(settings: Settings) -> RunningWorker:
-        w = RunningWorker(settings)
-        running.append(w)
-        return w
-
-    yield start
-    for w in running:
-        if w.thread.is_alive():
-            w.stop()
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def produce_sdk(settings: Settings, gen: SyntheticModels, per_model: int, chunk: int = 500) -> int:
-    n = 0
-    with DriftlineProducer(settings.kafka(), settings.inference_topic, batch_size=250) as p:
-        for _ in range(0, per_model, chunk):
-            for m in gen.models:
-                for ev in gen.events(m, chunk):
-                    assert p.emit_event(ev)
-                    n += 1
-        assert p.flush(30) == 0
-    return n
+    return isolated_settings(bootstrap, unique, auto_reference_events=3000, pane_size=500,
+                             min_samples=1000, **kw)
 
 
 def test_drift_alert_names_the_feature_and_no_drift_stays_silent(

@@ -4,48 +4,33 @@ tells ``driftline shadow report`` which one is safe to promote."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import orjson
 import pytest
-from integration.test_pipeline import RunningWorker, make_settings, wait_for
+from integration.test_pipeline import make_settings
 from typer.testing import CliRunner
+from workers import wait_for
 
 from driftline.streams.admin import ensure_topics
 from driftline.streams.cli.main import app
 from driftline.streams.cli.shadow import shadow_report
 from driftline.streams.producer import DriftlineProducer
-from driftline.streams.settings import Settings
 from driftline.streams.subscriber import AlertSubscriber
 from driftline.streams.worker import topic_specs
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def worker_factory() -> Iterator[Callable[[Settings], RunningWorker]]:
-    running: list[RunningWorker] = []
-
-    def start(settings: Settings) -> RunningWorker:
-        w = RunningWorker(settings)
-        running.append(w)
-        return w
-
-    yield start
-    for w in running:
-        if w.thread.is_alive():
-            w.stop()
-
-
 def test_shifted_candidate_flagged_identical_one_safe(
-    kafka_bootstrap: str, unique_name: Callable[[str], str], worker_factory: Any
+    kafka_bootstrap: str, unique_name: Callable[[str], str], start_worker: Any
 ) -> None:
     s = make_settings(kafka_bootstrap, unique_name, shadow_min_pairs=1000,
                       shadow_pane_pairs=500)
     ensure_topics(s.kafka(), topic_specs(s))
-    w = worker_factory(s)
+    w = start_worker(s)
     wait_for(lambda: w.worker.ready, 30, "worker ready")
     rng = np.random.default_rng(8)
     n = 4000
