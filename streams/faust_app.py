@@ -267,8 +267,8 @@ class FaustRuntime:
         for p, o in last.items():
             try:
                 hw = self.app.consumer.highwater(TP(topic, p))
-            except Exception:  # consumer not ready or partition moved: skip the sample
-                continue
+            except Exception:  # consumer not ready or partition moved: no sample this time
+                hw = None
             if hw is not None and hw >= 0:
                 self.metrics.consumer_lag.labels(topic, str(p)).set(max(hw - o - 1, 0))
 
