@@ -131,7 +131,7 @@ def sdk(
 @app.command("overhead")
 def overhead(
     json_out: Path | None = typer.Option(None, "--json", help="JSON output file"),
-    events: int = typer.Option(10_000, help="timed events per model and form"),
+    events: int = typer.Option(5000, help="timed events per model and form"),
     repeats: int = typer.Option(3, help="runs per setting (the best counts)"),
     quick: bool = typer.Option(False, help="small data set (CI smoke run)"),
 ) -> None:

@@ -6,7 +6,7 @@ import math
 
 import orjson
 
-from driftline.schemas.codecs import decode_inference, encode_envelope_rows
+from driftline.schemas.codecs import decode_inference, encode_envelope_columns, encode_envelope_rows
 from driftline.schemas.limits import Limits
 
 
@@ -58,3 +58,30 @@ def test_rejected_envelope_leaves_the_open_run_usable() -> None:
     b = out.batches["m"]
     assert b.feature_names == ("a", "b")
     assert b.numeric.tolist() == [[1.0, 2.0], [5.0, 6.0]]
+
+
+def _cols(**columns: object) -> bytes:
+    n = 3
+    return encode_envelope_columns("m", {"features": {"a": [1.0, 2.0, 3.0]}, **columns}, n)
+
+
+def test_columns_segments_and_latency_are_checked_on_every_row() -> None:
+    lim = Limits(max_string_length=8)
+    eu = {"region": "eu"}
+    values = [
+        _cols(segment=[eu, eu, {"region": "us"}], latency_ms=[1, 2.5, None]),
+        _cols(segment=[eu, eu, {"region": "x" * 9}]),
+        _cols(segment=[eu, {"region": ["eu"]}, eu]),
+        _cols(segment=[eu, {}, None], latency_ms=[1.0, 2.0, -0.5]),
+        _cols(latency_ms=[1.0, "2", 3.0]),
+    ]
+    out = decode_inference(values, limits=lim, offsets=list(range(len(values))))
+    assert [(r.offset, r.reason) for r in out.rejections] == [
+        (1, "string_too_long: columns.segment[2]: segment['region'] has 9 characters (limit 8)"),
+        (2, "schema: columns.segment[1]: segment['region'] must be a string, not array"),
+        (3, "schema: columns.latency_ms[2]: latency_ms must be >= 0"),
+        (4, "schema: columns.latency_ms[1]: latency_ms must be a number, not string"),
+    ]
+    b = out.batches["m"]
+    assert b.segment.tolist() == [eu, eu, {"region": "us"}]
+    assert b.latency_ms.tolist()[:2] == [1.0, 2.5] and math.isnan(b.latency_ms[2])
