@@ -110,17 +110,17 @@ class _Stream:
             out.append(([v for v, _ in part], [p for _, p in part]))
         return out
 
-    def labels(self, share: float) -> dict[str, list[tuple[bytes, int]]]:
-        """Label messages for ``share`` of each live model's events, by event id."""
-        out: dict[str, list[tuple[bytes, int]]] = {}
+    def labels(self, share: float) -> dict[tuple[str, str], tuple[bytes, int]]:
+        """Label messages for ``share`` of each live model's events, by (model, event id)."""
+        out: dict[tuple[str, str], tuple[bytes, int]] = {}
         rng = np.random.default_rng(1)
         for m in self.live:
             for ev in self.events[m]:
                 if rng.random() < share:
                     label = int(rng.random() < float(ev["prediction"]))
-                    out[ev["event_id"]] = [(orjson.dumps(
+                    out[m, ev["event_id"]] = (orjson.dumps(
                         {"model": m, "event_id": ev["event_id"], "label": label}),
-                        self.partition[m])]
+                        self.partition[m])
         return out
 
 
@@ -151,9 +151,9 @@ class _Run:
         return out.applied
 
 
-def _labels_for(values: list[bytes], labels: dict[str, list[tuple[bytes, int]]]
+def _labels_for(values: list[bytes], labels: dict[tuple[str, str], tuple[bytes, int]]
                 ) -> tuple[list[bytes], list[int]]:
-    """The label messages of the events in ``values`` (found by event id)."""
+    """The label messages of the events in ``values`` (found by model and event id)."""
     vals: list[bytes] = []
     parts: list[int] = []
     for v in values:
@@ -161,9 +161,10 @@ def _labels_for(values: list[bytes], labels: dict[str, list[tuple[bytes, int]]]
         ids = ([e["event_id"] for e in obj["events"]] if "events" in obj
                else obj["columns"]["event_id"] if "columns" in obj else [obj["event_id"]])
         for eid in ids:
-            for lv, p in labels.get(eid, ()):
-                vals.append(lv)
-                parts.append(p)
+            hit = labels.get((obj["model"], eid))
+            if hit is not None:
+                vals.append(hit[0])
+                parts.append(hit[1])
     return vals, parts
 
 
@@ -229,14 +230,16 @@ def _decode_only(batches: list[tuple[list[bytes], list[int]]], repeats: int) -> 
 
 
 def run(events_per_model: int = 5000, repeats: int = 3, json_out: Path | None = None,
-        quick: bool = False, progress: Callable[[str], None] = print) -> dict[str, Any]:
+        quick: bool = False, progress: Callable[[str], None] = print,
+        forms: tuple[str, ...] = tuple(FORMS)) -> dict[str, Any]:
     """Every scenario on every form; CPU µs per event and ratios to all off."""
     warm_events, auto_reference = (1500, 1000) if quick else (3000, 2000)
     warm_stream, stream = _Stream(warm_events, seed=1), _Stream(events_per_model, seed=2)
     labels = stream.labels(0.5)
     results: dict[str, dict[str, dict[str, float]]] = {}
     decode: dict[str, float] = {}
-    for form, (kind, per_message, per_batch) in FORMS.items():
+    for form in forms:
+        kind, per_message, per_batch = FORMS[form]
         progress(f"{form}: encoding")
         enc = {sh: (warm_stream.batches(kind, sh, per_message, per_batch),
                     stream.batches(kind, sh, per_message, per_batch)) for sh in (False, True)}
@@ -283,10 +286,11 @@ def run(events_per_model: int = 5000, repeats: int = 3, json_out: Path | None = 
         for name, b in best.items():
             table.append((form, name, round(b["us_per_event"], 2), round(b["ratio"], 3),
                           round(b["with_label_topic_us_per_event"], 2)))
-    table.append(("single events", "decode_inference only", round(decode["decode_inference"], 2),
-                  "", ""))
-    table.append(("single events", "RowWindow.add (baselines' decode)",
-                  round(decode["rowwindow"], 2), "", ""))
+    if decode:
+        table.append(("single events", "decode_inference only",
+                      round(decode["decode_inference"], 2), "", ""))
+        table.append(("single events", "RowWindow.add (baselines' decode)",
+                      round(decode["rowwindow"], 2), "", ""))
     write("overhead", data, table,
           ("form", "setting", "CPU µs/event", "vs off", "+ label topic µs/event"),
           json_out=json_out)
