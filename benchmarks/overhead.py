@@ -281,18 +281,23 @@ def run(events_per_model: int = 5000, repeats: int = 3, json_out: Path | None = 
         "(time.process_time, each batch's least time over the repeats)", "forms": results,
         "decode_single": decode,
     }
-    table = []
-    for form, best in results.items():
+    save(data, json_out)
+    return data
+
+
+def save(data: dict[str, Any], json_out: Path | None = None) -> None:
+    """Write the results (``run``'s data) as JSON and a Markdown table."""
+    table: list[tuple[Any, ...]] = []
+    for form, best in data["forms"].items():
         for name, b in best.items():
             table.append((form, name, round(b["us_per_event"], 2), round(b["ratio"], 3),
                           round(b["with_label_topic_us_per_event"], 2)))
+    decode = data["decode_single"]
     if decode:
         table.append(("single events", "decode_inference only",
                       round(decode["decode_inference"], 2), "", ""))
         table.append(("single events", "RowWindow.add (baselines' decode)",
                       round(decode["rowwindow"], 2), "", ""))
-    write("overhead", data, table,
+    write("overhead", {k: v for k, v in data.items() if k != "machine"}, table,
           ("form", "setting", "CPU µs/event", "vs off", "+ label topic µs/event"),
           json_out=json_out)
-    return data
-
