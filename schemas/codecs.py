@@ -86,8 +86,8 @@ class _Acc:
     """
 
     __slots__ = (
-        "cur_cols", "cur_keys", "cur_vals", "extras", "index", "layout_keys", "layouts",
-        "model", "names", "runs", "texts",
+        "cur_cols", "cur_keys", "cur_pack", "cur_vals", "extras", "index", "layout_keys",
+        "layouts", "model", "names", "runs", "segments", "texts",
     )  # fmt: skip
 
     def __init__(self, model: str) -> None:
@@ -100,6 +100,9 @@ class _Acc:
         self.cur_keys: tuple[str, ...] | None = None
         self.cur_cols: list[int] = []
         self.cur_vals: list[bytes] | None = None  # packed float64 rows of the open run
+        self.cur_pack: Callable[..., bytes] = _packer(0)  # packs one row of the open run
+        #: validated segments by their items: equal segments of later rows skip the checks
+        self.segments: dict[tuple[tuple[str, str], ...], dict[str, str] | None] = {}
         self.extras: list[tuple[Any, ...]] = []
         self.texts: list[tuple[int, int, str]] = []  # (row, column, text)
 
@@ -139,6 +142,7 @@ class _Acc:
     def open_run(self, keys: tuple[str, ...]) -> None:
         self.cur_keys = keys
         self.cur_cols = self._layout(keys)
+        self.cur_pack = _packer(len(keys))
         self.cur_vals = []
         self.runs.append((len(self.extras), self.cur_cols, self.cur_vals))
 
@@ -172,6 +176,22 @@ class _Acc:
         if vals is not None:
             del vals[nvals:]
         self.cur_keys, self.cur_cols, self.cur_vals = keys, cols, vals
+        self.cur_pack = _packer(0 if keys is None else len(keys))
+
+    def segment(self, seg: object, limits: Limits) -> dict[str, str] | None:
+        """A row's validated segment; rows with an equal segment share the first one's
+        dict (validated once)."""
+        if type(seg) is dict:
+            try:
+                items = tuple(seg.items())
+                return self.segments[items]
+            except (KeyError, TypeError):  # new, or an unhashable (invalid) value
+                pass
+            checked = check_segment(seg, limits)
+            if len(self.segments) < _SEGMENT_CACHE:
+                self.segments[items] = checked
+            return checked
+        return check_segment(seg, limits)
 
     def batch(self) -> EventBatch:
         n, f = len(self.extras), len(self.names)
@@ -238,6 +258,9 @@ def _obj_or_none(values: tuple[Any, ...]) -> ObjectArray | None:
 
 # ----------------------------------------------------------------------------- events
 
+#: Distinct segments remembered per model and decode call.
+_SEGMENT_CACHE = 1024
+
 #: Value types that need the exact (slow) feature path; None is handled by the fallback.
 _NOT_FAST = frozenset((str, bool, dict, list))
 
@@ -256,10 +279,12 @@ def _add_event(
         )  # fmt: skip
     keys = tuple(feats)
     same = keys == acc.cur_keys
-    if not same:
+    if same:
+        pack = acc.cur_pack
+    else:
         acc.check_keys(keys, limits)
+        pack = _packer(len(keys))
     vals = feats.values()
-    pack = _packer(len(keys))
     texts = None
     if _NOT_FAST.isdisjoint(map(type, vals)):  # numbers and nulls only
         try:
@@ -294,9 +319,12 @@ def _add_event(
         check_str("model_version", mv, lim)
     seg = get("segment")
     if seg is not None:
-        seg = check_segment(seg, limits)
+        seg = acc.segment(seg, limits)
     lat = get("latency_ms")
-    lat = NAN if lat is None else check_latency(lat)
+    if lat is None:
+        lat = NAN
+    elif (type(lat) is not float and type(lat) is not int) or lat < 0:
+        lat = check_latency(lat)
     shadow = get("shadow_of")
     if shadow is not None:
         check_str("shadow_of", shadow, limits.max_model_id_length, 1)

@@ -339,11 +339,14 @@ def decode_columns(
     lat = _column(cols, "latency_ms", n)
     lats: Any = repeat(NAN)
     if lat is not None:
-        lats = [_at(i, "latency_ms", check_latency, v) for i, v in enumerate(lat)]
+        if set(map(type, lat)) <= NUMS and (not lat or min(lat) >= 0):
+            lats = lat
+        else:
+            lats = [_at(i, "latency_ms", check_latency, v) for i, v in enumerate(lat)]
     seg = _column(cols, "segment", n)
     segs: Any = repeat(None)
     if seg is not None:
-        segs = [_at(i, "segment", check_segment, v, limits) for i, v in enumerate(seg)]
+        segs = _segment_column(seg, limits)
     out = _column(cols, "outcome", n)
     outs: Any = repeat(None)
     if out is not None:
@@ -356,6 +359,27 @@ def decode_columns(
         )
     )  # fmt: skip
     return ColumnsBlock(keys, numeric, texts, extras)
+
+
+def _segment_column(seg: list[Any], limits: Limits) -> list[dict[str, str] | None]:
+    """Validated segments of a column; equal segments are checked once and share a dict."""
+    seen: dict[tuple[tuple[str, Any], ...], dict[str, str] | None] = {}
+    out: list[dict[str, str] | None] = []
+    for i, v in enumerate(seg):
+        if type(v) is dict:
+            items = tuple(v.items())
+            try:
+                out.append(seen[items])
+                continue
+            except (KeyError, TypeError):  # new, or an unhashable (invalid) value
+                pass
+            checked = _at(i, "segment", check_segment, v, limits)
+            if len(seen) < 1024:
+                seen[items] = checked
+            out.append(checked)
+        else:
+            out.append(_at(i, "segment", check_segment, v, limits))
+    return out
 
 
 def _at(i: int, name: str, check: Any, *args: Any) -> Any:

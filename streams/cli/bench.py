@@ -126,3 +126,26 @@ def sdk(
         typer.echo(f"benchmark failed: {exc}", err=True)
         raise typer.Exit(1) from None
     _show(data)
+
+
+@app.command("overhead")
+def overhead(
+    json_out: Path | None = typer.Option(None, "--json", help="JSON output file"),
+    events: int = typer.Option(5000, help="timed events per model and form"),
+    repeats: int = typer.Option(3, help="runs per setting (the best counts)"),
+    forms: str = typer.Option("envelope rows,envelope columns,single events",
+                              help="message forms to run, comma-separated"),
+    quick: bool = typer.Option(False, help="small data set (CI smoke run)"),
+) -> None:
+    """CPU µs per event of segments, data quality, labels and shadow mode, each alone and
+    all on, vs everything off (same messages, in this process); decode vs the baselines'."""
+    from driftline.benchmarks.overhead import FORMS, run
+
+    chosen = tuple(f.strip() for f in forms.split(",") if f.strip())
+    if not chosen or set(chosen) - set(FORMS):
+        raise typer.BadParameter(f"--forms takes some of: {', '.join(FORMS)}")
+    data = run(events_per_model=min(events, 2000) if quick else events,
+               repeats=1 if quick else repeats, json_out=json_out, quick=quick,
+               progress=lambda line: typer.echo(line, err=True),
+               forms=chosen)
+    _show(data)
