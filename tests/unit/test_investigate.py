@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from html.parser import HTMLParser
 
 import numpy as np
 import pytest
@@ -118,3 +119,44 @@ def test_html_report_names_the_drifted_feature(plots: bool) -> None:
         assert page.count("data:image/png;base64,") >= 2 and NO_PLOTS not in page
     else:
         assert "data:image/png" not in page and NO_PLOTS in page
+
+
+class _Tags(HTMLParser):
+    """Start tags and attribute names of a page, as a browser's parser sees them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.attrs: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        self.attrs += [a for a, _ in attrs]
+
+
+@pytest.mark.parametrize("plots", [True, False])
+def test_html_report_escapes_hostile_feature_names_segments_and_changes(plots: bool) -> None:
+    """Data-derived strings (feature names, segment values, change texts) are text on the
+    page, never markup: no script element and no event-handler attribute appear."""
+    rng = np.random.default_rng(2)
+    names = ("<script>alert(1)</script>", 'x" onmouseover="alert(2)', "f2")
+    ref = rng.normal(size=(5_000, 3))
+    profile = build_profile("m", {n: ref[:, i] for i, n in enumerate(names)}, created_at=0.0)
+    x = rng.normal(size=(6_000, 3))
+    x[3_000:, 0] += 1.0
+    batch = make_batch(x, ts=1_000_000.0 + np.arange(6_000.0), names=names)
+    seg = np.empty(6_000, dtype=object)
+    seg[:] = [{"region": "<img src=x onerror=alert(3)>"}] * 6_000
+    batch = replace(batch, segment=seg)
+    changes = [{"model": "m", "kind": "deploy", "ts": 1_002_900.0,
+                "text": "<script>alert(4)</script>"}]
+    page = render_html(analyse(profile, [batch], changes,
+                               segment={"region": "<img src=x onerror=alert(3)>"}),
+                       plots=plots)
+    parsed = _Tags()
+    parsed.feed(page)
+    assert "script" not in parsed.tags
+    assert not any(a.startswith("on") for a in parsed.attrs), parsed.attrs
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "&lt;script&gt;alert(4)&lt;/script&gt;" in page
+    assert "onerror=alert(3)&gt;" in page
