@@ -6,6 +6,7 @@ import threading
 from collections.abc import Callable, Iterator
 
 import numpy as np
+import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 from typer.testing import CliRunner
@@ -105,3 +106,16 @@ def test_alert_carries_version_bump_annotations_and_drifted_exemplars(
         i = int(trace[1:])
         assert i >= DRIFT, f"{trace} is not a drifted event"
         assert int(ts[i] // 60) == a.window.pane
+
+    # investigate puts the change point after the bump and ranks the changes before it by
+    # closeness: the annotations, then the bump the worker recorded, then the reference
+    res = CliRunner().invoke(app, ["investigate", "--model", "m", "--bootstrap",
+                                   kafka_bootstrap, "--json"], env=env_of(s))
+    assert res.exit_code == 0, res.output
+    out = orjson.loads(res.stdout)
+    assert out["top_feature"] == "f1" and "f1" in out["drifted_features"]
+    cp = out["change_point"]
+    assert cp["significant"] and t_bump < cp["ts"] and abs(cp["ts"] - ts[DRIFT]) <= 120, cp
+    assert [c["kind"] for c in out["changes"]] == ["deploy", "pipeline", "model_version",
+                                                   "reference"], out["changes"]
+    assert out["changes"][2]["ts"] == t_bump
