@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from driftline.benchmarks.harness import (
@@ -102,6 +103,7 @@ def test_stalled_broker_blocks_nobody_and_loses_nothing(
         expected = dict.fromkeys(gen.models, 0)
         worst = 0.0
         stalled_worst = 0.0
+        stalled: list[float] = []
         with DriftlineProducer(c.settings.kafka(), c.settings.inference_topic,
                                batch_size=200) as sdk:
             t_end = time.monotonic() + 50
@@ -122,12 +124,17 @@ def test_stalled_broker_blocks_nobody_and_loses_nothing(
                         worst = max(worst, dt)
                         if broker.paused:
                             stalled_worst = max(stalled_worst, dt)
+                            stalled.append(dt)
                         expected[m] += 1
                 time.sleep(0.05)
             assert sdk.flush(60) == 0
             stats = sdk.stats()
         assert stats.failed == 0 and stats.dropped == 0, stats
-        assert stalled_worst < 0.05, f"emit blocked {stalled_worst * 1e3:.1f} ms during the stall"
+        # a blocking emit would wait for the broker (seconds: the stall lasts 30 s); one slow
+        # call on a loaded machine is the scheduler or the garbage collector, not the broker
+        p99 = float(np.percentile(stalled, 99))
+        assert len(stalled) > 1000 and p99 < 0.005, f"emit p99 {p99 * 1e3:.2f} ms in the stall"
+        assert stalled_worst < 1.0, f"emit blocked {stalled_worst * 1e3:.1f} ms during the stall"
         wait_accounted(c, expected, 0, timeout=120)
         assert all(p.poll() is None for p in c.procs), "a worker died during the stall"
         print(f"emit max {worst * 1e6:.0f} µs (during the stall {stalled_worst * 1e6:.0f} µs)")
