@@ -68,6 +68,26 @@ class ClusterChanged(Exception):
         self.cluster_id = cluster_id
 
 
+class ClusterWatch:
+    """The ``logger`` of the worker's Kafka clients: forwards every line and notes when a
+    client met another cluster.
+
+    librdkafka logs facility ``CLUSTERID`` when a broker at a known address answers for
+    another cluster; a consumer logs it before it fetches from that cluster. The worker
+    then confirms with a metadata request before it applies a batch, so a batch the old
+    consumer fetched from a replacement cluster is never applied under the old offsets.
+    """
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+        self.suspect = threading.Event()
+
+    def log(self, level: int, msg: str, *args: Any) -> None:
+        if args and args[0] == "CLUSTERID":
+            self.suspect.set()
+        self.logger.log(level, msg, *args)
+
+
 #: Largest state snapshot (one Kafka message) the worker writes.
 STATE_MAX_BYTES = 16_777_216
 
@@ -148,7 +168,8 @@ class Worker:
             shadow=settings.shadow_config(),
             labels=settings.label_setup(),
         )
-        base: dict[str, Any] = {**settings.kafka(), "logger": logging.getLogger("driftline.kafka")}
+        self._watch = ClusterWatch(logging.getLogger("driftline.kafka"))
+        base: dict[str, Any] = {**settings.kafka(), "logger": self._watch}
         self._base = base
         self._producer = self._make_producer()
         self._consumer: Consumer | None = None
@@ -225,6 +246,9 @@ class Worker:
         if self._pending_cluster is not None:
             cid, self._pending_cluster = self._pending_cluster, None
             raise ClusterChanged(cid)
+        if self._watch.suspect.is_set():  # confirm before applying: msgs may be the new
+            self._watch.suspect.clear()   # cluster's, and are then read again from there
+            self._check_cluster()
         if self._rejoin_by is not None and time.monotonic() > self._rejoin_by:
             # a safety net after a cluster change (only then): a join that has not
             # completed is retried by a new member; the stalled one is abandoned, not

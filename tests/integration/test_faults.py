@@ -217,3 +217,34 @@ def test_broker_lost_worker_recreates_topics_and_keeps_running(
     t.join(30)
     assert not t.is_alive()
     second.stop()
+
+
+def test_cluster_watch_notes_a_replaced_cluster(
+    broker_factory: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """librdkafka's CLUSTERID line reaches the worker's client logger, which flags it."""
+    import logging
+
+    from confluent_kafka import KafkaException, Producer
+
+    from driftline.streams.worker import ClusterWatch
+
+    first = broker_factory()
+    port = int(first.bootstrap.rsplit(":", 1)[1])
+    watch = ClusterWatch(logging.getLogger("driftline.kafka"))
+    p = Producer({"bootstrap.servers": first.bootstrap, "logger": watch})
+    p.list_topics(timeout=10)
+    p.poll(0.5)
+    assert not watch.suspect.is_set()
+    first.stop()
+    broker_factory(port=port)  # same address, another cluster id
+    deadline = time.monotonic() + 30
+    with caplog.at_level(logging.WARNING, logger="driftline.kafka"):
+        while not watch.suspect.is_set() and time.monotonic() < deadline:
+            try:
+                p.list_topics(timeout=2)
+            except KafkaException:
+                pass
+            p.poll(0.2)
+    assert watch.suspect.is_set()
+    assert any("CLUSTERID" in r.getMessage() for r in caplog.records)  # still logged
