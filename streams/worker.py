@@ -56,8 +56,11 @@ from driftline.streams.settings import Settings
 
 log = logging.getLogger("driftline.worker")
 
-#: After a cluster change, how long to wait for an assignment before rejoining the group.
-REJOIN_AFTER_S = 15.0
+#: After a cluster change, how long to wait for an assignment before rejoining the group
+#: with a new member: well beyond a join that first waits out the session of the abandoned
+#: old consumer (about 15 s measured on Tansu), so a retry never abandons a join that
+#: would have completed.
+REJOIN_AFTER_S = 60.0
 
 
 class ClusterChanged(Exception):
