@@ -22,10 +22,12 @@ carry deterministic ids, so a replay never records one twice.
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -54,8 +56,11 @@ from driftline.streams.settings import Settings
 
 log = logging.getLogger("driftline.worker")
 
-#: After a cluster change, how long to wait for an assignment before rejoining the group.
-REJOIN_AFTER_S = 15.0
+#: After a cluster change, how long to wait for an assignment before rejoining the group
+#: with a new member: well beyond a join that first waits out the session of the abandoned
+#: old consumer (about 15 s measured on Tansu), so a retry never abandons a join that
+#: would have completed.
+REJOIN_AFTER_S = 60.0
 
 
 class ClusterChanged(Exception):
@@ -64,6 +69,26 @@ class ClusterChanged(Exception):
     def __init__(self, cluster_id: str) -> None:
         super().__init__(cluster_id)
         self.cluster_id = cluster_id
+
+
+class ClusterWatch:
+    """The ``logger`` of the worker's Kafka clients: forwards every line and notes when a
+    client met another cluster.
+
+    librdkafka logs facility ``CLUSTERID`` when a broker at a known address answers for
+    another cluster; a consumer logs it before it fetches from that cluster. The worker
+    then confirms with a metadata request before it applies a batch, so a batch the old
+    consumer fetched from a replacement cluster is never applied under the old offsets.
+    """
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+        self.suspect = threading.Event()
+
+    def log(self, level: int, msg: str, *args: Any) -> None:
+        if args and args[0] == "CLUSTERID":
+            self.suspect.set()
+        self.logger.log(level, msg, *args)
 
 
 #: Largest state snapshot (one Kafka message) the worker writes.
@@ -146,7 +171,8 @@ class Worker:
             shadow=settings.shadow_config(),
             labels=settings.label_setup(),
         )
-        base: dict[str, Any] = {**settings.kafka(), "logger": logging.getLogger("driftline.kafka")}
+        self._watch = ClusterWatch(logging.getLogger("driftline.kafka"))
+        base: dict[str, Any] = {**settings.kafka(), "logger": self._watch}
         self._base = base
         self._producer = self._make_producer()
         self._consumer: Consumer | None = None
@@ -223,12 +249,16 @@ class Worker:
         if self._pending_cluster is not None:
             cid, self._pending_cluster = self._pending_cluster, None
             raise ClusterChanged(cid)
+        if self._watch.suspect.is_set():  # confirm before applying: msgs may be the new
+            self._watch.suspect.clear()   # cluster's, and are then read again from there
+            self._check_cluster()
         if self._rejoin_by is not None and time.monotonic() > self._rejoin_by:
-            # seen on the embedded broker: a group join right after it lost its data can
-            # stall; after a cluster change (only then) a stalled join is retried
-            log.warning("no partitions assigned %.0f s after the cluster change; rejoining",
+            # a safety net after a cluster change (only then): a join that has not
+            # completed is retried by a new member; the stalled one is abandoned, not
+            # closed (see _abandon_consumer), and expires after the session timeout
+            log.warning("no assignment %.0f s after the cluster change; rejoining",
                         REJOIN_AFTER_S)
-            self._consumer.close()
+            self._abandon_consumer()
             self._subscribe()
             self._rejoin_by = time.monotonic() + REJOIN_AFTER_S
         self._poll_references(0)
@@ -287,11 +317,8 @@ class Worker:
         log.error("recreated topics: %s", ", ".join(created) or "none (already there)")
         for ref in self.processor.references.values():
             self._publish_reference(ref)
-        if self._consumer is not None:
-            try:
-                self._consumer.close()
-            except (KafkaException, RuntimeError) as exc:
-                log.warning("closing the old consumer: %s", exc)
+        self._release_models()
+        self._abandon_consumer()
         if self._refs is not None:
             self._refs.close()
         if self._changes is not None:
@@ -303,10 +330,52 @@ class Worker:
         self._rejoin_by = time.monotonic() + REJOIN_AFTER_S
         self.stats.cluster_changes += 1
 
+    def _release_models(self) -> None:
+        """Snapshot every model to the new cluster, then let the new assignment decide.
+
+        What a revoke would do: the next owner of each partition (this worker or another)
+        restores the model from the new cluster's state topic, windows and references
+        intact. Nothing is committed: the consumed positions belonged to the old cluster.
+        """
+        leaving = list(self.processor.models)
+        try:
+            self.checkpoint()
+        except ClusterChanged as change:  # changed again meanwhile: handled next step
+            self._pending_cluster = change.cluster_id
+            return
+        except (KafkaException, DriftlineError) as exc:
+            log.error("snapshots after the cluster change failed; the %d models stay in "
+                      "memory: %s", len(leaving), exc)
+            return
+        self.processor.drop(leaving)
+
+    def _abandon_consumer(self) -> None:
+        """Drop the group consumer without leaving the group: no LeaveGroup, no revoke.
+
+        Once the broker at our address is a new cluster, the old consumer reconnects and
+        joins the group there on its own. Closing it then sends a LeaveGroup, and when
+        that arrives while its join is still forming, Tansu 0.6.0 removes the member but
+        keeps it as the group's leader: every later member waits for that leader's
+        assignment and the group never forms again (measured: no assignment in minutes).
+        Dropped unclosed, confluent-kafka destroys the client without a consumer close
+        (RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE); a membership it picked up is still a
+        member, so it expires after ``session.timeout.ms`` on Tansu and Kafka alike, and
+        the group forms with the new consumer after that.
+        """
+        consumer, self._consumer = self._consumer, None
+        if consumer is None:
+            return
+        if sys.getrefcount(consumer) > 2:  # more than this name and the call's argument
+            gc.collect()  # e.g. a logged exception whose traceback holds a callback frame
+        if sys.getrefcount(consumer) > 2:
+            log.warning("the abandoned consumer is still referenced; it stays a group "
+                        "member until it is collected")
+        del consumer
+
     def _shutdown(self) -> None:
         try:
             self.checkpoint()
-        except (KafkaException, DriftlineError) as exc:
+        except (KafkaException, DriftlineError, ClusterChanged) as exc:
             log.error("final checkpoint failed: %s", exc)
         if self._consumer is not None:
             self._consumer.close()
@@ -450,6 +519,10 @@ class Worker:
         names = models if models is not None else [
             m for m, st in self.processor.models.items() if st.dirty]
         positions = dict(self._positions)
+        if names:  # a snapshot holds one cluster's source offsets: never write it to another
+            cid = self._new_cluster_id()
+            if cid is not None:
+                raise ClusterChanged(cid)
         for m in names:
             st = self.processor.models.get(m)
             if st is None:
@@ -499,12 +572,12 @@ class Worker:
 
     # -- rebalancing -------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        del consumer  # unused; a frame kept by a logged traceback must not keep it alive
         mine = {tp.partition for tp in partitions if tp.topic == self.settings.inference_topic}
         self._assigned |= mine
         self._assigned_labels |= {tp.partition for tp in partitions
                                   if tp.topic == self.settings.labels_topic}
-        if mine:
-            self._rejoin_by = None
+        self._rejoin_by = None  # the join completed (an empty assignment is one too)
         try:
             blobs = read_compacted(self._base, self.settings.state_topic, timeout=60)
             self._snapshots = {k.decode(): v for k, v in blobs.items()}
@@ -515,6 +588,7 @@ class Worker:
                  len(self._snapshots))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        del consumer  # as in _on_assign
         gone = {tp.partition for tp in partitions if tp.topic == self.settings.inference_topic}
         topic = self.settings.inference_topic
         leaving = [k for k, st in self.processor.models.items() if st.partition in gone]
