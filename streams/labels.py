@@ -30,6 +30,7 @@ from driftline.detectors.label_join import (
     Joined,
     JoinStore,
     canonical_label,
+    canonical_labels,
 )
 from driftline.schemas.codecs import decode_labels
 from driftline.schemas.models import EventBatch, LabelEvent, Rejection
@@ -76,15 +77,14 @@ def join_predictions(proc: Processor, st: ModelState, batch: EventBatch, out: Ou
     setup = proc.labels
     if setup.keep == "off" or (st.joins is None and not setup.keeps_from_start(st.model)):
         return
-    if not (batch.event_id != None).any():  # noqa: E711 (elementwise on an object array)
+    ids = batch.event_id.tolist()
+    if ids.count(None) == len(ids):
         return
     joins, _ = _ensure(st, setup)
     labels = batch.prediction_label
-    predicted = None if labels is None else [
-        None if p is None else canonical_label(p) for p in labels.tolist()]
+    predicted = None if labels is None else canonical_labels(labels.tolist())
     before = joins.counts.copy()
-    rows = joins.add_predictions(batch.event_id.tolist(), batch.prediction_score.tolist(),
-                                 predicted, batch.ts.tolist())
+    rows = joins.add_predictions(ids, batch.prediction_score, predicted, batch.ts)
     _joined(proc, st, before, rows, out)
 
 
