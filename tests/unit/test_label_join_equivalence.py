@@ -13,6 +13,7 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
+from driftline.detectors.concept import ConceptConfig, ConceptMonitor
 from driftline.detectors.label_join import (
     _EVICTED,
     _EXPIRED,
@@ -278,3 +279,29 @@ def test_compaction_keeps_the_arrays_bounded() -> None:
     assert len(s) == 1 and s.counts.joined == 20_000
     assert s._pred.ids.size <= 1000 and s._gone.ids.size <= 4 * 1000 + 200
     assert s.add_labels(["keep"], ["0"], [300.0]).event_id == ("keep",)
+
+
+@pytest.mark.parametrize("positive", ["1", "true", "fraud"])
+def test_binary_outcomes_match_the_row_by_row_rule(positive: str) -> None:
+    """Outcome code 2*actual + predicted; the predicted class when given, else the score
+    against the threshold; rows with neither are not scored."""
+    rng = np.random.default_rng(5)
+    k = 400
+    labels = tuple(str(rng.choice(["1", "0", "true", "fraud", "ok"])) for _ in range(k))
+    given = [None if r < 0.5 else str(rng.choice(["1", "0", "true", "fraud"])) for r in rng.random(k)]
+    score = np.where(rng.random(k) < 0.1, np.nan, rng.random(k))
+    mon = ConceptMonitor("m", ConceptConfig(positive_label=positive, score_threshold=0.4))
+    alias = {"1", "true"} if positive in ("1", "true") else {positive}
+    for predicted in (tuple(given), (None,) * k):
+        rows = Joined(tuple(f"e{i}" for i in range(k)), score, predicted, labels,
+                      np.zeros(k), np.ones(k))
+        codes, ok = mon.outcomes(rows)
+        for i in range(k):
+            p = predicted[i]
+            scored = p is not None or math.isfinite(score[i])
+            assert ok[i] == scored
+            if scored:
+                pred = p in alias if p is not None else score[i] >= 0.4
+                assert codes[i] == 2 * (labels[i] in alias) + int(pred)
+            else:
+                assert codes[i] == 0
