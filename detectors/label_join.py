@@ -139,79 +139,113 @@ class Joined:
 
 
 class _Fifo:
-    """Entries in arrival order: ids and value columns in numpy arrays, a dict from id to
-    sequence number for the entries still in (array index = sequence number - ``base``).
+    """Entries in arrival order in a ring of numpy columns (ids and values), with a dict
+    from id to ring slot for the entries still in.
 
-    Taking a batch in is one slice assignment per column and one ``dict.update``. An
+    Taking a batch in is one slice assignment per column and one ``dict.update`` whose
+    values come from a list of the slot numbers made once (no int object per entry). An
     entry that leaves (or is taken in again: the newest counts, at the end) only leaves
-    the dict; its slot is skipped when the oldest are dropped and reclaimed when the
-    arrays are compacted, so the arrays stay within a small multiple of the entries in.
+    the dict; its slot is skipped when the oldest are dropped, and the ring is rebuilt
+    without such slots when it is full, so it stays within a small multiple of the
+    entries in.
     """
 
-    def __init__(self, columns: dict[str, Any]) -> None:
+    def __init__(self, columns: dict[str, Any], slot_numbers: list[int]) -> None:
         self.index: dict[str, int] = {}
+        self.cap = 0
         self.ids: NDArray[Any] = np.empty(0, dtype=object)
         self.cols: dict[str, NDArray[Any]] = {k: np.empty(0, dtype=dt) for k, dt in columns.items()}
-        self.base = self.head = self.tail = 0  # head..tail: slots that may hold entries
+        self.head = self.tail = 0  # counters; slot = counter % cap; head..tail may hold entries
+        self._slot_numbers = slot_numbers  # [0, 1, 2, ...], as long as needed (may be shared)
 
     def __len__(self) -> int:
         return len(self.index)
 
-    def append(self, ids: Sequence[str], values: dict[str, Any]) -> None:
-        """Take entries in at the end (an id already in moves to the end)."""
+    def append(self, ids: Sequence[str], values: dict[str, Any],
+               id_array: NDArray[Any] | None = None) -> None:
+        """Take entries in at the end (an id already in moves to the end); ``id_array``:
+        the same ids as an object array, when there is one (faster to store)."""
         n = len(ids)
         if not n:
             return
-        if self.tail + n - self.base > self.ids.size:
+        if self.tail + n - self.head > self.cap:
             self._room(n)
-        i = self.tail - self.base
-        self.ids[i:i + n] = ids
-        for k, v in values.items():
-            self.cols[k][i:i + n] = v
-        self.index.update(zip(ids, range(self.tail, self.tail + n), strict=True))
+        s = self.tail % self.cap
+        k = min(n, self.cap - s)  # before the end of the ring; the rest wraps to its start
+        pieces = ((s, 0, k), (0, k, n)) if k < n else ((s, 0, n),)
+        for at, a, b in pieces:
+            self.ids[at:at + b - a] = (ids if id_array is None else id_array)[a:b]
+            for name, v in values.items():
+                self.cols[name][at:at + b - a] = v[a:b] if isinstance(v, list | np.ndarray) else v
+        nums = self._slot_numbers
+        self.index.update(zip(ids, nums[s:s + k] + nums[:n - k] if k < n else nums[s:s + n],
+                              strict=True))
         self.tail += n
 
-    def _live(self, start: int, stop: int) -> NDArray[np.bool_]:
-        """Which slots of ``start..stop`` (sequence numbers) hold entries that are in."""
-        ids = self.ids[start - self.base:stop - self.base].tolist()
-        seqs = np.fromiter(map(self.index.get, ids, repeat(-1, len(ids))), dtype=np.int64,
-                           count=len(ids))
-        live: NDArray[np.bool_] = seqs == np.arange(start, stop)
+    def _slots(self, start: int, stop: int) -> NDArray[np.intp]:
+        return np.arange(start, stop) % self.cap
+
+    def _live(self, slots: NDArray[np.intp]) -> NDArray[np.bool_]:
+        """Which of these slots hold entries that are in."""
+        ids = self.ids[slots].tolist()
+        found = np.fromiter(map(self.index.get, ids, repeat(-1, len(ids))), dtype=np.int64,
+                            count=len(ids))
+        live: NDArray[np.bool_] = found == slots
         return live
 
     def positions(self) -> NDArray[np.intp]:
-        """Array indices of the entries in, oldest first."""
-        return np.flatnonzero(self._live(self.head, self.tail)) + (self.head - self.base)
+        """Slots of the entries in, oldest first."""
+        slots = self._slots(self.head, self.tail)
+        return slots[self._live(slots)]
 
     def _room(self, n: int) -> None:
-        live, span = len(self.index), self.tail - self.head
-        if span > 2 * live + 64:  # mostly left slots: renumber the entries still in
+        """A larger ring with room for ``n`` more. Mostly left slots: rebuilt with the
+        entries in only, renumbered; else the slots keep their numbers, but for the part
+        that wrapped around to the ring's start, which moves behind the rest."""
+        live, span, cap = len(self.index), self.tail - self.head, self.cap
+        if cap and span > 2 * live + 64:
             pos = self.positions()
-            cap = max(64, 2 * (live + n))
-            self._move(pos, cap)
-            self.base = self.head = self.tail
-            self.tail += live
-            self.index.update(zip(self.ids[:live].tolist(), range(self.head, self.tail),
+            new_cap = max(64, 2 * (live + n))
+            self._resize(new_cap, ((pos, np.arange(live)),))
+            self.head, self.tail = 0, live
+            self.index.update(zip(self.ids[:live].tolist(), self._slot_numbers[:live],
                                   strict=True))
-        else:  # drop the slots before the head
-            self._move(np.arange(self.head - self.base, self.tail - self.base),
-                       max(64, 2 * (span + n)))
-            self.base = self.head
+            return
+        new_cap = max(64, 2 * (span + n))
+        h = self.head % cap if cap else 0
+        first = min(span, cap - h)
+        lo = np.arange(h, h + first)
+        wrapped = np.arange(span - first)  # at the ring's start; moves to cap..
+        self._resize(new_cap, ((lo, lo), (wrapped, wrapped + cap)))
+        self.head, self.tail = h, h + span
+        if wrapped.size:  # renumber the entries in among the moved slots
+            ids = self.ids[wrapped + cap].tolist()
+            found = np.fromiter(map(self.index.get, ids, repeat(-1, len(ids))), dtype=np.int64,
+                                count=len(ids))
+            kept: list[int] = np.flatnonzero(np.equal(found, wrapped)).tolist()
+            nums = self._slot_numbers
+            self.index.update(zip([ids[i] for i in kept], [nums[cap + i] for i in kept],
+                                  strict=True))
 
-    def _move(self, pos: NDArray[np.intp], cap: int) -> None:
-        k = pos.size
+    def _resize(self, cap: int, moves: tuple[tuple[NDArray[np.intp], NDArray[np.intp]], ...]
+                ) -> None:
+        """New arrays of ``cap`` slots; each (from, to) pair of slot arrays is copied."""
         ids = np.empty(cap, dtype=object)
-        ids[:k] = self.ids[pos]
-        self.ids = ids
-        for name, col in self.cols.items():
-            new = np.empty(cap, dtype=col.dtype)
-            new[:k] = col[pos]
-            self.cols[name] = new
+        cols = {name: np.empty(cap, dtype=col.dtype) for name, col in self.cols.items()}
+        for src, dst in moves:
+            if src.size:
+                ids[dst] = self.ids[src]
+                for name, col in self.cols.items():
+                    cols[name][dst] = col[src]
+        self.ids, self.cols, self.cap = ids, cols, cap
+        nums = self._slot_numbers
+        if len(nums) < cap:
+            nums.extend(range(len(nums), cap))
 
     def pop(self, eid: str) -> int:
-        """Array index of ``eid``'s entry, which leaves; -1 when it is not in."""
-        seq = self.index.pop(eid, None)
-        return -1 if seq is None else seq - self.base
+        """Slot of ``eid``'s entry, which leaves; -1 when it is not in."""
+        slot = self.index.pop(eid, None)
+        return -1 if slot is None else slot
 
     def discard(self, ids: Sequence[str]) -> None:
         """Let these entries leave (ids that are not in are ignored)."""
@@ -221,45 +255,46 @@ class _Fifo:
                 del index[eid]
 
     def pop_oldest(self, k: int) -> NDArray[np.intp]:
-        """Array indices of the ``k`` oldest entries, which leave."""
+        """Slots of the ``k`` oldest entries, which leave."""
         out: list[NDArray[np.intp]] = []
         pos, block = self.head, 16
         while k > 0 and pos < self.tail:
             stop = min(self.tail, pos + max(block, k))
-            idx = np.flatnonzero(self._live(pos, stop))[:k]
-            out.append(idx + (pos - self.base))
+            slots = self._slots(pos, stop)
+            idx = np.flatnonzero(self._live(slots))[:k]
+            out.append(slots[idx])
             k -= idx.size
             pos = pos + int(idx[-1]) + 1 if k == 0 else stop
             block *= 4
         return self._drop(pos, out)
 
     def pop_before(self, column: str, cutoff: float) -> NDArray[np.intp]:
-        """Array indices of the oldest entries up to the first whose ``column`` is at or
-        after ``cutoff`` (NaN counts as before), which leave."""
+        """Slots of the oldest entries up to the first whose ``column`` is at or after
+        ``cutoff`` (NaN counts as before), which leave."""
         pos, col = self.head, self.cols[column]
         if pos < self.tail:  # the common case: the oldest slot holds an entry in time
-            i = pos - self.base
-            if self.index.get(self.ids[i]) == pos and col[i] >= cutoff:
+            i = pos % self.cap
+            if self.index.get(self.ids[i]) == i and col[i] >= cutoff:
                 return np.zeros(0, dtype=np.intp)
         out: list[NDArray[np.intp]] = []
         block = 16
         while pos < self.tail:
             stop = min(self.tail, pos + block)
-            i0 = pos - self.base
-            live = self._live(pos, stop)
-            keep = np.flatnonzero(live & (col[i0:stop - self.base] >= cutoff))
+            slots = self._slots(pos, stop)
+            live = self._live(slots)
+            keep = np.flatnonzero(live & (col[slots] >= cutoff))
             if keep.size:
                 j = int(keep[0])
-                out.append(np.flatnonzero(live[:j]) + i0)
+                out.append(slots[:j][live[:j]])
                 pos += j
                 break
-            out.append(np.flatnonzero(live) + i0)
+            out.append(slots[live])
             pos = stop
             block *= 4
         return self._drop(pos, out)
 
     def _drop(self, head: int, out: list[NDArray[np.intp]]) -> NDArray[np.intp]:
-        """Move the head; the entries at ``out`` (array indices) leave."""
+        """Move the head; the entries at the slots ``out`` leave."""
         self.head = head
         res = np.concatenate(out) if out else np.zeros(0, dtype=np.intp)
         index = self.index
@@ -275,10 +310,11 @@ class JoinStore:
         self.config = config or JoinConfig()
         self.counts = JoinCounts()
         self.watermark = -math.inf  # newest event time seen on either stream
-        self._pred = _Fifo({"score": np.float64, "ts": np.float64, "cls": object})
+        slot_numbers: list[int] = []
+        self._pred = _Fifo({"score": np.float64, "ts": np.float64, "cls": object}, slot_numbers)
         # OrderedDict: dropping the oldest entry is O(1) (a plain dict rescans its deleted head)
         self._pending: OrderedDict[str, tuple[str, float]] = OrderedDict()
-        self._gone = _Fifo({"why": np.int8})  # ids that left the store, and why
+        self._gone = _Fifo({"why": np.int8}, slot_numbers)  # ids that left the store, and why
 
     def __len__(self) -> int:
         return len(self._pred)
@@ -293,7 +329,12 @@ class JoinStore:
                         ts: Sequence[float] | FloatArray) -> Joined:
         """Take predictions in (rows without a string event id are ignored); returns the
         rows that joined labels already pending."""
-        ids: list[Any] = event_ids if isinstance(event_ids, list) else list(event_ids)
+        arr: NDArray[Any] | None = None  # the ids as an object array: faster to store
+        ids: list[Any]
+        if isinstance(event_ids, np.ndarray) and event_ids.dtype == object and event_ids.ndim == 1:
+            arr, ids = event_ids, event_ids.tolist()
+        else:
+            ids = event_ids if isinstance(event_ids, list) else list(event_ids)
         n = len(ids)
         score = np.array(scores, dtype=np.float64)
         t = np.array(ts, dtype=np.float64)
@@ -303,6 +344,7 @@ class JoinStore:
         if set(map(type, ids)) != {str}:
             keep = [i for i, e in enumerate(ids) if type(e) is str]
             ids = [ids[i] for i in keep]
+            arr = None if arr is None else arr[keep]
             score, t = score[keep], t[keep]
             cls = None if cls is None else [cls[i] for i in keep]
             n = len(ids)
@@ -312,9 +354,9 @@ class JoinStore:
         pending = self._pending
         rows: Joined | None = None
         if not pending or pending.keys().isdisjoint(ids):
-            self._store(ids, score, cls, t, 0, n)
+            self._store(ids, arr, score, cls, t, 0, n)
         else:  # labels that arrived first: join them, store the other rows around them
-            rows = self._join_pending(ids, score, cls, t)
+            rows = self._join_pending(ids, arr, score, cls, t)
         self.counts.predictions += n
         extra = len(self._pred) - self.config.max_entries
         if extra > 0:
@@ -322,17 +364,19 @@ class JoinStore:
         self._advance(ts)
         return rows if rows is not None else Joined()
 
-    def _store(self, ids: list[str], score: NDArray[np.float64], cls: list[Any] | None,
-               t: NDArray[np.float64], a: int, b: int) -> None:
+    def _store(self, ids: list[str], arr: NDArray[Any] | None, score: NDArray[np.float64],
+               cls: list[Any] | None, t: NDArray[np.float64], a: int, b: int) -> None:
         """Keep rows ``a..b`` (a prediction taken in again is no longer gone)."""
         if a >= b:
             return
         part = ids if a == 0 and b == len(ids) else ids[a:b]
         self._gone.discard(part)
         self._pred.append(part, {"score": score[a:b], "ts": t[a:b],
-                                 "cls": None if cls is None else cls[a:b]})
+                                 "cls": None if cls is None else cls[a:b]},
+                          None if arr is None else arr[a:b])
 
-    def _join_pending(self, ids: list[str], score: NDArray[np.float64], cls: list[Any] | None,
+    def _join_pending(self, ids: list[str], arr: NDArray[Any] | None,
+                      score: NDArray[np.float64], cls: list[Any] | None,
                       t: NDArray[np.float64]) -> Joined:
         pending, ttl, c = self._pending, self.config.ttl_seconds, self.counts
         out: list[tuple[str, float, str | None, str, float, float]] = []
@@ -340,7 +384,7 @@ class JoinStore:
         for i, eid in enumerate(ids):
             if eid not in pending:
                 continue
-            self._store(ids, score, cls, t, start, i)
+            self._store(ids, arr, score, cls, t, start, i)
             start = i + 1
             label, lt = pending.pop(eid)
             ti = float(t[i])
@@ -350,7 +394,7 @@ class JoinStore:
                 c.joined += 1
                 out.append((eid, float(score[i]), None if cls is None else cls[i], label, ti, lt))
             self._forget([eid], _JOINED)
-        self._store(ids, score, cls, t, start, len(ids))
+        self._store(ids, arr, score, cls, t, start, len(ids))
         if not out:
             return Joined()
         e, s, p, lab, pt, lt_ = zip(*out, strict=True)
@@ -374,7 +418,7 @@ class JoinStore:
         hit = np.fromiter((s is not None for s in seqs), dtype=bool, count=n)
         hits = np.flatnonzero(hit)
         pos = np.fromiter((s for s in seqs if s is not None), dtype=np.int64,
-                          count=hits.size) - pred.base
+                          count=hits.size)
         pt = pred.cols["ts"][pos]
         late = lt[hits] - pt > self.config.ttl_seconds
         nlate = int(late.sum())
@@ -411,7 +455,7 @@ class JoinStore:
             eid = ids[i]
             g = gone.index.get(eid)
             if g is not None:
-                if gone.cols["why"][g - gone.base] == _EXPIRED:
+                if gone.cols["why"][g] == _EXPIRED:
                     c.late += 1
                 else:  # its prediction was evicted, or a second label for one already joined
                     c.unmatched += 1
@@ -428,9 +472,12 @@ class JoinStore:
     # -- time --------------------------------------------------------------------------
     def _advance(self, ts: Sequence[float] | FloatArray) -> None:
         arr = np.asarray(ts, dtype=np.float64)
-        finite = arr[np.isfinite(arr)]
-        if finite.size:
-            self.watermark = max(self.watermark, float(finite.max()))
+        if arr.size:
+            hi = float(arr.max())
+            if not math.isfinite(hi):  # NaN or infinite times among them
+                finite = arr[np.isfinite(arr)]
+                hi = float(finite.max()) if finite.size else -math.inf
+            self.watermark = max(self.watermark, hi)
         self.expire()
 
     def expire(self) -> None:

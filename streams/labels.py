@@ -76,8 +76,8 @@ def join_predictions(proc: Processor, st: ModelState, batch: EventBatch, out: Ou
     setup = proc.labels
     if setup.keep == "off" or (st.joins is None and not setup.keeps_from_start(st.model)):
         return
-    ids = batch.event_id.tolist()
-    if ids.count(None) == len(ids):
+    ids = batch.event_id
+    if not len(ids) or (ids[0] is None and (ids == None).all()):  # noqa: E711 (elementwise)
         return
     joins, _ = _ensure(st, setup)
     labels = batch.prediction_label

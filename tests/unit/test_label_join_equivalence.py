@@ -249,7 +249,8 @@ def test_same_rows_counts_and_snapshots_as_the_reference(seed: int) -> None:
             scores = rng.random(n).tolist()
             cls = None if rng.random() < 0.3 else [None if r < 0.2 else str(int(r * 3))
                                                     for r in rng.random(n)]
-            same(new.add_predictions(eids, scores, cls, ts), ref.add_predictions(eids, scores, cls, ts))
+            given = np.array(eids, dtype=object) if rng.random() < 0.5 else eids  # as the processor
+            same(new.add_predictions(given, scores, cls, ts), ref.add_predictions(eids, scores, cls, ts))
         elif op < 0.95:
             labs = [str(int(r * 2)) for r in rng.random(n)]
             same(new.add_labels(ids, labs, ts), ref.add_labels(ids, labs, ts))
