@@ -212,18 +212,19 @@ class ConceptMonitor:
         score = rows.score
         if cfg.task == "binary":
             pos = cfg.positive_label
-            alias = {"1", "true"} if pos in ("1", "true") else {pos}
-            for i in range(k):
-                actual = rows.label[i] in alias
-                p = rows.predicted[i]
-                if p is not None:
-                    predicted = p in alias
-                elif math.isfinite(score[i]):
-                    predicted = bool(score[i] >= cfg.score_threshold)
-                else:
-                    ok[i] = False
-                    continue
-                codes[i] = 2 * int(actual) + int(predicted)
+            alias: set[str | None] = {"1", "true"} if pos in ("1", "true") else {pos}
+            actual = np.fromiter(map(alias.__contains__, rows.label), dtype=bool, count=k)
+            predicted = score >= cfg.score_threshold  # rows without a predicted class
+            given = rows.predicted
+            if given.count(None) != k:
+                has = np.fromiter((p is not None for p in given), dtype=bool, count=k)
+                predicted = np.where(
+                    has, np.fromiter(map(alias.__contains__, given), dtype=bool, count=k),
+                    predicted)
+                ok = has | np.isfinite(score)
+            else:
+                ok = np.isfinite(score)
+            codes[ok] = (2 * actual + predicted)[ok]
         else:
             for i in range(k):
                 p = rows.predicted[i]

@@ -24,6 +24,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ from numpy.typing import NDArray
 from driftline.detectors.errors import SnapshotError
 from driftline.detectors.serialization import pack, unpack
 
+FloatArray = NDArray[np.float64]
 SNAPSHOT_KIND = "driftline.labeljoin"
 #: Bounded reasons of labels (and predictions) that never joined.
 UNMATCHED_REASONS = ("unmatched", "late", "expired", "evicted")
@@ -54,6 +56,18 @@ def canonical_label(v: object) -> str:
             return str(int(v))
         return repr(v)
     return str(v)
+
+
+def canonical_labels(values: Sequence[object]) -> list[str | None]:
+    """:func:`canonical_label` of each value, None staying None (strings, ints and bools:
+    one call per distinct value)."""
+    if set(map(type, values)) <= _TABLE_TYPES:
+        table = {v: None if v is None else canonical_label(v) for v in set(values)}
+        return list(map(table.__getitem__, values))
+    return [None if v is None else canonical_label(v) for v in values]
+
+
+_TABLE_TYPES = {str, int, bool, type(None)}  # equal values of these have one canonical label
 
 
 @dataclass(frozen=True)
@@ -88,17 +102,20 @@ class JoinCounts:
 
     def minus(self, other: JoinCounts) -> dict[str, int]:
         """Per-field difference (what one call added)."""
-        a, b = asdict(self), asdict(other)
-        return {k: a[k] - b[k] for k in a}
+        a, b = self.__dict__, other.__dict__
+        return {k: a[k] - b[k] for k in _COUNT_FIELDS}
 
     def copy(self) -> JoinCounts:
-        return JoinCounts(**asdict(self))
+        return JoinCounts(**self.__dict__)
 
     @property
     def coverage(self) -> float:
         """Joined share of the predictions whose fate is known (joined, expired, evicted)."""
         done = self.joined + self.expired + self.evicted
         return self.joined / done if done else math.nan
+
+
+_COUNT_FIELDS = tuple(JoinCounts.__dataclass_fields__)
 
 
 @dataclass(frozen=True)
@@ -121,30 +138,169 @@ class Joined:
         return self.label_ts - self.prediction_ts
 
 
-class _Rows:
-    """Accumulates joined rows of one call."""
+class _Fifo:
+    """Entries in arrival order in a ring of numpy columns (ids and values), with a dict
+    from id to ring slot for the entries still in.
 
-    def __init__(self) -> None:
-        self.ids: list[str] = []
-        self.score: list[float] = []
-        self.pred: list[str | None] = []
-        self.label: list[str] = []
-        self.pts: list[float] = []
-        self.lts: list[float] = []
+    Taking a batch in is one slice assignment per column and one ``dict.update`` whose
+    values come from a list of the slot numbers made once (no int object per entry). An
+    entry that leaves (or is taken in again: the newest counts, at the end) only leaves
+    the dict; its slot is skipped when the oldest are dropped, and the ring is rebuilt
+    without such slots when it is full, so it stays within a small multiple of the
+    entries in.
+    """
 
-    def add(self, eid: str, score: float, pred: str | None, label: str, pts: float,
-            lts: float) -> None:
-        self.ids.append(eid)
-        self.score.append(score)
-        self.pred.append(pred)
-        self.label.append(label)
-        self.pts.append(pts)
-        self.lts.append(lts)
+    def __init__(self, columns: dict[str, Any], slot_numbers: list[int]) -> None:
+        self.index: dict[str, int] = {}
+        self.cap = 0
+        self.ids: NDArray[Any] = np.empty(0, dtype=object)
+        self.cols: dict[str, NDArray[Any]] = {k: np.empty(0, dtype=dt) for k, dt in columns.items()}
+        self.head = self.tail = 0  # counters; slot = counter % cap; head..tail may hold entries
+        self._slot_numbers = slot_numbers  # [0, 1, 2, ...], as long as needed (may be shared)
 
-    def done(self) -> Joined:
-        return Joined(tuple(self.ids), np.asarray(self.score, dtype=np.float64),
-                      tuple(self.pred), tuple(self.label),
-                      np.asarray(self.pts, dtype=np.float64), np.asarray(self.lts, dtype=np.float64))
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def append(self, ids: Sequence[str], values: dict[str, Any],
+               id_array: NDArray[Any] | None = None) -> None:
+        """Take entries in at the end (an id already in moves to the end); ``id_array``:
+        the same ids as an object array, when there is one (faster to store)."""
+        n = len(ids)
+        if not n:
+            return
+        if self.tail + n - self.head > self.cap:
+            self._room(n)
+        s = self.tail % self.cap
+        k = min(n, self.cap - s)  # before the end of the ring; the rest wraps to its start
+        pieces = ((s, 0, k), (0, k, n)) if k < n else ((s, 0, n),)
+        for at, a, b in pieces:
+            self.ids[at:at + b - a] = (ids if id_array is None else id_array)[a:b]
+            for name, v in values.items():
+                self.cols[name][at:at + b - a] = v[a:b] if isinstance(v, list | np.ndarray) else v
+        nums = self._slot_numbers
+        self.index.update(zip(ids, nums[s:s + k] + nums[:n - k] if k < n else nums[s:s + n],
+                              strict=True))
+        self.tail += n
+
+    def _slots(self, start: int, stop: int) -> NDArray[np.intp]:
+        return np.arange(start, stop) % self.cap
+
+    def _live(self, slots: NDArray[np.intp]) -> NDArray[np.bool_]:
+        """Which of these slots hold entries that are in."""
+        ids = self.ids[slots].tolist()
+        found = np.fromiter(map(self.index.get, ids, repeat(-1, len(ids))), dtype=np.int64,
+                            count=len(ids))
+        live: NDArray[np.bool_] = found == slots
+        return live
+
+    def positions(self) -> NDArray[np.intp]:
+        """Slots of the entries in, oldest first."""
+        slots = self._slots(self.head, self.tail)
+        return slots[self._live(slots)]
+
+    def _room(self, n: int) -> None:
+        """A larger ring with room for ``n`` more. Mostly left slots: rebuilt with the
+        entries in only, renumbered; else the slots keep their numbers, but for the part
+        that wrapped around to the ring's start, which moves behind the rest."""
+        live, span, cap = len(self.index), self.tail - self.head, self.cap
+        if cap and span > 2 * live + 64:
+            pos = self.positions()
+            new_cap = max(64, 2 * (live + n))
+            self._resize(new_cap, ((pos, np.arange(live)),))
+            self.head, self.tail = 0, live
+            self.index.update(zip(self.ids[:live].tolist(), self._slot_numbers[:live],
+                                  strict=True))
+            return
+        new_cap = max(64, 2 * (span + n))
+        h = self.head % cap if cap else 0
+        first = min(span, cap - h)
+        lo = np.arange(h, h + first)
+        wrapped = np.arange(span - first)  # at the ring's start; moves to cap..
+        self._resize(new_cap, ((lo, lo), (wrapped, wrapped + cap)))
+        self.head, self.tail = h, h + span
+        if wrapped.size:  # renumber the entries in among the moved slots
+            ids = self.ids[wrapped + cap].tolist()
+            found = np.fromiter(map(self.index.get, ids, repeat(-1, len(ids))), dtype=np.int64,
+                                count=len(ids))
+            kept: list[int] = np.flatnonzero(np.equal(found, wrapped)).tolist()
+            nums = self._slot_numbers
+            self.index.update(zip([ids[i] for i in kept], [nums[cap + i] for i in kept],
+                                  strict=True))
+
+    def _resize(self, cap: int, moves: tuple[tuple[NDArray[np.intp], NDArray[np.intp]], ...]
+                ) -> None:
+        """New arrays of ``cap`` slots; each (from, to) pair of slot arrays is copied."""
+        ids = np.empty(cap, dtype=object)
+        cols = {name: np.empty(cap, dtype=col.dtype) for name, col in self.cols.items()}
+        for src, dst in moves:
+            if src.size:
+                ids[dst] = self.ids[src]
+                for name, col in self.cols.items():
+                    cols[name][dst] = col[src]
+        self.ids, self.cols, self.cap = ids, cols, cap
+        nums = self._slot_numbers
+        if len(nums) < cap:
+            nums.extend(range(len(nums), cap))
+
+    def pop(self, eid: str) -> int:
+        """Slot of ``eid``'s entry, which leaves; -1 when it is not in."""
+        slot = self.index.pop(eid, None)
+        return -1 if slot is None else slot
+
+    def discard(self, ids: Sequence[str]) -> None:
+        """Let these entries leave (ids that are not in are ignored)."""
+        index = self.index
+        if index and not index.keys().isdisjoint(ids):
+            for eid in index.keys() & set(ids):
+                del index[eid]
+
+    def pop_oldest(self, k: int) -> NDArray[np.intp]:
+        """Slots of the ``k`` oldest entries, which leave."""
+        out: list[NDArray[np.intp]] = []
+        pos, block = self.head, 16
+        while k > 0 and pos < self.tail:
+            stop = min(self.tail, pos + max(block, k))
+            slots = self._slots(pos, stop)
+            idx = np.flatnonzero(self._live(slots))[:k]
+            out.append(slots[idx])
+            k -= idx.size
+            pos = pos + int(idx[-1]) + 1 if k == 0 else stop
+            block *= 4
+        return self._drop(pos, out)
+
+    def pop_before(self, column: str, cutoff: float) -> NDArray[np.intp]:
+        """Slots of the oldest entries up to the first whose ``column`` is at or after
+        ``cutoff`` (NaN counts as before), which leave."""
+        pos, col = self.head, self.cols[column]
+        if pos < self.tail:  # the common case: the oldest slot holds an entry in time
+            i = pos % self.cap
+            if self.index.get(self.ids[i]) == i and col[i] >= cutoff:
+                return np.zeros(0, dtype=np.intp)
+        out: list[NDArray[np.intp]] = []
+        block = 16
+        while pos < self.tail:
+            stop = min(self.tail, pos + block)
+            slots = self._slots(pos, stop)
+            live = self._live(slots)
+            keep = np.flatnonzero(live & (col[slots] >= cutoff))
+            if keep.size:
+                j = int(keep[0])
+                out.append(slots[:j][live[:j]])
+                pos += j
+                break
+            out.append(slots[live])
+            pos = stop
+            block *= 4
+        return self._drop(pos, out)
+
+    def _drop(self, head: int, out: list[NDArray[np.intp]]) -> NDArray[np.intp]:
+        """Move the head; the entries at the slots ``out`` leave."""
+        self.head = head
+        res = np.concatenate(out) if out else np.zeros(0, dtype=np.intp)
+        index = self.index
+        for eid in self.ids[res].tolist():
+            del index[eid]
+        return res
 
 
 class JoinStore:
@@ -154,10 +310,11 @@ class JoinStore:
         self.config = config or JoinConfig()
         self.counts = JoinCounts()
         self.watermark = -math.inf  # newest event time seen on either stream
+        slot_numbers: list[int] = []
+        self._pred = _Fifo({"score": np.float64, "ts": np.float64, "cls": object}, slot_numbers)
         # OrderedDict: dropping the oldest entry is O(1) (a plain dict rescans its deleted head)
-        self._pred: OrderedDict[str, tuple[float, str | None, float]] = OrderedDict()
         self._pending: OrderedDict[str, tuple[str, float]] = OrderedDict()
-        self._gone: OrderedDict[str, int] = OrderedDict()
+        self._gone = _Fifo({"why": np.int8}, slot_numbers)  # ids that left the store, and why
 
     def __len__(self) -> int:
         return len(self._pred)
@@ -167,91 +324,160 @@ class JoinStore:
         return len(self._pending)
 
     # -- the two streams ---------------------------------------------------------------
-    def add_predictions(self, event_ids: Sequence[object], scores: Sequence[float],
-                        predicted: Sequence[str | None] | None, ts: Sequence[float]) -> Joined:
+    def add_predictions(self, event_ids: Sequence[object], scores: Sequence[float] | FloatArray,
+                        predicted: Sequence[str | None] | None,
+                        ts: Sequence[float] | FloatArray) -> Joined:
         """Take predictions in (rows without a string event id are ignored); returns the
         rows that joined labels already pending."""
-        rows = _Rows()
-        ttl, cfg = self.config.ttl_seconds, self.config
-        pred_store, pending, gone, c = self._pred, self._pending, self._gone, self.counts
-        classes: Sequence[str | None] = predicted if predicted is not None else [None] * len(ts)
-        n = 0
-        for eid, score, p, t in zip(event_ids, scores, classes, ts, strict=True):
-            if type(eid) is not str:
-                continue
-            n += 1
-            if t != t:  # no event time
-                t = self._time(t)
-            if pending and eid in pending:
-                label, lt = pending.pop(eid)
-                if lt - t > ttl:
-                    c.late += 1
-                else:
-                    c.joined += 1
-                    rows.add(eid, float(score), p, label, float(t), lt)
-                self._forget(eid, _JOINED)
-                continue
-            if eid in gone:
-                del gone[eid]
-            if eid in pred_store:  # a repeated id: the newest prediction counts
-                del pred_store[eid]
-            pred_store[eid] = (float(score), p, float(t))
-        c.predictions += n
-        while len(pred_store) > cfg.max_entries:
-            old, _ = pred_store.popitem(last=False)
-            c.evicted += 1
-            self._forget(old, _EVICTED)
+        arr: NDArray[Any] | None = None  # the ids as an object array: faster to store
+        ids: list[Any]
+        if isinstance(event_ids, np.ndarray) and event_ids.dtype == object and event_ids.ndim == 1:
+            arr, ids = event_ids, event_ids.tolist()
+        else:
+            ids = event_ids if isinstance(event_ids, list) else list(event_ids)
+        n = len(ids)
+        score = np.array(scores, dtype=np.float64)
+        t = np.array(ts, dtype=np.float64)
+        cls: list[Any] | None = None if predicted is None else list(predicted)
+        if not n == score.size == t.size == (n if cls is None else len(cls)):
+            raise ValueError("columns of different lengths")
+        if set(map(type, ids)) != {str}:
+            keep = [i for i, e in enumerate(ids) if type(e) is str]
+            ids = [ids[i] for i in keep]
+            arr = None if arr is None else arr[keep]
+            score, t = score[keep], t[keep]
+            cls = None if cls is None else [cls[i] for i in keep]
+            n = len(ids)
+        nan = t != t
+        if nan.any():  # no event time: the current one
+            t[nan] = self.watermark if math.isfinite(self.watermark) else math.nan
+        pending = self._pending
+        rows: Joined | None = None
+        if not pending or pending.keys().isdisjoint(ids):
+            self._store(ids, arr, score, cls, t, 0, n)
+        else:  # labels that arrived first: join them, store the other rows around them
+            rows = self._join_pending(ids, arr, score, cls, t)
+        self.counts.predictions += n
+        extra = len(self._pred) - self.config.max_entries
+        if extra > 0:
+            self._leave(self._pred.pop_oldest(extra), _EVICTED)
         self._advance(ts)
-        return rows.done()
+        return rows if rows is not None else Joined()
+
+    def _store(self, ids: list[str], arr: NDArray[Any] | None, score: NDArray[np.float64],
+               cls: list[Any] | None, t: NDArray[np.float64], a: int, b: int) -> None:
+        """Keep rows ``a..b`` (a prediction taken in again is no longer gone)."""
+        if a >= b:
+            return
+        part = ids if a == 0 and b == len(ids) else ids[a:b]
+        self._gone.discard(part)
+        self._pred.append(part, {"score": score[a:b], "ts": t[a:b],
+                                 "cls": None if cls is None else cls[a:b]},
+                          None if arr is None else arr[a:b])
+
+    def _join_pending(self, ids: list[str], arr: NDArray[Any] | None,
+                      score: NDArray[np.float64], cls: list[Any] | None,
+                      t: NDArray[np.float64]) -> Joined:
+        pending, ttl, c = self._pending, self.config.ttl_seconds, self.counts
+        out: list[tuple[str, float, str | None, str, float, float]] = []
+        start = 0
+        for i, eid in enumerate(ids):
+            if eid not in pending:
+                continue
+            self._store(ids, arr, score, cls, t, start, i)
+            start = i + 1
+            label, lt = pending.pop(eid)
+            ti = float(t[i])
+            if lt - ti > ttl:
+                c.late += 1
+            else:
+                c.joined += 1
+                out.append((eid, float(score[i]), None if cls is None else cls[i], label, ti, lt))
+            self._forget([eid], _JOINED)
+        self._store(ids, arr, score, cls, t, start, len(ids))
+        if not out:
+            return Joined()
+        e, s, p, lab, pt, lt_ = zip(*out, strict=True)
+        return Joined(e, np.asarray(s, dtype=np.float64), p, lab,
+                      np.asarray(pt, dtype=np.float64), np.asarray(lt_, dtype=np.float64))
 
     def add_labels(self, event_ids: Sequence[str], labels: Sequence[str],
-                   ts: Sequence[float]) -> Joined:
+                   ts: Sequence[float] | FloatArray) -> Joined:
         """Take labels in (canonical strings); returns the rows that joined."""
-        rows = _Rows()
-        ttl, cfg = self.config.ttl_seconds, self.config
-        pred_store, pending, gone, c = self._pred, self._pending, self._gone, self.counts
-        for i, eid in enumerate(event_ids):
-            c.labels += 1
-            lt = self._time(float(ts[i]))
-            label = labels[i]
-            hit = pred_store.pop(eid, None)
-            if hit is not None:
-                score, p, t = hit
-                if lt - t > ttl:
-                    c.late += 1
-                else:
-                    c.joined += 1
-                    rows.add(eid, score, p, label, t, lt)
-                self._forget(eid, _JOINED)
-                continue
-            why = gone.get(eid)
-            if why is not None:
-                if why == _EXPIRED:
+        ids = event_ids if isinstance(event_ids, list) else list(event_ids)
+        n = len(ids)
+        lt = np.array(ts, dtype=np.float64)
+        if lt.size != n or len(labels) != n:
+            raise ValueError("columns of different lengths")
+        bad = ~np.isfinite(lt)
+        if bad.any():  # no event time: the current one
+            lt[bad] = self.watermark if math.isfinite(self.watermark) else math.nan
+        self.counts.labels += n
+        pred = self._pred
+        seqs = list(map(pred.index.pop, ids, repeat(None, n)))
+        hit = np.fromiter((s is not None for s in seqs), dtype=bool, count=n)
+        hits = np.flatnonzero(hit)
+        pos = np.fromiter((s for s in seqs if s is not None), dtype=np.int64,
+                          count=hits.size)
+        pt = pred.cols["ts"][pos]
+        late = lt[hits] - pt > self.config.ttl_seconds
+        nlate = int(late.sum())
+        self.counts.late += nlate
+        self.counts.joined += hits.size - nlate
+        if hits.size == n:
+            self._forget(ids, _JOINED)
+        else:
+            self._misses(ids, labels, lt, hit)
+        ok = np.flatnonzero(~late)
+        if ok.size == hits.size:
+            jpos, jrows = pos, hits
+        else:
+            jpos, jrows = pos[ok], hits[ok]
+        out = Joined()
+        if jrows.size:
+            rows = jrows.tolist()
+            out = Joined(tuple(ids[i] for i in rows), pred.cols["score"][jpos],
+                         tuple(pred.cols["cls"][jpos].tolist()), tuple(labels[i] for i in rows),
+                         pred.cols["ts"][jpos], lt[jrows])
+        self._advance(ts)
+        return out
+
+    def _misses(self, ids: list[str], labels: Sequence[str], lt: NDArray[np.float64],
+                hit: NDArray[np.bool_]) -> None:
+        """Labels without a stored prediction, in order (the joined ones before each are
+        forgotten first, as their ids push the oldest out of the bounded ``gone``)."""
+        cfg, pending, gone, c = self.config, self._pending, self._gone, self.counts
+        start = 0
+        for i in np.flatnonzero(~hit).tolist():
+            if start < i:
+                self._forget([ids[j] for j in range(start, i)], _JOINED)
+            start = i + 1
+            eid = ids[i]
+            g = gone.index.get(eid)
+            if g is not None:
+                if gone.cols["why"][g] == _EXPIRED:
                     c.late += 1
                 else:  # its prediction was evicted, or a second label for one already joined
                     c.unmatched += 1
                 continue
             if pending.pop(eid, None) is not None:  # a repeated label: the newest waits
                 c.unmatched += 1
-            pending[eid] = (label, lt)
+            pending[eid] = (labels[i], float(lt[i]))
             if len(pending) > cfg.max_pending:
                 pending.popitem(last=False)
                 c.unmatched += 1
-        self._advance(ts)
-        return rows.done()
+        if start < len(ids):
+            self._forget(ids[start:], _JOINED)
 
     # -- time --------------------------------------------------------------------------
-    def _time(self, t: float) -> float:
-        """A row's event time; rows without one take the current event time."""
-        if math.isfinite(t):
-            return t
-        return self.watermark if math.isfinite(self.watermark) else math.nan
-
-    def _advance(self, ts: Sequence[float]) -> None:
+    def _advance(self, ts: Sequence[float] | FloatArray) -> None:
         arr = np.asarray(ts, dtype=np.float64)
-        finite = arr[np.isfinite(arr)]
-        if finite.size:
-            self.watermark = max(self.watermark, float(finite.max()))
+        if arr.size:
+            hi = float(arr.max())
+            if not math.isfinite(hi):  # NaN or infinite times among them
+                finite = arr[np.isfinite(arr)]
+                hi = float(finite.max()) if finite.size else -math.inf
+            self.watermark = max(self.watermark, hi)
         self.expire()
 
     def expire(self) -> None:
@@ -260,14 +486,9 @@ class JoinStore:
         if not math.isfinite(self.watermark):
             return
         cutoff = self.watermark - self.config.ttl_seconds
-        pred_store, pending, c = self._pred, self._pending, self.counts
-        while pred_store:
-            eid = next(iter(pred_store))
-            if pred_store[eid][2] >= cutoff:  # NaN (no time known when it came): expires
-                break
-            del pred_store[eid]
-            c.expired += 1
-            self._forget(eid, _EXPIRED)
+        pending, c = self._pending, self.counts
+        if len(self._pred):
+            self._leave(self._pred.pop_before("ts", cutoff), _EXPIRED)
         while pending:
             eid = next(iter(pending))
             if pending[eid][1] >= cutoff:
@@ -275,43 +496,54 @@ class JoinStore:
             del pending[eid]
             c.unmatched += 1
 
-    def _forget(self, eid: str, why: int) -> None:
+    def _leave(self, pos: NDArray[np.intp], why: int) -> None:
+        """Predictions (array indices) that left the store unjoined: count, remember."""
+        if not pos.size:
+            return
+        if why == _EVICTED:
+            self.counts.evicted += pos.size
+        else:
+            self.counts.expired += pos.size
+        self._forget(self._pred.ids[pos].tolist(), why)
+
+    def _forget(self, ids: Sequence[str], why: int) -> None:
+        """Remember why these ids left (the newest reason counts; at most max_entries)."""
         gone = self._gone
-        gone.pop(eid, None)
-        gone[eid] = why
-        if len(gone) > self.config.max_entries:
-            gone.popitem(last=False)
+        gone.append(ids, {"why": why})
+        extra = len(gone) - self.config.max_entries
+        if extra > 0:
+            gone.pop_oldest(extra)
 
     def reconfigure(self, config: JoinConfig) -> None:
         """New bounds; entries beyond them leave as evicted / unmatched."""
         self.config = config
-        while len(self._pred) > config.max_entries:
-            old, _ = self._pred.popitem(last=False)
-            self.counts.evicted += 1
-            self._forget(old, _EVICTED)
+        extra = len(self._pred) - config.max_entries
+        if extra > 0:
+            self._leave(self._pred.pop_oldest(extra), _EVICTED)
         while len(self._pending) > config.max_pending:
             self._pending.popitem(last=False)
             self.counts.unmatched += 1
-        while len(self._gone) > config.max_entries:
-            self._gone.popitem(last=False)
+        extra = len(self._gone) - config.max_entries
+        if extra > 0:
+            self._gone.pop_oldest(extra)
         self.expire()
 
     # -- state -------------------------------------------------------------------------
     def snapshot(self, *, key: bytes | None = None) -> bytes:
-        pred_ids = list(self._pred)
-        pv = list(self._pred.values())
+        pred, gone = self._pred, self._gone
+        pp, gp = pred.positions(), gone.positions()
         pend_ids = list(self._pending)
         qv = list(self._pending.values())
         arrays: dict[str, np.ndarray] = {}
-        _put_strs(arrays, "pred.id", pred_ids)
-        _put_strs(arrays, "pred.class", [v[1] for v in pv])
-        arrays["pred.score"] = np.asarray([v[0] for v in pv], dtype=np.float64)
-        arrays["pred.ts"] = np.asarray([v[2] for v in pv], dtype=np.float64)
+        _put_strs(arrays, "pred.id", pred.ids[pp].tolist())
+        _put_strs(arrays, "pred.class", pred.cols["cls"][pp].tolist())
+        arrays["pred.score"] = pred.cols["score"][pp]
+        arrays["pred.ts"] = pred.cols["ts"][pp]
         _put_strs(arrays, "pending.id", pend_ids)
         _put_strs(arrays, "pending.label", [v[0] for v in qv])
         arrays["pending.ts"] = np.asarray([v[1] for v in qv], dtype=np.float64)
-        _put_strs(arrays, "gone.id", list(self._gone))
-        arrays["gone.why"] = np.asarray(list(self._gone.values()), dtype=np.int8)
+        _put_strs(arrays, "gone.id", gone.ids[gp].tolist())
+        arrays["gone.why"] = gone.cols["why"][gp]
         meta = {"config": asdict(self.config), "counts": asdict(self.counts),
                 "watermark": self.watermark if math.isfinite(self.watermark) else None}
         return pack(SNAPSHOT_KIND, meta, arrays, key=key)
@@ -337,23 +569,23 @@ class JoinStore:
             cls_ = _get_strs(arrays, "pred.class")
             score, ts = arrays["pred.score"], arrays["pred.ts"]
             _same_length(ids, cls_, score, ts)
-            store._pred = OrderedDict((i, (float(s), c, float(t))) for i, c, s, t in
-                                      zip(ids, cls_, score.tolist(), ts.tolist(), strict=True))
             pids = _get_strs(arrays, "pending.id")
             labels = _get_strs(arrays, "pending.label")
             pts = arrays["pending.ts"]
             _same_length(pids, labels, pts)
             if any(lab is None for lab in labels):
                 raise ValueError("pending labels cannot be null")
-            store._pending = OrderedDict((i, (str(lab), float(t))) for i, lab, t in
-                                         zip(pids, labels, pts.tolist(), strict=True))
             gids, why = _get_strs(arrays, "gone.id"), arrays["gone.why"]
             _same_length(gids, why)
             if not np.isin(why, (_EXPIRED, _EVICTED, _JOINED)).all():
                 raise ValueError("bad reason codes")
-            store._gone = OrderedDict(zip(gids, (int(w) for w in why.tolist()), strict=True))
-            if any(i is None for i in (*store._pred, *store._pending, *store._gone)):
+            if any(i is None for i in (*ids, *pids, *gids)):
                 raise ValueError("ids cannot be null")
+            store._pred.append(ids, {"score": score.astype(np.float64),
+                                     "ts": ts.astype(np.float64), "cls": cls_})
+            store._pending = OrderedDict((i, (str(lab), float(t))) for i, lab, t in
+                                         zip(pids, labels, pts.tolist(), strict=True))
+            store._gone.append(gids, {"why": why.astype(np.int8)})
             if (len(store._pred) != len(ids) or len(store._pending) != len(pids)
                     or len(store._gone) != len(gids)):
                 raise ValueError("repeated ids")

@@ -82,6 +82,7 @@ __all__ = [
     "decode_change",
     "decode_dead_letter",
     "decode_inference",
+    "decode_label_columns",
     "decode_labels",
     "encode_alert",
     "encode_change",
@@ -643,19 +644,50 @@ def decode_labels(
     offsets: Sequence[int] | None = None,
 ) -> tuple[list[LabelEvent], list[Rejection]]:
     """Decode LabelEvent v1 messages (``ts`` absent -> NaN). Never raises on contents."""
+    _, models, ids, labels, ts, rejections = decode_label_columns(
+        values, limits=limits, topic=topic, partitions=partitions, offsets=offsets)
+    events = [LabelEvent(*row) for row in zip(models, ids, labels, ts, strict=True)]
+    return events, rejections
+
+
+def decode_label_columns(
+    values: Sequence[bytes],
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    topic: str = "",
+    partitions: Sequence[int] | None = None,
+    offsets: Sequence[int] | None = None,
+) -> tuple[list[int], list[str], list[str], list[str | float | int | bool], list[float],
+           list[Rejection]]:
+    """:func:`decode_labels` as columns: the index in ``values`` of each valid message, its
+    model, event id, label and ``ts`` (NaN when absent); the rejections."""
     parts, offs = _meta(values, partitions=partitions, offsets=offsets)
-    out: list[LabelEvent] = []
+    index: list[int] = []
+    models: list[str] = []
+    ids: list[str] = []
+    labels: list[str | float | int | bool] = []
+    times: list[float] = []
     rejections: list[Rejection] = []
-    lim = limits.max_string_length
-    for raw, part, off in zip(values, parts, offs, strict=False):
+    lim, max_model = limits.max_string_length, limits.max_model_id_length
+    max_bytes = limits.max_payload_bytes
+    for i, (raw, part, off) in enumerate(zip(values, parts, offs, strict=False)):
         model = None
         try:
-            obj = _parse(raw, limits)
-            model = _check_model(obj.get("model"), limits)
+            obj: Any = None
+            if type(raw) is bytes and len(raw) <= max_bytes:
+                try:
+                    obj = _loads(raw)
+                except _JSONDecodeError as exc:
+                    raise Reject("invalid_json", str(exc)) from None
+            if type(obj) is not dict:  # the reason (or the checks of other input types)
+                obj = _parse(raw, limits)
+            m = obj.get("model")
+            model = m if type(m) is str and 0 < len(m) <= max_model else _check_model(m, limits)
             eid = obj.get("event_id")
-            if eid is None:
-                raise Reject("schema", "'event_id' is required")
-            check_str("event_id", eid, lim, 1)
+            if type(eid) is not str or not 0 < len(eid) <= lim:
+                if eid is None:
+                    raise Reject("schema", "'event_id' is required")
+                check_str("event_id", eid, lim, 1)
             label = obj.get("label")
             if type(label) is str:
                 if len(label) > lim:
@@ -666,13 +698,20 @@ def decode_labels(
                     "'label' is required" if label is None
                     else f"label must be a number, string or bool, not {json_type(label)}",
                 )  # fmt: skip
-            ts = check_ts(obj.get("ts"), NAN)
-            out.append(LabelEvent(model, eid, label, float(ts)))
+            ts = obj.get("ts")
+            ts = ts if type(ts) is float else float(check_ts(ts, NAN))
         except Reject as r:
             rejections.append(_reject(raw, f"{r.code}: {r.detail}", topic, part, off, model))
+            continue
         except Exception as exc:
             rejections.append(_reject(raw, _unexpected(raw, exc), topic, part, off, model))
-    return out, rejections
+            continue
+        index.append(i)
+        models.append(model)
+        ids.append(eid)
+        labels.append(label)
+        times.append(ts)
+    return index, models, ids, labels, times, rejections
 
 
 # ----------------------------------------------------------------------------- alerts

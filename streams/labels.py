@@ -19,7 +19,7 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -29,10 +29,10 @@ from driftline.detectors.label_join import (
     JoinCounts,
     Joined,
     JoinStore,
-    canonical_label,
+    canonical_labels,
 )
-from driftline.schemas.codecs import decode_labels
-from driftline.schemas.models import EventBatch, LabelEvent, Rejection
+from driftline.schemas.codecs import decode_label_columns
+from driftline.schemas.models import EventBatch, Rejection
 from driftline.streams.model_state import ModelState
 
 if TYPE_CHECKING:
@@ -76,70 +76,82 @@ def join_predictions(proc: Processor, st: ModelState, batch: EventBatch, out: Ou
     setup = proc.labels
     if setup.keep == "off" or (st.joins is None and not setup.keeps_from_start(st.model)):
         return
-    if not (batch.event_id != None).any():  # noqa: E711 (elementwise on an object array)
+    ids = batch.event_id
+    if not len(ids) or (ids[0] is None and (ids == None).all()):  # noqa: E711 (elementwise)
         return
     joins, _ = _ensure(st, setup)
     labels = batch.prediction_label
-    predicted = None if labels is None else [
-        None if p is None else canonical_label(p) for p in labels.tolist()]
+    predicted = None if labels is None else canonical_labels(labels.tolist())
     before = joins.counts.copy()
-    rows = joins.add_predictions(batch.event_id.tolist(), batch.prediction_score.tolist(),
-                                 predicted, batch.ts.tolist())
+    rows = joins.add_predictions(ids, batch.prediction_score, predicted, batch.ts)
     _joined(proc, st, before, rows, out)
 
 
 def take_labels(proc: Processor, topic: str, values: list[bytes], partitions: list[int],
-                   offsets: list[int], timestamps: list[float], out: Output) -> None:
+                offsets: list[int], timestamps: list[float], out: Output) -> None:
     """Decode, dead-letter the invalid, join the rest in their model states."""
     proc._prior = {}
-    events, rejections = decode_labels(values, limits=proc.limits, topic=topic,
-                                       partitions=partitions, offsets=offsets)
+    idx, models, ids, labels, ts, rejections = decode_label_columns(
+        values, limits=proc.limits, topic=topic, partitions=partitions, offsets=offsets)
     for rej in rejections:
         proc._dead_letter(rej, out)
-    bad = {(r.partition, r.offset) for r in rejections}
-    idx = [i for i in range(len(values)) if (partitions[i], offsets[i]) not in bad]
-    if len(idx) != len(events):  # offsets not unique (offline input): decode one by one
-        idx, events = [], []
-        for i, v in enumerate(values):
-            one, _ = decode_labels([v], limits=proc.limits)
-            if one:
-                idx.append(i)
-                events += one
-    groups: dict[tuple[str, int], list[tuple[int, LabelEvent]]] = {}
-    for i, ev in zip(idx, events, strict=True):
-        groups.setdefault((ev.model, partitions[i]), []).append((i, ev))
+    cols = _LabelColumns(idx, ids, labels, ts)
+    keys = list(zip(models, [partitions[i] for i in idx], strict=True))
+    groups: dict[tuple[str, int], list[int]] = {}
+    if len(set(keys)) == 1:
+        groups[keys[0]] = list(range(len(keys)))
+    else:
+        for k, key in enumerate(keys):
+            groups.setdefault(key, []).append(k)
     for (model, p), items in groups.items():
-        _apply_labels(proc, model, p, items, topic, values, offsets, timestamps, out)
+        _apply_labels(proc, model, p, items, cols, topic, values, offsets, timestamps, out)
 
 
-def _apply_labels(proc: Processor, model: str, p: int, items: list[tuple[int, LabelEvent]],
+@dataclass(frozen=True)
+class _LabelColumns:
+    """Decoded label messages: index in the batch, event id, label, ``ts``."""
+
+    index: list[int]
+    event_id: list[str]
+    label: list[str | float | int | bool]
+    ts: list[float]
+
+
+def _apply_labels(proc: Processor, model: str, p: int, items: list[int], cols: _LabelColumns,
                   topic: str, values: list[bytes], offsets: list[int], timestamps: list[float],
                   out: Output) -> None:
+    idx = cols.index
     st = proc.state_of(model, p)
     if st is None:
-        for i, _ in items:
+        for k in items:
+            i = idx[k]
             proc._dead_letter(Rejection(f"too_many_models: worker tracks {proc.max_models} models",
                                         values[i], topic, p, offsets[i], model), out)
         return
     last = proc._last_before_batch(st, topic, p)
-    fresh = [(i, ev) for i, ev in items if offsets[i] > last]
+    fresh = [k for k in items if offsets[idx[k]] > last]
     out.skipped_replays += len(items) - len(fresh)
     if not fresh:
         return
     try:
         joins, _ = _ensure(st, proc.labels)
         before = joins.counts.copy()
-        ts = [ev.ts if math.isfinite(ev.ts) else timestamps[i] for i, ev in fresh]
-        rows = joins.add_labels([ev.event_id for _, ev in fresh],
-                                [canonical_label(ev.label) for _, ev in fresh], ts)
+        ts = np.array([cols.ts[k] for k in fresh], dtype=np.float64)
+        missing = ~np.isfinite(ts)
+        if missing.any():  # no event time: the message's timestamp
+            ts[missing] = np.array([timestamps[idx[k]] for k in fresh], dtype=np.float64)[missing]
+        labels = canonical_labels([cols.label[k] for k in fresh])
+        rows = joins.add_labels([cols.event_id[k] for k in fresh],
+                                cast("list[str]", labels), ts)
         _joined(proc, st, before, rows, out)
     except Exception as exc:  # a detector must never take the worker down
         log.exception("model %s: label join error", model)
-        for i, _ in fresh:
+        for k in fresh:
+            i = idx[k]
             proc._dead_letter(Rejection(f"detector_error: {type(exc).__name__}: {exc}"[:500],
                                         values[i], topic, p, offsets[i], model), out)
         return
-    st.mark(topic, p, max(offsets[i] for i, _ in fresh))
+    st.mark(topic, p, max(offsets[idx[k]] for k in fresh))
     st.dirty = True
     out.labels_applied += len(fresh)
 

@@ -1,0 +1,308 @@
+"""The vectorised join store against the join store as first written (one OrderedDict
+entry per prediction): random streams with repeated ids, labels before predictions,
+missing event times, evictions, expiry and reconfiguration give the same joined rows,
+counts and snapshot bytes."""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+
+from driftline.detectors.concept import ConceptConfig, ConceptMonitor
+from driftline.detectors.label_join import (
+    _EVICTED,
+    _EXPIRED,
+    _JOINED,
+    SNAPSHOT_KIND,
+    JoinConfig,
+    JoinCounts,
+    Joined,
+    JoinStore,
+    _put_strs,
+)
+from driftline.detectors.serialization import pack
+
+
+class _Rows:
+    """Accumulates joined rows of one call."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.score: list[float] = []
+        self.pred: list[str | None] = []
+        self.label: list[str] = []
+        self.pts: list[float] = []
+        self.lts: list[float] = []
+
+    def add(self, eid: str, score: float, pred: str | None, label: str, pts: float,
+            lts: float) -> None:
+        self.ids.append(eid)
+        self.score.append(score)
+        self.pred.append(pred)
+        self.label.append(label)
+        self.pts.append(pts)
+        self.lts.append(lts)
+
+    def done(self) -> Joined:
+        return Joined(tuple(self.ids), np.asarray(self.score, dtype=np.float64),
+                      tuple(self.pred), tuple(self.label),
+                      np.asarray(self.pts, dtype=np.float64), np.asarray(self.lts, dtype=np.float64))
+
+
+
+class ReferenceStore:
+    """The join store as first written (one OrderedDict entry per prediction)."""
+
+    def __init__(self, config: JoinConfig | None = None) -> None:
+        self.config = config or JoinConfig()
+        self.counts = JoinCounts()
+        self.watermark = -math.inf  # newest event time seen on either stream
+        # OrderedDict: dropping the oldest entry is O(1) (a plain dict rescans its deleted head)
+        self._pred: OrderedDict[str, tuple[float, str | None, float]] = OrderedDict()
+        self._pending: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._gone: OrderedDict[str, int] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._pred)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    # -- the two streams ---------------------------------------------------------------
+    def add_predictions(self, event_ids: Sequence[object], scores: Sequence[float],
+                        predicted: Sequence[str | None] | None, ts: Sequence[float]) -> Joined:
+        """Take predictions in (rows without a string event id are ignored); returns the
+        rows that joined labels already pending."""
+        rows = _Rows()
+        ttl, cfg = self.config.ttl_seconds, self.config
+        pred_store, pending, gone, c = self._pred, self._pending, self._gone, self.counts
+        classes: Sequence[str | None] = predicted if predicted is not None else [None] * len(ts)
+        n = 0
+        for eid, score, p, t in zip(event_ids, scores, classes, ts, strict=True):
+            if type(eid) is not str:
+                continue
+            n += 1
+            if t != t:  # no event time
+                t = self._time(t)
+            if pending and eid in pending:
+                label, lt = pending.pop(eid)
+                if lt - t > ttl:
+                    c.late += 1
+                else:
+                    c.joined += 1
+                    rows.add(eid, float(score), p, label, float(t), lt)
+                self._forget(eid, _JOINED)
+                continue
+            if eid in gone:
+                del gone[eid]
+            if eid in pred_store:  # a repeated id: the newest prediction counts
+                del pred_store[eid]
+            pred_store[eid] = (float(score), p, float(t))
+        c.predictions += n
+        while len(pred_store) > cfg.max_entries:
+            old, _ = pred_store.popitem(last=False)
+            c.evicted += 1
+            self._forget(old, _EVICTED)
+        self._advance(ts)
+        return rows.done()
+
+    def add_labels(self, event_ids: Sequence[str], labels: Sequence[str],
+                   ts: Sequence[float]) -> Joined:
+        """Take labels in (canonical strings); returns the rows that joined."""
+        rows = _Rows()
+        ttl, cfg = self.config.ttl_seconds, self.config
+        pred_store, pending, gone, c = self._pred, self._pending, self._gone, self.counts
+        for i, eid in enumerate(event_ids):
+            c.labels += 1
+            lt = self._time(float(ts[i]))
+            label = labels[i]
+            hit = pred_store.pop(eid, None)
+            if hit is not None:
+                score, p, t = hit
+                if lt - t > ttl:
+                    c.late += 1
+                else:
+                    c.joined += 1
+                    rows.add(eid, score, p, label, t, lt)
+                self._forget(eid, _JOINED)
+                continue
+            why = gone.get(eid)
+            if why is not None:
+                if why == _EXPIRED:
+                    c.late += 1
+                else:  # its prediction was evicted, or a second label for one already joined
+                    c.unmatched += 1
+                continue
+            if pending.pop(eid, None) is not None:  # a repeated label: the newest waits
+                c.unmatched += 1
+            pending[eid] = (label, lt)
+            if len(pending) > cfg.max_pending:
+                pending.popitem(last=False)
+                c.unmatched += 1
+        self._advance(ts)
+        return rows.done()
+
+    # -- time --------------------------------------------------------------------------
+    def _time(self, t: float) -> float:
+        """A row's event time; rows without one take the current event time."""
+        if math.isfinite(t):
+            return t
+        return self.watermark if math.isfinite(self.watermark) else math.nan
+
+    def _advance(self, ts: Sequence[float]) -> None:
+        arr = np.asarray(ts, dtype=np.float64)
+        finite = arr[np.isfinite(arr)]
+        if finite.size:
+            self.watermark = max(self.watermark, float(finite.max()))
+        self.expire()
+
+    def expire(self) -> None:
+        """Drop predictions and pending labels older than the TTL (oldest first: entries
+        are visited in arrival order, so one that arrived out of order waits its turn)."""
+        if not math.isfinite(self.watermark):
+            return
+        cutoff = self.watermark - self.config.ttl_seconds
+        pred_store, pending, c = self._pred, self._pending, self.counts
+        while pred_store:
+            eid = next(iter(pred_store))
+            if pred_store[eid][2] >= cutoff:  # NaN (no time known when it came): expires
+                break
+            del pred_store[eid]
+            c.expired += 1
+            self._forget(eid, _EXPIRED)
+        while pending:
+            eid = next(iter(pending))
+            if pending[eid][1] >= cutoff:
+                break
+            del pending[eid]
+            c.unmatched += 1
+
+    def _forget(self, eid: str, why: int) -> None:
+        gone = self._gone
+        gone.pop(eid, None)
+        gone[eid] = why
+        if len(gone) > self.config.max_entries:
+            gone.popitem(last=False)
+
+    def reconfigure(self, config: JoinConfig) -> None:
+        """New bounds; entries beyond them leave as evicted / unmatched."""
+        self.config = config
+        while len(self._pred) > config.max_entries:
+            old, _ = self._pred.popitem(last=False)
+            self.counts.evicted += 1
+            self._forget(old, _EVICTED)
+        while len(self._pending) > config.max_pending:
+            self._pending.popitem(last=False)
+            self.counts.unmatched += 1
+        while len(self._gone) > config.max_entries:
+            self._gone.popitem(last=False)
+        self.expire()
+
+    def snapshot(self) -> bytes:
+        pv, qv = list(self._pred.values()), list(self._pending.values())
+        arrays: dict[str, np.ndarray] = {}
+        _put_strs(arrays, "pred.id", list(self._pred))
+        _put_strs(arrays, "pred.class", [v[1] for v in pv])
+        arrays["pred.score"] = np.asarray([v[0] for v in pv], dtype=np.float64)
+        arrays["pred.ts"] = np.asarray([v[2] for v in pv], dtype=np.float64)
+        _put_strs(arrays, "pending.id", list(self._pending))
+        _put_strs(arrays, "pending.label", [v[0] for v in qv])
+        arrays["pending.ts"] = np.asarray([v[1] for v in qv], dtype=np.float64)
+        _put_strs(arrays, "gone.id", list(self._gone))
+        arrays["gone.why"] = np.asarray(list(self._gone.values()), dtype=np.int8)
+        meta = {"config": asdict(self.config), "counts": asdict(self.counts),
+                "watermark": self.watermark if math.isfinite(self.watermark) else None}
+        return pack(SNAPSHOT_KIND, meta, arrays)
+
+
+def same(a: Joined, b: Joined) -> None:
+    assert a.event_id == b.event_id and a.predicted == b.predicted and a.label == b.label
+    for x, y in ((a.score, b.score), (a.prediction_ts, b.prediction_ts), (a.label_ts, b.label_ts)):
+        assert np.array_equal(x, y, equal_nan=True)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_same_rows_counts_and_snapshots_as_the_reference(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    cfg = JoinConfig(ttl_seconds=float(rng.choice([5.0, 40.0, 1e6])),
+                     max_entries=int(rng.choice([7, 60, 1000])), max_pending=int(rng.choice([3, 50])))
+    new, ref = JoinStore(cfg), ReferenceStore(cfg)
+    universe = [f"e{i}" for i in range(int(rng.choice([40, 400])))]
+    now = 0.0
+    for step in range(150):
+        now += float(rng.exponential(1.0))
+        n = int(rng.integers(0, 40))
+        ids = [universe[i] for i in rng.integers(0, len(universe), n)]
+        ts = (now - rng.exponential(3.0, n)).tolist()
+        for i in np.flatnonzero(rng.random(n) < 0.05).tolist():
+            ts[i] = math.nan
+        op = rng.random()
+        if op < 0.5:
+            eids: list[object] = [None if r < 0.05 else e for e, r in zip(ids, rng.random(n),
+                                                                           strict=True)]
+            scores = rng.random(n).tolist()
+            cls = None if rng.random() < 0.3 else [None if r < 0.2 else str(int(r * 3))
+                                                    for r in rng.random(n)]
+            given = np.array(eids, dtype=object) if rng.random() < 0.5 else eids  # as the processor
+            same(new.add_predictions(given, scores, cls, ts), ref.add_predictions(eids, scores, cls, ts))
+        elif op < 0.95:
+            labs = [str(int(r * 2)) for r in rng.random(n)]
+            same(new.add_labels(ids, labs, ts), ref.add_labels(ids, labs, ts))
+        else:
+            cfg = JoinConfig(ttl_seconds=cfg.ttl_seconds, max_entries=int(rng.choice([5, 60, 1000])),
+                             max_pending=int(rng.choice([2, 50])))
+            new.reconfigure(cfg)
+            ref.reconfigure(cfg)
+        assert new.counts == ref.counts and len(new) == len(ref._pred)
+        assert new.pending == ref.pending and new.watermark == ref.watermark
+        if step % 10 == 0:
+            blob = new.snapshot()
+            assert blob == ref.snapshot()
+            new = JoinStore.from_snapshot(blob)
+            assert new.snapshot() == blob
+    assert isinstance(new.counts, JoinCounts)
+
+
+def test_compaction_keeps_the_arrays_bounded() -> None:
+    """Predictions that join at once leave slots behind; the arrays are compacted."""
+    s = JoinStore(JoinConfig(ttl_seconds=1e9, max_entries=1000))
+    s.add_predictions(["keep"], [0.5], None, [0.0])  # the oldest stays in the whole time
+    for k in range(200):
+        ids = [f"b{k}-{i}" for i in range(100)]
+        s.add_predictions(ids, [0.5] * 100, None, [float(k)] * 100)
+        assert len(s.add_labels(ids, ["1"] * 100, [float(k)] * 100)) == 100
+    assert len(s) == 1 and s.counts.joined == 20_000
+    assert s._pred.ids.size <= 1000 and s._gone.ids.size <= 4 * 1000 + 200
+    assert s.add_labels(["keep"], ["0"], [300.0]).event_id == ("keep",)
+
+
+@pytest.mark.parametrize("positive", ["1", "true", "fraud"])
+def test_binary_outcomes_match_the_row_by_row_rule(positive: str) -> None:
+    """Outcome code 2*actual + predicted; the predicted class when given, else the score
+    against the threshold; rows with neither are not scored."""
+    rng = np.random.default_rng(5)
+    k = 400
+    labels = tuple(str(rng.choice(["1", "0", "true", "fraud", "ok"])) for _ in range(k))
+    given = [None if r < 0.5 else str(rng.choice(["1", "0", "true", "fraud"])) for r in rng.random(k)]
+    score = np.where(rng.random(k) < 0.1, np.nan, rng.random(k))
+    mon = ConceptMonitor("m", ConceptConfig(positive_label=positive, score_threshold=0.4))
+    alias = {"1", "true"} if positive in ("1", "true") else {positive}
+    for predicted in (tuple(given), (None,) * k):
+        rows = Joined(tuple(f"e{i}" for i in range(k)), score, predicted, labels,
+                      np.zeros(k), np.ones(k))
+        codes, ok = mon.outcomes(rows)
+        for i in range(k):
+            p = predicted[i]
+            scored = p is not None or math.isfinite(score[i])
+            assert ok[i] == scored
+            if scored:
+                pred = p in alias if p is not None else score[i] >= 0.4
+                assert codes[i] == 2 * (labels[i] in alias) + int(pred)
+            else:
+                assert codes[i] == 0
