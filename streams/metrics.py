@@ -142,6 +142,19 @@ class WorkerMetrics:
                                    "Window metric of the labelled predictions",
                                    ["model", "metric"], registry=r)
         self._features: dict[str, set[tuple[str, ...]]] = {}
+        #: labelled children by (family, *labels), the keys of ``_features``' sets
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def _child(self, family: str, metric: Any, labels: tuple[str, ...]) -> Any:
+        """``metric.labels(*labels)``, looked up once: ``labels()`` checks and joins the
+        label values on every call, too slow for a series per segment and feature set
+        at every evaluation. The series is noted for :meth:`forget_model`."""
+        key = (family, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+            self._features.setdefault(labels[0], set()).add(key)
+        return child
 
     def observe_batch(self, model: str, batch: EventBatch, seconds: float) -> None:
         """Per model, once per batch: traffic, golden signals, event-time lag."""
@@ -164,10 +177,8 @@ class WorkerMetrics:
 
     def observe_segments(self, model: str, events: Mapping[str, int]) -> None:
         """Events per segment value of one update (labels bounded by the segment maximum)."""
-        seen = self._features.setdefault(model, set())
         for segment, n in events.items():
-            self.segment_events.labels(model, segment).inc(n)
-            seen.add(("segment_events", model, segment))
+            self._child("segment_events", self.segment_events, (model, segment)).inc(n)
 
     def observe_evaluation(self, model: str, ev: Evaluation) -> None:
         """Per pane close: statistics, thresholds, state gauges."""
@@ -211,15 +222,15 @@ class WorkerMetrics:
         """Data-quality rates and the high-confidence share of one evaluation."""
         q = ev.quality
         if q is not None:
+            rates = q.rate.tolist()
             for j, m in zip(*np.nonzero(q.applicable), strict=True):
-                v = float(q.rate[j, m])
+                v = rates[j][m]
                 if math.isfinite(v):
-                    self.quality.labels(model, q.names[j], QUALITY_METRICS[m]).set(v)
-                    seen.add(("quality", model, q.names[j], QUALITY_METRICS[m]))
+                    self._child("quality", self.quality,
+                                (model, q.names[j], QUALITY_METRICS[m])).set(v)
         c = ev.confidence
         if c is not None and math.isfinite(c.share):
-            self.high_confidence.labels(model).set(c.share)
-            seen.add(("high_confidence", model))
+            self._child("high_confidence", self.high_confidence, (model,)).set(c.share)
 
     def observe_shadow(self, model: str, candidate: str, pairs: int, diffs: np.ndarray,
                        agreement: float | None, state: str | None = None) -> None:
@@ -230,24 +241,20 @@ class WorkerMetrics:
             self.state.labels(model, "shadow", candidate).set(1.0 if state == "firing" else 0.0)
             seen.add(("state", model, "shadow", candidate))
         if pairs:
-            self.shadow_pairs.labels(model, candidate).inc(pairs)
-            seen.add(("shadow_pairs", model, candidate))
+            self._child("shadow_pairs", self.shadow_pairs, (model, candidate)).inc(pairs)
         if diffs.size:
             self.shadow_score_diff.observe_many((model, candidate), np.abs(diffs))
             seen.add(("shadow_score_diff", model, candidate))
         if agreement is not None and math.isfinite(agreement):
-            self.shadow_agreement.labels(model, candidate).set(agreement)
-            seen.add(("shadow_agreement", model, candidate))
+            self._child("shadow_agreement", self.shadow_agreement,
+                        (model, candidate)).set(agreement)
 
     def _observe_segment(self, model: str, ev: Evaluation) -> None:
         if ev.insufficient:
             return
-        seen = self._features.setdefault(model, set())
-        for j, name in enumerate(ev.names):
-            v = float(ev.chi2[j])
+        for name, v in zip(ev.names, ev.chi2.tolist(), strict=True):
             if math.isfinite(v):
-                self.segment_score.labels(model, ev.segment, name).set(v)
-                seen.add(("segment_score", model, ev.segment, name))
+                self._child("segment_score", self.segment_score, (model, ev.segment, name)).set(v)
 
     def observe_labels(self, model: str, delta: dict[str, int], delay: np.ndarray,
                        coverage: float) -> None:
@@ -275,6 +282,7 @@ class WorkerMetrics:
     def forget_model(self, model: str) -> None:
         """Remove a model's series (its partition moved to another worker)."""
         for key in self._features.pop(model, set()):
+            self._children.pop(key, None)
             family, labels = key[0], key[1:]
             metric = {"score": self.score, "threshold": self.threshold, "state": self.state,
                       "segment_score": self.segment_score,
