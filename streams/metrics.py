@@ -18,7 +18,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
-from prometheus_client.core import Exemplar, HistogramMetricFamily
+from prometheus_client.core import Exemplar, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from driftline.detectors.monitor import Evaluation
@@ -101,16 +101,18 @@ class WorkerMetrics:
         self.change_last_ts = Gauge("driftline_change_last_timestamp_seconds",
                                     "Time of the newest upstream change event",
                                     ["model", "kind"], registry=r)
-        self.segment_score = Gauge("driftline_segment_drift_score",
-                                   "Chi-square statistic of one segment's window",
-                                   ["model", "segment", "feature"], registry=r)
+        self.segment_score = GaugeTable("driftline_segment_drift_score",
+                                        "Chi-square statistic of one segment's window",
+                                        ("model", "segment", "feature"))
+        r.register(self.segment_score)
         self.segment_events = Counter("driftline_segment_events",
                                       "Events applied to one segment's windows (values beyond "
                                       "the per-model maximum are counted as segment=\"other\")",
                                       ["model", "segment"], registry=r)
-        self.quality = Gauge("driftline_quality_metric",
-                             "Data-quality rate of the current window, per feature",
-                             ["model", "feature", "metric"], registry=r)
+        self.quality = GaugeTable("driftline_quality_metric",
+                                  "Data-quality rate of the current window, per feature",
+                                  ("model", "feature", "metric"))
+        r.register(self.quality)
         self.high_confidence = Gauge("driftline_prediction_high_confidence_ratio",
                                      "Share of the window's predictions at or above the "
                                      "confidence threshold", ["model"], registry=r)
@@ -223,11 +225,12 @@ class WorkerMetrics:
         q = ev.quality
         if q is not None:
             rates = q.rate.tolist()
-            for j, m in zip(*np.nonzero(q.applicable), strict=True):
-                v = rates[j][m]
-                if math.isfinite(v):
-                    self._child("quality", self.quality,
-                                (model, q.names[j], QUALITY_METRICS[m])).set(v)
+            js, ms = np.nonzero(q.applicable)
+            found = [((model, q.names[j], QUALITY_METRICS[m]), rates[j][m])
+                     for j, m in zip(js.tolist(), ms.tolist(), strict=True)
+                     if math.isfinite(rates[j][m])]
+            self.quality.set_many(found)
+            seen.update(("quality", *k) for k, _ in found)
         c = ev.confidence
         if c is not None and math.isfinite(c.share):
             self._child("high_confidence", self.high_confidence, (model,)).set(c.share)
@@ -252,9 +255,10 @@ class WorkerMetrics:
     def _observe_segment(self, model: str, ev: Evaluation) -> None:
         if ev.insufficient:
             return
-        for name, v in zip(ev.names, ev.chi2.tolist(), strict=True):
-            if math.isfinite(v):
-                self._child("segment_score", self.segment_score, (model, ev.segment, name)).set(v)
+        found = [((model, ev.segment, name), v)
+                 for name, v in zip(ev.names, ev.chi2.tolist(), strict=True) if math.isfinite(v)]
+        self.segment_score.set_many(found)
+        self._features.setdefault(model, set()).update(("segment_score", *k) for k, _ in found)
 
     def observe_labels(self, model: str, delta: dict[str, int], delay: np.ndarray,
                        coverage: float) -> None:
@@ -322,6 +326,33 @@ class WorkerMetrics:
                 metric.remove(*labels)
             except KeyError:
                 pass
+
+
+class GaugeTable(Collector):
+    """A labelled gauge whose series are set many at a time (one dict update, no child
+    object per series); exposed like a ``Gauge`` of the same name and labels."""
+
+    def __init__(self, name: str, doc: str, labels: tuple[str, ...]) -> None:
+        self.name, self.doc, self.labels = name, doc, labels
+        self._values: dict[tuple[str, ...], float] = {}
+        self._lock = threading.Lock()
+
+    def set_many(self, items: list[tuple[tuple[str, ...], float]]) -> None:
+        """Set the series of each ``(label values, value)``."""
+        with self._lock:
+            self._values.update(items)
+
+    def remove(self, *labels: str) -> None:
+        with self._lock:
+            del self._values[labels]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        fam = GaugeMetricFamily(self.name, self.doc, labels=list(self.labels))
+        with self._lock:
+            items = list(self._values.items())
+        for labels, v in items:
+            fam.add_metric(list(labels), v)
+        yield fam
 
 
 class BatchHistogram(Collector):
