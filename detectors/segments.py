@@ -176,13 +176,18 @@ class Segments:
                                                      | (pid[1:] != pid[:-1])) + 1))
         t = ts[r]
         fin = np.isfinite(t)
-        t_lo = np.minimum.reduceat(np.where(fin, t, np.inf), starts).tolist()
-        t_hi = np.maximum.reduceat(np.where(fin, t, -np.inf), starts).tolist()
+        lo, hi = (t, t) if fin.all() else (np.where(fin, t, np.inf), np.where(fin, t, -np.inf))
+        t_lo = np.minimum.reduceat(lo, starts).tolist()
+        t_hi = np.maximum.reduceat(hi, starts).tolist()
         off = offsets[r]
         valid = off >= 0
-        o_lo = np.where(np.logical_or.reduceat(valid, starts),
-                        np.minimum.reduceat(np.where(valid, off, _INT_MAX), starts), -1).tolist()
-        o_hi = np.maximum.reduceat(np.where(valid, off, -1), starts).tolist()
+        if valid.all():
+            o_lo = np.minimum.reduceat(off, starts).tolist()
+            o_hi = np.maximum.reduceat(off, starts).tolist()
+        else:
+            o_lo = np.where(np.logical_or.reduceat(valid, starts), np.minimum.reduceat(
+                np.where(valid, off, _INT_MAX), starts), -1).tolist()
+            o_hi = np.maximum.reduceat(np.where(valid, off, -1), starts).tolist()
         last = np.maximum.reduceat(r, starts).tolist()
         n_at = np.diff(np.append(starts, r.size)).tolist()
         code_at, pid_at = code[starts].tolist(), pid[starts].tolist()
