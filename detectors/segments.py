@@ -8,10 +8,10 @@ first sight; rows of every later value are pooled into one ring labelled ``other
 (a label that cannot be a canonical value: those always contain ``=``) and counted.
 
 Grouping is columnar: rows are factorised by segment object (decoders share one dict
-among a batch's equal segments), then per key ``dict.get`` is mapped over the distinct
-objects (no Python frame per row) and factorised; the codes are combined with
-``np.unique``, only distinct combinations are looked at in Python, and rows are split
-by slot with one argsort.
+among a batch's equal segments), and only the distinct objects are looked at in Python
+(when there are many, per key ``dict.get`` is mapped over them and the per-key codes
+are combined with ``np.unique``). Rows are then sorted by segment and pane once, and
+one ``bincount`` gives the histograms of every (segment, pane) block of the batch.
 
 False alarms: segment rings hold only the per-column histograms and are tested against
 the same reference with the same calibration. Once a model has segments, the model's
