@@ -378,36 +378,12 @@ class ModelMonitor:
         """
         segs = self.segments
         assert segs is not None
-        out: list[Evaluation] = []
-        timed = isinstance(self.ring.rule, TimeRule)
-        pid_of = np.empty(len(batch), dtype=np.int64)
-        pid_of[rows] = pids
-        ts = batch.ts
-        for label, r in segs.group(batch.segment, rows):
-            ring = segs.rings[label]
-            pid = pid_of[r] if timed else ring.pane_ids(int(r.size), ts[r])
-            cuts = np.flatnonzero(np.diff(pid)) + 1
-            if timed:
-                order = np.argsort(pid, kind="stable")
-                r, pid = r[order], pid[order]
-                cuts = np.flatnonzero(np.diff(pid)) + 1
-            for grp in np.split(np.arange(r.size), cuts):
-                rr = r[grp]
-                ring.add(int(pid[grp[0]]), {"hist": self.binner.histogram(bins[rr])},
-                         int(rr.size), ts[rr], batch.offset[rr], last_seq=seq0 + int(rr.max()))
-                segs.since_eval[label] += int(rr.size)
-                if not timed:
-                    full = sorted(p for p, pane in ring.open.items()
-                                  if pane.n >= self.config.pane_size)
-                    out += [self._evaluate(ring.close(p), batch, label) for p in full]
-            if not timed:
-                ring.seq += int(r.size)
-        if timed:
-            for label in list(segs.labels):
-                ring = segs.rings[label]
-                ring.advance(0, self.ring.max_ts)
-                out += [self._evaluate(ring.close(p), batch, label) for p in ring.due()]
-        return out
+        pane_of = None
+        if isinstance(self.ring.rule, TimeRule):
+            pane_of = np.empty(len(batch), dtype=np.int64)
+            pane_of[rows] = pids
+        return [self._evaluate(pane, batch, label) for label, pane in segs.add(
+            batch.segment, rows, bins, batch.ts, batch.offset, seq0, pane_of, self.ring.max_ts)]
 
     def tick(self, now: float | None = None, idle_timeout: float | None = None,
              last_seen: float | None = None) -> list[Evaluation]:

@@ -176,17 +176,22 @@ class DataQuality:
             num[:, have] = batch.numeric[:, where[have]]
         # computed row-major like the inputs, stored rows-last (one transposing copy each)
         out = np.empty((4, f, n), dtype=bool)
-        mismatch = np.zeros((n, f), dtype=bool)
-        if batch.text is not None and self.numeric.any():
-            cols = np.flatnonzero(have & self.numeric)
-            mismatch[:, cols] = is_set(batch.text[:, where[cols]])
-        cats = np.flatnonzero(~self.numeric & ~self.numbers_ok)
-        if cats.size:
-            mismatch[:, cats] = np.isfinite(num[:, cats])
         b = bins[:, :f]
-        out[MISMATCH] = mismatch.T
-        out[MISSING] = ((b == self.missing_bin) & ~mismatch).T
-        out[UNSEEN] = ((b == self.other) & ~mismatch).T
+        cats = np.flatnonzero(~self.numeric & ~self.numbers_ok)
+        if (batch.text is None or not self.numeric.any()) and not cats.size:
+            out[MISMATCH] = False  # no strings in numeric columns, no numbers in categorical
+            out[MISSING] = (b == self.missing_bin).T
+            out[UNSEEN] = (b == self.other).T
+        else:
+            mismatch = np.zeros((n, f), dtype=bool)
+            if batch.text is not None and self.numeric.any():
+                cols = np.flatnonzero(have & self.numeric)
+                mismatch[:, cols] = is_set(batch.text[:, where[cols]])
+            if cats.size:
+                mismatch[:, cats] = np.isfinite(num[:, cats])
+            out[MISMATCH] = mismatch.T
+            out[MISSING] = ((b == self.missing_bin) & ~mismatch).T
+            out[UNSEEN] = ((b == self.other) & ~mismatch).T
         with np.errstate(invalid="ignore"):  # NaN compares False; lo/hi are +-inf if unused
             out[OUT_OF_RANGE] = ((num < self.lo) | (num > self.hi)).T
         return out

@@ -7,9 +7,11 @@ The first ``max_segments`` values a model shows get a ring of their own, in orde
 first sight; rows of every later value are pooled into one ring labelled ``other``
 (a label that cannot be a canonical value: those always contain ``=``) and counted.
 
-Grouping is columnar: per key, ``dict.get`` is mapped over the column (no Python frame
-per row) and factorised; the codes are combined with ``np.unique``, only distinct
-combinations are looked at in Python, and rows are split by slot with one argsort.
+Grouping is columnar: rows are factorised by segment object (decoders share one dict
+among a batch's equal segments), and only the distinct objects are looked at in Python
+(when there are many, per key ``dict.get`` is mapped over them and the per-key codes
+are combined with ``np.unique``). Rows are then sorted by segment and pane once, and
+one ``bincount`` gives the histograms of every (segment, pane) block of the batch.
 
 False alarms: segment rings hold only the per-column histograms and are tested against
 the same reference with the same calibration. Once a model has segments, the model's
@@ -22,7 +24,7 @@ there are (a traffic-weighted Bonferroni over segments on top of the per-column 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
@@ -30,7 +32,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from driftline.detectors.windows import PaneRing
+from driftline.detectors.windows import Pane, PaneRing
 
 #: Label of the ring that pools the segment values beyond ``max_segments``.
 OTHER = "other"
@@ -39,6 +41,11 @@ OTHER_SEGMENT: dict[str, str] = {"other": "*"}
 #: Share of a segmented model's false-alarm budget spent on its segment windows.
 SEGMENT_SHARE = 0.5
 _NONE = -1
+_INT_MAX = np.iinfo(np.int64).max
+#: Distinct segment objects up to which each is written out on its own (else columnar).
+_FEW = 32
+#: Largest histogram block (cells) one ``bincount`` fills.
+_HIST_CELLS = 1 << 20
 
 
 def _esc(s: str) -> str:
@@ -107,23 +114,126 @@ class Segments:
                 label = OTHER
         return self.labels.index(label)
 
-    def group(self, segment: NDArray[np.object_],
-              rows: NDArray[np.int64]) -> list[tuple[str, NDArray[np.int64]]]:
-        """``(label, rows)`` of every segment among ``rows``, in slot order.
+    def add(self, segment: NDArray[np.object_], rows: NDArray[np.int64],
+            bins: NDArray[np.int64], ts: NDArray[np.float64], offsets: NDArray[np.int64],
+            seq0: int, pane_of: NDArray[np.int64] | None,
+            max_ts: float) -> Iterator[tuple[str, Pane]]:
+        """Add ``rows`` of a batch to their segments' rings; yield ``(label, pane)`` of
+        every pane that closes, in order (evaluate each before resuming: a count pane
+        spends the budget of the events its segment received up to its close).
 
-        Columnar: per segment key one C-level pass (``dict.get`` mapped over the
-        column) and a factorisation; the per-key codes are combined with
-        ``np.unique``; only each distinct combination is looked at in Python.
+        ``bins``: the batch's bin indices (as the model's binner gives them);
+        ``pane_of``: event-time pane of every batch row (None for count panes, which
+        count each segment's own events); ``max_ts``: the model's newest event time
+        (event-time segment panes close when the model's do). Columnar: one
+        factorisation, one sort and one ``bincount`` for all segments' histograms.
         """
         self.last_events = {}
-        if rows.size == 0:
-            return []
-        col = segment[rows]
-        has = np.asarray(col != None, dtype=bool)  # noqa: E711 (elementwise, C loop)
-        if not has.any():
-            return []
-        idx = rows[has]
-        dicts = col[has].tolist()
+        if rows.size:
+            codes = self._codes(segment, rows)
+            keep = codes != _NONE
+            rows, codes = rows[keep], codes[keep]
+        if rows.size:
+            order = np.argsort(codes, kind="stable")
+            r, code = rows[order], codes[order]
+            change = np.flatnonzero(code[1:] != code[:-1]) + 1
+            first = np.concatenate(([0], change))
+            slots = code[first].tolist()
+            sizes = np.diff(np.concatenate((first, [r.size]))).tolist()
+            for c, size in zip(slots, sizes, strict=True):
+                label = self.labels[c]
+                self.events[label] += size
+                self.last_events[label] = size
+                if label == OTHER:
+                    self.overflow_events += size
+            if pane_of is not None:
+                pid = pane_of[r]
+                order = np.argsort(pid, kind="stable")  # then by segment: row order within
+                order = order[np.argsort(code[order], kind="stable")]  # a segment's pane
+                r, code, pid = r[order], code[order], pid[order]
+            else:  # each segment's own count: rank within the segment from its ring's seq
+                rank = np.arange(r.size, dtype=np.int64) - np.repeat(first, sizes)
+                seq = np.asarray([self.rings[self.labels[c]].seq for c in slots], dtype=np.int64)
+                size_of = np.asarray([self.rings[self.labels[c]].rule.pane_size  # type: ignore[union-attr]
+                                      for c in slots], dtype=np.int64)
+                pid = (np.repeat(seq, sizes) + rank) // np.repeat(size_of, sizes)
+            yield from self._add_panes(r, code, pid, bins, ts, offsets, seq0,
+                                       None if pane_of is not None
+                                       else dict(zip(slots, sizes, strict=True)))
+        if pane_of is not None:  # event time: every segment's panes close with the model's
+            for label in list(self.labels):
+                ring = self.rings[label]
+                ring.advance(0, max_ts)
+                for p in ring.due():
+                    yield label, ring.close(p)
+
+    def _add_panes(self, r: NDArray[np.int64], code: NDArray[np.int64], pid: NDArray[np.int64],
+                   bins: NDArray[np.int64], ts: NDArray[np.float64], offsets: NDArray[np.int64],
+                   seq0: int, sizes: dict[int, int] | None) -> Iterator[tuple[str, Pane]]:
+        """Rows sorted by segment, then pane: each (segment, pane) block joins its pane.
+        ``sizes``: rows per segment for count panes (None for event-time panes)."""
+        starts = np.concatenate(([0], np.flatnonzero((code[1:] != code[:-1])
+                                                     | (pid[1:] != pid[:-1])) + 1))
+        t = ts[r]
+        fin = np.isfinite(t)
+        lo, hi = (t, t) if fin.all() else (np.where(fin, t, np.inf), np.where(fin, t, -np.inf))
+        t_lo = np.minimum.reduceat(lo, starts).tolist()
+        t_hi = np.maximum.reduceat(hi, starts).tolist()
+        off = offsets[r]
+        valid = off >= 0
+        if valid.all():
+            o_lo = np.minimum.reduceat(off, starts).tolist()
+            o_hi = np.maximum.reduceat(off, starts).tolist()
+        else:
+            o_lo = np.where(np.logical_or.reduceat(valid, starts), np.minimum.reduceat(
+                np.where(valid, off, _INT_MAX), starts), -1).tolist()
+            o_hi = np.maximum.reduceat(np.where(valid, off, -1), starts).tolist()
+        last = np.maximum.reduceat(r, starts).tolist()
+        n_at = np.diff(np.append(starts, r.size)).tolist()
+        code_at, pid_at = code[starts].tolist(), pid[starts].tolist()
+        b = bins[r]
+        (c, w), _ = self.rings[self.labels[code_at[0]]].shapes["hist"]
+        step = max(1, _HIST_CELLS // (c * w))  # blocks per bincount (bounded memory)
+        hist = np.zeros((0, c, w), dtype=np.int64)
+        for g in range(starts.size):
+            if g % step == 0:
+                hist = _histograms(b, starts, g, min(g + step, starts.size), c, w)
+            label = self.labels[code_at[g]]
+            ring = self.rings[label]
+            n = n_at[g]
+            ring.pane(pid_at[g]).merge({"hist": hist[g % step]}, n, t_lo[g], t_hi[g],
+                                       o_lo[g], o_hi[g], seq0 + last[g])
+            self.since_eval[label] += n
+            if sizes is not None:
+                full = ring.rule.pane_size  # type: ignore[union-attr]
+                for p in sorted(p for p, pane in ring.open.items() if pane.n >= full):
+                    yield label, ring.close(p)
+                if g + 1 == starts.size or code_at[g + 1] != code_at[g]:
+                    ring.seq += sizes[code_at[g]]
+
+    def _codes(self, segment: NDArray[np.object_], rows: NDArray[np.int64]) -> NDArray[np.int64]:
+        """The slot of each of ``rows`` (``_NONE`` without a segment): rows are
+        factorised by segment object first (a decoder shares one dict among a batch's
+        equal segments, so there are few), then the distinct objects by value."""
+        col = segment[rows].tolist()
+        ids = list(map(id, col))  # every object is alive in ``col``: ids are unique
+        distinct = dict(zip(ids, col, strict=True))  # in order of first sight
+        pos = dict(zip(distinct, range(len(distinct)), strict=True))
+        return self._slots(list(distinct.values()))[
+            np.fromiter(map(pos.__getitem__, ids), dtype=np.int64, count=len(ids))]
+
+    def _slots(self, objs: list[Any]) -> NDArray[np.int64]:
+        """The slot of each segment object (``_NONE`` for None and for no segment),
+        giving new values rings in order of first sight."""
+        if len(objs) <= _FEW:  # one canonical value per object
+            return np.asarray([self._slot(canonical(
+                {k: v for k, v in d.items() if v is not None}, self.keys))
+                if d is not None else _NONE for d in objs], dtype=np.int64)
+        slots = np.full(len(objs), _NONE, dtype=np.int64)
+        has = [i for i, d in enumerate(objs) if d is not None]
+        if not has:
+            return slots
+        dicts = [objs[i] for i in has]
         keys = self.keys or tuple(sorted(set().union(*dicts)))
         code = np.zeros(len(dicts), dtype=np.int64)
         values: list[list[Any]] = []
@@ -134,28 +244,13 @@ class Segments:
             code = np.unique(code * len(table) + sub, return_inverse=True)[1].reshape(-1)
             values.append(vals)
         _, first, inverse = np.unique(code, return_index=True, return_inverse=True)
-        slots = np.empty(first.size, dtype=np.int64)
+        combo = np.empty(first.size, dtype=np.int64)
         for u in np.argsort(first, kind="stable").tolist():  # in order of first sight
             i = int(first[u])
             seg = {k: v[i] for k, v in zip(keys, values, strict=True) if v[i] is not None}
-            slots[u] = self._slot(canonical(seg))
-        codes = slots[inverse.reshape(-1)]
-        keep = codes != _NONE
-        idx, codes = idx[keep], codes[keep]
-        order = np.argsort(codes, kind="stable")
-        idx, codes = idx[order], codes[order]
-        cuts = np.flatnonzero(np.diff(codes)) + 1
-        out: list[tuple[str, NDArray[np.int64]]] = []
-        for part, c in zip(np.split(idx, cuts), codes[np.r_[0, cuts]].tolist(), strict=True):
-            if part.size == 0:
-                continue
-            label = self.labels[c]
-            out.append((label, part))
-            self.events[label] += int(part.size)
-            self.last_events[label] = int(part.size)
-            if label == OTHER:
-                self.overflow_events += int(part.size)
-        return out
+            combo[u] = self._slot(canonical(seg))
+        slots[has] = combo[inverse.reshape(-1)]
+        return slots
 
     # -- state ------------------------------------------------------------------------
     def state(self) -> tuple[dict[str, Any], dict[str, NDArray[Any]]]:
@@ -196,3 +291,15 @@ class Segments:
             self.since_eval[label] = since[i]
             self.events[label] = events[i]
         self.overflow_events = meta["overflow_events"]
+
+
+def _histograms(b: NDArray[np.int64], starts: NDArray[np.int64], g0: int, g1: int, c: int,
+                w: int) -> NDArray[np.int64]:
+    """``(g1 - g0, c, w)`` per-column bin counts of the row blocks ``g0 .. g1 - 1`` of
+    ``b`` (blocks begin at ``starts``), in one ``bincount``."""
+    lo = int(starts[g0])
+    hi = int(starts[g1]) if g1 < starts.size else b.shape[0]
+    block = np.repeat(np.arange(g1 - g0, dtype=np.int64),
+                      np.diff(np.append(starts[g0:g1], hi)))
+    flat = b[lo:hi] + (block[:, None] * c + np.arange(c, dtype=np.int64)) * w
+    return np.bincount(flat.ravel(), minlength=(g1 - g0) * c * w).reshape(g1 - g0, c, w)

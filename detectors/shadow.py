@@ -297,13 +297,18 @@ class ShadowPairs:
     def _pairs(self, ls: NDArray[np.float64], ll: ObjectArray, lt: NDArray[np.float64],
                cs: NDArray[np.float64], cl: ObjectArray, version: str | None,
                out: ShadowUpdate) -> NDArray[np.float64]:
-        labelled = is_set(ll) & is_set(cl)
+        l_set, c_set = is_set(ll), is_set(cl)
+        any_label = bool(l_set.any() or c_set.any())  # score predictions carry none
+        labelled = l_set & c_set
         scored = np.isfinite(ls) & np.isfinite(cs)
         d = np.where(scored, cs - ls, 0.0)
-        agree = np.where(labelled, np.equal(ll, cl), scored & (np.abs(d) <= self.config.tolerance))
+        agree = scored & (np.abs(d) <= self.config.tolerance)
+        if any_label:
+            agree = np.where(labelled, np.equal(ll, cl), agree)
+            self._learn_labels(ll, cl)
         comparable = labelled | scored
-        self._learn_labels(ll, cl)
-        hl, hc = self._bins(ls, ll), self._bins(cs, cl)
+        hl, hc = self._bins(ls, ll, l_set if any_label else None), \
+            self._bins(cs, cl, c_set if any_label else None)
         width = self.edges.size + 1 + LABELS + 1
         ring = self.ring
         n = ls.size
@@ -334,14 +339,18 @@ class ShadowPairs:
         for lb in sorted(seen)[:room]:
             self.labels[lb] = len(self.labels)
 
-    def _bins(self, s: NDArray[np.float64], lb: ObjectArray) -> NDArray[np.int64]:
-        """``(n, 2)``: score bin and label bin of each prediction (``width`` = none)."""
+    def _bins(self, s: NDArray[np.float64], lb: ObjectArray,
+              has: NDArray[np.bool_] | None) -> NDArray[np.int64]:
+        """``(n, 2)``: score bin and label bin of each prediction (``width`` = none);
+        ``has``: which predictions carry a label (None: none does)."""
         nb = self.edges.size + 1
         width = nb + LABELS + 1
         sb = np.where(np.isfinite(s), np.searchsorted(self.edges, s, side="right"), width)
+        if has is None:
+            return np.stack([sb, np.full(s.size, width, dtype=sb.dtype)], axis=1)
         codes = np.fromiter(map(self.labels.get, lb, repeat(LABELS)), dtype=np.int64,
                             count=lb.size)
-        lbin = np.where(is_set(lb), nb + codes, width)
+        lbin = np.where(has, nb + codes, width)
         return np.stack([sb, lbin], axis=1)
 
     def _evaluate(self, pane: int, version: str | None) -> ShadowEvaluation:

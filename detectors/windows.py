@@ -55,6 +55,23 @@ class Pane:
             self.last_offset = max(self.last_offset, hi)
         self.last_seq = max(self.last_seq, last_seq)
 
+    def merge(self, sums: Mapping[str, NDArray[np.float64] | NDArray[np.int64]], n: int,
+              start_ts: float, end_ts: float, first_offset: int, last_offset: int,
+              last_seq: int) -> None:
+        """Like :meth:`add`, for rows already reduced to their sums and bounds: the
+        smallest and largest finite event time (``inf``/``-inf`` when none) and offset
+        (``-1`` when none)."""
+        for k, v in sums.items():
+            self.sums[k] += v
+        self.n += n
+        self.start_ts = min(self.start_ts, start_ts)
+        self.end_ts = max(self.end_ts, end_ts)
+        if first_offset >= 0:
+            self.first_offset = first_offset if self.first_offset < 0 \
+                else min(self.first_offset, first_offset)
+            self.last_offset = max(self.last_offset, last_offset)
+        self.last_seq = max(self.last_seq, last_seq)
+
     def meta(self) -> list[float]:
         return [self.pane_id, self.n, self.start_ts, self.end_ts,
                 self.first_offset, self.last_offset, self.last_seq]
@@ -146,6 +163,13 @@ class PaneRing:
         if pane is None:
             pane = self.open[pane_id] = Pane(pane_id, self._zeros())
         pane.add(sums, n, ts, offsets, last_seq)
+
+    def pane(self, pane_id: int) -> Pane:
+        """The open pane ``pane_id`` (opened when new), for :meth:`Pane.merge`."""
+        pane = self.open.get(pane_id)
+        if pane is None:
+            pane = self.open[pane_id] = Pane(pane_id, self._zeros())
+        return pane
 
     def advance(self, n: int, max_ts: float) -> None:
         """Record that ``n`` rows with newest event time ``max_ts`` were added."""

@@ -18,7 +18,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
-from prometheus_client.core import Exemplar, HistogramMetricFamily
+from prometheus_client.core import Exemplar, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from driftline.detectors.monitor import Evaluation
@@ -101,16 +101,18 @@ class WorkerMetrics:
         self.change_last_ts = Gauge("driftline_change_last_timestamp_seconds",
                                     "Time of the newest upstream change event",
                                     ["model", "kind"], registry=r)
-        self.segment_score = Gauge("driftline_segment_drift_score",
-                                   "Chi-square statistic of one segment's window",
-                                   ["model", "segment", "feature"], registry=r)
+        self.segment_score = GaugeTable("driftline_segment_drift_score",
+                                        "Chi-square statistic of one segment's window",
+                                        ("model", "segment", "feature"))
+        r.register(self.segment_score)
         self.segment_events = Counter("driftline_segment_events",
                                       "Events applied to one segment's windows (values beyond "
                                       "the per-model maximum are counted as segment=\"other\")",
                                       ["model", "segment"], registry=r)
-        self.quality = Gauge("driftline_quality_metric",
-                             "Data-quality rate of the current window, per feature",
-                             ["model", "feature", "metric"], registry=r)
+        self.quality = GaugeTable("driftline_quality_metric",
+                                  "Data-quality rate of the current window, per feature",
+                                  ("model", "feature", "metric"))
+        r.register(self.quality)
         self.high_confidence = Gauge("driftline_prediction_high_confidence_ratio",
                                      "Share of the window's predictions at or above the "
                                      "confidence threshold", ["model"], registry=r)
@@ -142,6 +144,19 @@ class WorkerMetrics:
                                    "Window metric of the labelled predictions",
                                    ["model", "metric"], registry=r)
         self._features: dict[str, set[tuple[str, ...]]] = {}
+        #: labelled children by (family, *labels), the keys of ``_features``' sets
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def _child(self, family: str, metric: Any, labels: tuple[str, ...]) -> Any:
+        """``metric.labels(*labels)``, looked up once: ``labels()`` checks and joins the
+        label values on every call, too slow for a series per segment and feature set
+        at every evaluation. The series is noted for :meth:`forget_model`."""
+        key = (family, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+            self._features.setdefault(labels[0], set()).add(key)
+        return child
 
     def observe_batch(self, model: str, batch: EventBatch, seconds: float) -> None:
         """Per model, once per batch: traffic, golden signals, event-time lag."""
@@ -164,10 +179,8 @@ class WorkerMetrics:
 
     def observe_segments(self, model: str, events: Mapping[str, int]) -> None:
         """Events per segment value of one update (labels bounded by the segment maximum)."""
-        seen = self._features.setdefault(model, set())
         for segment, n in events.items():
-            self.segment_events.labels(model, segment).inc(n)
-            seen.add(("segment_events", model, segment))
+            self._child("segment_events", self.segment_events, (model, segment)).inc(n)
 
     def observe_evaluation(self, model: str, ev: Evaluation) -> None:
         """Per pane close: statistics, thresholds, state gauges."""
@@ -211,15 +224,16 @@ class WorkerMetrics:
         """Data-quality rates and the high-confidence share of one evaluation."""
         q = ev.quality
         if q is not None:
-            for j, m in zip(*np.nonzero(q.applicable), strict=True):
-                v = float(q.rate[j, m])
-                if math.isfinite(v):
-                    self.quality.labels(model, q.names[j], QUALITY_METRICS[m]).set(v)
-                    seen.add(("quality", model, q.names[j], QUALITY_METRICS[m]))
+            rates = q.rate.tolist()
+            js, ms = np.nonzero(q.applicable)
+            found = [((model, q.names[j], QUALITY_METRICS[m]), rates[j][m])
+                     for j, m in zip(js.tolist(), ms.tolist(), strict=True)
+                     if math.isfinite(rates[j][m])]
+            self.quality.set_many(found)
+            seen.update(("quality", *k) for k, _ in found)
         c = ev.confidence
         if c is not None and math.isfinite(c.share):
-            self.high_confidence.labels(model).set(c.share)
-            seen.add(("high_confidence", model))
+            self._child("high_confidence", self.high_confidence, (model,)).set(c.share)
 
     def observe_shadow(self, model: str, candidate: str, pairs: int, diffs: np.ndarray,
                        agreement: float | None, state: str | None = None) -> None:
@@ -230,24 +244,21 @@ class WorkerMetrics:
             self.state.labels(model, "shadow", candidate).set(1.0 if state == "firing" else 0.0)
             seen.add(("state", model, "shadow", candidate))
         if pairs:
-            self.shadow_pairs.labels(model, candidate).inc(pairs)
-            seen.add(("shadow_pairs", model, candidate))
+            self._child("shadow_pairs", self.shadow_pairs, (model, candidate)).inc(pairs)
         if diffs.size:
             self.shadow_score_diff.observe_many((model, candidate), np.abs(diffs))
             seen.add(("shadow_score_diff", model, candidate))
         if agreement is not None and math.isfinite(agreement):
-            self.shadow_agreement.labels(model, candidate).set(agreement)
-            seen.add(("shadow_agreement", model, candidate))
+            self._child("shadow_agreement", self.shadow_agreement,
+                        (model, candidate)).set(agreement)
 
     def _observe_segment(self, model: str, ev: Evaluation) -> None:
         if ev.insufficient:
             return
-        seen = self._features.setdefault(model, set())
-        for j, name in enumerate(ev.names):
-            v = float(ev.chi2[j])
-            if math.isfinite(v):
-                self.segment_score.labels(model, ev.segment, name).set(v)
-                seen.add(("segment_score", model, ev.segment, name))
+        found = [((model, ev.segment, name), v)
+                 for name, v in zip(ev.names, ev.chi2.tolist(), strict=True) if math.isfinite(v)]
+        self.segment_score.set_many(found)
+        self._features.setdefault(model, set()).update(("segment_score", *k) for k, _ in found)
 
     def observe_labels(self, model: str, delta: dict[str, int], delay: np.ndarray,
                        coverage: float) -> None:
@@ -275,6 +286,7 @@ class WorkerMetrics:
     def forget_model(self, model: str) -> None:
         """Remove a model's series (its partition moved to another worker)."""
         for key in self._features.pop(model, set()):
+            self._children.pop(key, None)
             family, labels = key[0], key[1:]
             metric = {"score": self.score, "threshold": self.threshold, "state": self.state,
                       "segment_score": self.segment_score,
@@ -314,6 +326,33 @@ class WorkerMetrics:
                 metric.remove(*labels)
             except KeyError:
                 pass
+
+
+class GaugeTable(Collector):
+    """A labelled gauge whose series are set many at a time (one dict update, no child
+    object per series); exposed like a ``Gauge`` of the same name and labels."""
+
+    def __init__(self, name: str, doc: str, labels: tuple[str, ...]) -> None:
+        self.name, self.doc, self.labels = name, doc, labels
+        self._values: dict[tuple[str, ...], float] = {}
+        self._lock = threading.Lock()
+
+    def set_many(self, items: list[tuple[tuple[str, ...], float]]) -> None:
+        """Set the series of each ``(label values, value)``."""
+        with self._lock:
+            self._values.update(items)
+
+    def remove(self, *labels: str) -> None:
+        with self._lock:
+            del self._values[labels]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        fam = GaugeMetricFamily(self.name, self.doc, labels=list(self.labels))
+        with self._lock:
+            items = list(self._values.items())
+        for labels, v in items:
+            fam.add_metric(list(labels), v)
+        yield fam
 
 
 class BatchHistogram(Collector):

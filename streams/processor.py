@@ -319,7 +319,7 @@ class Processor:
         if st.shadow is not None:
             found.append((st, st.shadow.add_live(batch)))
         if batch.shadow_of is not None:
-            lives = {m for m in batch.shadow_of.tolist() if m is not None} - {st.model}
+            lives = set(batch.shadow_of.tolist()) - {None, st.model}
             for live in sorted(lives):
                 live_st = self.state_of(live, st.partition)
                 if live_st is None:
