@@ -54,6 +54,21 @@ class EventBatch:
         except ValueError:
             return np.full(len(self), np.nan)
 
+    def take(self, rows: IntArray) -> EventBatch:
+        """The sub-batch of the given rows (indices, in their order)."""
+        def pick(a: ObjectArray | None) -> ObjectArray | None:
+            return None if a is None else a[rows]
+
+        return EventBatch(
+            model=self.model, feature_names=self.feature_names, numeric=self.numeric[rows],
+            text=pick(self.text), ts=self.ts[rows], prediction_score=self.prediction_score[rows],
+            prediction_label=pick(self.prediction_label), event_id=self.event_id[rows],
+            model_version=self.model_version[rows], segment=self.segment[rows],
+            latency_ms=self.latency_ms[rows], partition=self.partition[rows],
+            offset=self.offset[rows], shadow_of=pick(self.shadow_of),
+            trace_id=pick(self.trace_id), outcome=pick(self.outcome),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Rejection:

@@ -357,9 +357,7 @@ def gather(kafka: Mapping[str, Any], *, inference_topic: str, references_topic: 
                 t = b.ts[keep]
                 keep = keep[~(np.isfinite(t) & (t < since))]
             if keep.size:
-                from driftline.streams.processor import _rows
-
-                batches.append(_rows(b, keep))
+                batches.append(b.take(keep))
                 kept += int(keep.size)
                 while kept - len(batches[0]) >= max_events:
                     kept -= len(batches.pop(0))

@@ -270,7 +270,7 @@ class Processor:
         parts = np.unique(batch.partition).tolist()
         if len(parts) > 1:  # one model on several partitions: one state per partition
             for p in parts:
-                self._apply(model, _rows(batch, np.flatnonzero(batch.partition == p)), topic,
+                self._apply(model, batch.take(np.flatnonzero(batch.partition == p)), topic,
                             payloads, out)
             return
         st = self.state_of(model, int(parts[0]))
@@ -287,7 +287,7 @@ class Processor:
             fresh &= ~((batch.partition == p) & (batch.offset <= last))
         if not fresh.all():
             out.skipped_replays += int((~fresh).sum())
-            batch = _rows(batch, np.flatnonzero(fresh))
+            batch = batch.take(np.flatnonzero(fresh))
         if len(batch) == 0:
             return
         t0 = time.perf_counter()
@@ -349,7 +349,7 @@ class Processor:
     def _feed(self, st: ModelState, batch: EventBatch, topic: str, out: Output) -> None:
         if st.monitor is None:
             need = self.auto_reference_events - st.pending_rows
-            head = batch if len(batch) <= need else _rows(batch, np.arange(need))
+            head = batch if len(batch) <= need else batch.take(np.arange(need))
             st.buffer_for_reference(head)
             st.events_applied += len(head)
             out.applied += len(head)
@@ -365,7 +365,7 @@ class Processor:
                          st.model, ref.reference_id, ref.size)
             if len(head) == len(batch):
                 return
-            batch = _rows(batch, np.arange(need, len(batch)))
+            batch = batch.take(np.arange(need, len(batch)))
         n = len(batch)
         mon = st.monitor
         assert mon is not None
@@ -527,18 +527,3 @@ class _Payloads:
             self._index = dict(zip(zip(self._partitions, self._offsets, strict=True),
                                    self._values, strict=True))
         return self._index.get(key, default)
-
-
-def _rows(b: EventBatch, idx: np.ndarray) -> EventBatch:
-    """A sub-batch of the given rows."""
-    def take(a: np.ndarray | None) -> np.ndarray | None:
-        return None if a is None else a[idx]
-
-    return EventBatch(
-        model=b.model, feature_names=b.feature_names, numeric=b.numeric[idx], text=take(b.text),
-        ts=b.ts[idx], prediction_score=b.prediction_score[idx],
-        prediction_label=take(b.prediction_label), event_id=b.event_id[idx],
-        model_version=b.model_version[idx], segment=b.segment[idx], latency_ms=b.latency_ms[idx],
-        partition=b.partition[idx], offset=b.offset[idx], shadow_of=take(b.shadow_of),
-        trace_id=take(b.trace_id), outcome=take(b.outcome),
-    )

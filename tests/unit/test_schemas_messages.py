@@ -259,3 +259,22 @@ def test_alert_integers_are_int64() -> None:
     )
     with pytest.raises(ValueError, match=r"^schema: "):
         decode_alert(raw)
+
+
+def test_event_batch_take_selects_the_same_rows_of_every_column() -> None:
+    events = [orjson.dumps({"model": "m", "features": {"x": float(i), "c": f"v{i}"},
+                            "prediction": "yes" if i % 2 else "no", "event_id": f"e{i}",
+                            "segment": {"r": str(i % 3)}, "shadow_of": "live",
+                            "trace_id": f"t{i}", "outcome": "ok", "ts": 1.7e9 + i})
+              for i in range(6)]
+    batch = decode_inference(events, partitions=[0] * 6, offsets=list(range(6))).batches["m"]
+    rows = np.array([4, 1, 1], dtype=np.int64)
+    sub = batch.take(rows)
+    assert len(sub) == 3 and sub.feature_names == batch.feature_names
+    for name in ("numeric", "text", "ts", "prediction_score", "prediction_label", "event_id",
+                 "model_version", "segment", "latency_ms", "partition", "offset", "shadow_of",
+                 "trace_id", "outcome"):
+        whole, part = getattr(batch, name), getattr(sub, name)
+        assert part is not None and whole is not None, name
+        assert np.array_equal(part, whole[rows], equal_nan=part.dtype.kind == "f"), name
+    assert list(sub.event_id) == ["e4", "e1", "e1"]
