@@ -126,6 +126,7 @@ class WorkerStats:
     snapshots: int = 0
     commits: int = 0
     cluster_changes: int = 0
+    batches_held: int = 0  # read again: a client met another cluster, ours unconfirmed
     started: float = field(default_factory=time.time)
     last_alert: DriftAlert | None = None
 
@@ -249,9 +250,12 @@ class Worker:
         if self._pending_cluster is not None:
             cid, self._pending_cluster = self._pending_cluster, None
             raise ClusterChanged(cid)
-        if self._watch.suspect.is_set():  # confirm before applying: msgs may be the new
-            self._watch.suspect.clear()   # cluster's, and are then read again from there
-            self._check_cluster()
+        if self._watch.suspect.is_set() and msgs and not self._confirm_cluster():
+            # msgs may come from a replacement cluster and the broker cannot tell us yet:
+            # never apply them under the old offsets; read them again once it can
+            self._rewind(msgs)
+            self.stats.batches_held += 1
+            msgs = []
         if self._rejoin_by is not None and time.monotonic() > self._rejoin_by:
             # a safety net after a cluster change (only then): a join that has not
             # completed is retried by a new member; the stalled one is abandoned, not
@@ -278,6 +282,40 @@ class Worker:
         cid = self._new_cluster_id()
         if cid is not None:
             raise ClusterChanged(cid)
+
+    def _confirm_cluster(self) -> bool:
+        """After a CLUSTERID notice: True once the broker confirms the cluster our offsets
+        belong to (the notice is then cleared); raises :class:`ClusterChanged` when it
+        names another; False while it cannot tell (metadata unavailable, no cluster id)."""
+        if self._admin is None:
+            return True
+        try:
+            cid = self._admin.list_topics(timeout=5).cluster_id
+        except KafkaException as exc:
+            log.warning("cluster unconfirmed after a CLUSTERID notice: %s", exc)
+            return False
+        if not cid:
+            return False
+        if self._cluster_id is None:
+            self._cluster_id = self.processor.cluster_id = cid
+        if cid != self._cluster_id:
+            raise ClusterChanged(cid)
+        self._watch.suspect.clear()
+        return True
+
+    def _rewind(self, msgs: list[Message]) -> None:
+        """Seek each partition of ``msgs`` back to its first message, to be read again."""
+        first: dict[tuple[str, int], int] = {}
+        for m in msgs:
+            if m.error() is None:
+                key = (m.topic(), m.partition())
+                first[key] = min(first.get(key, m.offset()), m.offset())
+        assert self._consumer is not None
+        for (topic, part), off in first.items():
+            try:
+                self._consumer.seek(TopicPartition(topic, part, off))
+            except KafkaException as exc:  # no longer ours: the next owner reads it
+                log.warning("could not rewind %s[%d] to %d: %s", topic, part, off, exc)
 
     def _new_cluster_id(self) -> str | None:
         """The cluster id when it differs from the one we started on, else None."""
@@ -344,9 +382,16 @@ class Worker:
             self._pending_cluster = change.cluster_id
             return
         except (KafkaException, DriftlineError) as exc:
-            log.error("snapshots after the cluster change failed; the %d models stay in "
-                      "memory: %s", len(leaving), exc)
-            return
+            # dropped all the same, as on a revoke: a copy kept here would have no owner
+            # and could write stale snapshots over the next owner's
+            log.error("snapshots after the cluster change failed; the %d models restart "
+                      "from their last snapshot on the new cluster (if any): %s",
+                      len(leaving), exc)
+        else:
+            unsaved = [m for m in leaving if self.processor.models[m].dirty]
+            if unsaved:  # the cluster could not be confirmed: checkpoint wrote nothing
+                log.error("no snapshot of %d models after the cluster change; they restart "
+                          "from their last snapshot on the new cluster (if any)", len(unsaved))
         self.processor.drop(leaving)
 
     def _abandon_consumer(self) -> None:
@@ -519,6 +564,10 @@ class Worker:
         names = models if models is not None else [
             m for m, st in self.processor.models.items() if st.dirty]
         positions = dict(self._positions)
+        if self._watch.suspect.is_set() and not self._confirm_cluster():
+            # a client met another cluster and the broker cannot confirm ours: snapshots
+            # and commits hold the old cluster's offsets, so they wait (models stay dirty)
+            return
         if names:  # a snapshot holds one cluster's source offsets: never write it to another
             cid = self._new_cluster_id()
             if cid is not None:

@@ -248,3 +248,46 @@ def test_cluster_watch_notes_a_replaced_cluster(
             p.poll(0.2)
     assert watch.suspect.is_set()
     assert any("CLUSTERID" in r.getMessage() for r in caplog.records)  # still logged
+
+
+def test_batches_wait_while_the_cluster_cannot_be_confirmed(
+    kafka_bootstrap: str, unique_name: Callable[[str], str], start_worker: Any
+) -> None:
+    """After a client met another cluster (librdkafka's CLUSTERID line), a batch is applied
+    only once the broker confirms the cluster the offsets belong to: while metadata is
+    unavailable the batch is read again later, then applied exactly once."""
+    import socket
+
+    from confluent_kafka.admin import AdminClient
+    from workers import isolated_settings, produce_sdk, wait_for
+
+    from driftline.streams.admin import ensure_topics
+    from driftline.streams.worker import topic_specs
+
+    s = isolated_settings(kafka_bootstrap, unique_name, auto_reference_events=500)
+    ensure_topics(s.kafka(), topic_specs(s))
+    w = start_worker(s)
+    wait_for(lambda: w.worker.ready, 30, "worker ready")
+    gen = SyntheticModels(2, 5, seed=3)
+    first = produce_sdk(s, gen, 500)
+    wait_for(lambda: w.worker.stats.applied >= first, 60, "the first events applied")
+    assert w.worker.stats.applied == first
+
+    with socket.socket() as sock:  # a port nothing listens on: metadata is unavailable
+        sock.bind(("127.0.0.1", 0))
+        dead = sock.getsockname()[1]
+    admin = w.worker._admin
+    w.worker._admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{dead}"})
+    w.worker._watch.suspect.set()
+    second = produce_sdk(s, gen, 500)
+    wait_for(lambda: w.worker.stats.batches_held >= 2, 90, "batches held")
+    assert w.worker.stats.applied == first  # none applied under unconfirmed offsets
+    assert w.worker._watch.suspect.is_set()
+
+    w.worker._admin = admin  # the broker answers again, for the same cluster
+    wait_for(lambda: w.worker.stats.applied >= first + second, 90, "the held events applied")
+    time.sleep(2)
+    assert w.worker.stats.applied == first + second
+    assert w.worker.stats.skipped_replays == 0
+    assert not w.worker._watch.suspect.is_set()
+    assert w.worker.stats.cluster_changes == 0
