@@ -289,15 +289,10 @@ class Worker:
         names another; False while it cannot tell (metadata unavailable, no cluster id)."""
         if self._admin is None:
             return True
-        try:
-            cid = self._admin.list_topics(timeout=5).cluster_id
-        except KafkaException as exc:
-            log.warning("cluster unconfirmed after a CLUSTERID notice: %s", exc)
+        cid = self._broker_cluster_id()
+        if cid is None:
+            log.warning("cluster unconfirmed after a CLUSTERID notice")
             return False
-        if not cid:
-            return False
-        if self._cluster_id is None:
-            self._cluster_id = self.processor.cluster_id = cid
         if cid != self._cluster_id:
             raise ClusterChanged(cid)
         self._watch.suspect.clear()
@@ -319,6 +314,12 @@ class Worker:
 
     def _new_cluster_id(self) -> str | None:
         """The cluster id when it differs from the one we started on, else None."""
+        cid = self._broker_cluster_id()
+        return cid if cid is not None and cid != self._cluster_id else None
+
+    def _broker_cluster_id(self) -> str | None:
+        """The cluster id the broker reports (the first one becomes ours), or None when
+        it cannot tell (no admin client, metadata unavailable, no cluster id)."""
         if self._admin is None:
             return None
         try:
@@ -330,8 +331,7 @@ class Worker:
             return None
         if self._cluster_id is None:
             self._cluster_id = self.processor.cluster_id = cid
-            return None
-        return cid if cid != self._cluster_id else None
+        return str(cid)
 
     def _on_cluster_lost(self, cid: str) -> None:
         """Start over on the new cluster's empty topics, keeping windows and references."""

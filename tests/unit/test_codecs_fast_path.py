@@ -77,13 +77,7 @@ def _exact(values: list[bytes], monkeypatch: pytest.MonkeyPatch) -> DecodeResult
     with monkeypatch.context() as m:
         m.setattr(codecs, "_fast_event", lambda *args: False)
         m.setattr(codecs, "rows_block", lambda *args: None)
-        return decode_inference(
-            values,
-            limits=LIMITS,
-            offsets=list(range(len(values))),
-            partitions=[0] * len(values),
-            timestamps=[5.0] * len(values),
-        )
+        return _decode(values)
 
 
 def _decode(values: list[bytes]) -> DecodeResult:
