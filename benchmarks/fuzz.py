@@ -35,6 +35,7 @@ settings                  Settings from ``DRIFTLINE_*`` env strings: an object, 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import math
@@ -351,7 +352,14 @@ def columns_envelope(rng: random.Random) -> dict[str, Any]:
     if rng.random() < 0.1:
         cols[rng.choice(("ts", "prediction", "event_id", "segment", "latency_ms", "outcome"))] = \
             [json_value(rng, 3) for _ in range(n)]
-    return {"envelope": "driftline.batch/v1", "model": model_id(rng), "n": n, "columns": cols}
+    from driftline.schemas.codecs import encode_envelope_columns
+
+    model = model_id(rng)
+    if rng.random() < 0.4:  # the SDK's form: numeric columns packed, segments as a dictionary
+        with contextlib.suppress(ValueError, TypeError):
+            packed: dict[str, Any] = json.loads(encode_envelope_columns(model, cols, n, packed=True))
+            return packed
+    return {"envelope": "driftline.batch/v1", "model": model, "n": n, "columns": cols}
 
 
 # ----------------------------------------------------------------------------- mutations

@@ -16,12 +16,15 @@ with a fresh consumer group, and is timed from its first event to its last:
 
 References are on the references topic before the worker starts, so every event goes
 through the detectors. A model's first batch also builds its monitor (threshold
-calibration, ~0.2 s per model), which the first-to-last figure includes; ``*_steady_eps``
+calibration, ~0.1 s per model), which the first-to-last figure includes; ``*_steady_eps``
 leaves out the first 10 % of events. ``cpu_eps``: events per CPU-second of each
 consumer process (all its threads), the figure to trust when other load shares the
-cores. ``columns``: also the worker on the same events as columns-form envelopes
-(``columns_envelope_eps``). ``profile``: the driftline workers run under py-spy; their
-stacks and a per-function summary (``profiles``) are written.
+cores. The envelope topic holds what the SDK writes (packed columns: numeric columns as
+base64 float64, segments dictionary-encoded); ``columns``: also the worker on the same
+events as JSON columns envelopes (``columns_envelope_eps``) and as rows envelopes
+(``rows_envelope_eps``), the forms other producers may write. ``profile``: the driftline
+workers run under py-spy; their stacks and a per-function summary (``profiles``) are
+written.
 """
 
 from __future__ import annotations
@@ -81,7 +84,8 @@ def run(events: int = 300_000, json_out: Path | None = None, *, bootstrap: str |
     logs = log_dir()
     load_before = os.getloadavg()
     eps: dict[str, float | None] = {"raw": None, "faust": None, "quix": None, "bytewax": None,
-                                    "envelope": None, "columns": None, "single": None}
+                                    "envelope": None, "columns": None, "rows": None,
+                                    "single": None}
     steady: dict[str, float | None] = {}
     details: dict[str, Any] = {}
     skipped: dict[str, str] = {}
@@ -121,7 +125,8 @@ def run(events: int = 300_000, json_out: Path | None = None, *, bootstrap: str |
             workers = [("driftline envelopes", r.envelope_topic, "envelope"),
                        ("driftline single events", r.single_topic, "single")]
             if columns:
-                workers.insert(1, ("driftline columns envelopes", r.columns_topic, "columns"))
+                workers[1:1] = [("driftline JSON columns envelopes", r.columns_topic, "columns"),
+                                ("driftline rows envelopes", r.rows_topic, "rows")]
             for label, topic, key in workers:
                 settings = r.worker_settings(key, topic)
                 res = one(label, module_argv(
@@ -163,6 +168,7 @@ def run(events: int = 300_000, json_out: Path | None = None, *, bootstrap: str |
         "bytewax_eps": eps["bytewax"], "envelope_eps": eps["envelope"],
         "single_eps": eps["single"],
         "columns_envelope_eps": eps["columns"],
+        "rows_envelope_eps": eps["rows"],
         "envelope_vs_raw": _ratio(eps["envelope"], eps["raw"]),
         "envelope_vs_faust": _ratio(eps["envelope"], eps["faust"]),
         "single_vs_faust": _ratio(eps["single"], eps["faust"]),
@@ -197,12 +203,15 @@ def run(events: int = 300_000, json_out: Path | None = None, *, bootstrap: str |
         ("Faust agent, one message per event", eps["faust"], _ratio(eps["faust"], eps["raw"])),
         ("Quix Streams per-message app", eps["quix"], _ratio(eps["quix"], eps["raw"])),
         ("Bytewax 0.21 KafkaSource, 1 worker", eps["bytewax"], _ratio(eps["bytewax"], eps["raw"])),
-        ("**driftline worker, SDK envelopes**", eps["envelope"], out["envelope_vs_raw"]),
+        ("**driftline worker, SDK envelopes (packed columns)**", eps["envelope"],
+         out["envelope_vs_raw"]),
         ("**driftline worker, single events**", eps["single"], out["single_vs_raw"]),
     ]
     if columns:
-        rows.insert(5, ("driftline worker, columns-form envelopes", eps["columns"],
-                        _ratio(eps["columns"], eps["raw"])))
+        rows[5:5] = [("driftline worker, JSON columns envelopes", eps["columns"],
+                      _ratio(eps["columns"], eps["raw"])),
+                     ("driftline worker, rows envelopes", eps["rows"],
+                      _ratio(eps["rows"], eps["raw"]))]
     table = [(name, v if v else "skipped", x if x else "") for name, v, x in rows]
     table += [(f"ratio {k}", out[k] if out[k] else "n/a", f"target ≥ {t:g}")
               for k, t in out["targets"].items()]

@@ -42,6 +42,7 @@ import orjson
 
 from driftline.schemas.envelope import (
     ENVELOPE_V1,
+    EXTRAS,
     NAN,
     ColumnsBlock,
     Reject,
@@ -57,6 +58,7 @@ from driftline.schemas.envelope import (
     encode_envelope_rows,
     feature_values,
     json_type,
+    obj_array,
     too_long,
 )
 from driftline.schemas.limits import DEAD_LETTER_PAYLOAD_MAX, DEFAULT_LIMITS, REASON_CODES, Limits
@@ -107,8 +109,8 @@ class _Acc:
     """
 
     __slots__ = (
-        "cur_cols", "cur_keys", "cur_pack", "cur_vals", "extras", "index", "layout_keys",
-        "layouts", "model", "names", "runs", "segments", "texts",
+        "block_rows", "blocks", "cur_cols", "cur_keys", "cur_pack", "cur_vals", "extras", "index",
+        "layout_keys", "layouts", "model", "names", "runs", "segments", "texts",
     )  # fmt: skip
 
     def __init__(self, model: str) -> None:
@@ -125,7 +127,15 @@ class _Acc:
         #: validated segments by their items: equal segments of later rows skip the checks
         self.segments: dict[tuple[tuple[str, str], ...], dict[str, str] | None] = {}
         self.extras: list[tuple[Any, ...]] = []
+        #: columnar blocks, each with the length of ``extras`` when it was added: rows
+        #: are the extras and the blocks' rows, interleaved in that order
+        self.blocks: list[tuple[int, ColumnsBlock]] = []
+        self.block_rows = 0
         self.texts: list[tuple[int, int, str]] = []  # (row, column, text)
+
+    @property
+    def rows(self) -> int:
+        return len(self.extras) + self.block_rows
 
     def check_keys(self, keys: tuple[str, ...], limits: Limits) -> None:
         """Validate a new key layout without changing anything."""
@@ -165,16 +175,20 @@ class _Acc:
         self.cur_cols = self._layout(keys)
         self.cur_pack = _packer(len(keys))
         self.cur_vals = []
-        self.runs.append((len(self.extras), self.cur_cols, self.cur_vals))
+        self.runs.append((self.rows, self.cur_cols, self.cur_vals))
 
     def add_block(self, block: ColumnsBlock) -> None:
         if block.n == 0:
             return
         cols = self._layout(block.keys)
-        row0 = len(self.extras)
+        row0 = self.rows
         self.runs.append((row0, cols, block.numeric))
         self.cur_keys, self.cur_vals = None, None
-        self.extras.extend(block.extras)
+        if block.extras is not None:
+            self.extras.extend(block.extras)
+        else:
+            self.blocks.append((len(self.extras), block))
+            self.block_rows += block.n
         self.texts.extend((row0 + r, cols[j], s) for r, j, s in block.texts)
 
     def mark(self) -> tuple[Any, ...]:
@@ -182,12 +196,13 @@ class _Acc:
         return (
             len(self.extras), len(self.runs), len(self.names), len(self.layout_keys),
             len(self.texts), self.cur_keys, self.cur_cols, vals,
-            0 if vals is None else len(vals),
+            0 if vals is None else len(vals), len(self.blocks), self.block_rows,
         )  # fmt: skip
 
     def rollback(self, mark: tuple[Any, ...]) -> None:
-        n, nruns, nnames, nlayouts, ntexts, keys, cols, vals, nvals = mark
-        del self.extras[n:], self.runs[nruns:], self.texts[ntexts:]
+        n, nruns, nnames, nlayouts, ntexts, keys, cols, vals, nvals, nblocks, brows = mark
+        del self.extras[n:], self.runs[nruns:], self.texts[ntexts:], self.blocks[nblocks:]
+        self.block_rows = brows
         for k in self.names[nnames:]:
             del self.index[k]
         del self.names[nnames:]
@@ -215,7 +230,7 @@ class _Acc:
         return check_segment(seg, limits)
 
     def batch(self) -> EventBatch:
-        n, f = len(self.extras), len(self.names)
+        n, f = self.rows, len(self.names)
         runs = self.runs
         ends = [r[0] for r in runs[1:]] + [n]
         if len(runs) == 1 and runs[0][1] == list(range(f)):
@@ -230,6 +245,8 @@ class _Acc:
             text = np.full((n, f), None, dtype=object)
             r, c, s = zip(*self.texts, strict=True)
             text[list(r), list(c)] = _obj(s)
+        if self.blocks:
+            return self._columnar_batch(numeric, text)
         ts, score, label, eid, mv, seg, lat, part, off, shadow, trace, outcome = zip(
             *self.extras, strict=True
         )
@@ -252,6 +269,72 @@ class _Acc:
             outcome=_obj_or_none(outcome),
         )
 
+    def _columnar_batch(self, numeric: FloatArray, text: ObjectArray | None) -> EventBatch:
+        """The batch when columnar blocks are among the rows: each field's column is its
+        pieces (runs of row tuples, block columns) joined in row order."""
+        pieces: list[list[tuple[int, Any]]] = [[] for _ in EXTRAS]
+        start = 0
+        for at, block in [*self.blocks, (len(self.extras), None)]:
+            if at > start:
+                rows = self.extras[start:at]
+                for i, col in enumerate(zip(*rows, strict=True)):
+                    pieces[i].append((len(rows), col))
+                start = at
+            if block is not None:
+                for i, col in enumerate(block.fields or ()):
+                    pieces[i].append((block.n, col))
+        (ts, score, label, eid, mv, seg, lat, part, off, shadow, trace,
+         outcome) = pieces  # fmt: skip
+        return EventBatch(
+            model=self.model,
+            feature_names=tuple(self.names),
+            numeric=numeric,
+            text=text,
+            ts=_joined(ts, np.float64),
+            prediction_score=_joined(score, np.float64),
+            prediction_label=_joined_objects(label, optional=True),
+            event_id=_joined_values(eid),
+            model_version=_joined_values(mv),
+            segment=_joined_values(seg),
+            latency_ms=_joined(lat, np.float64),
+            partition=_joined(part, np.int64),
+            offset=_joined(off, np.int64),
+            shadow_of=_joined_objects(shadow, optional=True),
+            trace_id=_joined_objects(trace, optional=True),
+            outcome=_joined_objects(outcome, optional=True),
+        )
+
+
+def _joined(pieces: list[tuple[int, Any]], dtype: type) -> Any:
+    arrays: list[Any] = [np.asarray(col, dtype=dtype) for _, col in pieces]
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+
+def _joined_objects(pieces: list[tuple[int, Any]], optional: bool = False) -> ObjectArray | None:
+    """Object pieces joined; a piece is a tuple of row values, an object array or None
+    (all null). ``optional``: None when every value is null."""
+    arrays: list[Any] = []
+    nulls = True
+    for n, col in pieces:
+        if col is None:
+            arrays.append(np.full(n, None, dtype=object))
+        elif type(col) is tuple:
+            nulls = nulls and col.count(None) == n
+            arrays.append(_obj(col))
+        else:  # a block's array holds at least one value (all-null columns are None)
+            nulls = False
+            arrays.append(col)
+    if optional and nulls:
+        return None
+    joined: ObjectArray = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+    return joined
+
+
+def _joined_values(pieces: list[tuple[int, Any]]) -> ObjectArray:
+    joined = _joined_objects(pieces)
+    assert joined is not None
+    return joined
+
 
 def _block(vals: Any, rows: int, k: int) -> FloatArray:
     if isinstance(vals, np.ndarray):
@@ -267,10 +350,7 @@ def _packer(k: int) -> Callable[..., bytes]:
     return struct.Struct(f"={k}d").pack
 
 
-def _obj(values: Sequence[Any]) -> ObjectArray:
-    out = np.empty(len(values), dtype=object)
-    out[:] = values
-    return out
+_obj = obj_array
 
 
 def _obj_or_none(values: tuple[Any, ...]) -> ObjectArray | None:
@@ -360,7 +440,7 @@ def _add_event(
 
     if not same:
         acc.open_run(keys)
-    row = len(acc.extras)
+    row = acc.rows
     acc.cur_vals.append(row_bytes)  # type: ignore[union-attr]
     acc.extras.append((ts, score, label, eid, mv, seg, lat, part, off, shadow, trace, outcome))
     if texts:
@@ -620,7 +700,7 @@ def decode_inference(
             rejections.append(_reject(raw, f"{r.code}: {r.detail}", topic, part, off, model))
         except Exception as exc:
             rejections.append(_reject(raw, _unexpected(raw, exc), topic, part, off, model))
-    batches = {m: acc.batch() for m, acc in accs.items() if acc.extras}
+    batches = {m: acc.batch() for m, acc in accs.items() if acc.rows}
     return DecodeResult(batches=batches, rejections=rejections, events=events)
 
 

@@ -6,15 +6,15 @@ The field checks raise :class:`Reject` (``code``, ``detail``); the decoder in
 
 from __future__ import annotations
 
+import binascii
 from collections.abc import Callable, Mapping, Sequence
-from itertools import repeat
 from typing import Any
 
 import numpy as np
 import orjson
 
 from driftline.schemas.limits import Limits
-from driftline.schemas.models import ENVELOPE_V1, FloatArray
+from driftline.schemas.models import ENVELOPE_V1, FloatArray, ObjectArray
 from driftline.schemas.validation import parse_iso_ts
 
 __all__ = [
@@ -211,30 +211,100 @@ def feature_values(
 
 # --------------------------------------------------------------------------- columns form
 
+#: Columns that may come packed: numeric ones as ``{"f64": ...}``, segment as a dictionary.
+_PACKED = frozenset(("ts", "prediction", "latency_ms", "segment"))
+
 
 class ColumnsBlock:
-    """A decoded columns-form envelope: feature keys, numeric block, texts, row extras."""
+    """A decoded envelope: feature keys, numeric block, texts, and the other fields either
+    as one tuple per row (``extras``, fields as EXTRAS) or as one column per field
+    (``fields``: float64 arrays for ts/prediction_score/latency_ms, int64 arrays for
+    partition/offset, object arrays or None (all null) for the rest)."""
 
-    __slots__ = ("extras", "keys", "n", "numeric", "texts")
+    __slots__ = ("extras", "fields", "keys", "n", "numeric", "texts")
 
     def __init__(
         self,
         keys: tuple[str, ...],
         numeric: FloatArray,
         texts: list[tuple[int, int, str]],
-        extras: list[tuple[Any, ...]],
+        extras: list[tuple[Any, ...]] | None = None,
+        fields: tuple[Any, ...] | None = None,
     ) -> None:
         self.keys = keys
         self.numeric = numeric  # (n, len(keys))
         self.texts = texts  # (row, position in keys, text)
         self.extras = extras  # one tuple per row, fields as EXTRAS
-        self.n = len(extras)
+        self.fields = fields  # or one column per field, as EXTRAS
+        self.n = int(numeric.shape[0])
 
 
-def _column(cols: Mapping[str, Any], name: str, n: int) -> list[Any] | None:
+def obj_array(values: Sequence[Any]) -> ObjectArray:
+    """A 1-d object array of ``values`` (dicts and strings stay elements)."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+def _f64(name: str, packed: Mapping[str, Any], n: int) -> FloatArray:
+    """A packed numeric column ``{"f64": base64 of n little-endian float64}``; NaN is
+    null, an infinity is rejected."""
+    b64 = packed.get("f64")
+    if type(b64) is not str or len(packed) != 1:
+        raise Reject("schema", f'columns.{name}: a packed column is {{"f64": "<base64>"}}')
+    try:
+        raw = binascii.a2b_base64(b64, strict_mode=True)
+    except (binascii.Error, ValueError) as exc:
+        raise Reject("schema", f"columns.{name}: f64 is not base64 ({exc})") from None
+    if len(raw) != 8 * n:
+        raise Reject("schema", f"columns.{name}: f64 holds {len(raw)} bytes, n is {n} "
+                               f"({8 * n} bytes)")
+    arr = np.frombuffer(raw, dtype="<f8").astype(np.float64)
+    inf = np.isinf(arr)
+    if inf.any():
+        i = int(inf.argmax())
+        raise Reject("schema", f"columns.{name}[{i}]: {arr[i]} is not a finite number")
+    return arr
+
+
+def _dictionary(name: str, packed: Mapping[str, Any], n: int,
+                check: Callable[[Any], Any]) -> ObjectArray:
+    """A dictionary-encoded column ``{"dict": [values], "index": base64 of n
+    little-endian uint32}``; each distinct value is checked once."""
+    values, b64 = packed.get("dict"), packed.get("index")
+    if type(values) is not list or type(b64) is not str or len(packed) != 2:
+        raise Reject("schema", f'columns.{name}: a dictionary column is '
+                               f'{{"dict": [values], "index": "<base64>"}}')
+    try:
+        raw = binascii.a2b_base64(b64, strict_mode=True)
+    except (binascii.Error, ValueError) as exc:
+        raise Reject("schema", f"columns.{name}: index is not base64 ({exc})") from None
+    if len(raw) != 4 * n:
+        raise Reject("schema", f"columns.{name}: index holds {len(raw)} bytes, n is {n} "
+                               f"({4 * n} bytes)")
+    index = np.frombuffer(raw, dtype="<u4")
+    if n and int(index.max()) >= len(values):
+        i = int((index >= len(values)).argmax())
+        raise Reject("schema", f"columns.{name}[{i}]: index {int(index[i])} is outside "
+                               f"the dict of {len(values)}")
+    checked = []
+    for k, v in enumerate(values):
+        try:
+            checked.append(check(v))
+        except Reject as r:
+            raise Reject(r.code, f"columns.{name}.dict[{k}]: {r.detail}") from None
+    out: ObjectArray = obj_array(checked)[index.astype(np.intp)]
+    return out
+
+
+def _column(cols: Mapping[str, Any], name: str, n: int) -> Any:
+    """A column's JSON array, its packed form (a dict, for the columns that have one), or
+    None when absent."""
     v = cols.get(name)
     if v is None:
         return None
+    if type(v) is dict and name in _PACKED:
+        return v
     if type(v) is not list:
         raise Reject("schema", f"columns.{name} must be an array, not {json_type(v)}")
     col: list[Any] = v
@@ -293,6 +363,9 @@ def decode_columns(
     numeric = np.empty((n, len(keys)), dtype=np.float64)
     texts: list[tuple[int, int, str]] = []
     for j, (name, col) in enumerate(feats.items()):
+        if type(col) is dict:
+            numeric[:, j] = _f64(f"features[{name[:64]!r}]", col, n)
+            continue
         if type(col) is not list:
             raise Reject("schema", f"columns.features[{name[:64]!r}] must be an array")
         if len(col) != n:
@@ -300,26 +373,34 @@ def decode_columns(
         _feature_column(name, col, j, numeric, texts, limits)
 
     lim = limits.max_string_length
+    ts_col: FloatArray
     ts = _column(cols, "ts", n)
     if ts is None:
-        ts_vals: list[Any] = [kafka_ts] * n
+        ts_col = np.full(n, kafka_ts)
+    elif type(ts) is dict:
+        ts_col = _f64("ts", ts, n)
+        ts_col[np.isnan(ts_col)] = kafka_ts
     elif set(map(type, ts)) <= NUMS:
-        ts_vals = ts
+        ts_col = np.array(ts, dtype=np.float64)
     else:
-        ts_vals = [_at(i, "ts", check_ts, v, kafka_ts) for i, v in enumerate(ts)]
+        ts_col = np.array([_at(i, "ts", check_ts, v, kafka_ts) for i, v in enumerate(ts)],
+                          dtype=np.float64)
 
     pred = _column(cols, "prediction", n)
-    scores: Any = repeat(NAN)
-    labels: Any = repeat(None)
-    if pred is not None:
+    scores: FloatArray = np.full(n, NAN)
+    labels: ObjectArray | None = None
+    if type(pred) is dict:
+        scores = _f64("prediction", pred, n)
+    elif pred is not None:
         if set(map(type, pred)) <= NUMS:
-            scores = pred
+            scores = np.array(pred, dtype=np.float64)
         else:
             pairs = [_at(i, "prediction", check_prediction, v, limits) for i, v in enumerate(pred)]
-            scores = [p[0] for p in pairs]
-            labels = [p[1] for p in pairs]
+            scores = np.array([p[0] for p in pairs], dtype=np.float64)
+            found = [p[1] for p in pairs]
+            labels = None if found.count(None) == n else obj_array(found)
 
-    strs: dict[str, Any] = {}
+    strs: dict[str, ObjectArray | None] = {}
     for name in (*ID_FIELDS, "shadow_of"):
         col = _column(cols, name, n)
         if col is not None:
@@ -327,38 +408,46 @@ def decode_columns(
                 _str_column(name, col, limits.max_model_id_length, 1)
             else:
                 _str_column(name, col, lim)
-        strs[name] = repeat(None) if col is None else col
+        strs[name] = None if col is None or col.count(None) == n else obj_array(col)
     mv_default = check_str("model_version", env.get("model_version"), lim)
+    mv = strs["model_version"]
     if mv_default is not None:
-        col = strs["model_version"]
-        strs["model_version"] = (
-            repeat(mv_default) if type(col) is repeat else
-            [mv_default if v is None else v for v in col]
-        )  # fmt: skip
+        if mv is None:
+            mv = np.full(n, mv_default, dtype=object)
+        else:
+            mv[mv == None] = mv_default  # noqa: E711 (elementwise)
 
     lat = _column(cols, "latency_ms", n)
-    lats: Any = repeat(NAN)
-    if lat is not None:
+    lats: FloatArray = np.full(n, NAN)
+    if type(lat) is dict:
+        lats = _f64("latency_ms", lat, n)
+        neg = lats < 0
+        if neg.any():
+            raise Reject("schema", f"columns.latency_ms[{int(neg.argmax())}]: latency_ms must be >= 0")
+    elif lat is not None:
         if set(map(type, lat)) <= NUMS and (not lat or min(lat) >= 0):
-            lats = lat
+            lats = np.array(lat, dtype=np.float64)
         else:
-            lats = [_at(i, "latency_ms", check_latency, v) for i, v in enumerate(lat)]
+            lats = np.array([_at(i, "latency_ms", check_latency, v) for i, v in enumerate(lat)],
+                            dtype=np.float64)
     seg = _column(cols, "segment", n)
-    segs: Any = repeat(None)
-    if seg is not None:
-        segs = _segment_column(seg, limits)
+    segs: ObjectArray | None = None
+    if type(seg) is dict:
+        segs = _dictionary("segment", seg, n, lambda v: check_segment(v, limits))
+    elif seg is not None:
+        segs = obj_array(_segment_column(seg, limits))
     out = _column(cols, "outcome", n)
-    outs: Any = repeat(None)
+    outs: ObjectArray | None = None
     if out is not None:
-        outs = [_at(i, "outcome", check_outcome, v) for i, v in enumerate(out)]
+        checked = [_at(i, "outcome", check_outcome, v) for i, v in enumerate(out)]
+        outs = None if checked.count(None) == n else obj_array(checked)
 
-    extras = list(
-        zip(
-            ts_vals, scores, labels, strs["event_id"], strs["model_version"], segs, lats,
-            repeat(partition), repeat(offset), strs["shadow_of"], strs["trace_id"], outs,
-        )
+    fields = (
+        ts_col, scores, labels, strs["event_id"], mv, segs, lats,
+        np.full(n, partition, dtype=np.int64), np.full(n, offset, dtype=np.int64),
+        strs["shadow_of"], strs["trace_id"], outs,
     )  # fmt: skip
-    return ColumnsBlock(keys, numeric, texts, extras)
+    return ColumnsBlock(keys, numeric, texts, fields=fields)
 
 
 def _segment_column(seg: list[Any], limits: Limits) -> list[dict[str, str] | None]:
@@ -422,13 +511,17 @@ def encode_envelope_rows(
 
 
 def encode_envelope_columns(
-    model: str, columns: Mapping[str, Any], n: int, model_version: str | None = None
-) -> bytes:
+    model: str, columns: Mapping[str, Any], n: int, model_version: str | None = None,
+    *, packed: bool = False,
+) -> bytes:  # fmt: skip
     """One Kafka message carrying ``n`` events of ``model`` as columns.
 
     ``columns`` = ``{"features": {name: values}, "ts": values, ...}`` (see the contract);
     values may be lists or numpy arrays. Every column must have ``n`` values. Non-finite
-    floats become null (missing).
+    floats become null (missing). ``packed``: numeric columns (features, ts, prediction,
+    latency_ms whose values are all numbers or null) go as ``{"f64": base64}`` and the
+    segment column as a dictionary, which a worker decodes straight into arrays; other
+    columns stay JSON arrays.
     """
     feats = columns.get("features")
     if not isinstance(feats, Mapping):
@@ -438,20 +531,74 @@ def encode_envelope_columns(
         if col is None:
             continue
         if name == "features":
-            out[name] = {k: _col_list(f"features[{k!r}]", v, n) for k, v in feats.items()}
+            out[name] = {k: _encoded(f"features[{k!r}]", v, n, packed) for k, v in feats.items()}
+        elif packed and name == "segment":
+            out[name] = _dictionary_of(col, n)
         else:
-            out[name] = _col_list(name, col, n)
+            out[name] = _encoded(name, col, n, packed and name in _PACKED)
     head = _envelope_head(model, model_version)
     head["n"] = int(n)
     head["columns"] = out
     return orjson.dumps(head, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def _col_list(name: str, col: Any, n: int) -> Any:
+def _encoded(name: str, col: Any, n: int, packed: bool) -> Any:
     if len(col) != n:
         raise ValueError(f"column {name} has {len(col)} values, n is {n}")
+    if packed:
+        f64 = _as_f64(col)
+        if f64 is not None:
+            return {"f64": binascii.b2a_base64(f64.astype("<f8").tobytes(), newline=False).decode()}
     if isinstance(col, np.ndarray):
         if col.ndim == 1 and col.dtype.kind in "fiub":
             return np.ascontiguousarray(col)  # orjson writes these natively (NaN -> null)
         return col.tolist()
     return col
+
+
+#: Value types a packed column carries exactly as JSON would (float32 is written by its
+#: shortest decimal form in JSON, so it stays JSON).
+_PACKABLE = NUMS_NONE | {np.float64, np.int8, np.int16, np.int32, np.int64, np.uint8,
+                         np.uint16, np.uint32, np.uint64}
+
+
+def _as_f64(col: Any) -> FloatArray | None:
+    """``col`` as float64 with NaN for null and non-finite values, or None when it holds
+    anything but numbers and nulls (bools included: they are labels, not numbers)."""
+    if isinstance(col, np.ndarray):
+        if col.ndim != 1 or (col.dtype.kind not in "iu" and col.dtype != np.float64):
+            return None
+        arr = col.astype(np.float64)
+    else:
+        if not _PACKABLE.issuperset(map(type, col)):
+            return None
+        try:
+            arr = np.array([NAN if v is None else v for v in col], dtype=np.float64)
+        except OverflowError:  # an integer beyond float64: JSON keeps it exact
+            return None
+    arr[~np.isfinite(arr)] = NAN
+    return arr
+
+
+def _dictionary_of(col: Sequence[Any], n: int) -> Any:
+    """A segment column as ``{"dict": [...], "index": base64 uint32}`` (JSON array when a
+    value cannot be keyed)."""
+    if len(col) != n:
+        raise ValueError(f"column segment has {len(col)} values, n is {n}")
+    codes: dict[Any, int] = {}
+    values: list[Any] = []
+    index = np.empty(n, dtype="<u4")
+    for i, v in enumerate(col):
+        if v is None:
+            key = None
+        elif type(v) is dict and all(type(x) is str for x in v.values()):
+            key = tuple(v.items())
+        else:  # not a segment: the JSON array lets the worker name the row
+            return list(col)
+        code = codes.get(key)
+        if code is None:
+            code = codes[key] = len(values)
+            values.append(v)
+        index[i] = code
+    return {"dict": values,
+            "index": binascii.b2a_base64(index.tobytes(), newline=False).decode()}

@@ -2,7 +2,8 @@
 
 ``emit()`` only appends the event to its model's pending list (a dict build, one lock,
 one list append: a few µs) and never raises or blocks. A background daemon thread turns
-full or lingering lists into batch envelopes (``driftline.batch/v1``, rows form),
+full or lingering lists into batch envelopes (``driftline.batch/v1``: packed columns when
+the events share their fields, else rows),
 produces them with key = model (shadow events: key = the live model they shadow, so
 both land on one partition), polls delivery callbacks and counts the outcome.
 
@@ -141,7 +142,7 @@ class DriftlineProducer:
         max_envelope_bytes: int = 900_000,
         registry: Any | None = None,
         client_options: Mapping[str, Any] | None = None,
-        envelope_form: str = "rows",
+        envelope_form: str = "auto",
         limits: Limits = DEFAULT_LIMITS,
         labels_topic: str = DEFAULT_LABELS_TOPIC,
         changes_topic: str = DEFAULT_CHANGES_TOPIC,
@@ -151,7 +152,8 @@ class DriftlineProducer:
         if linger_s <= 0:
             raise ValueError("linger_s must be > 0")
         if envelope_form not in ("rows", "auto"):
-            raise ValueError("envelope_form is 'rows' or 'auto' (columns when events are uniform)")
+            raise ValueError("envelope_form is 'auto' (packed columns when events are uniform) "
+                             "or 'rows'")
         self.envelope_form = envelope_form
         self.changes_topic = changes_topic
         self.annotations_failed = 0
@@ -516,10 +518,8 @@ class DriftlineProducer:
         event that cannot be encoded alone fails (reason ``encode``)."""
         assert out.events is not None
         try:
-            cols = (_columns_envelope(out.model, out.events, out.model_version)
-                    if self.envelope_form == "auto" else None)
-            out.value = cols or encode_envelope_rows(out.model, out.events,
-                                                     model_version=out.model_version)
+            out.value = encode_batch(out.model, out.events, out.model_version,
+                                     form=self.envelope_form)
             return True
         except Exception as exc:
             with self._lock:
@@ -652,10 +652,18 @@ def _valid_str(v: object, max_len: int, min_len: int = 1) -> bool:
     return type(v) is str and min_len <= len(v) <= max_len
 
 
+def encode_batch(model: str, events: list[dict[str, Any]], model_version: str | None = None,
+                 *, form: str = "auto") -> bytes:
+    """One envelope of ``events`` as the producer writes it: ``form="auto"`` packed
+    columns when the events share their fields, else rows; ``"rows"`` always rows."""
+    cols = _columns_envelope(model, events, model_version) if form == "auto" else None
+    return cols or encode_envelope_rows(model, events, model_version=model_version)
+
+
 def _columns_envelope(model: str, events: list[dict[str, Any]],
                       model_version: str | None) -> bytes | None:
-    """The columns form when every event has the same fields and feature names (the common
-    case: measured 2x cheaper to decode than rows), else None."""
+    """The packed columns form when every event has the same fields and feature names
+    (the common case; a worker decodes it about 5x cheaper than rows), else None."""
     first = events[0]
     fields = tuple(k for k in first if k != "model")
     features = first.get("features")
@@ -671,7 +679,8 @@ def _columns_envelope(model: str, events: list[dict[str, Any]],
     for k in fields:
         if k != "features":
             cols[k] = [e[k] for e in events]
-    return encode_envelope_columns(model, cols, len(events), model_version=model_version)
+    return encode_envelope_columns(model, cols, len(events), model_version=model_version,
+                                   packed=True)
 
 
 def _reason(err: Any) -> str:

@@ -40,6 +40,7 @@ from driftline.schemas.codecs import encode_envelope_columns, encode_envelope_ro
 from driftline.streams.admin import TopicSpec, delete_topics, ensure_topics
 from driftline.streams.broker import EmbeddedBroker
 from driftline.streams.kafka_config import client_config, producer_config
+from driftline.streams.producer import encode_batch
 from driftline.streams.synthetic import SyntheticModels
 
 console = Console(stderr=True)
@@ -95,6 +96,10 @@ class Run:
         return self.name("columns")
 
     @property
+    def rows_topic(self) -> str:
+        return self.name("rows")
+
+    @property
     def references_topic(self) -> str:
         return self.name("references")
 
@@ -132,15 +137,17 @@ def produce_data(run: Run, events: int, *, models: int = 10, features: int = 20,
                  envelopes: bool = True, columns: bool = False,
                  progress: Progress | None = None, seed: int = 0) -> dict[str, Any]:
     """Pre-produce ``events`` single events (and, with ``envelopes``, the same events as
-    batch envelopes of 500, encoded as the producer SDK encodes them) plus one reference
-    profile per model; returns what was written. ``columns``: the same events once more
-    as columns-form envelopes (the other form of the envelope contract)."""
+    batch envelopes of 500, encoded as the producer SDK encodes them: packed columns)
+    plus one reference profile per model; returns what was written. ``columns``: the same
+    events once more as JSON columns envelopes and as rows envelopes (the other forms of
+    the envelope contract, which other producers may write)."""
     specs = [TopicSpec(run.single_topic, run.partitions),
              TopicSpec(run.references_topic, 1, compact=True)]
     if envelopes:
         specs.append(TopicSpec(run.envelope_topic, run.partitions))
     if columns:
-        specs.append(TopicSpec(run.columns_topic, run.partitions))
+        specs += [TopicSpec(run.columns_topic, run.partitions),
+                  TopicSpec(run.rows_topic, run.partitions)]
     run.create(specs)
     gen = SyntheticModels(models, features, seed=seed)
     base = run.kafka()
@@ -178,8 +185,10 @@ def produce_data(run: Run, events: int, *, models: int = 10, features: int = 20,
         if envelopes and take:
             # exactly what DriftlineProducer.emit_event() + its background thread write
             rows = [{k: v for k, v in ev.items() if k not in _ENVELOPE_KEYS} for ev in take]
-            send(run.envelope_topic, encode_envelope_rows(model, rows, model_version="v1"), key)
+            send(run.envelope_topic, encode_batch(model, rows, "v1"), key)
             n_env += 1
+            if columns:
+                send(run.rows_topic, encode_envelope_rows(model, rows, model_version="v1"), key)
         if columns and take:
             first = take[0]
             cols: dict[str, Any] = {"features": {k: [e["features"][k] for e in take]  # type: ignore[index]

@@ -56,7 +56,8 @@ def throughput(
     faust_events: int = typer.Option(40_000, help="events the Faust agent reads (it is slow)"),
     profile: Path | None = typer.Option(None, help="run the driftline workers under py-spy; "
                                         "stacks and a summary go to this folder"),
-    columns: bool = typer.Option(False, help="also run the worker on columns-form envelopes"),
+    columns: bool = typer.Option(
+        False, help="also run the worker on the other envelope forms (JSON columns, rows)"),
     quick: bool = typer.Option(False, help="small data set (CI smoke run)"),
 ) -> None:
     """Worker events/s (envelopes, single events) vs raw, Faust, Quix Streams, Bytewax."""
@@ -133,7 +134,7 @@ def overhead(
     json_out: Path | None = typer.Option(None, "--json", help="JSON output file"),
     events: int = typer.Option(5000, help="timed events per model and form"),
     repeats: int = typer.Option(3, help="runs per setting (the best counts)"),
-    forms: str = typer.Option("envelope rows,envelope columns,single events",
+    forms: str = typer.Option("envelope packed,envelope rows,envelope columns,single events",
                               help="message forms to run, comma-separated"),
     quick: bool = typer.Option(False, help="small data set (CI smoke run)"),
 ) -> None:

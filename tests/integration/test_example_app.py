@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+from envelopes import as_rows
 
 from driftline.streams.admin import TopicSpec, ensure_topics, iter_to_end
 
@@ -38,7 +39,7 @@ def read_events(config: dict[str, str], topic: str) -> list[dict[str, Any]]:
     """Every event of every envelope on ``topic``, with its envelope's model fields."""
     events: list[dict[str, Any]] = []
     for msg in iter_to_end(config, topic):
-        env = orjson.loads(msg.value())
+        env = as_rows(orjson.loads(msg.value()))
         assert msg.key().decode() == env["model"]
         events += [{**ev, "model": env["model"], "model_version": env.get("model_version")}
                    for ev in env["events"]]

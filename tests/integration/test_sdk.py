@@ -18,6 +18,7 @@ import numpy as np
 import orjson
 import pytest
 from confluent_kafka import Producer
+from envelopes import as_rows
 
 from driftline.schemas.codecs import decode_inference, encode_alert
 from driftline.schemas.models import DriftAlert, FeatureScore, WindowInfo
@@ -53,7 +54,7 @@ def test_events_arrive_exactly_once_keyed_by_model(
     partitions: dict[str, set[int]] = defaultdict(set)
     for msg in messages:
         key = msg.key().decode()
-        envelope = orjson.loads(msg.value())
+        envelope = as_rows(orjson.loads(msg.value()))
         assert envelope["model"] == key and envelope["model_version"] == "v1"
         assert len(envelope["events"]) <= 500
         partitions[key].add(msg.partition())

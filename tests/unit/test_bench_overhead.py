@@ -25,6 +25,7 @@ def test_forms_decode_to_the_same_events_and_shadow_only_adds_shadow_of() -> Non
     rows = _decoded(s, "envelope rows", False)
     assert len(rows) == 12 and all(len(v[1]) == 30 for v in rows.values())
     assert _decoded(s, "envelope columns", False) == rows
+    assert _decoded(s, "envelope packed", False) == rows
     assert _decoded(s, "single events", False) == rows
     shadowed = _decoded(s, "envelope rows", True)
     for m, v in shadowed.items():

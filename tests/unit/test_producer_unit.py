@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+from envelopes import as_rows
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
 import driftline.streams.producer as producer_module
@@ -72,7 +73,8 @@ def fake_kafka(monkeypatch: pytest.MonkeyPatch) -> list[FakeKafka]:
 
 
 def envelopes(kafka: FakeKafka) -> list[tuple[str, dict[str, Any]]]:
-    return [(key.decode(), orjson.loads(value)) for _, key, value in kafka.sent]
+    """The sent envelopes, columns forms turned into rows for the assertions."""
+    return [(key.decode(), as_rows(orjson.loads(value))) for _, key, value in kafka.sent]
 
 
 def wait_for(cond: Any, timeout: float = 5.0) -> None:
@@ -284,7 +286,7 @@ def test_invalid_events_are_isolated_so_the_rest_of_the_envelope_survives(
     assert p.flush(2.0) == 0
     values = [v for _, _, v in kafka.sent]
     assert len(values) == 2  # the plausible events together, the suspects apart
-    good, suspects = (orjson.loads(v)["events"] for v in values)
+    good, suspects = (as_rows(orjson.loads(v))["events"] for v in values)
     assert [e["event_id"] for e in good] == ["0", "2", "4", "6"]
     assert [e["event_id"] for e in suspects] == ["1", "3", "5", "7"]
     # the workers' decoder agrees: it takes the plausible envelope, rejects each suspect
@@ -326,7 +328,7 @@ def test_emit_event_and_send_raw(fake_kafka: list[FakeKafka]) -> None:
     assert p.flush(2.0) == 0
     (k1, _, v1), (k2, _, v2) = ((k, t, v) for t, k, v in kafka.sent)
     assert (k1, v1) == (b"solo", raw)
-    env = orjson.loads(v2)
+    env = as_rows(orjson.loads(v2))
     assert k2 == b"m" and env["model"] == "m" and env["model_version"] == "v3"
     assert env["events"] == [{"features": {"a": 1}, "ts": 5.0, "extra": 1}] * 2
     assert p.stats().delivered == 3

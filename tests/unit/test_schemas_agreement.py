@@ -7,12 +7,14 @@ decoder side is ``decode_inference`` / ``decode_labels`` with default limits.
 
 from __future__ import annotations
 
+import binascii
 import json
 import math
 import re
 import sys
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -454,17 +456,47 @@ _rows_env = st.fixed_dictionaries(
 )
 
 
+def _b64(raw: bytes) -> str:
+    return binascii.b2a_base64(raw, newline=False).decode()
+
+
+#: Packed columns the schema rejects too (content it cannot see, e.g. the length, is
+#: tested in test_packed_columns.py).
+_BAD_PACKED = [{"f64": "!!"}, {"f64": 1}, {"f64": None}, {}, {"f64": "AAAA", "x": 1},
+               {"f32": "AAAA"}, {"dict": [], "index": "!"}, {"dict": {}, "index": ""},
+               {"index": ""}]
+
+
+def _f64_col(n: int, values: st.SearchStrategy[float]) -> st.SearchStrategy[Any]:
+    packed = st.lists(values, min_size=n, max_size=n).map(
+        lambda v: {"f64": _b64(np.array(v, dtype="<f8").tobytes())})
+    return packed | st.sampled_from(_BAD_PACKED)
+
+
+def _dict_col(n: int) -> st.SearchStrategy[Any]:
+    def encoded(d: list[Any]) -> st.SearchStrategy[Any]:
+        if not d:
+            return st.just({"dict": [], "index": ""}) if n == 0 else st.nothing()
+        return st.lists(st.integers(0, len(d) - 1), min_size=n, max_size=n).map(
+            lambda idx: {"dict": d, "index": _b64(np.array(idx, dtype="<u4").tobytes())})
+
+    return st.lists(_pool("segment"), max_size=3).flatmap(encoded) | st.sampled_from(_BAD_PACKED)
+
+
 def _columns_env(n: int) -> st.SearchStrategy[dict[str, Any]]:
     def col(pool: str) -> st.SearchStrategy[Any]:
         return st.lists(_pool(pool), min_size=n, max_size=n) | st.none()
 
+    finite_or_nan = st.floats(allow_infinity=False)
     columns = st.fixed_dictionaries(
-        {"features": st.dictionaries(_pool("name"), col("value"), max_size=4)},
+        {"features": st.dictionaries(_pool("name"), col("value") | _f64_col(n, finite_or_nan),
+                                     max_size=4)},
         optional={
-            "ts": col("ts"),
-            "prediction": col("prediction"),
-            "segment": col("segment"),
-            "latency_ms": col("latency_ms"),
+            "ts": col("ts") | _f64_col(n, finite_or_nan),
+            "prediction": col("prediction") | _f64_col(n, finite_or_nan),
+            "segment": col("segment") | _dict_col(n),
+            "latency_ms": col("latency_ms") | _f64_col(
+                n, st.floats(min_value=0, allow_infinity=False) | st.just(math.nan)),
             "event_id": col("str"),
             "model_version": col("str"),
             "shadow_of": col("shadow_of"),
@@ -526,7 +558,7 @@ def test_generated_rows_envelopes_agree(obj: dict[str, Any]) -> None:
     _agree(obj)
 
 
-@_settings(300)
+@_settings(600)
 @given(_cols_env)
 def test_generated_columns_envelopes_agree(obj: dict[str, Any]) -> None:
     _agree(obj)
