@@ -313,19 +313,11 @@ def _joined(pieces: list[tuple[int, Any]], dtype: type) -> Any:
 def _joined_objects(pieces: list[tuple[int, Any]], optional: bool = False) -> ObjectArray | None:
     """Object pieces joined; a piece is a tuple of row values, an object array or None
     (all null). ``optional``: None when every value is null."""
-    arrays: list[Any] = []
-    nulls = True
-    for n, col in pieces:
-        if col is None:
-            arrays.append(np.full(n, None, dtype=object))
-        elif type(col) is tuple:
-            nulls = nulls and col.count(None) == n
-            arrays.append(_obj(col))
-        else:  # a block's array holds at least one value (all-null columns are None)
-            nulls = False
-            arrays.append(col)
-    if optional and nulls:
+    if optional and all(col is None or (type(col) is tuple and col.count(None) == n)
+                        for n, col in pieces):  # a block's array holds a value (else None)
         return None
+    arrays = [np.full(n, None, dtype=object) if col is None
+              else _obj(col) if type(col) is tuple else col for n, col in pieces]
     joined: ObjectArray = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
     return joined
 
