@@ -75,10 +75,10 @@ class Settings(BaseSettings):
     # windows and calibration (defaults for every model)
     panes: int = Field(5, ge=1)
     pane_size: int = Field(1000, ge=1)
-    pane_seconds: float | None = None
+    pane_seconds: float | None = Field(None, gt=0, allow_inf_nan=False)
     allowed_lateness_s: float = Field(0.0, ge=0)
     late_policy: Literal["deadletter", "current"] = "deadletter"
-    idle_timeout_s: float | None = None
+    idle_timeout_s: float | None = Field(None, gt=0, allow_inf_nan=False)
     min_samples: int = Field(1000, ge=1)
     target_run_length: float = Field(1e6, gt=0)
     correction: Literal["bonferroni", "bh"] = "bonferroni"
