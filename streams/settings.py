@@ -78,7 +78,7 @@ class Settings(BaseSettings):
     pane_seconds: float | None = Field(None, gt=0, allow_inf_nan=False)
     allowed_lateness_s: float = Field(0.0, ge=0)
     late_policy: Literal["deadletter", "current"] = "deadletter"
-    idle_timeout_s: float | None = Field(None, gt=0, allow_inf_nan=False)
+    idle_timeout_s: float | None = Field(None, ge=0, allow_inf_nan=False)
     min_samples: int = Field(1000, ge=1)
     target_run_length: float = Field(1e6, gt=0)
     correction: Literal["bonferroni", "bh"] = "bonferroni"
