@@ -71,10 +71,14 @@ class WorkerMetrics:
         self.references_built = Counter("driftline_worker_references_built",
                                         "References built by the worker", ["model", "source"],
                                         registry=r)
-        self.score = Gauge("driftline_drift_score", "Drift statistic of the current window",
-                           ["model", "feature", "statistic"], registry=r)
-        self.threshold = Gauge("driftline_drift_threshold", "Calibrated threshold of the statistic",
-                               ["model", "feature", "statistic"], registry=r)
+        # set a whole evaluation at a time (one dict update, not a child per series)
+        self.score = GaugeTable("driftline_drift_score", "Drift statistic of the current window",
+                                ("model", "feature", "statistic"))
+        r.register(self.score)
+        self.threshold = GaugeTable("driftline_drift_threshold",
+                                    "Calibrated threshold of the statistic",
+                                    ("model", "feature", "statistic"))
+        r.register(self.threshold)
         self.state = Gauge("driftline_drift_state", "1 while a drift alert is firing",
                            ["model", "kind", "feature"], registry=r)
         self.insufficient = Gauge("driftline_drift_insufficient_data",
@@ -190,16 +194,15 @@ class WorkerMetrics:
         self.last_evaluation.labels(model).set(time.time())
         self.insufficient.labels(model).set(1.0 if ev.insufficient else 0.0)
         seen = self._features.setdefault(model, set())
-        for j, name in enumerate(ev.names):
-            for stat, values in (("chi2", ev.chi2), ("psi", ev.psi), ("js", ev.js)):
-                v = float(values[j])
+        scores: list[tuple[tuple[str, ...], float]] = []
+        thresholds: list[tuple[tuple[str, ...], float]] = []
+        for name, chi2, psi, js, thr in zip(ev.names, ev.chi2.tolist(), ev.psi.tolist(),
+                                            ev.js.tolist(), ev.threshold.tolist(), strict=True):
+            for stat, v in (("chi2", chi2), ("psi", psi), ("js", js)):
                 if math.isfinite(v):
-                    self.score.labels(model, name, stat).set(v)
-                    seen.add(("score", model, name, stat))
-            thr = float(ev.threshold[j])
+                    scores.append(((model, name, stat), v))
             if math.isfinite(thr):
-                self.threshold.labels(model, name, "chi2").set(thr)
-                seen.add(("threshold", model, name, "chi2"))
+                thresholds.append(((model, name, "chi2"), thr))
         mv = ev.multivariate
         # alert counters start at 0, so the first alert of a model is an increase that
         # rate(), increase() and changes() see (a series born at 1 shows no change)
@@ -210,11 +213,13 @@ class WorkerMetrics:
             for name, v, thr in zip(mv.names, mv.score.tolist(), mv.threshold.tolist(),
                                     strict=True):
                 if math.isfinite(v):
-                    self.score.labels(model, MULTIVARIATE_FEATURE, name).set(v)
-                    seen.add(("score", model, MULTIVARIATE_FEATURE, name))
+                    scores.append(((model, MULTIVARIATE_FEATURE, name), v))
                 if math.isfinite(thr):
-                    self.threshold.labels(model, MULTIVARIATE_FEATURE, name).set(thr)
-                    seen.add(("threshold", model, MULTIVARIATE_FEATURE, name))
+                    thresholds.append(((model, MULTIVARIATE_FEATURE, name), thr))
+        self.score.set_many(scores)
+        self.threshold.set_many(thresholds)
+        seen.update(("score", *k) for k, _ in scores)
+        seen.update(("threshold", *k) for k, _ in thresholds)
         for a in ev.alerts:
             self.state.labels(model, a.kind, a.feature or "").set(1.0 if a.state == "firing" else 0.0)
             seen.add(("state", model, a.kind, a.feature or ""))
