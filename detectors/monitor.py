@@ -454,8 +454,8 @@ class ModelMonitor:
         win = ring.totals["hist"]
         terms = self._terms
         n = ring.total_n
-        chi, psi, js = terms.scores(win)
-        p = self.calibration.p_values(chi.statistic, chi.df)
+        chi2, df, psi, js = terms.scores(win)
+        p = self.calibration.p_values(chi2, df)
         mv = self.mv.evaluate(self._window_sums(), n) \
             if self.mv is not None and not segment else None
         p_all = p if mv is None else np.concatenate([p, mv.p_value])
@@ -472,7 +472,7 @@ class ModelMonitor:
                    else self.calibration.decide(p_all, alpha))
         drift = decided[: p.size]
         family = p_all.size
-        thr = self.calibration.thresholds(chi.df, alpha, family)
+        thr = self.calibration.thresholds(df, alpha, family)
         if mv is not None:
             mv = mv.decided(decided[p.size : n_mv], alpha / family)
         if q is not None:
@@ -501,7 +501,7 @@ class ModelMonitor:
             insufficient=insufficient,
             names=layout.names,
             kinds=layout.kinds,
-            chi2=chi.statistic,
+            chi2=chi2,
             threshold=thr,
             p_value=p,
             drift=drift,

@@ -86,19 +86,22 @@ class ReferenceTerms:
         js = 0.5 * special.rel_entr(p, m).sum(axis=-1) + 0.5 * special.rel_entr(q, m).sum(axis=-1)
         return np.asarray(np.sqrt(np.clip(js / np.log(2.0), 0.0, 1.0)))
 
-    def scores(self, win: Counts) -> tuple[ChiSquare, Vec, Vec]:
-        """Chi-square, PSI and Jensen-Shannon of one window, sharing its proportions."""
+    def scores(self, win: Counts) -> tuple[Vec, Vec, Vec, Vec]:
+        """Chi-square statistic and degrees of freedom (as :meth:`chi_square`, without
+        the asymptotic p-value: a caller that calibrates takes its own), PSI and
+        Jensen-Shannon of one window, sharing its proportions."""
         w = np.asarray(win, dtype=np.float64)
         nw = w.sum(axis=-1, keepdims=True)
         q: Vec = np.divide(w, nw, out=np.zeros_like(w), where=nw > 0)  # _proportions(win)
-        return self._chi_square(w, nw), self._psi(q), self._jensen_shannon(q)
+        stat, df, _ = self._chi_square(w, nw, p_value=False)
+        return stat, df, self._psi(q), self._jensen_shannon(q)
 
     def chi_square(self, win: Counts) -> ChiSquare:
         """Chi-square homogeneity test of two histograms (bins empty in both are dropped)."""
         w = np.asarray(win, dtype=np.float64)
-        return self._chi_square(w, w.sum(axis=-1, keepdims=True))
+        return ChiSquare(*self._chi_square(w, w.sum(axis=-1, keepdims=True)))
 
-    def _chi_square(self, w: Vec, nw: Vec) -> ChiSquare:
+    def _chi_square(self, w: Vec, nw: Vec, p_value: bool = True) -> tuple[Vec, Vec, Vec]:
         r, nr = self.counts, self.total
         both = r + w
         used = both > 0
@@ -108,8 +111,9 @@ class ReferenceTerms:
         stat = terms.sum(axis=-1)
         df = np.maximum(used.sum(axis=-1) - 1, 0).astype(np.float64)
         valid = (df > 0) & (nr[:, 0] > 0) & (nw[:, 0] > 0)
-        p = np.where(valid, special.chdtrc(np.maximum(df, 1.0), stat), 1.0)
-        return ChiSquare(np.where(valid, stat, 0.0), df, np.asarray(p, dtype=np.float64))
+        p = np.where(valid, special.chdtrc(np.maximum(df, 1.0), stat), 1.0) if p_value \
+            else stat
+        return np.where(valid, stat, 0.0), df, np.asarray(p, dtype=np.float64)
 
     def value_cdfs(self, win: Counts, n_bins: NDArray[np.int64]) -> tuple[Vec, Vec]:
         """CDFs over value bins only (missing bin and padding dropped)."""
