@@ -43,14 +43,7 @@ from driftline.detectors.quality import (
 from driftline.detectors.reference import CategoricalProfile, NumericProfile, ReferenceProfile
 from driftline.detectors.segments import SEGMENT_SHARE, Segments, parse
 from driftline.detectors.serialization import pack, unpack
-from driftline.detectors.stats import (
-    bin_widths,
-    chi_square,
-    jensen_shannon,
-    ks_binned,
-    psi,
-    wasserstein_binned,
-)
+from driftline.detectors.stats import ReferenceTerms, bin_widths
 from driftline.detectors.windows import CountRule, Pane, PaneRing, TimeRule
 from driftline.schemas.models import DriftAlert, EventBatch, FeatureScore, WindowInfo
 
@@ -255,6 +248,10 @@ class ModelMonitor:
         lows = np.asarray([c.min if isinstance(c, NumericProfile) else 0.0 for c in numeric_cols])
         highs = np.asarray([c.max if isinstance(c, NumericProfile) else 0.0 for c in numeric_cols])
         self._widths = bin_widths(edges, lows, highs, layout.width)
+        self._terms = ReferenceTerms(layout.ref_counts)  # shared by every evaluation
+        self._kind_cols = {kind: [i for i, k in enumerate(layout.kinds) if k == kind]
+                           for kind in layout.kinds}
+        self._kind_index = {k: np.asarray(v, dtype=np.intp) for k, v in self._kind_cols.items()}
         self._scale = np.asarray(
             [c.std if isinstance(c, NumericProfile) else 0.0 for c in numeric_cols]
         )
@@ -455,10 +452,10 @@ class ModelMonitor:
             self.events_since_eval = 0
             share = 1.0 - SEGMENT_SHARE if segs is not None and segs.active else 1.0
         win = ring.totals["hist"]
-        ref = layout.ref_counts
+        terms = self._terms
         n = ring.total_n
-        chi = chi_square(ref, win)
-        p = self.calibration.p_values(chi.statistic, chi.df)
+        chi2, df, psi, js = terms.scores(win)
+        p = self.calibration.p_values(chi2, df)
         mv = self.mv.evaluate(self._window_sums(), n) \
             if self.mv is not None and not segment else None
         p_all = p if mv is None else np.concatenate([p, mv.p_value])
@@ -475,7 +472,7 @@ class ModelMonitor:
                    else self.calibration.decide(p_all, alpha))
         drift = decided[: p.size]
         family = p_all.size
-        thr = self.calibration.thresholds(chi.df, alpha, family)
+        thr = self.calibration.thresholds(df, alpha, family)
         if mv is not None:
             mv = mv.decided(decided[p.size : n_mv], alpha / family)
         if q is not None:
@@ -485,8 +482,8 @@ class ModelMonitor:
         if segment:  # segment windows report the tested statistic, PSI and JS only
             ks = wd = np.full(len(layout.names), np.nan)
         else:
-            ks, _ = ks_binned(ref, win, layout.n_bins, layout.numeric)
-            wd = wasserstein_binned(ref, win, layout.n_bins, self._widths, self._scale)
+            ks, _ = terms.ks_binned(win, layout.n_bins, layout.numeric)
+            wd = terms.wasserstein_binned(win, layout.n_bins, self._widths, self._scale)
         start, end, first, last = ring.window_bounds()
         info = WindowInfo(
             start_ts=None if math.isnan(start) else start,
@@ -504,12 +501,12 @@ class ModelMonitor:
             insufficient=insufficient,
             names=layout.names,
             kinds=layout.kinds,
-            chi2=chi.statistic,
+            chi2=chi2,
             threshold=thr,
             p_value=p,
             drift=drift,
-            psi=psi(ref, win),
-            js=jensen_shannon(ref, win),
+            psi=psi,
+            js=js,
             ks=ks,
             wasserstein=wd,
             multivariate=mv,
@@ -558,9 +555,10 @@ class ModelMonitor:
         seg = ev.segment
         for kind in sorted(kinds):
             key = f"{kind}@{seg}" if seg else kind
-            cols = [i for i, k in enumerate(ev.kinds) if k == kind]
+            cols = self._kind_cols.get(kind, [])  # ev.kinds are the layout's
             stats = list(range(len(mv.names))) if mv is not None and kind == "data" else []
-            drifted = bool(ev.drift[cols].any()) or (mv is not None and bool(mv.drift[stats].any()))
+            drifted = bool(ev.drift[self._kind_index[kind]].any()) if cols else False
+            drifted = drifted or (mv is not None and bool(mv.drift[stats].any()))
             state = self.policy.step(key, drifted)
             if state is None:
                 continue

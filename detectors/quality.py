@@ -155,6 +155,10 @@ class DataQuality:
         self.applicable = app
         self._names_seen: tuple[str, ...] | None = None
         self._where = np.zeros(0, dtype=np.int64)
+        self._have = np.zeros(0, dtype=bool)
+        self._in_order = False  # the batch's features are the reference's, in its order
+        self._cats = np.flatnonzero(~self.numeric & ~numbers_ok)  # numbers are mismatches
+        self._any_numeric = bool(self.numeric.any())
 
     def shapes(self) -> dict[str, tuple[tuple[int, ...], str]]:
         return {"quality": ((len(self.names), 4), "<i8")}
@@ -166,10 +170,12 @@ class DataQuality:
         if batch.feature_names != self._names_seen:
             index = {name: i for i, name in enumerate(batch.feature_names)}
             self._where = np.asarray([index.get(name, -1) for name in self.names], dtype=np.int64)
+            self._have = self._where >= 0
+            self._in_order = bool(self._have.all()) and np.array_equal(
+                self._where, np.arange(len(batch.feature_names)))
             self._names_seen = batch.feature_names
-        where = self._where
-        have = where >= 0
-        if have.all() and np.array_equal(where, np.arange(batch.numeric.shape[1])):
+        where, have = self._where, self._have
+        if self._in_order and batch.numeric.shape[1] == f:
             num = batch.numeric  # the common case: the reference's features, in its order
         else:
             num = np.full((n, f), np.nan)
@@ -177,14 +183,14 @@ class DataQuality:
         # computed row-major like the inputs, stored rows-last (one transposing copy each)
         out = np.empty((4, f, n), dtype=bool)
         b = bins[:, :f]
-        cats = np.flatnonzero(~self.numeric & ~self.numbers_ok)
-        if (batch.text is None or not self.numeric.any()) and not cats.size:
+        cats = self._cats
+        if (batch.text is None or not self._any_numeric) and not cats.size:
             out[MISMATCH] = False  # no strings in numeric columns, no numbers in categorical
             out[MISSING] = (b == self.missing_bin).T
             out[UNSEEN] = (b == self.other).T
         else:
             mismatch = np.zeros((n, f), dtype=bool)
-            if batch.text is not None and self.numeric.any():
+            if batch.text is not None and self._any_numeric:
                 cols = np.flatnonzero(have & self.numeric)
                 mismatch[:, cols] = is_set(batch.text[:, where[cols]])
             if cats.size:

@@ -132,14 +132,17 @@ class Segments:
         if rows.size:
             codes = self._codes(segment, rows)
             keep = codes != _NONE
-            rows, codes = rows[keep], codes[keep]
+            if not keep.all():
+                rows, codes = rows[keep], codes[keep]
         if rows.size:
-            order = np.argsort(codes, kind="stable")
+            # slots are small: a 16-bit stable sort (radix) orders like the 64-bit one
+            key = codes.astype(np.int16) if len(self.labels) < 2**15 else codes
+            order = np.argsort(key, kind="stable")
             r, code = rows[order], codes[order]
-            change = np.flatnonzero(code[1:] != code[:-1]) + 1
-            first = np.concatenate(([0], change))
+            bounds = _bounds(code[1:] != code[:-1])
+            first = bounds[:-1]
             slots = code[first].tolist()
-            sizes = np.diff(np.concatenate((first, [r.size]))).tolist()
+            sizes = (bounds[1:] - first).tolist()
             for c, size in zip(slots, sizes, strict=True):
                 label = self.labels[c]
                 self.events[label] += size
@@ -152,11 +155,15 @@ class Segments:
                 order = order[np.argsort(code[order], kind="stable")]  # a segment's pane
                 r, code, pid = r[order], code[order], pid[order]
             else:  # each segment's own count: rank within the segment from its ring's seq
-                rank = np.arange(r.size, dtype=np.int64) - np.repeat(first, sizes)
-                seq = np.asarray([self.rings[self.labels[c]].seq for c in slots], dtype=np.int64)
-                size_of = np.asarray([self.rings[self.labels[c]].rule.pane_size  # type: ignore[union-attr]
-                                      for c in slots], dtype=np.int64)
-                pid = (np.repeat(seq, sizes) + rank) // np.repeat(size_of, sizes)
+                rings = [self.rings[self.labels[c]] for c in slots]
+                base = np.asarray([ring.seq for ring in rings], dtype=np.int64) - first
+                size_of = np.asarray([ring.rule.pane_size  # type: ignore[union-attr]
+                                      for ring in rings], dtype=np.int64)
+                if len(slots) == 1:
+                    pid = (np.arange(r.size, dtype=np.int64) + base[0]) // size_of[0]
+                else:
+                    pid = (np.arange(r.size, dtype=np.int64) + np.repeat(base, sizes)) \
+                        // np.repeat(size_of, sizes)
             yield from self._add_panes(r, code, pid, bins, ts, offsets, seq0,
                                        None if pane_of is not None
                                        else dict(zip(slots, sizes, strict=True)))
@@ -172,8 +179,8 @@ class Segments:
                    seq0: int, sizes: dict[int, int] | None) -> Iterator[tuple[str, Pane]]:
         """Rows sorted by segment, then pane: each (segment, pane) block joins its pane.
         ``sizes``: rows per segment for count panes (None for event-time panes)."""
-        starts = np.concatenate(([0], np.flatnonzero((code[1:] != code[:-1])
-                                                     | (pid[1:] != pid[:-1])) + 1))
+        bounds = _bounds((code[1:] != code[:-1]) | (pid[1:] != pid[:-1]))
+        starts = bounds[:-1]
         t = ts[r]
         fin = np.isfinite(t)
         lo, hi = (t, t) if fin.all() else (np.where(fin, t, np.inf), np.where(fin, t, -np.inf))
@@ -189,15 +196,18 @@ class Segments:
                 np.where(valid, off, _INT_MAX), starts), -1).tolist()
             o_hi = np.maximum.reduceat(np.where(valid, off, -1), starts).tolist()
         last = np.maximum.reduceat(r, starts).tolist()
-        n_at = np.diff(np.append(starts, r.size)).tolist()
+        n_blocks = bounds[1:] - starts
+        n_at = n_blocks.tolist()
         code_at, pid_at = code[starts].tolist(), pid[starts].tolist()
-        b = bins[r]
         (c, w), _ = self.rings[self.labels[code_at[0]]].shapes["hist"]
         step = max(1, _HIST_CELLS // (c * w))  # blocks per bincount (bounded memory)
+        block = np.full(bins.shape[0], starts.size, dtype=np.int64)  # each row's (or none)
+        block[r] = np.repeat(np.arange(starts.size, dtype=np.int64), n_blocks)
         hist = np.zeros((0, c, w), dtype=np.int64)
         for g in range(starts.size):
             if g % step == 0:
-                hist = _histograms(b, starts, g, min(g + step, starts.size), c, w)
+                hist = _histograms(bins, block, g, min(g + step, starts.size), starts.size,
+                                   c, w)
             label = self.labels[code_at[g]]
             ring = self.rings[label]
             n = n_at[g]
@@ -214,13 +224,16 @@ class Segments:
     def _codes(self, segment: NDArray[np.object_], rows: NDArray[np.int64]) -> NDArray[np.int64]:
         """The slot of each of ``rows`` (``_NONE`` without a segment): rows are
         factorised by segment object first (a decoder shares one dict among a batch's
-        equal segments, so there are few), then the distinct objects by value."""
-        col = segment[rows].tolist()
-        ids = list(map(id, col))  # every object is alive in ``col``: ids are unique
-        distinct = dict(zip(ids, col, strict=True))  # in order of first sight
-        pos = dict(zip(distinct, range(len(distinct)), strict=True))
-        return self._slots(list(distinct.values()))[
-            np.fromiter(map(pos.__getitem__, ids), dtype=np.int64, count=len(ids))]
+        equal segments, so there are few), then the distinct objects by value.
+        ``rows`` are increasing (all of the batch's, or some)."""
+        col = (segment if rows.size == segment.size else segment[rows]).tolist()
+        # every object is alive in ``col``: equal ids are the same object
+        ids = np.fromiter(map(id, col), dtype=np.uint64, count=len(col))
+        _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+        sight = np.argsort(first, kind="stable")  # the distinct objects in order of first sight
+        slot = np.empty(first.size, dtype=np.int64)
+        slot[sight] = self._slots([col[i] for i in first[sight].tolist()])
+        return slot[inverse.reshape(-1)]
 
     def _slots(self, objs: list[Any]) -> NDArray[np.int64]:
         """The slot of each segment object (``_NONE`` for None and for no segment),
@@ -293,13 +306,25 @@ class Segments:
         self.overflow_events = meta["overflow_events"]
 
 
-def _histograms(b: NDArray[np.int64], starts: NDArray[np.int64], g0: int, g1: int, c: int,
-                w: int) -> NDArray[np.int64]:
-    """``(g1 - g0, c, w)`` per-column bin counts of the row blocks ``g0 .. g1 - 1`` of
-    ``b`` (blocks begin at ``starts``), in one ``bincount``."""
-    lo = int(starts[g0])
-    hi = int(starts[g1]) if g1 < starts.size else b.shape[0]
-    block = np.repeat(np.arange(g1 - g0, dtype=np.int64),
-                      np.diff(np.append(starts[g0:g1], hi)))
-    flat = b[lo:hi] + (block[:, None] * c + np.arange(c, dtype=np.int64)) * w
-    return np.bincount(flat.ravel(), minlength=(g1 - g0) * c * w).reshape(g1 - g0, c, w)
+def _bounds(change: NDArray[np.bool_]) -> NDArray[np.intp]:
+    """Start of every run of a sorted array, then its length (``change``: where an
+    element differs from the one before it, from the second on)."""
+    edge = np.empty(change.size + 2, dtype=bool)
+    edge[0] = edge[-1] = True
+    edge[1:-1] = change
+    return np.flatnonzero(edge)
+
+
+def _histograms(bins: NDArray[np.int64], block: NDArray[np.int64], g0: int, g1: int,
+                blocks: int, c: int, w: int) -> NDArray[np.int64]:
+    """``(g1 - g0, c, w)`` per-column bin counts of the row blocks ``g0 .. g1 - 1``
+    (``block``: each batch row's block of ``blocks``, ``blocks`` for rows of none), in
+    one ``bincount`` over the batch: rows of other blocks go to a spare block."""
+    k = g1 - g0
+    cells = c * w
+    if k != blocks:
+        block = block - g0
+        block[(block < 0) | (block > k)] = k
+    flat = bins + np.arange(0, cells, w, dtype=np.int64)
+    flat += (block * cells)[:, None]
+    return np.bincount(flat.ravel(), minlength=(k + 1) * cells)[: k * cells].reshape(k, c, w)

@@ -26,22 +26,6 @@ def _proportions(counts: Counts) -> Vec:
     return out
 
 
-def psi(ref: Counts, win: Counts) -> Vec:
-    """Population stability index (smoothed with a small floor per bin)."""
-    p, q = _proportions(ref) + _EPS, _proportions(win) + _EPS
-    p /= p.sum(axis=-1, keepdims=True)
-    q /= q.sum(axis=-1, keepdims=True)
-    return np.asarray(np.sum((q - p) * np.log(q / p), axis=-1))
-
-
-def jensen_shannon(ref: Counts, win: Counts) -> Vec:
-    """Jensen-Shannon distance, base 2 (0 = same, 1 = disjoint)."""
-    p, q = _proportions(ref), _proportions(win)
-    m = 0.5 * (p + q)
-    js = 0.5 * special.rel_entr(p, m).sum(axis=-1) + 0.5 * special.rel_entr(q, m).sum(axis=-1)
-    return np.asarray(np.sqrt(np.clip(js / np.log(2.0), 0.0, 1.0)))
-
-
 @dataclass(frozen=True)
 class ChiSquare:
     """Two-sample chi-square test of homogeneity per column."""
@@ -51,31 +35,129 @@ class ChiSquare:
     p_value: Vec
 
 
+class ReferenceTerms:
+    """The reference side of the statistics, computed once per reference and reused for
+    every window tested against it (the whole model's and each segment's).
+
+    Each method computes what the module function of the same name computes, with the
+    same operations on the same values (so the same bits); the functions build the
+    terms afresh for one call.
+    """
+
+    def __init__(self, ref: Counts) -> None:
+        r = np.asarray(ref, dtype=np.float64)
+        self.counts = r
+        self.total = r.sum(axis=-1, keepdims=True)  # (columns, 1)
+        self._proportions: Vec | None = None
+        self._smoothed: Vec | None = None
+        self._cdf: tuple[NDArray[np.int64], NDArray[np.bool_], Vec] | None = None
+
+    @property
+    def proportions(self) -> Vec:
+        if self._proportions is None:
+            self._proportions = _proportions(self.counts)
+        return self._proportions
+
+    @property
+    def smoothed(self) -> Vec:
+        """PSI's reference proportions (floored per bin, renormalised)."""
+        if self._smoothed is None:
+            p = _proportions(self.counts) + _EPS
+            p /= p.sum(axis=-1, keepdims=True)
+            self._smoothed = p
+        return self._smoothed
+
+    def psi(self, win: Counts) -> Vec:
+        """Population stability index (smoothed with a small floor per bin)."""
+        return self._psi(_proportions(win))
+
+    def _psi(self, q: Vec) -> Vec:
+        p, q = self.smoothed, q + _EPS
+        q /= q.sum(axis=-1, keepdims=True)
+        return np.asarray(np.sum((q - p) * np.log(q / p), axis=-1))
+
+    def jensen_shannon(self, win: Counts) -> Vec:
+        """Jensen-Shannon distance, base 2 (0 = same, 1 = disjoint)."""
+        return self._jensen_shannon(_proportions(win))
+
+    def _jensen_shannon(self, q: Vec) -> Vec:
+        p = self.proportions
+        m = 0.5 * (p + q)
+        js = 0.5 * special.rel_entr(p, m).sum(axis=-1) + 0.5 * special.rel_entr(q, m).sum(axis=-1)
+        return np.asarray(np.sqrt(np.clip(js / np.log(2.0), 0.0, 1.0)))
+
+    def scores(self, win: Counts) -> tuple[Vec, Vec, Vec, Vec]:
+        """Chi-square statistic and degrees of freedom (as :meth:`chi_square`, without
+        the asymptotic p-value: a caller that calibrates takes its own), PSI and
+        Jensen-Shannon of one window, sharing its proportions."""
+        w = np.asarray(win, dtype=np.float64)
+        nw = w.sum(axis=-1, keepdims=True)
+        q: Vec = np.divide(w, nw, out=np.zeros_like(w), where=nw > 0)  # _proportions(win)
+        stat, df, _ = self._chi_square(w, nw, p_value=False)
+        return stat, df, self._psi(q), self._jensen_shannon(q)
+
+    def chi_square(self, win: Counts) -> ChiSquare:
+        """Chi-square homogeneity test of two histograms (bins empty in both are dropped)."""
+        w = np.asarray(win, dtype=np.float64)
+        return ChiSquare(*self._chi_square(w, w.sum(axis=-1, keepdims=True)))
+
+    def _chi_square(self, w: Vec, nw: Vec, p_value: bool = True) -> tuple[Vec, Vec, Vec]:
+        r, nr = self.counts, self.total
+        both = r + w
+        used = both > 0
+        k1 = np.sqrt(np.divide(nw, nr, out=np.zeros_like(nr), where=nr > 0))
+        k2 = np.sqrt(np.divide(nr, nw, out=np.zeros_like(nw), where=nw > 0))
+        terms = np.divide((k1 * r - k2 * w) ** 2, both, out=np.zeros_like(both), where=used)
+        stat = terms.sum(axis=-1)
+        df = np.maximum(used.sum(axis=-1) - 1, 0).astype(np.float64)
+        valid = (df > 0) & (nr[:, 0] > 0) & (nw[:, 0] > 0)
+        p = np.where(valid, special.chdtrc(np.maximum(df, 1.0), stat), 1.0) if p_value \
+            else stat
+        return np.where(valid, stat, 0.0), df, np.asarray(p, dtype=np.float64)
+
+    def value_cdfs(self, win: Counts, n_bins: NDArray[np.int64]) -> tuple[Vec, Vec]:
+        """CDFs over value bins only (missing bin and padding dropped)."""
+        cached = self._cdf
+        if cached is None or not np.array_equal(cached[0], n_bins):
+            mask = np.arange(self.counts.shape[-1])[None, :] < n_bins[:, None]
+            r = np.where(mask, self.counts, 0).astype(np.float64)
+            cached = self._cdf = (np.array(n_bins), mask, np.cumsum(_proportions(r), axis=-1))
+        _, mask, cr = cached
+        w = np.where(mask, win, 0).astype(np.float64)
+        return cr, np.cumsum(_proportions(w), axis=-1)
+
+    def ks_binned(self, win: Counts, n_bins: NDArray[np.int64],
+                  numeric: NDArray[np.bool_]) -> tuple[Vec, Vec]:
+        """Binned KS distance and its asymptotic p-value (see :func:`ks_binned`)."""
+        cr, cw = self.value_cdfs(win, n_bins)
+        d = np.max(np.abs(cr - cw), axis=-1)
+        nr = self.total[:, 0]
+        nw = np.asarray(win, dtype=np.float64).sum(axis=-1)
+        en = np.divide(nr * nw, nr + nw, out=np.zeros_like(nr), where=(nr + nw) > 0)
+        p = special.kolmogorov(d * np.sqrt(en))
+        return np.where(numeric, d, np.nan), np.where(numeric & (en > 0), p, np.nan)
+
+    def wasserstein_binned(self, win: Counts, n_bins: NDArray[np.int64], widths: Vec,
+                           scale: Vec) -> Vec:
+        """1-Wasserstein distance in units of ``scale`` (see :func:`wasserstein_binned`)."""
+        cr, cw = self.value_cdfs(win, n_bins)
+        w1 = np.sum(np.abs(cr - cw) * widths, axis=-1)
+        return np.asarray(np.divide(w1, scale, out=np.full_like(w1, np.nan), where=scale > 0))
+
+
+def psi(ref: Counts, win: Counts) -> Vec:
+    """Population stability index (smoothed with a small floor per bin)."""
+    return ReferenceTerms(ref).psi(win)
+
+
+def jensen_shannon(ref: Counts, win: Counts) -> Vec:
+    """Jensen-Shannon distance, base 2 (0 = same, 1 = disjoint)."""
+    return ReferenceTerms(ref).jensen_shannon(win)
+
+
 def chi_square(ref: Counts, win: Counts) -> ChiSquare:
     """Chi-square homogeneity test of two histograms (bins empty in both are dropped)."""
-    r = np.asarray(ref, dtype=np.float64)
-    w = np.asarray(win, dtype=np.float64)
-    nr = r.sum(axis=-1, keepdims=True)
-    nw = w.sum(axis=-1, keepdims=True)
-    both = r + w
-    used = both > 0
-    k1 = np.sqrt(np.divide(nw, nr, out=np.zeros_like(nr), where=nr > 0))
-    k2 = np.sqrt(np.divide(nr, nw, out=np.zeros_like(nw), where=nw > 0))
-    terms = np.divide((k1 * r - k2 * w) ** 2, both, out=np.zeros_like(both), where=used)
-    stat = terms.sum(axis=-1)
-    df = np.maximum(used.sum(axis=-1) - 1, 0).astype(np.float64)
-    valid = (df > 0) & (nr[:, 0] > 0) & (nw[:, 0] > 0)
-    p = np.where(valid, special.chdtrc(np.maximum(df, 1.0), stat), 1.0)
-    return ChiSquare(np.where(valid, stat, 0.0), df, np.asarray(p, dtype=np.float64))
-
-
-def _value_cdfs(ref: Counts, win: Counts, n_bins: NDArray[np.int64]) -> tuple[Vec, Vec]:
-    """CDFs over value bins only (missing bin and padding dropped)."""
-    width = np.asarray(ref).shape[-1]
-    mask = np.arange(width)[None, :] < n_bins[:, None]
-    r = np.where(mask, ref, 0).astype(np.float64)
-    w = np.where(mask, win, 0).astype(np.float64)
-    return np.cumsum(_proportions(r), axis=-1), np.cumsum(_proportions(w), axis=-1)
+    return ReferenceTerms(ref).chi_square(win)
 
 
 def ks_binned(
@@ -86,13 +168,7 @@ def ks_binned(
     The distance is taken at the reference's quantile bin edges only, so it is a lower
     bound of the exact KS distance; the p-value is therefore conservative.
     """
-    cr, cw = _value_cdfs(ref, win, n_bins)
-    d = np.max(np.abs(cr - cw), axis=-1)
-    nr = np.asarray(ref, dtype=np.float64).sum(axis=-1)
-    nw = np.asarray(win, dtype=np.float64).sum(axis=-1)
-    en = np.divide(nr * nw, nr + nw, out=np.zeros_like(nr), where=(nr + nw) > 0)
-    p = special.kolmogorov(d * np.sqrt(en))
-    return np.where(numeric, d, np.nan), np.where(numeric & (en > 0), p, np.nan)
+    return ReferenceTerms(ref).ks_binned(win, n_bins, numeric)
 
 
 def bin_widths(edges: list[NDArray[np.float64]], lows: Vec, highs: Vec, width: int) -> Vec:
@@ -109,6 +185,4 @@ def wasserstein_binned(
     ref: Counts, win: Counts, n_bins: NDArray[np.int64], widths: Vec, scale: Vec
 ) -> Vec:
     """1-Wasserstein distance between binned distributions, in units of ``scale`` (ref std)."""
-    cr, cw = _value_cdfs(ref, win, n_bins)
-    w1 = np.sum(np.abs(cr - cw) * widths, axis=-1)
-    return np.asarray(np.divide(w1, scale, out=np.full_like(w1, np.nan), where=scale > 0))
+    return ReferenceTerms(ref).wasserstein_binned(win, n_bins, widths, scale)
