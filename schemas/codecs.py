@@ -7,7 +7,11 @@ raises on any input bytes. The JSON Schema files under ``schemas/json`` describe
 contracts; the tests prove that the schemas and the decoders agree.
 
 Hot path, chosen by measurement (CPU time per event, 20 features, 2,000 single events or
-500-event rows envelopes per call). A rows envelope is first tried whole, column by column
+500-event envelopes per call). Columns envelopes, the SDK's packed form above all
+(numeric columns as base64 float64, segments dictionary-encoded: 1.7 µs per event
+against 5 for JSON columns), stay columns from the message to the batch: their blocks sit
+in the accumulator beside the row tuples of other messages and are joined in row order.
+A rows envelope is first tried whole, column by column
 (:func:`~driftline.schemas.rows_block.rows_block`: one feature-key order, numeric features,
 plain optional fields), which saves about a quarter of its decode time. Otherwise each
 event goes through :func:`_fast_event`, a straight run of type and length tests for the
