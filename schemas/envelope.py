@@ -246,19 +246,25 @@ def obj_array(values: Sequence[Any]) -> ObjectArray:
     return out
 
 
+def _base64(name: str, what: str, b64: str, width: int, n: int) -> bytes:
+    """The bytes of a packed field: strict base64 of exactly ``n`` values of ``width``."""
+    try:
+        raw = binascii.a2b_base64(b64, strict_mode=True)
+    except (binascii.Error, ValueError) as exc:
+        raise Reject("schema", f"columns.{name}: {what} is not base64 ({exc})") from None
+    if len(raw) != width * n:
+        raise Reject("schema", f"columns.{name}: {what} holds {len(raw)} bytes, n is {n} "
+                               f"({width * n} bytes)")
+    return raw
+
+
 def _f64(name: str, packed: Mapping[str, Any], n: int) -> FloatArray:
     """A packed numeric column ``{"f64": base64 of n little-endian float64}``; NaN is
     null, an infinity is rejected."""
     b64 = packed.get("f64")
     if type(b64) is not str or len(packed) != 1:
         raise Reject("schema", f'columns.{name}: a packed column is {{"f64": "<base64>"}}')
-    try:
-        raw = binascii.a2b_base64(b64, strict_mode=True)
-    except (binascii.Error, ValueError) as exc:
-        raise Reject("schema", f"columns.{name}: f64 is not base64 ({exc})") from None
-    if len(raw) != 8 * n:
-        raise Reject("schema", f"columns.{name}: f64 holds {len(raw)} bytes, n is {n} "
-                               f"({8 * n} bytes)")
+    raw = _base64(name, "f64", b64, 8, n)
     arr = np.frombuffer(raw, dtype="<f8").astype(np.float64)
     inf = np.isinf(arr)
     if inf.any():
@@ -267,21 +273,17 @@ def _f64(name: str, packed: Mapping[str, Any], n: int) -> FloatArray:
     return arr
 
 
-def _dictionary(name: str, packed: Mapping[str, Any], n: int,
+def _dictionary(name: str, packed: Mapping[str, Any], n: int, limit: int,
                 check: Callable[[Any], Any]) -> ObjectArray:
     """A dictionary-encoded column ``{"dict": [values], "index": base64 of n
-    little-endian uint32}``; each distinct value is checked once."""
+    little-endian uint32}`` (at most ``limit`` values); each value is checked once."""
     values, b64 = packed.get("dict"), packed.get("index")
     if type(values) is not list or type(b64) is not str or len(packed) != 2:
         raise Reject("schema", f'columns.{name}: a dictionary column is '
                                f'{{"dict": [values], "index": "<base64>"}}')
-    try:
-        raw = binascii.a2b_base64(b64, strict_mode=True)
-    except (binascii.Error, ValueError) as exc:
-        raise Reject("schema", f"columns.{name}: index is not base64 ({exc})") from None
-    if len(raw) != 4 * n:
-        raise Reject("schema", f"columns.{name}: index holds {len(raw)} bytes, n is {n} "
-                               f"({4 * n} bytes)")
+    if len(values) > limit:
+        raise Reject("schema", f"columns.{name}: dict has {len(values)} values (limit {limit})")
+    raw = _base64(name, "index", b64, 4, n)
     index = np.frombuffer(raw, dtype="<u4")
     if n and int(index.max()) >= len(values):
         i = int((index >= len(values)).argmax())
@@ -433,7 +435,8 @@ def decode_columns(
     seg = _column(cols, "segment", n)
     segs: ObjectArray | None = None
     if type(seg) is dict:
-        segs = _dictionary("segment", seg, n, lambda v: check_segment(v, limits))
+        segs = _dictionary("segment", seg, n, limits.max_events_per_envelope,
+                           lambda v: check_segment(v, limits))
     elif seg is not None:
         segs = obj_array(_segment_column(seg, limits))
     out = _column(cols, "outcome", n)
@@ -560,22 +563,28 @@ def _encoded(name: str, col: Any, n: int, packed: bool) -> Any:
 #: shortest decimal form in JSON, so it stays JSON).
 _PACKABLE = NUMS_NONE | {np.float64, np.int8, np.int16, np.int32, np.int64, np.uint8,
                          np.uint16, np.uint32, np.uint64}
+_INT_MIN, _UINT_MAX = -(2**63), 2**64 - 1  # the integers orjson writes
 
 
 def _as_f64(col: Any) -> FloatArray | None:
     """``col`` as float64 with NaN for null and non-finite values, or None when it holds
-    anything but numbers and nulls (bools included: they are labels, not numbers)."""
+    anything but numbers and nulls (bools included: they are labels, not numbers) or
+    anything the JSON forms cannot write either (integers beyond 64 bits, non-native byte
+    order): such a column stays a JSON array and fails to encode as in every form."""
     if isinstance(col, np.ndarray):
-        if col.ndim != 1 or (col.dtype.kind not in "iu" and col.dtype != np.float64):
+        if col.ndim != 1 or not col.dtype.isnative or (
+                col.dtype.kind not in "iu" and col.dtype != np.float64):
             return None
         arr = col.astype(np.float64)
     else:
-        if not _PACKABLE.issuperset(map(type, col)):
+        types = set(map(type, col))
+        if not _PACKABLE.issuperset(types):
             return None
-        try:
-            arr = np.array([NAN if v is None else v for v in col], dtype=np.float64)
-        except OverflowError:  # an integer beyond float64: JSON keeps it exact
-            return None
+        if int in types:
+            ints = [v for v in col if type(v) is int]
+            if min(ints) < _INT_MIN or max(ints) > _UINT_MAX:
+                return None
+        arr = np.array([NAN if v is None else v for v in col], dtype=np.float64)
     arr[~np.isfinite(arr)] = NAN
     return arr
 

@@ -218,3 +218,39 @@ def test_the_encoder_keeps_json_arrays_for_columns_that_are_not_numbers() -> Non
     assert obj["columns"]["segment"] == [{"r": 1}, None]  # invalid: the worker names the row
     res = decode_inference([orjson.dumps(obj)])
     assert res.rejections[0].reason.startswith("schema: columns.segment[0]")
+
+
+def test_schema_and_decoder_agree_on_line_breaks_and_dictionary_size() -> None:
+    from driftline.schemas.limits import DEFAULT_LIMITS
+    from driftline.schemas.validation import first_error
+
+    for columns, n in (({"features": {"x": {"f64": _b64(bytes(8)) + "\n"}}}, 1),
+                       ({"features": {}, "segment": {"dict": [None], "index": "AAA=\n"}}, 0),
+                       ({"features": {}, "segment": {
+                           "dict": [None] * (DEFAULT_LIMITS.max_events_per_envelope + 1),
+                           "index": ""}}, 0)):
+        obj = orjson.loads(_env(columns, n))
+        assert first_error("batch_envelope.v1", obj) is not None
+        assert _reason(columns, n).startswith("schema: columns.")
+
+
+@pytest.mark.parametrize("value", [2**64, -(2**63) - 1])
+def test_integers_json_cannot_write_fail_in_the_packed_form_too(value: int) -> None:
+    from driftline.streams.producer import encode_batch
+
+    events = [{"features": {"a": value}, "ts": 1.0}, {"features": {"a": 1}, "ts": 2.0}]
+    for form in ("auto", "rows"):
+        with pytest.raises(TypeError):
+            encode_batch("m", events, form=form)
+    with pytest.raises(TypeError):
+        encode_envelope_columns("m", _columns(events), 2, packed=True)
+    big_endian = np.array([1, 2], dtype=">i8")
+    with pytest.raises(TypeError):
+        encode_envelope_columns("m", {"features": {"a": big_endian}}, 2, packed=True)
+
+
+def test_the_largest_integers_json_writes_pack_like_json() -> None:
+    events = [{"features": {"a": v}} for v in (2**64 - 1, -(2**63), 2**53 + 1)]
+    packed = decode_inference([encode_envelope_columns("m", _columns(events), 3, packed=True)])
+    as_json = decode_inference([encode_envelope_columns("m", _columns(events), 3)])
+    same_batches(packed.batches, as_json.batches)
