@@ -39,6 +39,7 @@ from driftline.benchmarks.report import write
 from driftline.schemas.codecs import decode_inference, encode_envelope_columns, encode_envelope_rows
 from driftline.streams.metrics import WorkerMetrics
 from driftline.streams.processor import Processor
+from driftline.streams.producer import event_columns
 from driftline.streams.settings import Settings
 from driftline.streams.synthetic import SyntheticModels
 
@@ -98,11 +99,8 @@ class _Stream:
                 elif form == "rows":
                     msgs.append((encode_envelope_rows(m, chunk), p))
                 else:
-                    cols: dict[str, Any] = {"features": {
-                        f: [ev["features"][f] for ev in chunk] for f in chunk[0]["features"]}}
-                    for k in chunk[0]:
-                        if k != "features":
-                            cols[k] = [ev[k] for ev in chunk]
+                    cols = event_columns(chunk)
+                    assert cols is not None  # synthetic events share their fields
                     mv = cols.pop("model_version")[0]
                     msgs.append((encode_envelope_columns(m, cols, len(chunk), mv,
                                                          packed=form == "packed"), p))

@@ -62,9 +62,9 @@ from driftline.schemas.envelope import (
     encode_envelope_rows,
     feature_values,
     json_type,
-    obj_array,
     too_long,
 )
+from driftline.schemas.envelope import obj_array as _obj
 from driftline.schemas.limits import DEAD_LETTER_PAYLOAD_MAX, DEFAULT_LIMITS, REASON_CODES, Limits
 from driftline.schemas.models import (
     DecodeResult,
@@ -345,8 +345,6 @@ def _packer(k: int) -> Callable[..., bytes]:
     """``pack(*values)`` of ``k`` float64s (ints and bools convert; None/str raise)."""
     return struct.Struct(f"={k}d").pack
 
-
-_obj = obj_array
 
 
 def _obj_or_none(values: tuple[Any, ...]) -> ObjectArray | None:

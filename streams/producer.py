@@ -664,6 +664,16 @@ def _columns_envelope(model: str, events: list[dict[str, Any]],
                       model_version: str | None) -> bytes | None:
     """The packed columns form when every event has the same fields and feature names
     (the common case; a worker decodes it about 5x cheaper than rows), else None."""
+    cols = event_columns(events)
+    if cols is None:
+        return None
+    return encode_envelope_columns(model, cols, len(events), model_version=model_version,
+                                   packed=True)
+
+
+def event_columns(events: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """``events`` (without their ``model``) as the columns of a columns envelope, or None
+    unless every event has the same fields and feature names in the same order."""
     first = events[0]
     fields = tuple(k for k in first if k != "model")
     features = first.get("features")
@@ -679,8 +689,7 @@ def _columns_envelope(model: str, events: list[dict[str, Any]],
     for k in fields:
         if k != "features":
             cols[k] = [e[k] for e in events]
-    return encode_envelope_columns(model, cols, len(events), model_version=model_version,
-                                   packed=True)
+    return cols
 
 
 def _reason(err: Any) -> str:

@@ -40,7 +40,7 @@ from driftline.schemas.codecs import encode_envelope_columns, encode_envelope_ro
 from driftline.streams.admin import TopicSpec, delete_topics, ensure_topics
 from driftline.streams.broker import EmbeddedBroker
 from driftline.streams.kafka_config import client_config, producer_config
-from driftline.streams.producer import encode_batch
+from driftline.streams.producer import encode_batch, event_columns
 from driftline.streams.synthetic import SyntheticModels
 
 console = Console(stderr=True)
@@ -182,20 +182,16 @@ def produce_data(run: Run, events: int, *, models: int = 10, features: int = 20,
             value = orjson.dumps(ev)
             nbytes += len(value)
             send(run.single_topic, value, key)
+        rows = [{k: v for k, v in ev.items() if k not in _ENVELOPE_KEYS} for ev in take]
         if envelopes and take:
             # exactly what DriftlineProducer.emit_event() + its background thread write
-            rows = [{k: v for k, v in ev.items() if k not in _ENVELOPE_KEYS} for ev in take]
             send(run.envelope_topic, encode_batch(model, rows, "v1"), key)
             n_env += 1
             if columns:
                 send(run.rows_topic, encode_envelope_rows(model, rows, model_version="v1"), key)
         if columns and take:
-            first = take[0]
-            cols: dict[str, Any] = {"features": {k: [e["features"][k] for e in take]  # type: ignore[index]
-                                                 for k in first["features"]}}  # type: ignore[union-attr]
-            for f in first:
-                if f not in _ENVELOPE_KEYS and f != "features":
-                    cols[f] = [e[f] for e in take]
+            cols = event_columns(rows)
+            assert cols is not None  # synthetic events share their fields
             send(run.columns_topic, encode_envelope_columns(model, cols, len(take),
                                                             model_version="v1"), key)
         prod.poll(0)
