@@ -54,3 +54,57 @@ def test_detectors_import_no_kafka_or_faust() -> None:
             "print(bad); sys.exit(1 if bad else 0)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+_VALUES: list[object] = [0, 1, -2, 2**64, 10**400, 0.5, -0.0, 1e308, float("nan"), float("inf"),
+                         -float("inf"), True, False, None, "1.5", [1.0], {"a": 1}, np.float64(2.5),
+                         np.int64(3), np.nan, 5e-324]
+
+
+def _per_value(raw: object, what: str) -> tuple[str, object]:
+    """The reference behaviour: every value through ``_finite``."""
+    from driftline.detectors.reference import _finite
+
+    try:
+        return "ok", np.asarray([_finite(x, what) for x in raw], dtype=np.float64)  # type: ignore[attr-defined]
+    except (ProfileError, OverflowError, TypeError) as exc:
+        return type(exc).__name__, str(exc)
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_bulk_number_lists_decide_like_the_per_value_check(seed: int) -> None:
+    """A reference's samples and edges are converted in one numpy call when they are plain
+    numbers; whatever the list holds, the result (values or the error and its message) is
+    the per-value check's."""
+    from driftline.detectors.reference import _finites
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(0, 8))
+    plain = rng.random() < 0.5  # mostly numbers, so the bulk path is taken and checked
+    pool = _VALUES[:7] if plain else _VALUES
+    raw: object = [pool[int(rng.integers(0, len(pool)))] for _ in range(n)]
+    if rng.random() < 0.05:
+        raw = "12" if rng.random() < 0.5 else (1.0, 2.0)
+    want = _per_value(raw, "column 'x' sample")
+    try:
+        got: tuple[str, object] = "ok", _finites(raw, "column 'x' sample")
+    except (ProfileError, OverflowError, TypeError) as exc:
+        got = type(exc).__name__, str(exc)
+    assert got[0] == want[0]
+    if want[0] == "ok":
+        assert isinstance(got[1], np.ndarray) and got[1].dtype == np.float64
+        np.testing.assert_array_equal(got[1], want[1])  # type: ignore[arg-type]
+        assert np.signbit(got[1]).tolist() == np.signbit(want[1]).tolist()  # type: ignore[arg-type]
+    else:
+        assert got[1] == want[1]
+
+
+def test_a_reference_with_a_bad_sample_value_names_it() -> None:
+    prof = build_profile("m", {"x": np.arange(100.0)})
+    d = prof.to_dict()
+    d["numeric"][0]["sample"][3] = True
+    with pytest.raises(ProfileError, match=r"column 'x' sample must be a finite number, not True"):
+        ReferenceProfile.from_dict(d)
+    d["numeric"][0]["sample"][3] = float("inf")
+    with pytest.raises(ProfileError, match=r"column 'x' sample must be a finite number, not inf"):
+        ReferenceProfile.from_dict(d)
