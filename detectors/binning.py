@@ -37,6 +37,23 @@ class ColumnLayout:
         return self.width - 1
 
 
+#: Numeric columns with at most this many edges are binned together, by comparing every
+#: value with each column's k-th edge at once; columns with more edges one by one.
+_COMPARE_EDGES = 32
+#: Feature orders whose binning plan a Binner keeps.
+_PLANS = 64
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How one feature order maps onto the profiled columns."""
+
+    num_j: NDArray[np.intp]  # profiled numeric columns binned together
+    num_i: NDArray[np.intp]  # their batch columns (-1: the prediction score, the last one)
+    edges: NDArray[np.float64]  # (K, len(num_j)) their edges, padded with +inf
+    other: tuple[tuple[int, int], ...]  # (profiled column, batch column or -1), one by one
+
+
 class Binner:
     """Vectorised binning of :class:`EventBatch` rows against one reference profile."""
 
@@ -68,27 +85,67 @@ class Binner:
             else None
             for c in cols
         ]
+        self._plans: dict[tuple[str, ...], _Plan] = {}
+
+    def _plan(self, names: tuple[str, ...]) -> _Plan:
+        plan = self._plans.get(names)
+        if plan is not None:
+            return plan
+        index = {name: i for i, name in enumerate(names)}
+        together: list[tuple[int, int, NDArray[np.float64]]] = []
+        other: list[tuple[int, int]] = []
+        for j, col in enumerate(self._columns):
+            i = -1 if self.layout.kinds[j] == "prediction" else index.get(col.name)
+            if i is None:
+                continue  # not in this batch: every row is missing
+            if isinstance(col, NumericProfile) and col.edges.size <= _COMPARE_EDGES:
+                together.append((j, i, col.edges))
+            else:
+                other.append((j, i))
+        edges = np.full((max((e.size for *_, e in together), default=0), len(together)), np.inf)
+        for c, (*_, e) in enumerate(together):
+            edges[: e.size, c] = e
+        plan = _Plan(np.asarray([j for j, *_ in together], dtype=np.intp),
+                     np.asarray([i for _, i, _ in together], dtype=np.intp), edges, tuple(other))
+        if len(self._plans) >= _PLANS:
+            self._plans.clear()
+        self._plans[names] = plan
+        return plan
 
     def bins(self, batch: EventBatch) -> NDArray[np.int64]:
-        """``(n, C)`` bin index of every row and column (missing -> the last bin)."""
+        """``(n, C)`` bin index of every row and column (missing -> the last bin).
+
+        A numeric value's bin is the number of its column's edges at or below it
+        (``searchsorted(edges, value, side="right")``); for columns with few edges that
+        count is taken for all of them at once, one comparison per edge rank.
+        """
         n = len(batch)
-        out = np.full((n, len(self._columns)), self.layout.missing_bin, dtype=np.int64)
-        index = {name: i for i, name in enumerate(batch.feature_names)}
-        columns = np.ascontiguousarray(batch.numeric.T)  # one copy; rows are then contiguous
-        for j, col in enumerate(self._columns):
-            if self.layout.kinds[j] == "prediction":
-                values = batch.prediction_score
-                texts = batch.prediction_label
+        missing = self.layout.missing_bin
+        out = np.full((n, len(self._columns)), missing, dtype=np.int64)
+        plan = self._plan(batch.feature_names)
+        if plan.num_j.size:
+            if plan.num_i[-1] < 0:  # the prediction is the last profiled column
+                values = np.empty((n, plan.num_i.size))
+                values[:, :-1] = batch.numeric[:, plan.num_i[:-1]]
+                values[:, -1] = batch.prediction_score
             else:
-                i = index.get(col.name)
-                if i is None:
-                    continue
-                values = columns[i]
+                values = batch.numeric[:, plan.num_i]
+            count = np.zeros(values.shape, dtype=np.uint8)  # at most _COMPARE_EDGES
+            at_or_above = np.empty(values.shape, dtype=bool)
+            for kth in plan.edges:  # +inf padding is above every finite value
+                np.greater_equal(values, kth, out=at_or_above)
+                count += at_or_above.view(np.uint8)
+            out[:, plan.num_j] = np.where(np.isfinite(values), count, missing)
+        for j, i in plan.other:
+            col = self._columns[j]
+            if i < 0:
+                values, texts = batch.prediction_score, batch.prediction_label
+            else:
+                values = batch.numeric[:, i]
                 texts = batch.text[:, i] if batch.text is not None else None
             if isinstance(col, NumericProfile):
-                ok = np.isfinite(values)
                 b = np.searchsorted(col.edges, values, side="right")
-                out[:, j] = np.where(ok, b, self.layout.missing_bin)
+                out[:, j] = np.where(np.isfinite(values), b, missing)
             else:
                 out[:, j] = self._categorical_bins(j, col, values, texts)
         return out
