@@ -87,6 +87,8 @@ def scaling(
                                          help="Kafka bootstrap servers (default: embedded broker)"),
     envelopes: bool = typer.Option(False, help="SDK envelopes instead of single events"),
     bytewax: bool = typer.Option(True, help="run Bytewax with 1 and 2 processes for comparison"),
+    repeats: int = typer.Option(1, min=1, help="rounds of every configuration; each counts "
+                                "with its fastest round"),
     quick: bool = typer.Option(False, help="small data set (CI smoke run)"),
 ) -> None:
     """Events/s of 1, 2, ... workers in one group; events lost/duplicated; vs Bytewax."""
@@ -100,7 +102,8 @@ def scaling(
     n = events if events is not None else (20_000 if quick else 400_000)
     try:
         data = run(workers=counts, events=n, json_out=json_out, bootstrap=bootstrap,
-                   envelopes=envelopes, bytewax=bytewax, quick=quick)
+                   envelopes=envelopes, bytewax=bytewax, quick=quick,
+                   repeats=1 if quick else repeats)
     except BenchError as exc:
         typer.echo(f"benchmark failed: {exc}", err=True)
         raise typer.Exit(1) from None
