@@ -24,6 +24,7 @@ there are (a traffic-weighted Bonferroni over segments on top of the per-column 
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -226,14 +227,9 @@ class Segments:
         factorised by segment object first (a decoder shares one dict among a batch's
         equal segments, so there are few), then the distinct objects by value.
         ``rows`` are increasing (all of the batch's, or some)."""
-        col = (segment if rows.size == segment.size else segment[rows]).tolist()
-        # every object is alive in ``col``: equal ids are the same object
-        ids = np.fromiter(map(id, col), dtype=np.uint64, count=len(col))
-        _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
-        sight = np.argsort(first, kind="stable")  # the distinct objects in order of first sight
-        slot = np.empty(first.size, dtype=np.int64)
-        slot[sight] = self._slots([col[i] for i in first[sight].tolist()])
-        return slot[inverse.reshape(-1)]
+        col = segment if rows.size == segment.size else segment[rows]
+        first, inverse = _factorise(_addresses(col))
+        return self._slots(col[first].tolist())[inverse]
 
     def _slots(self, objs: list[Any]) -> NDArray[np.int64]:
         """The slot of each segment object (``_NONE`` for None and for no segment),
@@ -313,6 +309,34 @@ def _bounds(change: NDArray[np.bool_]) -> NDArray[np.intp]:
     edge[0] = edge[-1] = True
     edge[1:-1] = change
     return np.flatnonzero(edge)
+
+
+def _addresses(col: NDArray[np.object_]) -> NDArray[np.uintp]:
+    """The address of each element's object (its ``id``), read from the array's buffer of
+    object pointers in one copy: the objects are alive in ``col``, so equal addresses are
+    the same object."""
+    col = np.ascontiguousarray(col)
+    return np.frombuffer(ctypes.string_at(col.ctypes.data, col.nbytes), dtype=np.uintp)
+
+
+def _factorise(keys: NDArray[np.uintp]) -> tuple[NDArray[np.intp], NDArray[np.int64]]:
+    """``(first, inverse)``: the row of each distinct key's first sight, in order of first
+    sight, and each row's index into ``first``."""
+    n = keys.size
+    if n == 0:
+        return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.int64)
+    order = np.argsort(keys, kind="stable")  # equal keys: rows in order, the first first
+    s = keys[order]
+    new = np.empty(n, dtype=bool)
+    new[0] = True
+    np.not_equal(s[1:], s[:-1], out=new[1:])
+    first = order[new]  # per distinct key (by value), its first row
+    sight = np.argsort(first, kind="stable")
+    rank = np.empty(first.size, dtype=np.int64)
+    rank[sight] = np.arange(first.size, dtype=np.int64)
+    inverse = np.empty(n, dtype=np.int64)
+    inverse[order] = rank[np.cumsum(new) - 1]
+    return first[sight], inverse
 
 
 def _histograms(bins: NDArray[np.int64], block: NDArray[np.int64], g0: int, g1: int,

@@ -229,6 +229,20 @@ class OldSegments(Segments):
             np.fromiter(map(pos.__getitem__, ids), dtype=np.int64, count=len(ids))]
 
 
+
+class UniqueSegments(Segments):
+    """Segments with ``_codes`` as it was before the object addresses were read from the
+    array's buffer (``id`` per row, ``np.unique`` of the ids)."""
+
+    def _codes(self, segment: Any, rows: Any) -> Any:
+        col = (segment if rows.size == segment.size else segment[rows]).tolist()
+        ids = np.fromiter(map(id, col), dtype=np.uint64, count=len(col))
+        _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+        sight = np.argsort(first, kind="stable")
+        slot = np.empty(first.size, dtype=np.int64)
+        slot[sight] = self._slots([col[i] for i in first[sight].tolist()])
+        return slot[inverse.reshape(-1)]
+
 # -- the quality flags as first written ----------------------------------------------------
 class OldQuality(DataQuality):
     """DataQuality with ``flags`` as first written (decisions per batch, not per feature set)."""
@@ -434,6 +448,36 @@ def test_segment_grouping_closes_the_same_panes_as_first_written(
         _same(a1[k], a2[k], k)
 
 
+
+@pytest.mark.parametrize("seed", range(6))
+def test_segment_codes_match_the_previous_factorisation(seed: int) -> None:
+    """Slots of rows (and the labels given rings, in order of first sight) from the
+    addresses read off the array against ``id`` per row: shared and per-row dicts,
+    None, ``{}`` and ``{"region": None}``, many distinct objects (the columnar path),
+    values pooled beyond the maximum, strided columns and row subsets, empty ones."""
+    rng = np.random.default_rng(seed)
+    max_segments = [1, 3, 4, 40][seed % 4]
+    new = Segments(max_segments, ("region",) if seed % 3 == 0 else (), object)
+    prev = UniqueSegments(max_segments, new.keys, object)
+    first = OldSegments(max_segments, new.keys, object)
+    for k in range(40):
+        n = int(rng.choice([0, 1, 2, 7, 64, 300, 1000]))
+        col = _segment_column(rng, n, int(rng.integers(1, 8)), bool(rng.random() < 0.5))
+        if k % 5 == 1 and n:
+            col[:] = None
+        if k % 7 == 2 and n:  # many distinct values: past the few written out one by one
+            col[:] = [{"region": f"r{int(i)}"} for i in rng.integers(0, 60, n)]
+        if k % 4 == 3:
+            col = np.repeat(col, 2)[::2]  # a strided view
+        rows = np.arange(n) if k % 3 else np.flatnonzero(rng.random(n) < 0.6)
+        got = new._codes(col, rows)
+        assert got.dtype == np.int64 and got.shape == rows.shape
+        _same(got, prev._codes(col, rows), f"codes {k}")
+        _same(got, first._codes(col, rows), f"codes {k} (as first written)")
+        assert new.labels == prev.labels == first.labels
+        assert list(new.rings) == list(prev.rings)
+    assert OTHER in new.labels or max_segments == 40
+
 @pytest.mark.parametrize("timed", [False, True])
 @pytest.mark.parametrize("seed", [4, 5])
 def test_monitor_evaluations_alerts_and_snapshots_match_the_first_written_code(
@@ -499,5 +543,6 @@ def test_the_old_grouping_is_really_different_code(profile: ReferenceProfile) ->
     mon = _old_monitor(ModelMonitor(profile, MonitorConfig(calibration_rounds=5)))
     assert type(mon.segments) is OldSegments
     assert OldSegments._codes is not Segments._codes and OldSegments.add is not Segments.add
+    assert UniqueSegments._codes is not Segments._codes
     assert isinstance(mon._terms, OldTerms)
     assert OldQuality.flags is not DataQuality.flags
