@@ -45,6 +45,8 @@ _NONE = -1
 _INT_MAX = np.iinfo(np.int64).max
 #: Distinct segment objects up to which each is written out on its own (else columnar).
 _FEW = 32
+#: Segment objects whose slot is remembered by their items (see ``Segments.known``).
+_KNOWN = 4096
 #: Largest histogram block (cells) one ``bincount`` fills.
 _HIST_CELLS = 1 << 20
 
@@ -89,6 +91,10 @@ class Segments:
     events: dict[str, int] = field(default_factory=dict)  # events ever applied, per label
     overflow_events: int = 0  # rows pooled into "other"
     last_events: dict[str, int] = field(default_factory=dict)  # per label, the last update
+    #: slot by a segment object's items, for objects written out one by one (slots of
+    #: seen values never change: rings are only added; not state, emptied on load)
+    known: dict[tuple[tuple[Any, Any], ...], int] = field(default_factory=dict, repr=False,
+                                                          compare=False)
 
     @property
     def active(self) -> bool:
@@ -231,13 +237,28 @@ class Segments:
         first, inverse = _factorise(_addresses(col))
         return self._slots(col[first].tolist())[inverse]
 
+    def _slot_of(self, seg: Mapping[str, Any] | None) -> int:
+        """The slot of one segment object (``_NONE`` for None and for no segment); one
+        seen before with the same items is looked up instead of written out again."""
+        if seg is None:
+            return _NONE
+        try:
+            items = tuple(seg.items())
+            slot = self.known.get(items)
+        except TypeError:  # an unhashable value (not from a decoder): written out each time
+            items, slot = (), None
+        if slot is None:
+            slot = self._slot(canonical({k: v for k, v in seg.items() if v is not None},
+                                        self.keys))
+            if items and len(self.known) < _KNOWN:
+                self.known[items] = slot
+        return slot
+
     def _slots(self, objs: list[Any]) -> NDArray[np.int64]:
         """The slot of each segment object (``_NONE`` for None and for no segment),
         giving new values rings in order of first sight."""
         if len(objs) <= _FEW:  # one canonical value per object
-            return np.asarray([self._slot(canonical(
-                {k: v for k, v in d.items() if v is not None}, self.keys))
-                if d is not None else _NONE for d in objs], dtype=np.int64)
+            return np.asarray([self._slot_of(d) for d in objs], dtype=np.int64)
         slots = np.full(len(objs), _NONE, dtype=np.int64)
         has = [i for i, d in enumerate(objs) if d is not None]
         if not has:
@@ -291,7 +312,7 @@ class Segments:
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**62:
                 raise ValueError(f"bad segment counter {v!r}")
         self.labels, self.rings, self.since_eval, self.events = [], {}, {}, {}
-        self.last_events = {}
+        self.last_events, self.known = {}, {}
         for i, label in enumerate(labels):
             ring = self.ring(label)
             prefix = f"seg{i}."
