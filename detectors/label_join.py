@@ -206,7 +206,7 @@ class _Fifo:
         if cap and span > 2 * live + 64:
             pos = self.positions()
             new_cap = max(64, 2 * (live + n))
-            self._resize(new_cap, ((pos, np.arange(live)),))
+            self._resize(new_cap, ((pos, slice(0, live)),))
             self.head, self.tail = 0, live
             self.index.update(zip(self.ids[:live].tolist(), self._slot_numbers[:live],
                                   strict=True))
@@ -214,26 +214,27 @@ class _Fifo:
         new_cap = max(64, 2 * (span + n))
         h = self.head % cap if cap else 0
         first = min(span, cap - h)
-        lo = np.arange(h, h + first)
-        wrapped = np.arange(span - first)  # at the ring's start; moves to cap..
-        self._resize(new_cap, ((lo, lo), (wrapped, wrapped + cap)))
+        rest = span - first  # at the ring's start; moves to cap..
+        self._resize(new_cap, ((slice(h, h + first), slice(h, h + first)),
+                               (slice(0, rest), slice(cap, cap + rest))))
         self.head, self.tail = h, h + span
-        if wrapped.size:  # renumber the entries in among the moved slots
-            ids = self.ids[wrapped + cap].tolist()
+        if rest:  # renumber the entries in among the moved slots
+            ids = self.ids[cap:cap + rest].tolist()
             found = np.fromiter(map(self.index.get, ids, repeat(-1, len(ids))), dtype=np.int64,
                                 count=len(ids))
-            kept: list[int] = np.flatnonzero(np.equal(found, wrapped)).tolist()
+            kept: list[int] = np.flatnonzero(np.equal(found, np.arange(rest))).tolist()
             nums = self._slot_numbers
             self.index.update(zip([ids[i] for i in kept], [nums[cap + i] for i in kept],
                                   strict=True))
 
-    def _resize(self, cap: int, moves: tuple[tuple[NDArray[np.intp], NDArray[np.intp]], ...]
+    def _resize(self, cap: int, moves: tuple[tuple[NDArray[np.intp] | slice, slice], ...]
                 ) -> None:
-        """New arrays of ``cap`` slots; each (from, to) pair of slot arrays is copied."""
+        """New arrays of ``cap`` slots; each (from, to) pair is copied: slots (an array of
+        them or a range, as a slice) to a range of as many."""
         ids = np.empty(cap, dtype=object)
         cols = {name: np.empty(cap, dtype=col.dtype) for name, col in self.cols.items()}
         for src, dst in moves:
-            if src.size:
+            if dst.stop > dst.start:
                 ids[dst] = self.ids[src]
                 for name, col in self.cols.items():
                     cols[name][dst] = col[src]

@@ -24,6 +24,7 @@ there are (a traffic-weighted Bonferroni over segments on top of the per-column 
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -44,6 +45,8 @@ _NONE = -1
 _INT_MAX = np.iinfo(np.int64).max
 #: Distinct segment objects up to which each is written out on its own (else columnar).
 _FEW = 32
+#: Segment objects whose slot is remembered by their items (see ``Segments.known``).
+_KNOWN = 4096
 #: Largest histogram block (cells) one ``bincount`` fills.
 _HIST_CELLS = 1 << 20
 
@@ -88,6 +91,10 @@ class Segments:
     events: dict[str, int] = field(default_factory=dict)  # events ever applied, per label
     overflow_events: int = 0  # rows pooled into "other"
     last_events: dict[str, int] = field(default_factory=dict)  # per label, the last update
+    #: slot by a segment object's items, for objects written out one by one (slots of
+    #: seen values never change: rings are only added; not state, emptied on load)
+    known: dict[tuple[tuple[Any, Any], ...], int] = field(default_factory=dict, repr=False,
+                                                          compare=False)
 
     @property
     def active(self) -> bool:
@@ -226,22 +233,32 @@ class Segments:
         factorised by segment object first (a decoder shares one dict among a batch's
         equal segments, so there are few), then the distinct objects by value.
         ``rows`` are increasing (all of the batch's, or some)."""
-        col = (segment if rows.size == segment.size else segment[rows]).tolist()
-        # every object is alive in ``col``: equal ids are the same object
-        ids = np.fromiter(map(id, col), dtype=np.uint64, count=len(col))
-        _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
-        sight = np.argsort(first, kind="stable")  # the distinct objects in order of first sight
-        slot = np.empty(first.size, dtype=np.int64)
-        slot[sight] = self._slots([col[i] for i in first[sight].tolist()])
-        return slot[inverse.reshape(-1)]
+        col = segment if rows.size == segment.size else segment[rows]
+        first, inverse = _factorise(_addresses(col))
+        return self._slots(col[first].tolist())[inverse]
+
+    def _slot_of(self, seg: Mapping[str, Any] | None) -> int:
+        """The slot of one segment object (``_NONE`` for None and for no segment); one
+        seen before with the same items is looked up instead of written out again."""
+        if seg is None:
+            return _NONE
+        try:
+            items = tuple(seg.items())
+            slot = self.known.get(items)
+        except TypeError:  # an unhashable value (not from a decoder): written out each time
+            items, slot = (), None
+        if slot is None:
+            slot = self._slot(canonical({k: v for k, v in seg.items() if v is not None},
+                                        self.keys))
+            if items and len(self.known) < _KNOWN:
+                self.known[items] = slot
+        return slot
 
     def _slots(self, objs: list[Any]) -> NDArray[np.int64]:
         """The slot of each segment object (``_NONE`` for None and for no segment),
         giving new values rings in order of first sight."""
         if len(objs) <= _FEW:  # one canonical value per object
-            return np.asarray([self._slot(canonical(
-                {k: v for k, v in d.items() if v is not None}, self.keys))
-                if d is not None else _NONE for d in objs], dtype=np.int64)
+            return np.asarray([self._slot_of(d) for d in objs], dtype=np.int64)
         slots = np.full(len(objs), _NONE, dtype=np.int64)
         has = [i for i, d in enumerate(objs) if d is not None]
         if not has:
@@ -295,7 +312,7 @@ class Segments:
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**62:
                 raise ValueError(f"bad segment counter {v!r}")
         self.labels, self.rings, self.since_eval, self.events = [], {}, {}, {}
-        self.last_events = {}
+        self.last_events, self.known = {}, {}
         for i, label in enumerate(labels):
             ring = self.ring(label)
             prefix = f"seg{i}."
@@ -313,6 +330,34 @@ def _bounds(change: NDArray[np.bool_]) -> NDArray[np.intp]:
     edge[0] = edge[-1] = True
     edge[1:-1] = change
     return np.flatnonzero(edge)
+
+
+def _addresses(col: NDArray[np.object_]) -> NDArray[np.uintp]:
+    """The address of each element's object (its ``id``), read from the array's buffer of
+    object pointers in one copy: the objects are alive in ``col``, so equal addresses are
+    the same object."""
+    col = np.ascontiguousarray(col)
+    return np.frombuffer(ctypes.string_at(col.ctypes.data, col.nbytes), dtype=np.uintp)
+
+
+def _factorise(keys: NDArray[np.uintp]) -> tuple[NDArray[np.intp], NDArray[np.int64]]:
+    """``(first, inverse)``: the row of each distinct key's first sight, in order of first
+    sight, and each row's index into ``first``."""
+    n = keys.size
+    if n == 0:
+        return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.int64)
+    order = np.argsort(keys, kind="stable")  # equal keys: rows in order, the first first
+    s = keys[order]
+    new = np.empty(n, dtype=bool)
+    new[0] = True
+    np.not_equal(s[1:], s[:-1], out=new[1:])
+    first = order[new]  # per distinct key (by value), its first row
+    sight = np.argsort(first, kind="stable")
+    rank = np.empty(first.size, dtype=np.int64)
+    rank[sight] = np.arange(first.size, dtype=np.int64)
+    inverse = np.empty(n, dtype=np.int64)
+    inverse[order] = rank[np.cumsum(new) - 1]
+    return first[sight], inverse
 
 
 def _histograms(bins: NDArray[np.int64], block: NDArray[np.int64], g0: int, g1: int,

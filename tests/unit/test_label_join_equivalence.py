@@ -9,9 +9,12 @@ import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict
+from itertools import repeat
+from typing import Any
 
 import numpy as np
 import pytest
+from numpy.typing import NDArray
 
 from driftline.detectors.concept import ConceptConfig, ConceptMonitor
 from driftline.detectors.label_join import (
@@ -23,6 +26,7 @@ from driftline.detectors.label_join import (
     JoinCounts,
     Joined,
     JoinStore,
+    _Fifo,
     _put_strs,
 )
 from driftline.detectors.serialization import pack
@@ -306,3 +310,92 @@ def test_binary_outcomes_match_the_row_by_row_rule(positive: str) -> None:
                 assert codes[i] == 2 * (labels[i] in alias) + int(pred)
             else:
                 assert codes[i] == 0
+
+
+class _PreviousFifo(_Fifo):
+    """_Fifo with ``_room``/``_resize`` as before the copies were slices (index arrays)."""
+
+    def _room(self, n: int) -> None:
+        live, span, cap = len(self.index), self.tail - self.head, self.cap
+        if cap and span > 2 * live + 64:
+            pos = self.positions()
+            new_cap = max(64, 2 * (live + n))
+            self._old_resize(new_cap, ((pos, np.arange(live)),))
+            self.head, self.tail = 0, live
+            self.index.update(zip(self.ids[:live].tolist(), self._slot_numbers[:live],
+                                  strict=True))
+            return
+        new_cap = max(64, 2 * (span + n))
+        h = self.head % cap if cap else 0
+        first = min(span, cap - h)
+        lo = np.arange(h, h + first)
+        wrapped = np.arange(span - first)
+        self._old_resize(new_cap, ((lo, lo), (wrapped, wrapped + cap)))
+        self.head, self.tail = h, h + span
+        if wrapped.size:
+            ids = self.ids[wrapped + cap].tolist()
+            found = np.fromiter(map(self.index.get, ids, repeat(-1, len(ids))), dtype=np.int64,
+                                count=len(ids))
+            kept: list[int] = np.flatnonzero(np.equal(found, wrapped)).tolist()
+            nums = self._slot_numbers
+            self.index.update(zip([ids[i] for i in kept], [nums[cap + i] for i in kept],
+                                  strict=True))
+
+    def _old_resize(self, cap: int, moves: tuple[tuple[NDArray[np.intp], NDArray[np.intp]], ...]
+                    ) -> None:
+        ids = np.empty(cap, dtype=object)
+        cols = {name: np.empty(cap, dtype=col.dtype) for name, col in self.cols.items()}
+        for src, dst in moves:
+            if src.size:
+                ids[dst] = self.ids[src]
+                for name, col in self.cols.items():
+                    cols[name][dst] = col[src]
+        self.ids, self.cols, self.cap = ids, cols, cap
+        nums = self._slot_numbers
+        if len(nums) < cap:
+            nums.extend(range(len(nums), cap))
+
+
+def _same_fifo(a: _Fifo, b: _Fifo, where: str) -> None:
+    assert (a.head, a.tail, a.cap) == (b.head, b.tail, b.cap), where
+    assert a.index == b.index and list(a.index) == list(b.index), where
+    used = a.positions()
+    np.testing.assert_array_equal(used, b.positions(), err_msg=where)
+    assert a.ids[used].tolist() == b.ids[used].tolist(), where
+    for name in a.cols:
+        assert a.cols[name][used].tobytes() == b.cols[name][used].tobytes(), where
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_ring_growth_and_compaction_match_the_index_array_copies(seed: int) -> None:
+    """Random appends (ids taken in again among them), pops of single, oldest and timed-out
+    entries: both rings hold the same entries at the same slots after every step, through
+    growth with and without a wrapped part and compaction."""
+    rng = np.random.default_rng(seed)
+    cols: dict[str, Any] = {"score": np.float64, "ts": np.float64, "cls": object}
+    new, old = _Fifo(cols, []), _PreviousFifo(cols, [])
+    t = 0.0
+    for step in range(300):
+        n = int(rng.choice([0, 1, 3, 17, 64, 200]))
+        ids = [f"e{int(i)}" for i in rng.integers(0, 3000, n)]
+        ids = list(dict.fromkeys(ids))  # one batch takes an id in once
+        ts = t + rng.uniform(0, 5, len(ids))
+        t += 2.0
+        vals = {"score": rng.normal(size=len(ids)), "ts": ts,
+                "cls": [None if rng.random() < 0.5 else "a" for _ in ids]}
+        for f in (new, old):
+            f.discard(ids)  # taken in again: moves to the end
+            f.append(ids, vals)
+        op = rng.random()
+        if op < 0.3 and len(new):
+            k = int(len(new) * rng.uniform(0, 0.9)) + 1  # mostly left slots: compaction
+            for eid in rng.choice(list(new.index), k, replace=False).tolist():
+                assert new.pop(eid) == old.pop(eid)
+        elif op < 0.5:
+            k = int(rng.integers(0, 50))
+            np.testing.assert_array_equal(new.pop_oldest(k), old.pop_oldest(k))
+        elif op < 0.7:
+            np.testing.assert_array_equal(new.pop_before("ts", t - 30.0),
+                                          old.pop_before("ts", t - 30.0))
+        _same_fifo(new, old, f"step {step}")
+    assert new.cap > 64

@@ -21,7 +21,7 @@ from driftline.detectors import segments as seg_mod
 from driftline.detectors.monitor import Evaluation, ModelMonitor, MonitorConfig
 from driftline.detectors.quality import MISMATCH, MISSING, OUT_OF_RANGE, UNSEEN, DataQuality, is_set
 from driftline.detectors.reference import ReferenceProfile, build_profile
-from driftline.detectors.segments import _NONE, OTHER, Segments
+from driftline.detectors.segments import _NONE, OTHER, Segments, canonical
 from driftline.detectors.stats import (
     ChiSquare,
     ReferenceTerms,
@@ -229,6 +229,29 @@ class OldSegments(Segments):
             np.fromiter(map(pos.__getitem__, ids), dtype=np.int64, count=len(ids))]
 
 
+
+class UniqueSegments(Segments):
+    """Segments with ``_codes`` as it was before the object addresses were read from the
+    array's buffer (``id`` per row, ``np.unique`` of the ids), and ``_slots`` before the
+    slots of seen segment objects were remembered."""
+
+    def _codes(self, segment: Any, rows: Any) -> Any:
+        col = (segment if rows.size == segment.size else segment[rows]).tolist()
+        ids = np.fromiter(map(id, col), dtype=np.uint64, count=len(col))
+        _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+        sight = np.argsort(first, kind="stable")
+        slot = np.empty(first.size, dtype=np.int64)
+        slot[sight] = self._slots([col[i] for i in first[sight].tolist()])
+        return slot[inverse.reshape(-1)]
+
+    def _slots(self, objs: list[Any]) -> Any:
+        """As before the slots of seen objects were remembered by their items."""
+        if len(objs) <= seg_mod._FEW:
+            return np.asarray([self._slot(canonical(
+                {k: v for k, v in d.items() if v is not None}, self.keys))
+                if d is not None else _NONE for d in objs], dtype=np.int64)
+        return super()._slots(objs)
+
 # -- the quality flags as first written ----------------------------------------------------
 class OldQuality(DataQuality):
     """DataQuality with ``flags`` as first written (decisions per batch, not per feature set)."""
@@ -434,6 +457,54 @@ def test_segment_grouping_closes_the_same_panes_as_first_written(
         _same(a1[k], a2[k], k)
 
 
+
+class _LoadableRing:
+    """A stand-in ring for the label tables alone (no panes)."""
+
+    def load(self, meta: Any, arrays: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_segment_codes_match_the_previous_factorisation(seed: int) -> None:
+    """Slots of rows (and the labels given rings, in order of first sight) from the
+    addresses read off the array and the remembered slots of seen segment values against
+    ``id`` per row and every value written out: shared and per-row dicts, None, ``{}``
+    and ``{"region": None}``, many distinct objects (the columnar path), values pooled
+    beyond the maximum, strided columns and row subsets, empty ones, a loaded state."""
+    rng = np.random.default_rng(seed)
+    max_segments = [1, 3, 4, 40][seed % 4]
+    new = Segments(max_segments, ("region",) if seed % 3 == 0 else (), object)
+    prev = UniqueSegments(max_segments, new.keys, object)
+    first = OldSegments(max_segments, new.keys, object)
+    for k in range(40):
+        n = int(rng.choice([0, 1, 2, 7, 64, 300, 1000]))
+        col = _segment_column(rng, n, int(rng.integers(1, 8)), bool(rng.random() < 0.5))
+        if k % 5 == 1 and n:
+            col[:] = None
+        if k % 7 == 2 and n:  # many distinct values: past the few written out one by one
+            col[:] = [{"region": f"r{int(i)}"} for i in rng.integers(0, 60, n)]
+        if k % 4 == 3:
+            col = np.repeat(col, 2)[::2]  # a strided view
+        rows = np.arange(n) if k % 3 else np.flatnonzero(rng.random(n) < 0.6)
+        got = new._codes(col, rows)
+        assert got.dtype == np.int64 and got.shape == rows.shape
+        _same(got, prev._codes(col, rows), f"codes {k}")
+        _same(got, first._codes(col, rows), f"codes {k} (as first written)")
+        assert new.labels == prev.labels == first.labels
+        assert list(new.rings) == list(prev.rings)
+        if k == 20:  # a loaded state replaces the slots seen so far (other labels, order)
+            other = UniqueSegments(max_segments, new.keys, object)
+            other._codes(_segment_column(rng, 50, 7, False)[::-1].copy(), np.arange(50))
+            meta = {"labels": list(other.labels), "since_eval": [0] * len(other.labels),
+                    "events": [0] * len(other.labels), "overflow_events": 0,
+                    "rings": [{}] * len(other.labels)}
+            for seg in (new, prev, first):
+                seg.make_ring = _LoadableRing
+                seg.load(meta, {})
+            assert new.known == {}
+    assert OTHER in new.labels or max_segments == 40
+
 @pytest.mark.parametrize("timed", [False, True])
 @pytest.mark.parametrize("seed", [4, 5])
 def test_monitor_evaluations_alerts_and_snapshots_match_the_first_written_code(
@@ -499,5 +570,6 @@ def test_the_old_grouping_is_really_different_code(profile: ReferenceProfile) ->
     mon = _old_monitor(ModelMonitor(profile, MonitorConfig(calibration_rounds=5)))
     assert type(mon.segments) is OldSegments
     assert OldSegments._codes is not Segments._codes and OldSegments.add is not Segments.add
+    assert UniqueSegments._codes is not Segments._codes
     assert isinstance(mon._terms, OldTerms)
     assert OldQuality.flags is not DataQuality.flags
