@@ -40,8 +40,8 @@ class ColumnLayout:
 #: Numeric columns with at most this many edges are binned together, by comparing every
 #: value with each column's k-th edge at once; columns with more edges one by one.
 _COMPARE_EDGES = 32
-#: Feature orders whose binning plan a Binner keeps.
-_PLANS = 64
+#: Feature orders whose binning plan a Binner keeps (a producer sends one; ~3 KB each).
+_PLANS = 8
 
 
 @dataclass(frozen=True)

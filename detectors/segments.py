@@ -45,8 +45,10 @@ _NONE = -1
 _INT_MAX = np.iinfo(np.int64).max
 #: Distinct segment objects up to which each is written out on its own (else columnar).
 _FEW = 32
-#: Segment objects whose slot is remembered by their items (see ``Segments.known``).
-_KNOWN = 4096
+#: Segment values whose slot is remembered by their items (see ``Segments.known``), and
+#: the longest such value (``repr`` of its items): a segment may hold 16 keys and values of
+#: 1,024 characters each, so the memo is bounded in size, not only in count.
+_KNOWN, _KNOWN_CHARS = 64, 512
 #: Largest histogram block (cells) one ``bincount`` fills.
 _HIST_CELLS = 1 << 20
 
@@ -250,7 +252,7 @@ class Segments:
         if slot is None:
             slot = self._slot(canonical({k: v for k, v in seg.items() if v is not None},
                                         self.keys))
-            if items and len(self.known) < _KNOWN:
+            if items and len(self.known) < _KNOWN and len(repr(items)) <= _KNOWN_CHARS:
                 self.known[items] = slot
         return slot
 

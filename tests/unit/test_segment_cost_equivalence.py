@@ -573,3 +573,18 @@ def test_the_old_grouping_is_really_different_code(profile: ReferenceProfile) ->
     assert UniqueSegments._codes is not Segments._codes
     assert isinstance(mon._terms, OldTerms)
     assert OldQuality.flags is not DataQuality.flags
+
+
+def test_segment_slot_memo_is_bounded() -> None:
+    """The memo of slots by segment items holds at most ``_KNOWN`` short segments (a
+    segment may carry 16 keys and values of 1,024 characters); the rest are written out
+    each time, with the same slots."""
+    from driftline.detectors import segments as sg
+
+    segs = sg.Segments(3, (), lambda: None)
+    plain = sg.Segments(3, (), lambda: None)
+    values = [{"user": f"u{i}"} for i in range(200)] + [{"k": "x" * 2000}, {"user": "u5"}]
+    got = [segs._slot_of(v) for v in values]
+    assert len(segs.known) == sg._KNOWN
+    assert (("k", "x" * 2000),) not in segs.known
+    assert got == [plain._slot(sg.canonical(v)) for v in values]
