@@ -72,7 +72,10 @@ class Cluster:
                 p.wait(5)
 
     def logs(self) -> str:
-        return "\n".join(f.read_text(errors="replace")[-3000:] for f in self.logdir.glob("*.log"))
+        """Each worker's log (its last 20,000 characters), named: what a failed
+        accounting check prints to show who owned which partition when."""
+        return "\n".join(f"--- {f.name}\n" + f.read_text(errors="replace")[-20000:]
+                         for f in sorted(self.logdir.glob("*.log")))
 
 
 def produce_mixed(c: Cluster, per_model: int, seed: int, *, pace: float = 0.0,
