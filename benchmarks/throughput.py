@@ -69,6 +69,12 @@ _HOW_TO_INSTALL = {
 }
 
 
+#: Every ratio reported: name -> (numerator, denominator) consumer.
+_RATIOS = {"envelope_vs_raw": ("envelope", "raw"), "envelope_vs_faust": ("envelope", "faust"),
+           "single_vs_faust": ("single", "faust"), "single_vs_quix": ("single", "quix"),
+           "single_vs_bytewax": ("single", "bytewax"), "single_vs_raw": ("single", "raw")}
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
@@ -187,11 +193,8 @@ def run(events: int = 300_000, json_out: Path | None = None, *, bootstrap: str |
     # the targets' ratios of each round alone, beside the ratios of the best rounds
     per_round = [{k: results[i]["eps"] for k, results in rounds.items() if i < len(results)}
                  for i in range(repeats)]
-    ratio_pairs = {"envelope_vs_raw": ("envelope", "raw"), "envelope_vs_faust": ("envelope", "faust"),
-                   "single_vs_faust": ("single", "faust"), "single_vs_quix": ("single", "quix"),
-                   "single_vs_bytewax": ("single", "bytewax")}
     round_ratios = {name: [_ratio(rd.get(a), rd.get(b)) for rd in per_round]
-                    for name, (a, b) in ratio_pairs.items()}
+                    for name, (a, b) in _RATIOS.items()}
     out: dict[str, Any] = {
         "events": events,
         "raw_eps": eps["raw"], "faust_eps": eps["faust"], "quix_eps": eps["quix"],
@@ -199,25 +202,13 @@ def run(events: int = 300_000, json_out: Path | None = None, *, bootstrap: str |
         "single_eps": eps["single"],
         "columns_envelope_eps": eps["columns"],
         "rows_envelope_eps": eps["rows"],
-        "envelope_vs_raw": _ratio(eps["envelope"], eps["raw"]),
-        "envelope_vs_faust": _ratio(eps["envelope"], eps["faust"]),
-        "single_vs_faust": _ratio(eps["single"], eps["faust"]),
-        "single_vs_quix": _ratio(eps["single"], eps["quix"]),
-        "single_vs_bytewax": _ratio(eps["single"], eps["bytewax"]),
-        "single_vs_raw": _ratio(eps["single"], eps["raw"]),
+        **{name: _ratio(eps[a], eps[b]) for name, (a, b) in _RATIOS.items()},
         "repeats": repeats,
         "rounds": per_round,
         "round_ratios": round_ratios,
         "steady_eps": steady,
         "cpu_eps": cpu,
-        "cpu_ratios": {
-            "envelope_vs_raw": _ratio(cpu.get("envelope"), cpu.get("raw")),
-            "single_vs_raw": _ratio(cpu.get("single"), cpu.get("raw")),
-            "single_vs_quix": _ratio(cpu.get("single"), cpu.get("quix")),
-            "single_vs_bytewax": _ratio(cpu.get("single"), cpu.get("bytewax")),
-            "single_vs_faust": _ratio(cpu.get("single"), cpu.get("faust")),
-            "envelope_vs_faust": _ratio(cpu.get("envelope"), cpu.get("faust")),
-        },
+        "cpu_ratios": {name: _ratio(cpu.get(a), cpu.get(b)) for name, (a, b) in _RATIOS.items()},
         "targets": {"envelope_vs_raw": 0.7, "envelope_vs_faust": 25.0, "single_vs_quix": 1.2,
                     "single_vs_faust": 8.0, "single_vs_bytewax": 1.1},
         "skipped": skipped,
