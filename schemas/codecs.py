@@ -346,7 +346,6 @@ def _packer(k: int) -> Callable[..., bytes]:
     return struct.Struct(f"={k}d").pack
 
 
-
 def _obj_or_none(values: tuple[Any, ...]) -> ObjectArray | None:
     return None if values.count(None) == len(values) else _obj(values)
 
