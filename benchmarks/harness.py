@@ -3,6 +3,7 @@ tests and ``driftline bench recovery``."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -12,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from confluent_kafka import KafkaException
 from kafka import KafkaProducer
 
-from driftline.schemas.codecs import decode_dead_letter
+from driftline.schemas.codecs import decode_dead_letter, decode_inference
 from driftline.streams.admin import ensure_topics, iter_to_end
 from driftline.streams.cli.kafka_commands import collect_status
 from driftline.streams.producer import DriftlineProducer
@@ -122,7 +124,33 @@ def wait_accounted(c: Cluster, expected: dict[str, int], invalid: int,
         if any(applied.get(m, 0) > n for m, n in expected.items()):
             break  # applied twice: no point waiting
         time.sleep(1)
-    raise AccountingError(f"accounting off: {st}\n{c.logs()}")
+    raise AccountingError(f"accounting off: {st}\n{topic_accounting(c)}\n{c.logs()}")
+
+
+def topic_accounting(c: Cluster) -> str:
+    """What the inference topic itself holds, read back from the broker: valid events per
+    model, rejected messages, and per partition the records, offset range and any gaps or
+    repeats. Tells a worker that skipped events from a broker or producer that never
+    stored them."""
+    try:
+        msgs = list(iter_to_end(c.settings.kafka(), c.settings.inference_topic, timeout=60))
+    except (TimeoutError, KafkaException) as exc:
+        return f"inference topic not readable: {exc}"
+    per_part: dict[int, list[int]] = {}
+    for m in msgs:
+        per_part.setdefault(m.partition(), []).append(m.offset())
+    decoded = decode_inference([m.value() or b"" for m in msgs], topic=c.settings.inference_topic,
+                               partitions=[m.partition() for m in msgs],
+                               offsets=[m.offset() for m in msgs])
+    events = {model: len(b) for model, b in sorted(decoded.batches.items())}
+    lines = [f"on the inference topic: {len(msgs)} records, events per model {events}, "
+             f"{len(decoded.rejections)} rejected"]
+    for p, offs in sorted(per_part.items()):
+        seen = sorted(set(offs))
+        gaps = [(a, b) for a, b in itertools.pairwise(seen) if b != a + 1]
+        lines.append(f"  partition {p}: {len(offs)} records, offsets {seen[0]}..{seen[-1]}, "
+                     f"{len(offs) - len(seen)} repeated, gaps {gaps[:10]}")
+    return "\n".join(lines)
 
 
 def dead_letter_offsets(c: Cluster) -> list[tuple[int, int]]:
