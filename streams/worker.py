@@ -44,7 +44,13 @@ from driftline.detectors.reference import ReferenceProfile
 from driftline.detectors.serialization import sign_record, verify_record
 from driftline.schemas.codecs import encode_alert, encode_dead_letter
 from driftline.schemas.models import DriftAlert, Rejection
-from driftline.streams.admin import TopicSpec, ensure_topics, partition_count, read_compacted
+from driftline.streams.admin import (
+    TopicSpec,
+    UnknownTopicError,
+    ensure_topics,
+    partition_count,
+    read_compacted,
+)
 from driftline.streams.changes import ChangeEvent
 from driftline.streams.kafka_config import consumer_config, producer_config
 from driftline.streams.labels import label_status
@@ -157,6 +163,7 @@ class Worker:
         self._delivery_errors: list[str] = []
         self._last_snapshot = time.monotonic()
         self._ready = threading.Event()
+        self._unread = False  # stopping with partitions whose snapshots could not be read
         key = settings.snapshot_key.get_secret_value().encode() if settings.snapshot_key else None
         self._key = key
         self.processor = Processor(
@@ -245,6 +252,8 @@ class Worker:
     def _step(self, last_tick: float) -> None:
         s = self.settings
         assert self._consumer is not None
+        self._poll_references(0)
+        self._poll_changes(0)
         msgs = self._consumer.consume(num_messages=s.batch_max_messages,
                                       timeout=s.batch_timeout_s)
         if self._pending_cluster is not None:
@@ -265,10 +274,16 @@ class Worker:
             self._abandon_consumer()
             self._subscribe()
             self._rejoin_by = time.monotonic() + REJOIN_AFTER_S
-        self._poll_references(0)
-        self._poll_changes(0)
-        if msgs:
-            self._handle(msgs)
+        if msgs and not self._unread:
+            positions = dict(self._positions)
+            try:
+                self._handle(msgs)
+            except BaseException:
+                # a batch that did not go through is read again, and nothing of it is
+                # committed meanwhile (what it did apply is skipped then as replays)
+                self._positions = positions
+                self._rewind(msgs)
+                raise
         now = time.monotonic()
         if now - last_tick >= 1.0:
             self._emit(self.processor.tick(time.time(), s.idle_timeout_s), [])
@@ -627,14 +642,42 @@ class Worker:
         self._assigned_labels |= {tp.partition for tp in partitions
                                   if tp.topic == self.settings.labels_topic}
         self._rejoin_by = None  # the join completed (an empty assignment is one too)
-        try:
-            blobs = read_compacted(self._base, self.settings.state_topic, timeout=60)
-            self._snapshots = {k.decode(): v for k, v in blobs.items()}
-            self.processor.snapshot_loader = self._snapshots.get
-        except (KafkaException, TimeoutError) as exc:
-            log.error("could not read model snapshots: %s", exc)
+        if not self._read_snapshots():
+            # stopping before the snapshots could be read: apply and commit nothing of
+            # these partitions (their next owner restores them)
+            self._assigned -= mine
+            self._assigned_labels -= {tp.partition for tp in partitions
+                                      if tp.topic == self.settings.labels_topic}
+            self._unread = True
+            return
         log.info("assigned partitions %s (%d model snapshots known)", sorted(mine),
                  len(self._snapshots))
+
+    def _read_snapshots(self) -> bool:
+        """Read every model snapshot on the state topic to its end, retrying until it
+        succeeds (False only when the worker stops first).
+
+        Never carry on with the snapshots read at an earlier assignment: a model restored
+        from an older snapshot of a partition another worker has processed since, while
+        the consumer starts at that worker's newer committed offset, would silently miss
+        the events between the two.
+        """
+        delay = 1.0
+        while True:
+            try:
+                blobs = read_compacted(self._base, self.settings.state_topic, timeout=60)
+            except (KafkaException, TimeoutError, UnknownTopicError) as exc:
+                if self._stop.is_set():
+                    log.error("stopping before the model snapshots could be read: %s", exc)
+                    return False
+                log.error("could not read model snapshots (retrying in %.0f s): %s",
+                          delay, exc)
+                self._stop.wait(delay)
+                delay = min(2 * delay, 30.0)
+                continue
+            self._snapshots = {k.decode(): v for k, v in blobs.items()}
+            self.processor.snapshot_loader = self._snapshots.get
+            return True
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         del consumer  # as in _on_assign
