@@ -11,7 +11,10 @@ Commit order per batch (at-least-once delivery, exactly-once effect on state):
    acknowledged snapshots cover.
 
 A crash between any two steps loses nothing; at worst an alert or dead letter repeats,
-recognisable by its deterministic id or its source offset.
+recognisable by its deterministic id or its source offset. When the broker does not
+acknowledge a batch's alerts or dead letters, the worker goes back to its last checkpoint
+(model states from their snapshots, partitions from their committed offsets) and produces
+them again; a batch whose handling fails otherwise is never committed.
 
 Upstream changes: the worker reads the whole changes topic (every partition, assigned
 without a consumer group, from the beginning at start and then as it grows) into the
@@ -35,7 +38,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry
 
@@ -278,6 +289,9 @@ class Worker:
             positions = dict(self._positions)
             try:
                 self._handle(msgs)
+            except KafkaException:
+                self._roll_back()  # outputs not acknowledged: back to the last checkpoint
+                raise
             except BaseException:
                 # a batch that did not go through is read again, and nothing of it is
                 # committed meanwhile (what it did apply is skipped then as replays)
@@ -326,6 +340,33 @@ class Worker:
                 self._consumer.seek(TopicPartition(topic, part, off))
             except KafkaException as exc:  # no longer ours: the next owner reads it
                 log.warning("could not rewind %s[%d] to %d: %s", topic, part, off, exc)
+
+    def _roll_back(self) -> None:
+        """Start again from the last checkpoint after a batch whose alerts or dead letters
+        the broker did not acknowledge: every model state is dropped (restored from its
+        last snapshot when its events come again) and every assigned partition is read
+        again from its committed offset, so the batch's outputs are produced again (with
+        the same alert ids and source offsets) instead of being counted but missing."""
+        self.processor.drop(list(self.processor.models))
+        self._positions = {}
+        s = self.settings
+        assert self._consumer is not None
+        tps = [TopicPartition(s.inference_topic, p) for p in sorted(self._assigned)]
+        tps += [TopicPartition(s.labels_topic, p) for p in sorted(self._assigned_labels)]
+        try:
+            starts = self._consumer.committed(tps, timeout=10)
+        except KafkaException as exc:  # from the beginning: slower, as exact
+            log.warning("committed offsets unavailable (%s); reading again from the start", exc)
+            starts = [TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING) for tp in tps]
+        for tp in starts:
+            if tp.offset < 0:
+                tp.offset = OFFSET_BEGINNING
+            try:
+                self._consumer.seek(tp)
+            except KafkaException as exc:  # not fetching yet: it starts at the committed one
+                log.warning("could not rewind %s[%d]: %s", tp.topic, tp.partition, exc)
+        log.error("outputs of a batch not acknowledged: %d partitions read again from their "
+                  "last checkpoint", len(starts))
 
     def _new_cluster_id(self) -> str | None:
         """The cluster id when it differs from the one we started on, else None."""

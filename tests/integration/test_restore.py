@@ -7,13 +7,18 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import pytest
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, Producer
 from workers import isolated_settings, produce_sdk, wait_for
 
 import driftline.streams.worker as worker_mod
-from driftline.streams.admin import read_compacted
+from driftline.schemas.codecs import decode_dead_letter
+from driftline.streams.admin import iter_to_end, read_compacted
 from driftline.streams.cli.kafka_commands import collect_status
+from driftline.streams.kafka_config import producer_config
+from driftline.streams.producer import DriftlineProducer
+from driftline.streams.settings import Settings
 from driftline.streams.synthetic import SyntheticModels
 
 pytestmark = pytest.mark.integration
@@ -107,5 +112,106 @@ def test_a_batch_that_fails_is_read_again_not_lost(
         wait_for(lambda: applied() == expected, 60, "the status topic")
     assert raised
     assert applied() == expected
-    if when == "after":
-        assert w.stats.skipped_replays > 0  # the batch came again and was recognised
+
+
+def _send_with_bad(s: Settings, gen: SyntheticModels, per_model: int) -> int:
+    """``per_model`` valid events of each model as SDK envelopes, and one invalid single
+    message per model after every 100; returns the number of invalid ones."""
+    bad = 0
+    raw = Producer(producer_config(s.kafka()))
+    with DriftlineProducer(s.kafka(), s.inference_topic, batch_size=100) as p:
+        for m in gen.models:
+            for i, ev in enumerate(gen.events(m, per_model)):
+                assert p.emit_event(ev)
+                if i % 100 == 99:
+                    raw.produce(s.inference_topic, orjson.dumps(
+                        dict(ev, features={"f0": {"nested": True}})), key=m.encode())
+                    bad += 1
+        assert p.flush(30) == 0
+    assert raw.flush(30) == 0
+    return bad
+
+
+def _dead_letters(s: Settings) -> list[tuple[int, int]]:
+    return [(d["partition"], d["offset"]) for d in
+            (decode_dead_letter(m.value()) for m in iter_to_end(s.kafka(), s.deadletter_topic))]
+
+
+def test_dead_letters_the_broker_did_not_take_are_produced_again(
+    kafka_bootstrap: str, unique_name: Callable[[str], str],
+    start_worker: Callable[..., Any],
+) -> None:
+    # the first dead letter never reaches the broker and its delivery reports an error:
+    # the worker goes back to its last checkpoint and produces it again
+    s = isolated_settings(kafka_bootstrap, unique_name, partitions=2,
+                          auto_reference_events=500, pane_size=250)
+    gen = SyntheticModels(3, seed=6)
+    w = start_worker(s).worker
+    lost: list[bytes] = []
+
+    class LosesFirstDeadLetter:
+        def __init__(self, producer: Producer) -> None:
+            self.producer = producer
+
+        def produce(self, topic: str, value: bytes, **kw: Any) -> None:
+            if topic == s.deadletter_topic and not lost:
+                lost.append(value)  # not sent; its delivery reported as failed
+                w._delivery_errors.append(f"{topic}: Local: Message timed out (injected)")
+                return
+            self.producer.produce(topic, value, **kw)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.producer, name)
+
+    w._producer = LosesFirstDeadLetter(w._producer)  # type: ignore[assignment]
+    wait_for(lambda: w.ready and w._assigned == {0, 1}, 60, "the assignment")
+    bad = _send_with_bad(s, gen, 1000)
+
+    def applied() -> dict[str, int]:
+        return {m["model"]: m["events_applied"] for m in collect_status(s)["models"]}
+
+    expected = dict.fromkeys(gen.models, 1000)
+    with contextlib.suppress(AssertionError):
+        wait_for(lambda: applied() == expected and len(set(_dead_letters(s))) == bad, 60,
+                 "every event applied and every invalid one dead-lettered")
+    assert lost
+    assert applied() == expected
+    assert len(set(_dead_letters(s))) == bad == 30
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_worker_that_dies_in_a_batch_commits_nothing_of_it(
+    kafka_bootstrap: str, unique_name: Callable[[str], str],
+    start_worker: Callable[..., Any],
+) -> None:
+    # the batch handler raises an unexpected error: the worker stops (its final
+    # checkpoint must not commit the batch it never applied) and a new worker reads it
+    s = isolated_settings(kafka_bootstrap, unique_name, partitions=2,
+                          auto_reference_events=500, pane_size=250)
+    gen = SyntheticModels(3, seed=7)
+    first = start_worker(s)
+    w = first.worker
+    real = w.processor.process_columns
+    calls: list[int] = []
+
+    def failing_first(*args: Any, **kw: Any) -> Any:
+        calls.append(len(args[1]))
+        if len(calls) == 1:
+            raise RuntimeError("injected")
+        return real(*args, **kw)
+
+    w.processor.process_columns = failing_first  # type: ignore[method-assign]
+    wait_for(lambda: w.ready and w._assigned == {0, 1}, 60, "the assignment")
+    produce_sdk(s, gen, 1000)
+    first.thread.join(60)
+    assert not first.thread.is_alive() and len(calls) == 1
+    first.server.stop()
+    start_worker(s)
+
+    def applied() -> dict[str, int]:
+        return {m["model"]: m["events_applied"] for m in collect_status(s)["models"]}
+
+    expected = dict.fromkeys(gen.models, 1000)
+    with contextlib.suppress(AssertionError):
+        wait_for(lambda: applied() == expected, 90, "the status topic")
+    assert applied() == expected
