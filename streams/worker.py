@@ -14,7 +14,8 @@ A crash between any two steps loses nothing; at worst an alert or dead letter re
 recognisable by its deterministic id or its source offset. When the broker does not
 acknowledge a batch's alerts or dead letters, the worker goes back to its last checkpoint
 (model states from their snapshots, partitions from their committed offsets) and produces
-them again; a batch whose handling fails otherwise is never committed.
+them again; a batch whose handling fails otherwise is never committed, and a snapshot
+the broker did not acknowledge is written again before any later commit.
 
 Upstream changes: the worker reads the whole changes topic (every partition, assigned
 without a consumer group, from the beginning at start and then as it grows) into the
@@ -118,7 +119,9 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     return [
         TopicSpec(s.inference_topic, p, replication_factor=rf),
         TopicSpec(s.labels_topic, p, replication_factor=rf),
-        TopicSpec(s.references_topic, 1, compact=True, replication_factor=rf),
+        # a reference with 5,000-value samples of 20 full-precision features is ~2 MB
+        TopicSpec(s.references_topic, 1, compact=True, replication_factor=rf,
+                  config={"max.message.bytes": str(STATE_MAX_BYTES)}),
         TopicSpec(s.alerts_topic, p, replication_factor=rf),
         TopicSpec(s.deadletter_topic, p, replication_factor=rf),
         TopicSpec(s.changes_topic, 1, replication_factor=rf),
@@ -171,7 +174,7 @@ class Worker:
         self._positions: dict[tuple[str, int], int] = {}  # next offset to commit
         self._assigned: set[int] = set()
         self._assigned_labels: set[int] = set()
-        self._delivery_errors: list[str] = []
+        self._delivery_errors: list[tuple[str, str]] = []  # (topic, error)
         self._last_snapshot = time.monotonic()
         self._ready = threading.Event()
         self._unread = False  # stopping with partitions whose snapshots could not be read
@@ -595,23 +598,35 @@ class Worker:
         self._flush_acknowledged()
 
     def _flush_acknowledged(self) -> None:
+        """Wait until the broker has acknowledged everything produced; raise
+        :class:`KafkaException` when a delivery failed or (stopping) is still open.
+
+        A reference that could not be published is logged, not raised: the model keeps
+        using it, and reading the batch again would only build and fail to publish it
+        again."""
         while True:
             remaining = self._producer.flush(5.0)
             if remaining == 0:
                 break
             log.warning("waiting for the broker to acknowledge %d messages", remaining)
             if self._stop.is_set():
-                break
+                raise KafkaException(f"stopping with {remaining} messages unacknowledged")
             cid = self._new_cluster_id()
             if cid is not None:
                 raise ClusterChanged(cid)
         if self._delivery_errors:
             errors, self._delivery_errors = self._delivery_errors, []
-            raise KafkaException(f"delivery failed: {errors[:3]}")
+            refs = self.settings.references_topic
+            for topic, err in errors:
+                if topic == refs:
+                    log.error("reference not published on %s: %s", topic, err)
+            failed = [f"{topic}: {err}" for topic, err in errors if topic != refs]
+            if failed:
+                raise KafkaException(f"delivery failed: {failed[:3]}")
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
-            self._delivery_errors.append(f"{msg.topic()}: {err}")
+            self._delivery_errors.append((str(msg.topic()), str(err)))
 
     # -- state -------------------------------------------------------------------------
     def checkpoint(self, models: list[str] | None = None) -> None:
@@ -641,7 +656,14 @@ class Worker:
             st.dirty = False
             self.stats.snapshots += 1
         if names:
-            self._flush_acknowledged()
+            try:
+                self._flush_acknowledged()
+            except KafkaException:
+                # not known to be on the state topic: written again at the next checkpoint
+                for m in names:
+                    if (st := self.processor.models.get(m)) is not None:
+                        st.dirty = True
+                raise
         self._last_snapshot = time.monotonic()
         cid = self._new_cluster_id()  # never commit positions of one cluster into another
         if cid is not None:

@@ -15,7 +15,15 @@ from typing import Any
 import orjson
 import typer
 import yaml
-from confluent_kafka import OFFSET_END, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from rich.console import Console
 from rich.table import Table as RichTable
 
@@ -45,7 +53,7 @@ from driftline.streams.producer import DriftlineProducer
 from driftline.streams.settings import Settings
 from driftline.streams.subscriber import AlertSubscriber
 from driftline.streams.synthetic import DriftSpec, SyntheticModels
-from driftline.streams.worker import topic_specs
+from driftline.streams.worker import STATE_MAX_BYTES, topic_specs
 
 console = Console()
 BootstrapOpt = typer.Option(None, "--bootstrap", "-b", help="Kafka bootstrap servers")
@@ -374,12 +382,25 @@ def reference_set(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     ensure_topics(s.kafka(), topic_specs(s))
-    p = Producer(producer_config(s.kafka()))
+    # references with large samples pass Kafka's 1 MB default; the topic allows 16 MiB
+    p = Producer(producer_config(s.kafka(), **{"message.max.bytes": STATE_MAX_BYTES}))
     key = s.snapshot_key.get_secret_value().encode() if s.snapshot_key else None
-    for rkey, value in records:
-        p.produce(s.references_topic, value if key is None else sign_record(value, key), key=rkey)
-    if p.flush(30):
-        typer.echo("error: the broker did not acknowledge the reference", err=True)
+    failed: list[str] = []
+
+    def delivered(err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            failed.append(str(err))
+
+    try:
+        for rkey, value in records:
+            p.produce(s.references_topic, value if key is None else sign_record(value, key),
+                      key=rkey, on_delivery=delivered)
+    except KafkaException as exc:
+        typer.echo(f"error: the reference was not sent: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if p.flush(30) or failed:
+        typer.echo("error: the broker did not acknowledge the reference"
+                   + (f": {failed[0]}" if failed else ""), err=True)
         raise typer.Exit(1)
     if config is not None:
         typer.echo(f"configuration set for {model}")

@@ -156,7 +156,7 @@ def test_dead_letters_the_broker_did_not_take_are_produced_again(
         def produce(self, topic: str, value: bytes, **kw: Any) -> None:
             if topic == s.deadletter_topic and not lost:
                 lost.append(value)  # not sent; its delivery reported as failed
-                w._delivery_errors.append(f"{topic}: Local: Message timed out (injected)")
+                w._delivery_errors.append((topic, "Local: Message timed out (injected)"))
                 return
             self.producer.produce(topic, value, **kw)
 
@@ -214,4 +214,61 @@ def test_a_worker_that_dies_in_a_batch_commits_nothing_of_it(
     expected = dict.fromkeys(gen.models, 1000)
     with contextlib.suppress(AssertionError):
         wait_for(lambda: applied() == expected, 90, "the status topic")
+    assert applied() == expected
+
+
+def test_a_snapshot_the_broker_did_not_take_is_written_again_before_a_commit(
+    kafka_bootstrap: str, unique_name: Callable[[str], str],
+    start_worker: Callable[..., Any],
+) -> None:
+    # the first snapshot of one model never reaches the broker; later checkpoints (other
+    # models changed, the offsets committed) must write it again, or a worker restarting
+    # from those offsets restores that model without the events it missed
+    s = isolated_settings(kafka_bootstrap, unique_name, partitions=1,
+                          auto_reference_events=500, pane_size=250)
+    gen = SyntheticModels(2, seed=8)
+    quiet, busy = gen.models
+    first = start_worker(s)
+    w = first.worker
+    lost: list[bytes] = []
+
+    class LosesFirstSnapshot:
+        def __init__(self, producer: Producer) -> None:
+            self.producer = producer
+
+        def produce(self, topic: str, value: bytes, **kw: Any) -> None:
+            if topic == s.state_topic and kw.get("key") == f"{quiet}@0".encode() and not lost:
+                lost.append(value)
+                w._delivery_errors.append((topic, "Local: Message timed out (injected)"))
+                return
+            self.producer.produce(topic, value, **kw)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.producer, name)
+
+    w._producer = LosesFirstSnapshot(w._producer)  # type: ignore[assignment]
+    wait_for(lambda: w.ready and w._assigned == {0}, 60, "the assignment")
+    with DriftlineProducer(s.kafka(), s.inference_topic, batch_size=250) as p:
+        for ev in gen.events(quiet, 1000):
+            assert p.emit_event(ev)
+        assert p.flush(30) == 0
+    wait_for(lambda: bool(lost), 60, "the lost snapshot")
+    with DriftlineProducer(s.kafka(), s.inference_topic, batch_size=250) as p:
+        for ev in gen.events(busy, 1000):  # only the other model changes from here
+            assert p.emit_event(ev)
+        assert p.flush(30) == 0
+    wait_for(lambda: w.stats.applied == 2000 and w.stats.commits >= 3, 60, "the commits")
+    first.stop()
+    start_worker(s)
+    with DriftlineProducer(s.kafka(), s.inference_topic, batch_size=250) as p:
+        for ev in gen.events(quiet, 500):
+            assert p.emit_event(ev)
+        assert p.flush(30) == 0
+
+    def applied() -> dict[str, int]:
+        return {m["model"]: m["events_applied"] for m in collect_status(s)["models"]}
+
+    expected = {quiet: 1500, busy: 1000}
+    with contextlib.suppress(AssertionError):
+        wait_for(lambda: applied() == expected, 60, "the status topic")
     assert applied() == expected
