@@ -52,6 +52,7 @@ from driftline.streams.metrics import WorkerMetrics
 from driftline.streams.model_config import ModelConfigError, ModelConfigs, decode_record
 from driftline.streams.model_state import ModelState
 from driftline.streams.processor import UNATTRIBUTED, Processor
+from driftline.streams.reference_records import ReferenceRecords
 from driftline.streams.settings import Settings
 
 log = logging.getLogger("driftline.worker")
@@ -172,6 +173,8 @@ class Worker:
             shadow=settings.shadow_config(),
             labels=settings.label_setup(),
         )
+        # the records of the processor's references (it keeps them without samples)
+        self._reference_records = ReferenceRecords()
         self._watch = ClusterWatch(logging.getLogger("driftline.kafka"))
         base: dict[str, Any] = {**settings.kafka(), "logger": self._watch}
         self._base = base
@@ -353,8 +356,7 @@ class Worker:
         self._delivery_errors.clear()
         created = ensure_topics(self._base, topic_specs(self.settings))
         log.error("recreated topics: %s", ", ".join(created) or "none (already there)")
-        for ref in self.processor.references.values():
-            self._publish_reference(ref)
+        self._republish_references()
         self._release_models()
         self._abandon_consumer()
         if self._refs is not None:
@@ -367,6 +369,18 @@ class Worker:
         self._subscribe()
         self._rejoin_by = time.monotonic() + REJOIN_AFTER_S
         self.stats.cluster_changes += 1
+
+    def _republish_references(self) -> None:
+        """The record of every reference the processor holds, byte for byte as it was
+        read or published, onto the new cluster's references topic."""
+        for model, ref in self.processor.references.items():
+            rec = self._reference_records.get(model, ref.reference_id)
+            if rec is None:  # every reference the processor holds came with its record
+                log.error("model %s: no record of reference %s to re-publish", model,
+                          ref.reference_id)
+                continue
+            self._producer.produce(self.settings.references_topic, rec.value, key=rec.key,
+                                   on_delivery=self._on_delivery)
 
     def _release_models(self) -> None:
         """Snapshot every model to the new cluster, then let the new assignment decide.
@@ -680,11 +694,11 @@ class Worker:
                 if err.code() == KafkaError._PARTITION_EOF:
                     self._refs_eof = True
                 continue
-            value = m.value()
-            if value is None:
+            record = m.value()
+            if record is None:
                 continue
             try:
-                value = verify_record(value, self._key)
+                value = verify_record(record, self._key)
             except DriftlineError as exc:
                 log.error("ignoring unverifiable record at offset %d: %s", m.offset(), exc)
                 continue
@@ -703,6 +717,8 @@ class Worker:
                 log.error("ignoring invalid reference at offset %d: %s", m.offset(), exc)
                 continue
             if self.processor.set_reference(profile):
+                self._reference_records.put(profile.model, profile.reference_id, record,
+                                            m.key())
                 log.info("reference %s for model %s (source %s)", profile.reference_id,
                          profile.model, profile.source)
 
@@ -743,9 +759,12 @@ class Worker:
             self.processor.changes.add(change, live=live)
 
     def _publish_reference(self, ref: ReferenceProfile) -> None:
+        """A reference the processor built (a full profile) onto the references topic."""
         value = ref.to_json() if self._key is None else sign_record(ref.to_json(), self._key)
-        self._producer.produce(self.settings.references_topic, value,
-                               key=ref.model.encode(), on_delivery=self._on_delivery)
+        key = ref.model.encode()
+        self._producer.produce(self.settings.references_topic, value, key=key,
+                               on_delivery=self._on_delivery)
+        self._reference_records.put(ref.model, ref.reference_id, value, key)
 
     # -- callbacks ---------------------------------------------------------------------
     def _on_stats(self, raw: str) -> None:
