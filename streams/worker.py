@@ -762,9 +762,9 @@ class Worker:
         """A reference the processor built (a full profile) onto the references topic."""
         value = ref.to_json() if self._key is None else sign_record(ref.to_json(), self._key)
         key = ref.model.encode()
+        self._reference_records.put(ref.model, ref.reference_id, value, key)
         self._producer.produce(self.settings.references_topic, value, key=key,
                                on_delivery=self._on_delivery)
-        self._reference_records.put(ref.model, ref.reference_id, value, key)
 
     # -- callbacks ---------------------------------------------------------------------
     def _on_stats(self, raw: str) -> None:
