@@ -30,6 +30,7 @@ import socket
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -173,8 +174,8 @@ class Worker:
             shadow=settings.shadow_config(),
             labels=settings.label_setup(),
         )
-        # the records of the processor's references (it keeps them without samples)
-        self._reference_records = ReferenceRecords()
+        # the records of the processor's references (it keeps them without samples), on disk
+        self._reference_records = ReferenceRecords(settings.data_dir or None)
         self._watch = ClusterWatch(logging.getLogger("driftline.kafka"))
         base: dict[str, Any] = {**settings.kafka(), "logger": self._watch}
         self._base = base
@@ -208,10 +209,14 @@ class Worker:
             log.info("created topics: %s", ", ".join(created))
         self._admin = AdminClient({k: v for k, v in self._base.items()
                                    if not k.startswith(("fetch.", "enable."))})
-        self._check_cluster()
-        self._start_references()
-        self._start_changes()
-        self._subscribe()
+        try:
+            self._check_cluster()
+            self._start_references()
+            self._start_changes()
+            self._subscribe()
+        except BaseException:
+            self._reference_records.close()  # the files of the references read so far
+            raise
         deadline = None if duration is None else time.monotonic() + duration
         self._ready.set()
         last_tick = time.monotonic()
@@ -379,7 +384,13 @@ class Worker:
                 log.error("model %s: no record of reference %s to re-publish", model,
                           ref.reference_id)
                 continue
-            self._producer.produce(self.settings.references_topic, rec.value, key=rec.key,
+            try:
+                value = rec.value
+            except (OSError, zlib.error) as exc:  # its file removed or damaged meanwhile
+                log.error("model %s: record of reference %s unreadable (%s); not "
+                          "re-published", model, ref.reference_id, exc)
+                continue
+            self._producer.produce(self.settings.references_topic, value, key=rec.key,
                                    on_delivery=self._on_delivery)
 
     def _release_models(self) -> None:
@@ -443,6 +454,7 @@ class Worker:
         if self._changes is not None:
             self._changes.close()
         self._producer.flush(10)
+        self._reference_records.close()
         self._ready.clear()
 
     # -- the batch ---------------------------------------------------------------------
@@ -717,8 +729,7 @@ class Worker:
                 log.error("ignoring invalid reference at offset %d: %s", m.offset(), exc)
                 continue
             if self.processor.set_reference(profile):
-                self._reference_records.put(profile.model, profile.reference_id, record,
-                                            m.key())
+                self._keep_record(profile.model, profile.reference_id, record, m.key())
                 log.info("reference %s for model %s (source %s)", profile.reference_id,
                          profile.model, profile.source)
 
@@ -762,9 +773,15 @@ class Worker:
         """A reference the processor built (a full profile) onto the references topic."""
         value = ref.to_json() if self._key is None else sign_record(ref.to_json(), self._key)
         key = ref.model.encode()
-        self._reference_records.put(ref.model, ref.reference_id, value, key)
+        self._keep_record(ref.model, ref.reference_id, value, key)
         self._producer.produce(self.settings.references_topic, value, key=key,
                                on_delivery=self._on_delivery)
+
+    def _keep_record(self, model: str, reference_id: str, value: bytes,
+                     key: bytes | None) -> None:
+        """A reference's record, kept (on disk) for a re-publish after a cluster loss."""
+        self._reference_records.put(model, reference_id, value, key)
+        self.metrics.reference_records_in_memory.set(self._reference_records.in_memory)
 
     # -- callbacks ---------------------------------------------------------------------
     def _on_stats(self, raw: str) -> None:

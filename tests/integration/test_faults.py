@@ -145,7 +145,7 @@ def test_stalled_broker_blocks_nobody_and_loses_nothing(
 
 
 def test_broker_lost_worker_recreates_topics_and_keeps_running(
-    broker_factory: Callable[..., Any], unique_name: Callable[[str], str]
+    broker_factory: Callable[..., Any], unique_name: Callable[[str], str], tmp_path: Path
 ) -> None:
     import threading as th
 
@@ -160,7 +160,8 @@ def test_broker_lost_worker_recreates_topics_and_keeps_running(
     first = broker_factory()
     port = int(first.bootstrap.rsplit(":", 1)[1])
     s = Settings(bootstrap_servers=first.bootstrap, group_id=unique_name("g"), partitions=2,
-                 auto_reference_events=1000, pane_size=250, snapshot_interval_s=0.5)
+                 auto_reference_events=1000, pane_size=250, snapshot_interval_s=0.5,
+                 data_dir=str(tmp_path / "data"))
     # a reference from elsewhere, written as no serialiser of the worker would write it
     ext = build_profile("external", {"a": np.random.default_rng(1).normal(size=2000)})
     ensure_topics(s.kafka(), topic_specs(s))
@@ -201,6 +202,13 @@ def test_broker_lost_worker_recreates_topics_and_keeps_running(
     assert {m: before[m]["events_applied"] for m in gen.models} == {m: 1500 for m in gen.models}
     refs_before = read_compacted(s.kafka(), s.references_topic)
     assert sorted(refs_before) == sorted([b"external", *(m.encode() for m in gen.models)])
+    # the worker keeps those records in files of its own directory, not in memory
+    from driftline.streams.reference_records import file_name
+
+    (own,) = (tmp_path / "data").iterdir()
+    assert {p.name for p in own.iterdir()} == {
+        file_name(m) for m in ("external", *gen.models)}
+    assert w._reference_records.in_memory == 0
     first.stop()
     second = broker_factory(port=port)  # same address, empty memory
     deadline = time.monotonic() + 60
@@ -233,6 +241,7 @@ def test_broker_lost_worker_recreates_topics_and_keeps_running(
     w.request_stop()
     t.join(30)
     assert not t.is_alive()
+    assert list((tmp_path / "data").iterdir()) == []  # its directory removed at shutdown
     second.stop()
 
 

@@ -1,10 +1,8 @@
-"""References kept without their feature samples: the same detection, never serialised;
-their records kept byte for byte for a re-publish."""
+"""References kept without their feature samples: the same detection, never serialised."""
 
 from __future__ import annotations
 
 import dataclasses
-import zlib
 from typing import Any
 
 import numpy as np
@@ -14,14 +12,12 @@ from prometheus_client import CollectorRegistry
 from driftline.detectors.errors import ProfileError
 from driftline.detectors.monitor import ModelMonitor, MonitorConfig
 from driftline.detectors.reference import NumericProfile, ReferenceProfile, build_profile
-from driftline.detectors.serialization import sign_record
 from driftline.schemas.codecs import decode_inference, encode_alert, encode_envelope_rows
 from driftline.schemas.limits import Limits
 from driftline.schemas.models import EventBatch
 from driftline.streams.metrics import WorkerMetrics
 from driftline.streams.model_state import ModelState
 from driftline.streams.processor import Incoming, Processor
-from driftline.streams.reference_records import ReferenceRecords
 from driftline.streams.synthetic import DriftSpec, SyntheticModels
 
 TOPIC = "inference"
@@ -165,27 +161,3 @@ def test_processor_holds_slim_references_and_outputs_full_ones() -> None:
     assert q.set_reference(full) and q.references["model-0"].samples_dropped
     kept = q.references["model-0"]
     assert not q.set_reference(full) and q.references["model-0"] is kept
-
-
-def test_reference_records_round_trip_exactly_and_keep_one_per_model() -> None:
-    ref = mixed_reference()
-    plain = ref.to_json()
-    signed = sign_record(plain, b"k" * 32)
-    recs = ReferenceRecords()
-    recs.put("m", ref.reference_id, signed, b"m-key")
-    recs.put("other", "other@1", plain)
-    rec = recs.get("m", ref.reference_id)
-    assert rec is not None and rec.value == signed and rec.key == b"m-key"
-    assert rec.size == len(signed) and len(rec.packed) < len(signed) // 2  # compressed
-    assert zlib.decompress(rec.packed) == signed
-    other = recs.get("other")
-    assert other is not None and other.value == plain and other.key == b"other"
-    assert recs.get("m", "m@another") is None and recs.get("missing") is None
-    # a newer reference of a model replaces its record: one entry per model
-    for i in range(5):
-        recs.put("m", f"m@{i}", plain + b" " * i)
-    assert len(recs) == 2
-    latest = recs.get("m")
-    assert latest is not None and latest.reference_id == "m@4" and latest.value == plain + b"    "
-    assert recs.get("m", ref.reference_id) is None
-    assert recs.nbytes == sum(len(r.packed) for r in recs)
