@@ -203,11 +203,11 @@ def test_broker_lost_worker_recreates_topics_and_keeps_running(
     refs_before = read_compacted(s.kafka(), s.references_topic)
     assert sorted(refs_before) == sorted([b"external", *(m.encode() for m in gen.models)])
     # the worker keeps those records in files of its own directory, not in memory
-    from driftline.streams.reference_records import file_name
+    from driftline.streams.reference_records import LOCK, file_name
 
     (own,) = (tmp_path / "data").iterdir()
     assert {p.name for p in own.iterdir()} == {
-        file_name(m) for m in ("external", *gen.models)}
+        LOCK, *(file_name(m) for m in ("external", *gen.models))}
     assert w._reference_records.in_memory == 0
     first.stop()
     second = broker_factory(port=port)  # same address, empty memory
