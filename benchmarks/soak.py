@@ -16,6 +16,7 @@ from driftline.streams.broker import EmbeddedBroker
 from driftline.streams.metrics import WorkerMetrics
 from driftline.streams.processor import Incoming, Processor
 from driftline.streams.producer import DriftlineProducer
+from driftline.streams.reference_records import ReferenceRecords
 from driftline.streams.settings import Settings
 from driftline.streams.synthetic import SyntheticModels
 from driftline.streams.worker import Worker
@@ -32,34 +33,53 @@ def rss_bytes() -> int:
 
 def memory(models: int = 1000, events_per_model: int = 7000,
            json_out: Path | None = None) -> dict[str, Any]:
-    """RSS and snapshot size per model: ``models`` models with 20 features, windows full."""
+    """RSS and snapshot size per model: ``models`` models with 20 features, windows full.
+
+    As in a worker, the processor keeps each built reference without its feature samples
+    and the reference's record is kept compressed in a file of a private temporary
+    directory (for a re-publish after a cluster loss), only its index in memory.
+    """
     s = Settings()
     p = Processor(config=s.monitor_config(), limits=s.limits(),
                   metrics=WorkerMetrics(CollectorRegistry()), auto_reference_events=5000,
                   max_models=models)
     gen = SyntheticModels(models, seed=0)
+    records = ReferenceRecords(s.data_dir or None)
     gc.collect()
     base = rss_bytes()
     t0 = time.perf_counter()
     offset = 0
-    for m in gen.models:
-        for _ in range(0, events_per_model, 1000):
-            evs = [{k: v for k, v in e.items() if k != "model"} for e in gen.events(m, 1000)]
-            p.process([Incoming("t", 0, offset, encode_envelope_rows(m, evs))])
-            offset += 1
-    build_s = time.perf_counter() - t0
-    gc.collect()
-    used = rss_bytes() - base
+    try:
+        for m in gen.models:
+            for _ in range(0, events_per_model, 1000):
+                evs = [{k: v for k, v in e.items() if k != "model"}
+                       for e in gen.events(m, 1000)]
+                out = p.process([Incoming("t", 0, offset, encode_envelope_rows(m, evs))])
+                for ref in out.references:  # what the worker publishes, and keeps
+                    records.put(ref.model, ref.reference_id, ref.to_json())
+                offset += 1
+        build_s = time.perf_counter() - t0
+        gc.collect()
+        used = rss_bytes() - base
+        process = rss_bytes()
+        on_disk = sum(f.stat().st_size for f in records.path.iterdir()) if records.path else 0
+        in_memory = records.in_memory
+    finally:
+        records.close()
     snaps = [len(st.snapshot()) for st in p.models.values()]
     data = {
         "models": models, "features": 20, "events_per_model": events_per_model,
         "rss_bytes_total": used, "rss_bytes_per_model": used / models,
         "snapshot_bytes_per_model": sum(snaps) / len(snaps),
-        "rss_bytes_process": rss_bytes(), "build_seconds": round(build_s, 1),
+        "reference_record_bytes_per_model": on_disk / models,
+        "reference_records_in_memory": in_memory,
+        "rss_bytes_process": process, "build_seconds": round(build_s, 1),
     }
     table = [("RSS per model", f"{used / models / 1024:.0f} KiB"),
              ("snapshot per model", f"{data['snapshot_bytes_per_model'] / 1024:.0f} KiB"),
-             (f"process RSS with {models} models", f"{rss_bytes() / 2**20:.0f} MiB")]
+             ("reference record per model (compressed, on local disk)",
+              f"{data['reference_record_bytes_per_model'] / 1024:.0f} KiB"),
+             (f"process RSS with {models} models", f"{process / 2**20:.0f} MiB")]
     write("memory", data, table, ("measure", "value"), json_out=json_out)
     return data
 

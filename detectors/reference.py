@@ -14,7 +14,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -79,13 +79,32 @@ class ReferenceProfile:
     created_at: float = 0.0
     reference_id: str = ""
     multivariate: dict[str, Any] | None = field(default=None)
+    #: True for the copy :meth:`without_samples` makes: it cannot be serialised.
+    samples_dropped: bool = False
 
     @property
     def feature_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns)
 
+    def without_samples(self) -> ReferenceProfile:
+        """This profile without the raw samples of its numeric feature columns.
+
+        What a worker keeps in memory: detection uses the bins, counts and the
+        multivariate part, and the prediction keeps its sample (the confidence check's
+        baseline). The copy has the same ``reference_id`` and refuses :meth:`to_dict` and
+        :meth:`to_json`, so it is never published or saved in place of the full profile.
+        """
+        if self.samples_dropped:
+            return self
+        cols = tuple(replace(c, sample=_NO_SAMPLE) if isinstance(c, NumericProfile) else c
+                     for c in self.columns)
+        return replace(self, columns=cols, samples_dropped=True)
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (schemas/json/reference_profile.v1.schema.json)."""
+        if self.samples_dropped:
+            raise ProfileError(f"reference {self.reference_id or self.model!r} has no feature "
+                               "samples (an in-memory copy): it cannot be serialised")
         pred: dict[str, Any] | None = None
         if self.prediction is not None:
             kind = "score" if isinstance(self.prediction, NumericProfile) else "label"
@@ -164,6 +183,11 @@ class ReferenceProfile:
         if not isinstance(obj, dict):
             raise ProfileError("reference must be a JSON object")
         return cls.from_dict(obj)
+
+
+#: The sample of a column in a profile :meth:`~ReferenceProfile.without_samples` (read-only).
+_NO_SAMPLE: NDArray[np.float64] = np.zeros(0)
+_NO_SAMPLE.setflags(write=False)
 
 
 def _column_dict(c: ColumnProfile) -> dict[str, Any]:

@@ -68,6 +68,10 @@ class WorkerMetrics:
         self.last_evaluation = Gauge("driftline_worker_last_evaluation_timestamp_seconds",
                                      "When the model's window was last evaluated", ["model"],
                                      registry=r)
+        self.reference_records_in_memory = Gauge(
+            "driftline_worker_reference_records_in_memory",
+            "Reference records held in memory because they could not be written to disk",
+            registry=r)
         self.references_built = Counter("driftline_worker_references_built",
                                         "References built by the worker", ["model", "source"],
                                         registry=r)

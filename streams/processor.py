@@ -58,7 +58,7 @@ class Output:
 
     alerts: list[DriftAlert] = field(default_factory=list)
     dead_letters: list[Rejection] = field(default_factory=list)
-    references: list[ReferenceProfile] = field(default_factory=list)
+    references: list[ReferenceProfile] = field(default_factory=list)  # built: full profiles
     changes: list[ChangeEvent] = field(default_factory=list)  # detected: for the changes topic
     applied: int = 0
     skipped_replays: int = 0
@@ -98,7 +98,7 @@ class Processor:
         self.reference_bins = reference_bins
         self.max_models = max_models
         self.models: dict[str, ModelState] = {}
-        self.references: dict[str, ReferenceProfile] = {}
+        self.references: dict[str, ReferenceProfile] = {}  # without their feature samples
         self.snapshot_loader = snapshot_loader
         self.snapshot_key = snapshot_key
         self._prior: dict[tuple[str, int], int] = {}
@@ -168,10 +168,14 @@ class Processor:
 
     # -- references --------------------------------------------------------------------
     def set_reference(self, profile: ReferenceProfile) -> bool:
-        """A reference arrived (references topic or CLI): new windows if it changed."""
+        """A reference arrived (references topic or CLI): new windows if it changed.
+
+        The processor keeps it without its feature samples (detection does not read
+        them; see :meth:`ReferenceProfile.without_samples`)."""
         old = self.references.get(profile.model)
         if old is not None and old.reference_id == profile.reference_id:
             return False
+        profile = profile.without_samples()
         try:  # a reference the engine cannot use must never take the worker down
             self._monitor(profile)
         except Exception as exc:
@@ -354,11 +358,12 @@ class Processor:
             st.events_applied += len(head)
             out.applied += len(head)
             if st.pending_rows >= self.auto_reference_events:
-                ref = st.build_reference(bins=self.reference_bins,
-                                         max_features=self.limits.max_features)
+                full = st.build_reference(bins=self.reference_bins,
+                                          max_features=self.limits.max_features)
+                ref = full.without_samples()  # the full one is for the references topic
                 self.references[st.model] = ref
                 st.reference, st.monitor = ref, self._monitor(ref)
-                out.references.append(ref)
+                out.references.append(full)
                 self.metrics.references_built.labels(st.model, "first-events").inc()
                 self._note_changes(st, batch, out, reference_only=True)
                 log.info("model %s: built reference %s from its first %d events",

@@ -34,6 +34,7 @@ import socket
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,6 +71,7 @@ from driftline.streams.metrics import WorkerMetrics
 from driftline.streams.model_config import ModelConfigError, ModelConfigs, decode_record
 from driftline.streams.model_state import ModelState
 from driftline.streams.processor import UNATTRIBUTED, Processor
+from driftline.streams.reference_records import ReferenceRecords
 from driftline.streams.settings import Settings
 
 log = logging.getLogger("driftline.worker")
@@ -193,6 +195,8 @@ class Worker:
             shadow=settings.shadow_config(),
             labels=settings.label_setup(),
         )
+        # the records of the processor's references (it keeps them without samples), on disk
+        self._reference_records = ReferenceRecords(settings.data_dir or None)
         self._watch = ClusterWatch(logging.getLogger("driftline.kafka"))
         base: dict[str, Any] = {**settings.kafka(), "logger": self._watch}
         self._base = base
@@ -226,10 +230,14 @@ class Worker:
             log.info("created topics: %s", ", ".join(created))
         self._admin = AdminClient({k: v for k, v in self._base.items()
                                    if not k.startswith(("fetch.", "enable."))})
-        self._check_cluster()
-        self._start_references()
-        self._start_changes()
-        self._subscribe()
+        try:
+            self._check_cluster()
+            self._start_references()
+            self._start_changes()
+            self._subscribe()
+        except BaseException:
+            self._reference_records.close()  # the files of the references read so far
+            raise
         deadline = None if duration is None else time.monotonic() + duration
         self._ready.set()
         last_tick = time.monotonic()
@@ -412,8 +420,7 @@ class Worker:
         self._delivery_errors.clear()
         created = ensure_topics(self._base, topic_specs(self.settings))
         log.error("recreated topics: %s", ", ".join(created) or "none (already there)")
-        for ref in self.processor.references.values():
-            self._publish_reference(ref)
+        self._republish_references()
         self._release_models()
         self._abandon_consumer()
         if self._refs is not None:
@@ -426,6 +433,24 @@ class Worker:
         self._subscribe()
         self._rejoin_by = time.monotonic() + REJOIN_AFTER_S
         self.stats.cluster_changes += 1
+
+    def _republish_references(self) -> None:
+        """The record of every reference the processor holds, byte for byte as it was
+        read or published, onto the new cluster's references topic."""
+        for model, ref in self.processor.references.items():
+            rec = self._reference_records.get(model, ref.reference_id)
+            if rec is None:  # every reference the processor holds came with its record
+                log.error("model %s: no record of reference %s to re-publish", model,
+                          ref.reference_id)
+                continue
+            try:
+                value = rec.value
+            except (OSError, zlib.error) as exc:  # its file removed or damaged meanwhile
+                log.error("model %s: record of reference %s unreadable (%s); not "
+                          "re-published", model, ref.reference_id, exc)
+                continue
+            self._producer.produce(self.settings.references_topic, value, key=rec.key,
+                                   on_delivery=self._on_delivery)
 
     def _release_models(self) -> None:
         """Snapshot every model to the new cluster, then let the new assignment decide.
@@ -488,6 +513,7 @@ class Worker:
         if self._changes is not None:
             self._changes.close()
         self._producer.flush(10)
+        self._reference_records.close()
         self._ready.clear()
 
     # -- the batch ---------------------------------------------------------------------
@@ -786,11 +812,11 @@ class Worker:
                 if err.code() == KafkaError._PARTITION_EOF:
                     self._refs_eof = True
                 continue
-            value = m.value()
-            if value is None:
+            record = m.value()
+            if record is None:
                 continue
             try:
-                value = verify_record(value, self._key)
+                value = verify_record(record, self._key)
             except DriftlineError as exc:
                 log.error("ignoring unverifiable record at offset %d: %s", m.offset(), exc)
                 continue
@@ -809,6 +835,7 @@ class Worker:
                 log.error("ignoring invalid reference at offset %d: %s", m.offset(), exc)
                 continue
             if self.processor.set_reference(profile):
+                self._keep_record(profile.model, profile.reference_id, record, m.key())
                 log.info("reference %s for model %s (source %s)", profile.reference_id,
                          profile.model, profile.source)
 
@@ -849,9 +876,18 @@ class Worker:
             self.processor.changes.add(change, live=live)
 
     def _publish_reference(self, ref: ReferenceProfile) -> None:
+        """A reference the processor built (a full profile) onto the references topic."""
         value = ref.to_json() if self._key is None else sign_record(ref.to_json(), self._key)
-        self._producer.produce(self.settings.references_topic, value,
-                               key=ref.model.encode(), on_delivery=self._on_delivery)
+        key = ref.model.encode()
+        self._keep_record(ref.model, ref.reference_id, value, key)
+        self._producer.produce(self.settings.references_topic, value, key=key,
+                               on_delivery=self._on_delivery)
+
+    def _keep_record(self, model: str, reference_id: str, value: bytes,
+                     key: bytes | None) -> None:
+        """A reference's record, kept (on disk) for a re-publish after a cluster loss."""
+        self._reference_records.put(model, reference_id, value, key)
+        self.metrics.reference_records_in_memory.set(self._reference_records.in_memory)
 
     # -- callbacks ---------------------------------------------------------------------
     def _on_stats(self, raw: str) -> None:

@@ -145,18 +145,30 @@ def test_stalled_broker_blocks_nobody_and_loses_nothing(
 
 
 def test_broker_lost_worker_recreates_topics_and_keeps_running(
-    broker_factory: Callable[..., Any], unique_name: Callable[[str], str]
+    broker_factory: Callable[..., Any], unique_name: Callable[[str], str], tmp_path: Path
 ) -> None:
     import threading as th
 
+    import orjson
+    from confluent_kafka import Producer
     from prometheus_client import CollectorRegistry
 
-    from driftline.streams.worker import Worker
+    from driftline.detectors.reference import build_profile
+    from driftline.streams.admin import ensure_topics
+    from driftline.streams.worker import Worker, topic_specs
 
     first = broker_factory()
     port = int(first.bootstrap.rsplit(":", 1)[1])
     s = Settings(bootstrap_servers=first.bootstrap, group_id=unique_name("g"), partitions=2,
-                 auto_reference_events=1000, pane_size=250, snapshot_interval_s=0.5)
+                 auto_reference_events=1000, pane_size=250, snapshot_interval_s=0.5,
+                 data_dir=str(tmp_path / "data"))
+    # a reference from elsewhere, written as no serialiser of the worker would write it
+    ext = build_profile("external", {"a": np.random.default_rng(1).normal(size=2000)})
+    ensure_topics(s.kafka(), topic_specs(s))
+    prod = Producer(s.kafka())
+    prod.produce(s.references_topic, orjson.dumps(ext.to_dict(), option=orjson.OPT_INDENT_2),
+                 key=b"external")
+    assert prod.flush(30) == 0
     w = Worker(s, CollectorRegistry())
     t = th.Thread(target=w.run, daemon=True)
     t.start()
@@ -188,14 +200,27 @@ def test_broker_lost_worker_recreates_topics_and_keeps_running(
             break
         time.sleep(0.5)
     assert {m: before[m]["events_applied"] for m in gen.models} == {m: 1500 for m in gen.models}
+    refs_before = read_compacted(s.kafka(), s.references_topic)
+    assert sorted(refs_before) == sorted([b"external", *(m.encode() for m in gen.models)])
+    # the worker keeps those records in files of its own directory, not in memory
+    from driftline.streams.reference_records import LOCK, file_name
+
+    (own,) = (tmp_path / "data").iterdir()
+    assert {p.name for p in own.iterdir()} == {
+        LOCK, *(file_name(m) for m in ("external", *gen.models))}
+    assert w._reference_records.in_memory == 0
     first.stop()
     second = broker_factory(port=port)  # same address, empty memory
     deadline = time.monotonic() + 60
     while w.stats.cluster_changes == 0 and time.monotonic() < deadline:
         time.sleep(0.5)
     assert w.stats.cluster_changes == 1 and t.is_alive()
+    deadline = time.monotonic() + 30
     refs = read_compacted(s.kafka(), s.references_topic)
-    assert sorted(refs) == [m.encode() for m in gen.models]  # re-published, not rebuilt
+    while len(refs) < len(refs_before) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        refs = read_compacted(s.kafka(), s.references_topic)
+    assert refs == refs_before  # re-published byte for byte, not rebuilt nor re-serialised
     # serving again: events produced on the new cluster are applied exactly once, to the
     # models' kept windows (their cumulative counts and references survive the change)
     send(500)
@@ -216,6 +241,7 @@ def test_broker_lost_worker_recreates_topics_and_keeps_running(
     w.request_stop()
     t.join(30)
     assert not t.is_alive()
+    assert list((tmp_path / "data").iterdir()) == []  # its directory removed at shutdown
     second.stop()
 
 

@@ -499,6 +499,23 @@ def test_chart_default_render(tmp_path: Path) -> None:
 
 
 @needs_helm
+def test_chart_keeps_reference_records_on_the_data_volume(tmp_path: Path) -> None:
+    def rendered(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        docs = render(values, tmp_path)
+        config = next(d for d in docs if d["kind"] == "ConfigMap"
+                      and d["metadata"]["name"] == "demo-driftline")
+        return config["data"], _kinds(docs)["Deployment"]["spec"]["template"]["spec"]
+
+    data, pod = rendered({})
+    assert data["DRIFTLINE_DATA_DIR"] == "/var/lib/driftline"
+    mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/var/lib/driftline"]]
+    data, _ = rendered({"config": {"data_dir": "/scratch"}})
+    assert data["DRIFTLINE_DATA_DIR"] == "/scratch"
+
+
+@needs_helm
 def test_chart_dashboard_configmap(tmp_path: Path) -> None:
     cms = [d for d in render({}, tmp_path) if d["kind"] == "ConfigMap"
            and d["metadata"]["labels"].get("grafana_dashboard") == "1"]
