@@ -24,6 +24,30 @@ from driftline.streams.synthetic import SyntheticModels
 pytestmark = pytest.mark.integration
 
 
+def _applied(s: Settings) -> dict[str, int]:
+    """Events applied per model, as the status topic has them."""
+    return {m["model"]: m["events_applied"] for m in collect_status(s)["models"]}
+
+
+class _LosesFirst:
+    """A worker's producer, except that the first record ``matches`` picks is not sent
+    and its delivery is reported as failed (what a broker that never took it causes)."""
+
+    def __init__(self, worker: Any, matches: Callable[[str, bytes | None], bool]) -> None:
+        self.worker, self.producer, self.matches = worker, worker._producer, matches
+        self.lost: list[bytes] = []
+
+    def produce(self, topic: str, value: bytes, **kw: Any) -> None:
+        if not self.lost and self.matches(topic, kw.get("key")):
+            self.lost.append(value)
+            self.worker._delivery_errors.append((topic, "Local: Message timed out (injected)"))
+            return
+        self.producer.produce(topic, value, **kw)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.producer, name)
+
+
 def test_takeover_after_a_failed_state_read_restores_the_newest_snapshot(
     kafka_bootstrap: str, unique_name: Callable[[str], str],
     start_worker: Callable[..., Any], monkeypatch: pytest.MonkeyPatch,
@@ -66,13 +90,11 @@ def test_takeover_after_a_failed_state_read_restores_the_newest_snapshot(
              "the last 1,000 events at the new owner")
     assert waiting.worker._assigned == {0}
 
-    def applied() -> dict[str, int]:
-        return {m["model"]: m["events_applied"] for m in collect_status(s)["models"]}
 
     expected = dict.fromkeys(gen.models, 2500)
     with contextlib.suppress(AssertionError):  # the status catches up within a snapshot
-        wait_for(lambda: applied() == expected, 30, "the status topic")
-    assert applied() == expected
+        wait_for(lambda: _applied(s) == expected, 30, "the status topic")
+    assert _applied(s) == expected
     assert failures["calls"] == calls + 2  # the failed read was repeated, not skipped
 
 
@@ -104,14 +126,12 @@ def test_a_batch_that_fails_is_read_again_not_lost(
     wait_for(lambda: w.ready and w._assigned == {0, 1}, 60, "the assignment")
     produce_sdk(s, gen, 1000)
 
-    def applied() -> dict[str, int]:
-        return {m["model"]: m["events_applied"] for m in collect_status(s)["models"]}
 
     expected = dict.fromkeys(gen.models, 1000)
     with contextlib.suppress(AssertionError):
-        wait_for(lambda: applied() == expected, 60, "the status topic")
+        wait_for(lambda: _applied(s) == expected, 60, "the status topic")
     assert raised
-    assert applied() == expected
+    assert _applied(s) == expected
 
 
 def _send_with_bad(s: Settings, gen: SyntheticModels, per_model: int) -> int:
@@ -147,35 +167,18 @@ def test_dead_letters_the_broker_did_not_take_are_produced_again(
                           auto_reference_events=500, pane_size=250)
     gen = SyntheticModels(3, seed=6)
     w = start_worker(s).worker
-    lost: list[bytes] = []
-
-    class LosesFirstDeadLetter:
-        def __init__(self, producer: Producer) -> None:
-            self.producer = producer
-
-        def produce(self, topic: str, value: bytes, **kw: Any) -> None:
-            if topic == s.deadletter_topic and not lost:
-                lost.append(value)  # not sent; its delivery reported as failed
-                w._delivery_errors.append((topic, "Local: Message timed out (injected)"))
-                return
-            self.producer.produce(topic, value, **kw)
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.producer, name)
-
-    w._producer = LosesFirstDeadLetter(w._producer)  # type: ignore[assignment]
+    producer = _LosesFirst(w, lambda topic, _key: topic == s.deadletter_topic)
+    w._producer = producer
     wait_for(lambda: w.ready and w._assigned == {0, 1}, 60, "the assignment")
     bad = _send_with_bad(s, gen, 1000)
 
-    def applied() -> dict[str, int]:
-        return {m["model"]: m["events_applied"] for m in collect_status(s)["models"]}
 
     expected = dict.fromkeys(gen.models, 1000)
     with contextlib.suppress(AssertionError):
-        wait_for(lambda: applied() == expected and len(set(_dead_letters(s))) == bad, 60,
+        wait_for(lambda: _applied(s) == expected and len(set(_dead_letters(s))) == bad, 60,
                  "every event applied and every invalid one dead-lettered")
-    assert lost
-    assert applied() == expected
+    assert producer.lost
+    assert _applied(s) == expected
     assert len(set(_dead_letters(s))) == bad == 30
 
 
@@ -208,13 +211,11 @@ def test_a_worker_that_dies_in_a_batch_commits_nothing_of_it(
     first.server.stop()
     start_worker(s)
 
-    def applied() -> dict[str, int]:
-        return {m["model"]: m["events_applied"] for m in collect_status(s)["models"]}
 
     expected = dict.fromkeys(gen.models, 1000)
     with contextlib.suppress(AssertionError):
-        wait_for(lambda: applied() == expected, 90, "the status topic")
-    assert applied() == expected
+        wait_for(lambda: _applied(s) == expected, 90, "the status topic")
+    assert _applied(s) == expected
 
 
 def test_a_snapshot_the_broker_did_not_take_is_written_again_before_a_commit(
@@ -230,29 +231,15 @@ def test_a_snapshot_the_broker_did_not_take_is_written_again_before_a_commit(
     quiet, busy = gen.models
     first = start_worker(s)
     w = first.worker
-    lost: list[bytes] = []
-
-    class LosesFirstSnapshot:
-        def __init__(self, producer: Producer) -> None:
-            self.producer = producer
-
-        def produce(self, topic: str, value: bytes, **kw: Any) -> None:
-            if topic == s.state_topic and kw.get("key") == f"{quiet}@0".encode() and not lost:
-                lost.append(value)
-                w._delivery_errors.append((topic, "Local: Message timed out (injected)"))
-                return
-            self.producer.produce(topic, value, **kw)
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.producer, name)
-
-    w._producer = LosesFirstSnapshot(w._producer)  # type: ignore[assignment]
+    producer = _LosesFirst(w, lambda topic, key: topic == s.state_topic
+                           and key == f"{quiet}@0".encode())
+    w._producer = producer
     wait_for(lambda: w.ready and w._assigned == {0}, 60, "the assignment")
     with DriftlineProducer(s.kafka(), s.inference_topic, batch_size=250) as p:
         for ev in gen.events(quiet, 1000):
             assert p.emit_event(ev)
         assert p.flush(30) == 0
-    wait_for(lambda: bool(lost), 60, "the lost snapshot")
+    wait_for(lambda: bool(producer.lost), 60, "the lost snapshot")
     with DriftlineProducer(s.kafka(), s.inference_topic, batch_size=250) as p:
         for ev in gen.events(busy, 1000):  # only the other model changes from here
             assert p.emit_event(ev)
@@ -265,10 +252,8 @@ def test_a_snapshot_the_broker_did_not_take_is_written_again_before_a_commit(
             assert p.emit_event(ev)
         assert p.flush(30) == 0
 
-    def applied() -> dict[str, int]:
-        return {m["model"]: m["events_applied"] for m in collect_status(s)["models"]}
 
     expected = {quiet: 1500, busy: 1000}
     with contextlib.suppress(AssertionError):
-        wait_for(lambda: applied() == expected, 60, "the status topic")
-    assert applied() == expected
+        wait_for(lambda: _applied(s) == expected, 60, "the status topic")
+    assert _applied(s) == expected
