@@ -84,16 +84,14 @@ def calibrate(
     scale = np.ones(ref.shape[0])
     if rounds > 0 and window_size > 0:
         rng = np.random.default_rng(seed)
-        stats_: list[Vec] = []
-        dfs: list[Vec] = []
-        for _ in range(rounds):
-            r = rng.multinomial(n_ref.astype(np.int64), probs)
-            w = rng.multinomial(window_size, probs)
-            res = chi_square(r, w)
-            stats_.append(res.statistic)
-            dfs.append(res.df)
-        s = np.stack(stats_)
-        df = np.maximum(np.stack(dfs).mean(axis=0), 1.0)
+        n = n_ref.astype(np.int64)
+        draws = [(rng.multinomial(n, probs), rng.multinomial(window_size, probs))
+                 for _ in range(rounds)]
+        # every round's columns in one test: rows are independent, the results identical
+        res = chi_square(np.concatenate([r for r, _ in draws]),
+                         np.concatenate([w for _, w in draws]))
+        s = res.statistic.reshape(rounds, -1)
+        df = np.maximum(res.df.reshape(rounds, -1).mean(axis=0), 1.0)
         mean_ratio = s.mean(axis=0) / df
         tail_ratio = np.quantile(s, 0.99, axis=0) / stats.chi2.isf(0.01, df)
         scale = np.clip(np.maximum(mean_ratio, tail_ratio), SCALE_MIN, SCALE_MAX)
