@@ -90,7 +90,6 @@ def test_takeover_after_a_failed_state_read_restores_the_newest_snapshot(
              "the last 1,000 events at the new owner")
     assert waiting.worker._assigned == {0}
 
-
     expected = dict.fromkeys(gen.models, 2500)
     with contextlib.suppress(AssertionError):  # the status catches up within a snapshot
         wait_for(lambda: _applied(s) == expected, 30, "the status topic")
@@ -125,7 +124,6 @@ def test_a_batch_that_fails_is_read_again_not_lost(
     w.processor.process_columns = failing_once  # type: ignore[method-assign]
     wait_for(lambda: w.ready and w._assigned == {0, 1}, 60, "the assignment")
     produce_sdk(s, gen, 1000)
-
 
     expected = dict.fromkeys(gen.models, 1000)
     with contextlib.suppress(AssertionError):
@@ -172,7 +170,6 @@ def test_dead_letters_the_broker_did_not_take_are_produced_again(
     wait_for(lambda: w.ready and w._assigned == {0, 1}, 60, "the assignment")
     bad = _send_with_bad(s, gen, 1000)
 
-
     expected = dict.fromkeys(gen.models, 1000)
     with contextlib.suppress(AssertionError):
         wait_for(lambda: _applied(s) == expected and len(set(_dead_letters(s))) == bad, 60,
@@ -210,7 +207,6 @@ def test_a_worker_that_dies_in_a_batch_commits_nothing_of_it(
     assert not first.thread.is_alive() and len(calls) == 1
     first.server.stop()
     start_worker(s)
-
 
     expected = dict.fromkeys(gen.models, 1000)
     with contextlib.suppress(AssertionError):
@@ -251,7 +247,6 @@ def test_a_snapshot_the_broker_did_not_take_is_written_again_before_a_commit(
         for ev in gen.events(quiet, 500):
             assert p.emit_event(ev)
         assert p.flush(30) == 0
-
 
     expected = {quiet: 1500, busy: 1000}
     with contextlib.suppress(AssertionError):
