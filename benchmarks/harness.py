@@ -34,7 +34,9 @@ class AccountingError(AssertionError):
 class Cluster:
     """Worker processes of one consumer group, with per-test topics."""
 
-    def __init__(self, bootstrap: str, prefix: str, logdir: Path) -> None:
+    def __init__(self, bootstrap: str, prefix: str, logdir: Path,
+                 env: dict[str, str] | None = None) -> None:
+        """``env``: more ``DRIFTLINE_`` settings of the workers."""
         self.env = {
             **os.environ,
             "DRIFTLINE_BOOTSTRAP_SERVERS": bootstrap,
@@ -45,6 +47,7 @@ class Cluster:
             "DRIFTLINE_PARTITIONS": "6",
             "DRIFTLINE_METRICS_PORT": "0",
             "DRIFTLINE_LOG_LEVEL": "INFO",
+            **(env or {}),
         }
         for t in ("inference", "labels", "references", "alerts", "deadletter", "changes",
                   "state", "status"):

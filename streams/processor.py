@@ -22,7 +22,7 @@ from driftline.detectors.reference import NumericProfile, ReferenceProfile
 from driftline.detectors.shadow import ShadowBook, ShadowConfig, ShadowUpdate
 from driftline.schemas.codecs import decode_inference
 from driftline.schemas.limits import Limits
-from driftline.schemas.models import DriftAlert, EventBatch, Rejection
+from driftline.schemas.models import DecodeResult, DriftAlert, EventBatch, Rejection
 from driftline.streams.changes import (
     ALERT_CHANGES,
     ChangeEvent,
@@ -255,11 +255,17 @@ class Processor:
     def process_columns(self, topic: str, values: list[bytes], partitions: list[int],
                         offsets: list[int], timestamps: list[float]) -> Output:
         """The same, from parallel lists (the worker's hot path builds no per-message object)."""
-        out = Output()
         if not values:
-            return out
+            return Output()
         decoded = decode_inference(values, limits=self.limits, topic=topic,
                                    partitions=partitions, offsets=offsets, timestamps=timestamps)
+        return self.process_decoded(topic, decoded, values, partitions, offsets)
+
+    def process_decoded(self, topic: str, decoded: DecodeResult, values: list[bytes],
+                        partitions: list[int], offsets: list[int]) -> Output:
+        """The same, for messages already decoded (by a decode process): ``decoded`` is
+        what :func:`decode_inference` gives for ``values`` with these ``limits``."""
+        out = Output()
         payloads = _Payloads(values, partitions, offsets)
         self._prior = {}
         for rej in decoded.rejections:

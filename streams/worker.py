@@ -22,6 +22,12 @@ without a consumer group, from the beginning at start and then as it grows) into
 processor's change log, since the changes of any model may matter to the alerts of the
 models it owns. Changes it detects itself are produced with the alerts (before them) and
 carry deterministic ids, so a replay never records one twice.
+
+With ``decode_process`` on, a child process decodes each batch while the worker applies
+the previous one (:mod:`~driftline.streams.decode_process`). The batch in flight is
+consumed but not applied: no position covers it, so a revoke, a roll-back, a failed
+batch, a cluster change or a stop drops it and it is read again (by this worker from its
+first offset, or by the partition's next owner from the committed one).
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ from driftline.streams.admin import (
     read_compacted,
 )
 from driftline.streams.changes import ChangeEvent
+from driftline.streams.decode_process import DecodeProcess
 from driftline.streams.kafka_config import consumer_config, producer_config
 from driftline.streams.labels import label_status
 from driftline.streams.metrics import WorkerMetrics
@@ -153,6 +160,27 @@ class WorkerStats:
     last_alert: DriftAlert | None = None
 
 
+@dataclass(slots=True)
+class _Inference:
+    """A batch's inference messages as parallel lists, with its decode ticket."""
+
+    values: list[bytes]
+    parts: list[int]
+    offs: list[int]
+    stamps: list[float]
+    last: dict[int, int]  # partition -> last offset
+    kbytes: dict[bytes, int]  # message key -> bytes
+    ticket: tuple[int, int] | None = None
+
+
+@dataclass(slots=True)
+class _Inflight:
+    """A consumed batch whose inference messages are being decoded by the child."""
+
+    msgs: list[Message]
+    inference: _Inference
+
+
 class Worker:
     """One driftline worker process."""
 
@@ -208,6 +236,9 @@ class Worker:
         self._cluster_id: str | None = None
         self._pending_cluster: str | None = None
         self._rejoin_by: float | None = None
+        self._decoder = (DecodeProcess(self.processor.limits, settings.inference_topic)
+                         if settings.decode_process else None)
+        self._inflight: _Inflight | None = None
 
     def _make_producer(self) -> Producer:
         return Producer(producer_config(
@@ -284,7 +315,7 @@ class Worker:
         if self._watch.suspect.is_set() and msgs and not self._confirm_cluster():
             # msgs may come from a replacement cluster and the broker cannot tell us yet:
             # never apply them under the old offsets; read them again once it can
-            self._rewind(msgs)
+            self._rewind(self._drop_inflight() + msgs)
             self.stats.batches_held += 1
             msgs = []
         if self._rejoin_by is not None and time.monotonic() > self._rejoin_by:
@@ -296,19 +327,18 @@ class Worker:
             self._abandon_consumer()
             self._subscribe()
             self._rejoin_by = time.monotonic() + REJOIN_AFTER_S
-        if msgs and not self._unread:
-            positions = dict(self._positions)
-            try:
-                self._handle(msgs)
-            except KafkaException:
-                self._roll_back()  # outputs not acknowledged: back to the last checkpoint
-                raise
-            except BaseException:
-                # a batch that did not go through is read again, and nothing of it is
-                # committed meanwhile (what it did apply is skipped then as replays)
-                self._positions = positions
-                self._rewind(msgs)
-                raise
+        if self._unread:
+            pass
+        elif self._decoder is None:
+            if msgs:
+                self._apply(msgs, None)
+        elif msgs:  # decode this batch in the child while the previous one is applied
+            prev, self._inflight = self._inflight, _Inflight(msgs, self._submit(msgs))
+            if prev is not None:
+                self._apply(prev.msgs, prev.inference)
+        elif self._inflight is not None:  # nothing new: apply the one in flight
+            prev, self._inflight = self._inflight, None
+            self._apply(prev.msgs, prev.inference)
         now = time.monotonic()
         if now - last_tick >= 1.0:
             self._emit(self.processor.tick(time.time(), s.idle_timeout_s), [])
@@ -338,6 +368,40 @@ class Worker:
         self._watch.suspect.clear()
         return True
 
+    def _apply(self, msgs: list[Message], pre: _Inference | None) -> None:
+        positions = dict(self._positions)
+        try:
+            self._handle(msgs, pre)
+        except KafkaException:
+            self._drop_inflight()
+            self._roll_back()  # outputs not acknowledged: back to the last checkpoint
+            raise
+        except BaseException:
+            # a batch that did not go through is read again (with the one in flight), and
+            # nothing of it is committed meanwhile (what it did apply is skipped then as
+            # replays)
+            self._positions = positions
+            self._rewind(msgs + self._drop_inflight())
+            raise
+
+    def _submit(self, msgs: list[Message]) -> _Inference:
+        """The batch's inference lists, sent to the decode process."""
+        lt = self.settings.labels_topic
+        if self.settings.label_join != "off":
+            msgs = [m for m in msgs if m.topic() != lt]
+        inf = self._inference_lists(msgs)
+        if inf.values and self._decoder is not None:
+            inf.ticket = self._decoder.submit(inf.values, inf.parts, inf.offs, inf.stamps)
+        return inf
+
+    def _drop_inflight(self) -> list[Message]:
+        """Forget the batch in flight (never applied, so never committed); its messages,
+        for the caller to read again where the partitions are still ours."""
+        b, self._inflight = self._inflight, None
+        if self._decoder is not None:
+            self._decoder.discard()
+        return [] if b is None else b.msgs
+
     def _rewind(self, msgs: list[Message]) -> None:
         """Seek each partition of ``msgs`` back to its first message, to be read again."""
         first: dict[tuple[str, int], int] = {}
@@ -358,6 +422,7 @@ class Worker:
         last snapshot when its events come again) and every assigned partition is read
         again from its committed offset, so the batch's outputs are produced again (with
         the same alert ids and source offsets) instead of being counted but missing."""
+        self._drop_inflight()  # read again from the committed offsets with the rest
         self.processor.drop(list(self.processor.models))
         self._positions = {}
         s = self.settings
@@ -402,6 +467,7 @@ class Worker:
 
     def _on_cluster_lost(self, cid: str) -> None:
         """Start over on the new cluster's empty topics, keeping windows and references."""
+        self._drop_inflight()  # the old cluster's messages
         states = self.processor.models
         log.error(
             "kafka cluster changed (id %s -> %s): the broker lost its topics. %d model "
@@ -502,6 +568,9 @@ class Worker:
         del consumer
 
     def _shutdown(self) -> None:
+        self._drop_inflight()  # not applied: the next owner reads it from the committed offset
+        if self._decoder is not None:
+            self._decoder.close()
         try:
             self.checkpoint()
         except (KafkaException, DriftlineError, ClusterChanged) as exc:
@@ -517,13 +586,14 @@ class Worker:
         self._ready.clear()
 
     # -- the batch ---------------------------------------------------------------------
-    def _handle(self, msgs: list[Message]) -> None:
+    def _handle(self, msgs: list[Message], pre: _Inference | None = None) -> None:
+        """Apply a batch; ``pre``: its inference lists, already sent to be decoded."""
         lt = self.settings.labels_topic
         if self.settings.label_join == "off":
-            self._handle_inference(msgs)
+            self._handle_inference(msgs, pre)
             return
         labels = [m for m in msgs if m.topic() == lt]
-        self._handle_inference([m for m in msgs if m.topic() != lt] if labels else msgs)
+        self._handle_inference([m for m in msgs if m.topic() != lt] if labels else msgs, pre)
         if labels:
             self._handle_labels(labels)
 
@@ -551,8 +621,38 @@ class Worker:
         self.stats.labels += out.labels_applied
         self.stats.skipped_replays += out.skipped_replays
 
-    def _handle_inference(self, msgs: list[Message]) -> None:
+    def _handle_inference(self, msgs: list[Message], pre: _Inference | None = None) -> None:
         t0 = time.perf_counter()
+        inf = pre if pre is not None else self._inference_lists(msgs)
+        if not inf.values:
+            return
+        topic = self.settings.inference_topic
+        for p, o in inf.last.items():
+            self._positions[(topic, p)] = max(self._positions.get((topic, p), 0), o + 1)
+        decoded = None
+        if self._decoder is not None and inf.ticket is not None:
+            decoded = self._decoder.result(inf.ticket)  # None: lost, decoded here instead
+        if decoded is None:
+            out = self.processor.process_columns(topic, inf.values, inf.parts, inf.offs,
+                                                 inf.stamps)
+        else:
+            out = self.processor.process_decoded(topic, decoded, inf.values, inf.parts,
+                                                 inf.offs)
+        nbytes = {k.decode("utf-8", "replace"): n for k, n in inf.kbytes.items()}
+        tracked = {st.model for st in self.processor.models.values()}
+        for model, n in nbytes.items():
+            if model in tracked:
+                self.metrics.bytes.labels(model).inc(n)
+        for ref in out.references:
+            self._publish_reference(ref)
+        self._emit(out.alerts, out.dead_letters, out.changes)
+        self.stats.consumed += len(inf.values)
+        self.stats.applied += out.applied
+        self.stats.skipped_replays += out.skipped_replays
+        self.metrics.batch_size.observe(len(inf.values))
+        self.metrics.batch_duration.observe(time.perf_counter() - t0)
+
+    def _inference_lists(self, msgs: list[Message]) -> _Inference:
         values: list[bytes] = []
         parts: list[int] = []
         offs: list[int] = []
@@ -560,7 +660,6 @@ class Worker:
         last: dict[int, int] = {}
         kbytes: dict[bytes, int] = {}
         nan = math.nan
-        topic = self.settings.inference_topic
         for m in msgs:
             if m.error() is not None:
                 if m.error().code() != KafkaError._PARTITION_EOF:
@@ -577,24 +676,7 @@ class Worker:
             k = m.key()
             if k is not None:
                 kbytes[k] = kbytes.get(k, 0) + len(v)
-        if not values:
-            return
-        for p, o in last.items():
-            self._positions[(topic, p)] = max(self._positions.get((topic, p), 0), o + 1)
-        out = self.processor.process_columns(topic, values, parts, offs, stamps)
-        nbytes = {k.decode("utf-8", "replace"): n for k, n in kbytes.items()}
-        tracked = {st.model for st in self.processor.models.values()}
-        for model, n in nbytes.items():
-            if model in tracked:
-                self.metrics.bytes.labels(model).inc(n)
-        for ref in out.references:
-            self._publish_reference(ref)
-        self._emit(out.alerts, out.dead_letters, out.changes)
-        self.stats.consumed += len(values)
-        self.stats.applied += out.applied
-        self.stats.skipped_replays += out.skipped_replays
-        self.metrics.batch_size.observe(len(values))
-        self.metrics.batch_duration.observe(time.perf_counter() - t0)
+        return _Inference(values, parts, offs, stamps, last, kbytes)
 
     def _emit(self, alerts: list[DriftAlert], dead: list[Rejection],
               changes: list[ChangeEvent] | None = None) -> None:
@@ -772,6 +854,9 @@ class Worker:
         del consumer  # as in _on_assign
         gone = {tp.partition for tp in partitions if tp.topic == self.settings.inference_topic}
         topic = self.settings.inference_topic
+        revoked = {(tp.topic, tp.partition) for tp in partitions}
+        self._rewind([m for m in self._drop_inflight()
+                      if (m.topic(), m.partition()) not in revoked])
         leaving = [k for k, st in self.processor.models.items() if st.partition in gone]
         try:
             self.checkpoint()

@@ -43,12 +43,12 @@ class TimedWorker(Worker):
         self.models: set[str] = set()  # every model this worker applied events of
         self.rebalances = 0
 
-    def _handle(self, msgs: list[Message]) -> None:
+    def _handle(self, msgs: list[Message], pre: Any = None) -> None:
         if self.t_first is None:
             self.t_first = time.monotonic()
             self.cpu_first = _cpu()
         before = self.stats.applied
-        super()._handle(msgs)
+        super()._handle(msgs, pre)
         if self.stats.applied != before:
             self.t_last = time.monotonic()
             self.cpu_last = _cpu()

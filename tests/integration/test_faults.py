@@ -34,12 +34,21 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def cluster(kafka_bootstrap: str, unique_name: Callable[[str], str],
-            tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(kafka_bootstrap, unique_name("faults"), tmp_path)
+            tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """Workers of one group; ``decode_process`` (indirect parameter, default off)."""
+    env = {"DRIFTLINE_DECODE_PROCESS": "true"} if getattr(request, "param", False) else {}
+    c = Cluster(kafka_bootstrap, unique_name("faults"), tmp_path, env)
     yield c
     c.stop_all()
 
 
+#: workers decoding in their own process, and with a decode process (a batch in flight
+#: at every kill, revoke and stop)
+DECODE = pytest.mark.parametrize("cluster", [False, True], ids=["inline", "child"],
+                                 indirect=True)
+
+
+@DECODE
 def test_kill_9_mid_stream_loses_nothing_and_applies_nothing_twice(cluster: Cluster) -> None:
     c = cluster
     w1 = c.start()
@@ -69,6 +78,7 @@ def test_kill_9_mid_stream_loses_nothing_and_applies_nothing_twice(cluster: Clus
     print(f"recovered in {recovery:.1f} s; {st['deadletter_total']} dead letters")
 
 
+@DECODE
 def test_rebalance_grow_and_shrink_under_load(cluster: Cluster) -> None:
     c = cluster
     c.start()

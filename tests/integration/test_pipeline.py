@@ -24,15 +24,21 @@ from driftline.streams.worker import topic_specs
 pytestmark = pytest.mark.integration
 
 
+#: decoding in the worker's process, and in a decode process one batch ahead
+DECODE = pytest.mark.parametrize("decode_process", [False, True], ids=["inline", "child"])
+
+
 def make_settings(bootstrap: str, unique: Callable[[str], str], **kw: Any) -> Settings:
     return isolated_settings(bootstrap, unique, auto_reference_events=3000, pane_size=500,
                              min_samples=1000, **kw)
 
 
+@DECODE
 def test_drift_alert_names_the_feature_and_no_drift_stays_silent(
-    kafka_bootstrap: str, unique_name: Callable[[str], str], start_worker: Any
+    kafka_bootstrap: str, unique_name: Callable[[str], str], start_worker: Any,
+    decode_process: bool,
 ) -> None:
-    s = make_settings(kafka_bootstrap, unique_name)
+    s = make_settings(kafka_bootstrap, unique_name, decode_process=decode_process)
     ensure_topics(s.kafka(), topic_specs(s))
     w = start_worker(s)
     wait_for(lambda: w.worker.ready, 30, "worker ready")
@@ -66,10 +72,12 @@ def test_drift_alert_names_the_feature_and_no_drift_stays_silent(
     assert applied == {m: 16_000 for m in gen.models}
 
 
+@DECODE
 def test_foreign_producer_bad_events_and_dead_letters(
-    kafka_bootstrap: str, unique_name: Callable[[str], str], start_worker: Any
+    kafka_bootstrap: str, unique_name: Callable[[str], str], start_worker: Any,
+    decode_process: bool,
 ) -> None:
-    s = make_settings(kafka_bootstrap, unique_name)
+    s = make_settings(kafka_bootstrap, unique_name, decode_process=decode_process)
     ensure_topics(s.kafka(), topic_specs(s))
     w = start_worker(s)
     wait_for(lambda: w.worker.ready, 30, "worker ready")

@@ -97,19 +97,26 @@ def test_takeover_after_a_failed_state_read_restores_the_newest_snapshot(
     assert failures["calls"] == calls + 2  # the failed read was repeated, not skipped
 
 
+#: the worker decoding in its own process, and in a decode process; small batches, so
+#: that with a decode process there is a batch in flight whenever one is applied
+DECODE = pytest.mark.parametrize("decode_process", [False, True], ids=["inline", "child"])
+
+
+@DECODE
 @pytest.mark.parametrize("when", ["before", "after"])
 def test_a_batch_that_fails_is_read_again_not_lost(
     kafka_bootstrap: str, unique_name: Callable[[str], str],
-    start_worker: Callable[..., Any], when: str,
+    start_worker: Callable[..., Any], when: str, decode_process: bool,
 ) -> None:
     # the batch handler raises once, before or after the processor applied the batch (as a
     # failed delivery of its dead letters would): the worker reads the batch again, and
     # every event counts once
     s = isolated_settings(kafka_bootstrap, unique_name, partitions=2,
-                          auto_reference_events=500, pane_size=250)
+                          auto_reference_events=500, pane_size=250,
+                          decode_process=decode_process, batch_max_messages=3)
     gen = SyntheticModels(3, seed=5)
     w = start_worker(s).worker
-    real = w.processor.process_columns
+    real = w.processor.process_decoded
     raised: list[bool] = []
 
     def failing_once(*args: Any, **kw: Any) -> Any:
@@ -121,7 +128,7 @@ def test_a_batch_that_fails_is_read_again_not_lost(
         real(*args, **kw)
         raise KafkaException(KafkaError(KafkaError._MSG_TIMED_OUT, "injected"))
 
-    w.processor.process_columns = failing_once  # type: ignore[method-assign]
+    w.processor.process_decoded = failing_once  # type: ignore[method-assign]
     wait_for(lambda: w.ready and w._assigned == {0, 1}, 60, "the assignment")
     produce_sdk(s, gen, 1000)
 
@@ -155,14 +162,16 @@ def _dead_letters(s: Settings) -> list[tuple[int, int]]:
             (decode_dead_letter(m.value()) for m in iter_to_end(s.kafka(), s.deadletter_topic))]
 
 
+@DECODE
 def test_dead_letters_the_broker_did_not_take_are_produced_again(
     kafka_bootstrap: str, unique_name: Callable[[str], str],
-    start_worker: Callable[..., Any],
+    start_worker: Callable[..., Any], decode_process: bool,
 ) -> None:
     # the first dead letter never reaches the broker and its delivery reports an error:
     # the worker goes back to its last checkpoint and produces it again
     s = isolated_settings(kafka_bootstrap, unique_name, partitions=2,
-                          auto_reference_events=500, pane_size=250)
+                          auto_reference_events=500, pane_size=250,
+                          decode_process=decode_process, batch_max_messages=3)
     gen = SyntheticModels(3, seed=6)
     w = start_worker(s).worker
     producer = _LosesFirst(w, lambda topic, _key: topic == s.deadletter_topic)
@@ -179,28 +188,31 @@ def test_dead_letters_the_broker_did_not_take_are_produced_again(
     assert len(set(_dead_letters(s))) == bad == 30
 
 
+@DECODE
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_worker_that_dies_in_a_batch_commits_nothing_of_it(
     kafka_bootstrap: str, unique_name: Callable[[str], str],
-    start_worker: Callable[..., Any],
+    start_worker: Callable[..., Any], decode_process: bool,
 ) -> None:
     # the batch handler raises an unexpected error: the worker stops (its final
-    # checkpoint must not commit the batch it never applied) and a new worker reads it
+    # checkpoint must not commit the batch it never applied, nor the one in flight) and a
+    # new worker reads it
     s = isolated_settings(kafka_bootstrap, unique_name, partitions=2,
-                          auto_reference_events=500, pane_size=250)
+                          auto_reference_events=500, pane_size=250,
+                          decode_process=decode_process, batch_max_messages=3)
     gen = SyntheticModels(3, seed=7)
     first = start_worker(s)
     w = first.worker
-    real = w.processor.process_columns
+    real = w.processor.process_decoded
     calls: list[int] = []
 
     def failing_first(*args: Any, **kw: Any) -> Any:
-        calls.append(len(args[1]))
+        calls.append(len(args[2]))
         if len(calls) == 1:
             raise RuntimeError("injected")
         return real(*args, **kw)
 
-    w.processor.process_columns = failing_first  # type: ignore[method-assign]
+    w.processor.process_decoded = failing_first  # type: ignore[method-assign]
     wait_for(lambda: w.ready and w._assigned == {0, 1}, 60, "the assignment")
     produce_sdk(s, gen, 1000)
     first.thread.join(60)

@@ -1,0 +1,120 @@
+"""A decode process answers in order with what decoding in the worker gives, and a batch
+it cannot answer (it died, or failed) is reported lost, never wrong."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+
+import orjson
+import pytest
+from decode_corpus import assert_same, decoded, messages
+
+from driftline.schemas.limits import DEFAULT_LIMITS, Limits
+from driftline.streams.decode_process import MAX_FAILURES, DecodeProcess
+
+
+def _lists(values: list[bytes]) -> tuple[list[bytes], list[int], list[int], list[float]]:
+    n = len(values)
+    return (values, [i % 4 for i in range(n)], list(range(100, 100 + n)),
+            [1.6e9 + i for i in range(n)])
+
+
+@pytest.fixture
+def proc() -> Iterator[DecodeProcess]:
+    p = DecodeProcess(DEFAULT_LIMITS, "t")
+    yield p
+    p.close()
+
+
+def _kill_child(p: DecodeProcess) -> None:
+    os.kill(p._proc.pid, signal.SIGKILL)
+    p._proc.join(10)
+
+
+def test_batches_in_flight_come_back_in_order_as_decoded_here(proc: DecodeProcess) -> None:
+    batches = [messages(seed) for seed in range(4)]
+    tickets = [proc.submit(*_lists(batches[0])), proc.submit(*_lists(batches[1]))]
+    for i, values in enumerate(batches):
+        got = proc.result(tickets.pop(0))
+        assert got is not None
+        assert_same(got, decoded(values))
+        if i + 2 < len(batches):
+            tickets.append(proc.submit(*_lists(batches[i + 2])))
+    assert proc.failures == 0 and proc.restarts == 0
+
+
+def test_results_are_taken_in_order(proc: DecodeProcess) -> None:
+    first = proc.submit(*_lists(messages(1)))
+    second = proc.submit(*_lists(messages(2)))
+    with pytest.raises(RuntimeError):
+        proc.result(second)
+    assert proc.result(first) is not None and proc.result(second) is not None
+
+
+def test_the_limits_of_the_worker_apply_in_the_child() -> None:
+    p = DecodeProcess(Limits(max_model_id_length=2), "t")
+    try:
+        values = [orjson.dumps({"model": "abc", "features": {"a": 1.0}}),
+                  orjson.dumps({"model": "ab", "features": {"a": 1.0}})]
+        got = p.result(p.submit(*_lists(values)))
+        assert got is not None and list(got.batches) == ["ab"]
+        assert [r.reason.split(":")[0] for r in got.rejections] == ["string_too_long"]
+    finally:
+        p.close()
+
+
+def test_a_dead_child_loses_its_batches_and_a_new_one_takes_the_next(
+    proc: DecodeProcess,
+) -> None:
+    a = proc.submit(*_lists(messages(1)))
+    assert proc.result(a) is not None
+    b = proc.submit(*_lists(messages(2)))
+    c = proc.submit(*_lists(messages(3)))
+    _kill_child(proc)
+    assert proc.result(b) is None  # lost: the caller decodes it itself
+    assert proc.result(c) is None  # sent to the same child: lost with it
+    assert proc.failures == 1 and proc.restarts == 1 and proc.usable
+    d = proc.submit(*_lists(messages(4)))
+    got = proc.result(d)
+    assert got is not None and proc.failures == 0
+    assert_same(got, decoded(messages(4)))
+
+
+def test_after_repeated_failures_batches_are_decoded_by_the_caller(
+    proc: DecodeProcess,
+) -> None:
+    for _ in range(MAX_FAILURES):
+        t = proc.submit(*_lists(messages(1)))
+        _kill_child(proc)
+        assert proc.result(t) is None
+    assert not proc.usable and proc.submit(*_lists(messages(1))) is None
+
+
+def test_discard_forgets_pending_batches(proc: DecodeProcess) -> None:
+    proc.submit(*_lists(messages(1)))
+    proc.submit(*_lists(messages(2)))
+    proc.discard()
+    t = proc.submit(*_lists(messages(3)))
+    got = proc.result(t)
+    assert got is not None
+    assert_same(got, decoded(messages(3)))
+
+
+def test_two_large_batches_in_flight_do_not_block_each_other(proc: DecodeProcess) -> None:
+    # each request and answer is far larger than a pipe buffer: the parent writes the
+    # second request while the child writes the first answer
+    big = messages(5) * 40  # 12,000 messages, ~3 MB
+    done: list[bool] = []
+
+    def run() -> None:
+        t1 = proc.submit(*_lists(big))
+        t2 = proc.submit(*_lists(big))
+        done.append(proc.result(t1) is not None and proc.result(t2) is not None)
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    th.join(120)
+    assert done == [True]
