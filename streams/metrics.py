@@ -72,6 +72,12 @@ class WorkerMetrics:
             "driftline_worker_reference_records_in_memory",
             "Reference records held in memory because they could not be written to disk",
             registry=r)
+        self.decode_cpu = Counter("driftline_worker_decode_process_cpu_seconds",
+                                  "CPU seconds of the worker's decode processes", registry=r)
+        self.decode_restarts = Counter(
+            "driftline_worker_decode_process_restarts",
+            "Decode processes replaced after one died or failed (its batches were decoded "
+            "by the worker)", registry=r)
         self.references_built = Counter("driftline_worker_references_built",
                                         "References built by the worker", ["model", "source"],
                                         registry=r)

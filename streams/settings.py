@@ -60,8 +60,8 @@ class Settings(BaseSettings):
     batch_max_messages: int = Field(2000, ge=1)
     batch_timeout_s: float = Field(0.1, gt=0)
     # decode inference messages in a child process, one batch ahead of the detectors
-    # (a second core per worker; same results). False: decode in the worker's process.
-    decode_process: bool = False
+    # (a second core per worker, same results); "auto": when the worker may use 2 CPUs
+    decode_process: Literal["auto", "on", "off"] = "auto"
     snapshot_interval_s: float = Field(2.0, ge=0)
     metrics_host: str = "0.0.0.0"
     metrics_port: int = Field(9464, ge=0, le=65535)

@@ -23,11 +23,12 @@ processor's change log, since the changes of any model may matter to the alerts 
 models it owns. Changes it detects itself are produced with the alerts (before them) and
 carry deterministic ids, so a replay never records one twice.
 
-With ``decode_process`` on, a child process decodes each batch while the worker applies
-the previous one (:mod:`~driftline.streams.decode_process`). The batch in flight is
-consumed but not applied: no position covers it, so a revoke, a roll-back, a failed
-batch, a cluster change or a stop drops it and it is read again (by this worker from its
-first offset, or by the partition's next owner from the committed one).
+With a decode process (setting ``decode_process``), a child process decodes each batch
+while the worker applies the previous one (:mod:`~driftline.streams.decode_process`). The
+batch in flight is consumed but not applied: no position covers it, so a revoke, a
+roll-back, a failed batch, a cluster change or a stop drops it and it is read again (by
+this worker from its first offset, or by the partition's next owner from the committed
+one).
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ from driftline.streams.admin import (
 )
 from driftline.streams.changes import ChangeEvent
 from driftline.streams.decode_process import DecodeProcess
+from driftline.streams.decode_process import wanted as decode_process_wanted
 from driftline.streams.kafka_config import consumer_config, producer_config
 from driftline.streams.labels import label_status
 from driftline.streams.metrics import WorkerMetrics
@@ -237,8 +239,9 @@ class Worker:
         self._pending_cluster: str | None = None
         self._rejoin_by: float | None = None
         self._decoder = (DecodeProcess(self.processor.limits, settings.inference_topic)
-                         if settings.decode_process else None)
+                         if decode_process_wanted(settings.decode_process) else None)
         self._inflight: _Inflight | None = None
+        self._decoder_seen = (0.0, 0)  # its CPU seconds and restarts counted so far
 
     def _make_producer(self) -> Producer:
         return Producer(producer_config(
@@ -632,6 +635,7 @@ class Worker:
         decoded = None
         if self._decoder is not None and inf.ticket is not None:
             decoded = self._decoder.result(inf.ticket)  # None: lost, decoded here instead
+            self._count_decoder()
         if decoded is None:
             out = self.processor.process_columns(topic, inf.values, inf.parts, inf.offs,
                                                  inf.stamps)
@@ -651,6 +655,16 @@ class Worker:
         self.stats.skipped_replays += out.skipped_replays
         self.metrics.batch_size.observe(len(inf.values))
         self.metrics.batch_duration.observe(time.perf_counter() - t0)
+
+    def _count_decoder(self) -> None:
+        d = self._decoder
+        assert d is not None
+        cpu, restarts = d.cpu_seconds, d.restarts
+        if cpu > self._decoder_seen[0]:
+            self.metrics.decode_cpu.inc(cpu - self._decoder_seen[0])
+        if restarts > self._decoder_seen[1]:
+            self.metrics.decode_restarts.inc(restarts - self._decoder_seen[1])
+        self._decoder_seen = (cpu, restarts)
 
     def _inference_lists(self, msgs: list[Message]) -> _Inference:
         values: list[bytes] = []

@@ -39,6 +39,7 @@ class TimedWorker(Worker):
         self.t_last: float | None = None  # end of the last batch that applied events
         self.t_done: float | None = None  # end of the batch that reached the target
         self.cpu_first = self.cpu_last = 0.0  # process CPU seconds at those moments
+        self.decode_first = self.decode_last = 0.0  # of the decode process, included above
         self.partitions: set[int] = set()  # every inference partition ever assigned
         self.models: set[str] = set()  # every model this worker applied events of
         self.rebalances = 0
@@ -46,18 +47,27 @@ class TimedWorker(Worker):
     def _handle(self, msgs: list[Message], pre: Any = None) -> None:
         if self.t_first is None:
             self.t_first = time.monotonic()
-            self.cpu_first = _cpu()
+            self.cpu_first = self._cpu()
+            self.decode_first = self._decode_cpu()
         before = self.stats.applied
         super()._handle(msgs, pre)
         if self.stats.applied != before:
             self.t_last = time.monotonic()
-            self.cpu_last = _cpu()
+            self.cpu_last = self._cpu()
+            self.decode_last = self._decode_cpu()
             if len(self.models) < len(self.processor.models):
                 self.models = {st.model for st in self.processor.models.values()
                                if not st.model.startswith(UNATTRIBUTED)}
         if self.target and self.t_done is None and self.stats.applied >= self.target:
             self.t_done = self.t_last
             self.request_stop()
+
+    def _cpu(self) -> float:
+        """CPU seconds of this process and of its decode process."""
+        return _cpu() + self._decode_cpu()
+
+    def _decode_cpu(self) -> float:
+        return self._decoder.cpu_seconds if self._decoder is not None else 0.0
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         super()._on_assign(consumer, partitions)
@@ -117,6 +127,8 @@ def main() -> None:
         # CPU seconds of the whole process (all threads) from the first event to the last
         # one: about equal to the elapsed time when the worker was never short of a core
         "cpu_s": w.cpu_last - w.cpu_first,
+        "decode_process": w._decoder is not None,
+        "decode_cpu_s": w.decode_last - w.decode_first,  # included in cpu_s
     }
     end = w.t_done if w.t_done is not None else w.t_last
     rep.result(st.applied, w.t_first, end, **extra)

@@ -37,20 +37,24 @@ def test_a_killed_decode_process_loses_nothing(
     start_worker: Callable[..., Any], caplog: pytest.LogCaptureFixture,
 ) -> None:
     s = isolated_settings(kafka_bootstrap, unique_name, partitions=2,
-                          auto_reference_events=500, pane_size=250, decode_process=True)
+                          auto_reference_events=500, pane_size=250, decode_process="on")
     gen = SyntheticModels(3, seed=9)
-    w = start_worker(s).worker
+    running = start_worker(s)
+    w = running.worker
     wait_for(lambda: w.ready and w._assigned == {0, 1}, 60, "the assignment")
     _send(s, gen, 2000)
-    wait_for(lambda: w.stats.applied >= 1000 and w._decoder._proc is not None, 60,
+    wait_for(lambda: w.stats.applied >= 1000 and w._decoder.pid is not None, 60,
              "the first events, decoded by the child")
-    first = w._decoder._proc
+    first = w._decoder.pid
     with caplog.at_level(logging.ERROR, logger="driftline.streams.decode_process"):
-        os.kill(first.pid, signal.SIGKILL)
+        os.kill(first, signal.SIGKILL)
         _send(s, gen, 2000)
         wait_for(lambda: w.stats.applied == 12_000, 60, "every event applied")
-    assert w._decoder.restarts >= 1 and w._decoder._proc is not first
+    assert w._decoder.restarts >= 1 and w._decoder.pid != first
     assert "the decode process ended" in caplog.text or "could not send" in caplog.text
+    metric = running.registry.get_sample_value
+    assert metric("driftline_worker_decode_process_restarts_total") == w._decoder.restarts
+    assert metric("driftline_worker_decode_process_cpu_seconds_total") > 0
 
     expected = dict.fromkeys(gen.models, 4000)
     with contextlib.suppress(AssertionError):  # the status catches up within a snapshot

@@ -35,8 +35,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def cluster(kafka_bootstrap: str, unique_name: Callable[[str], str],
             tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    """Workers of one group; ``decode_process`` (indirect parameter, default off)."""
-    env = {"DRIFTLINE_DECODE_PROCESS": "true"} if getattr(request, "param", False) else {}
+    """Workers of one group; their ``decode_process`` (indirect parameter, default auto)."""
+    env = {"DRIFTLINE_DECODE_PROCESS": getattr(request, "param", "auto")}
     c = Cluster(kafka_bootstrap, unique_name("faults"), tmp_path, env)
     yield c
     c.stop_all()
@@ -44,7 +44,7 @@ def cluster(kafka_bootstrap: str, unique_name: Callable[[str], str],
 
 #: workers decoding in their own process, and with a decode process (a batch in flight
 #: at every kill, revoke and stop)
-DECODE = pytest.mark.parametrize("cluster", [False, True], ids=["inline", "child"],
+DECODE = pytest.mark.parametrize("cluster", ["off", "on"], ids=["inline", "child"],
                                  indirect=True)
 
 

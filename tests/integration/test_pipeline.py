@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 
 
 #: decoding in the worker's process, and in a decode process one batch ahead
-DECODE = pytest.mark.parametrize("decode_process", [False, True], ids=["inline", "child"])
+DECODE = pytest.mark.parametrize("decode_process", ["off", "on"], ids=["inline", "child"])
 
 
 def make_settings(bootstrap: str, unique: Callable[[str], str], **kw: Any) -> Settings:
@@ -36,7 +36,7 @@ def make_settings(bootstrap: str, unique: Callable[[str], str], **kw: Any) -> Se
 @DECODE
 def test_drift_alert_names_the_feature_and_no_drift_stays_silent(
     kafka_bootstrap: str, unique_name: Callable[[str], str], start_worker: Any,
-    decode_process: bool,
+    decode_process: str,
 ) -> None:
     s = make_settings(kafka_bootstrap, unique_name, decode_process=decode_process)
     ensure_topics(s.kafka(), topic_specs(s))
@@ -75,7 +75,7 @@ def test_drift_alert_names_the_feature_and_no_drift_stays_silent(
 @DECODE
 def test_foreign_producer_bad_events_and_dead_letters(
     kafka_bootstrap: str, unique_name: Callable[[str], str], start_worker: Any,
-    decode_process: bool,
+    decode_process: str,
 ) -> None:
     s = make_settings(kafka_bootstrap, unique_name, decode_process=decode_process)
     ensure_topics(s.kafka(), topic_specs(s))

@@ -99,14 +99,14 @@ def test_takeover_after_a_failed_state_read_restores_the_newest_snapshot(
 
 #: the worker decoding in its own process, and in a decode process; small batches, so
 #: that with a decode process there is a batch in flight whenever one is applied
-DECODE = pytest.mark.parametrize("decode_process", [False, True], ids=["inline", "child"])
+DECODE = pytest.mark.parametrize("decode_process", ["off", "on"], ids=["inline", "child"])
 
 
 @DECODE
 @pytest.mark.parametrize("when", ["before", "after"])
 def test_a_batch_that_fails_is_read_again_not_lost(
     kafka_bootstrap: str, unique_name: Callable[[str], str],
-    start_worker: Callable[..., Any], when: str, decode_process: bool,
+    start_worker: Callable[..., Any], when: str, decode_process: str,
 ) -> None:
     # the batch handler raises once, before or after the processor applied the batch (as a
     # failed delivery of its dead letters would): the worker reads the batch again, and
@@ -165,7 +165,7 @@ def _dead_letters(s: Settings) -> list[tuple[int, int]]:
 @DECODE
 def test_dead_letters_the_broker_did_not_take_are_produced_again(
     kafka_bootstrap: str, unique_name: Callable[[str], str],
-    start_worker: Callable[..., Any], decode_process: bool,
+    start_worker: Callable[..., Any], decode_process: str,
 ) -> None:
     # the first dead letter never reaches the broker and its delivery reports an error:
     # the worker goes back to its last checkpoint and produces it again
@@ -192,7 +192,7 @@ def test_dead_letters_the_broker_did_not_take_are_produced_again(
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_worker_that_dies_in_a_batch_commits_nothing_of_it(
     kafka_bootstrap: str, unique_name: Callable[[str], str],
-    start_worker: Callable[..., Any], decode_process: bool,
+    start_worker: Callable[..., Any], decode_process: str,
 ) -> None:
     # the batch handler raises an unexpected error: the worker stops (its final
     # checkpoint must not commit the batch it never applied, nor the one in flight) and a

@@ -7,13 +7,15 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import orjson
 import pytest
 from decode_corpus import assert_same, decoded, messages
 
 from driftline.schemas.limits import DEFAULT_LIMITS, Limits
-from driftline.streams.decode_process import MAX_FAILURES, DecodeProcess
+from driftline.streams import decode_process
+from driftline.streams.decode_process import MAX_FAILURES, DecodeProcess, usable_cpus, wanted
 
 
 def _lists(values: list[bytes]) -> tuple[list[bytes], list[int], list[int], list[float]]:
@@ -30,8 +32,9 @@ def proc() -> Iterator[DecodeProcess]:
 
 
 def _kill_child(p: DecodeProcess) -> None:
+    assert p._proc is not None
     os.kill(p._proc.pid, signal.SIGKILL)
-    p._proc.join(10)
+    p._proc.wait(10)
 
 
 def test_batches_in_flight_come_back_in_order_as_decoded_here(proc: DecodeProcess) -> None:
@@ -69,8 +72,10 @@ def test_the_limits_of_the_worker_apply_in_the_child() -> None:
 def test_a_dead_child_loses_its_batches_and_a_new_one_takes_the_next(
     proc: DecodeProcess,
 ) -> None:
-    a = proc.submit(*_lists(messages(1)))
+    a = proc.submit(*_lists(messages(1) * 20))
     assert proc.result(a) is not None
+    spent = proc.cpu_seconds
+    assert spent > 0
     b = proc.submit(*_lists(messages(2)))
     c = proc.submit(*_lists(messages(3)))
     _kill_child(proc)
@@ -80,6 +85,7 @@ def test_a_dead_child_loses_its_batches_and_a_new_one_takes_the_next(
     d = proc.submit(*_lists(messages(4)))
     got = proc.result(d)
     assert got is not None and proc.failures == 0
+    assert proc.cpu_seconds >= spent  # the ended child's time stays counted
     assert_same(got, decoded(messages(4)))
 
 
@@ -118,3 +124,32 @@ def test_two_large_batches_in_flight_do_not_block_each_other(proc: DecodeProcess
     th.start()
     th.join(120)
     assert done == [True]
+
+
+@pytest.mark.parametrize(("v2", "v1", "cpus"), [
+    ("max 100000", None, 4), ("150000 100000", None, 1.5), ("50000 100000", None, 0.5),
+    (None, ("200000", "100000"), 2), (None, ("-1", "100000"), 4), (None, None, 4),
+    ("garbage", ("100000", "100000"), 1),
+])  # fmt: skip
+def test_usable_cpus_are_the_affinity_capped_by_a_cgroup_quota(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, v2: str | None,
+    v1: tuple[str, str] | None, cpus: float,
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    files = []
+    if v2 is not None:
+        (tmp_path / "cpu.max").write_text(v2 + "\n")
+    files.append((str(tmp_path / "cpu.max"), None))
+    if v1 is not None:
+        (tmp_path / "quota").write_text(v1[0] + "\n")
+        (tmp_path / "period").write_text(v1[1] + "\n")
+    files.append((str(tmp_path / "quota"), str(tmp_path / "period")))
+    monkeypatch.setattr(decode_process, "CGROUP_CPU_FILES", tuple(files))
+    assert usable_cpus() == cpus
+    assert wanted("auto") == (cpus >= 2)
+    assert wanted("on") and not wanted("off")
+
+
+def test_one_cpu_means_no_decode_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
+    assert usable_cpus() == 1 and not wanted("auto")
