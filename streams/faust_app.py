@@ -189,6 +189,7 @@ class FaustRuntime:
         self.app.agent(self.inference, name="driftline-inference", concurrency=1)(self._agent)
         self.app.timer(min(max(s.snapshot_interval_s, 0.1), 1.0))(self._on_timer)
         self.app.on_partitions_revoked.connect(self._on_revoked)
+        self.app.on_rebalance_complete.connect(self._on_rebalance_complete)
 
     # -- topics and state --------------------------------------------------------------
     def _raw_topic(self, name: str, **kw: Any) -> Any:
@@ -218,12 +219,13 @@ class FaustRuntime:
         async for events in stream.take_events(s.batch_max_messages, within=s.batch_timeout_s):
             for ev in events:  # held until a checkpoint covers it (take_events acks on resume)
                 ev.message.incref()
-            if self._stopping:
-                continue  # never acked: the next owner replays them
             async with lock:
                 self._held.extend(events)
                 await self._handle(events)
-                if time.monotonic() - self._last_checkpoint >= s.snapshot_interval_s:
+                # after the final checkpoint (stopping) at once: Faust's stop waits until
+                # every event taken is acked, and no timer checkpoints any more
+                if self._stopping or (time.monotonic() - self._last_checkpoint
+                                      >= s.snapshot_interval_s):
                     await self._checkpoint()
 
     async def _handle(self, events: list[Any]) -> None:
@@ -348,6 +350,21 @@ class FaustRuntime:
         leaving = [k for k, st in self.processor.models.items() if st.partition in gone]
         self.processor.drop(leaving)
         log.info("revoked partitions %s; dropped %d model states", sorted(gone), len(leaving))
+
+    async def _on_rebalance_complete(self, app: Any, **kwargs: Any) -> None:
+        """Stop the consumer's flow until the recovery has sought the stream partitions.
+
+        Works around faust-streaming/faust#596. When a table recovery ends, Faust resumes
+        the stream partitions while its fetcher runs, seeks them to the committed offsets,
+        then resumes flow control, which empties the stream queues. A record delivered
+        to a queue in that window is dropped there but counts as read, so the fetch after
+        the seek skips it: the event is never applied and its offset is committed (seen
+        after a restart: one record of a partition missing). This signal comes just
+        before that resume; with the flow stopped nothing is delivered until the
+        recovery resumes it after the seek, and every record from the committed offset on
+        is fetched again (replays of applied ones are skipped by the processor).
+        """
+        self.app.consumer.stop_flow()
 
     # -- references --------------------------------------------------------------------
     async def _start_references(self) -> None:

@@ -179,7 +179,8 @@ def test_faust_worker_sdk_events_to_drift_alert_and_live_reference(
              30, "the live reference picked up", lambda: w.log[-3000:])
     sent = produce_sdk(s, gen, 16_000)
     wait_for(lambda: applied_by_model(s) == {m: 16_000 for m in gen.models}, 120,
-             f"{sent} events applied (status topic)", lambda: w.log[-3000:])
+             f"{sent} events applied (status topic)",
+             lambda: f"applied: {applied_by_model(s)}\n{w.log[-3000:]}")
     alerts = list(AlertSubscriber(s.kafka(), s.alerts_topic, timeout=30))
     firing = [a for a in alerts if a.state == "firing"]
     assert firing, "no alert on the alerts topic\n" + w.log[-3000:]
@@ -217,7 +218,8 @@ def test_faust_worker_restart_resumes_windows_from_the_table(
     w2.wait_ready()
     second = produce_sdk(s, gen, 4000)
     wait_for(lambda: applied_by_model(s) == {m: 10_000 for m in gen.models}, 90,
-             f"{second} more events applied", lambda: w2.log[-3000:])
+             f"{second} more events applied",
+             lambda: f"applied: {applied_by_model(s)}\n{w2.log[-3000:]}")
     # the new process applied only the new events: nothing from the first run again
     assert w2.events_applied() == {m: 4000.0 for m in gen.models}
     assert w2.stop(signal.SIGINT) == 0
@@ -227,6 +229,34 @@ def test_faust_worker_restart_resumes_windows_from_the_table(
         assert st.events_applied == 10_000
         assert st.reference is not None and st.reference.reference_id == ref_ids[m]
         assert st.monitor is not None and st.monitor.ring.seq == seq[m] + 4000
+
+
+def test_faust_worker_stopped_amid_a_backlog_exits_and_the_next_applies_the_rest(
+    kafka_bootstrap: str, unique_name: Callable[[str], str], faust_worker: Any
+) -> None:
+    fields = overrides(kafka_bootstrap, unique_name)
+    s = Settings(**fields)
+    gen = SyntheticModels(2, seed=6)
+    total = 40_000
+    produce_sdk(s, gen, total)  # a backlog: fetched records wait while the agent works
+    w1 = faust_worker(fields)
+    w1.wait_ready()
+    wait_for(lambda: sum(w1.events_applied().values()) >= 8000, 90, "events applied",
+             lambda: w1.log[-3000:])
+    # events still arrive after the final checkpoint: they are applied and acked too
+    assert w1.stop(signal.SIGTERM) == 0
+    w2 = faust_worker(fields)
+    w2.wait_ready()
+    wait_for(lambda: applied_by_model(s) == {m: total for m in gen.models}, 90,
+             f"{total} events per model applied",
+             lambda: f"applied: {applied_by_model(s)}\n{w2.log[-3000:]}")
+    assert w2.stop() == 0
+    # each event applied by exactly one of the two processes (their final counts)
+    applied = [int(re.findall(r"stopped: consumed=\d+ applied=(\d+)", w.log)[-1])
+               for w in (w1, w2)]
+    assert sum(applied) == total * len(gen.models)
+    for m, st in table_states(s).items():
+        assert st.events_applied == total, m
 
 
 def test_second_faust_worker_joins_mid_stream_and_nothing_is_applied_twice(
@@ -244,7 +274,8 @@ def test_second_faust_worker_joins_mid_stream_and_nothing_is_applied_twice(
     b.wait_ready()
     produce_sdk(s, gen, 4000)
     wait_for(lambda: applied_by_model(s) == {m: 8000 for m in gen.models}, 120,
-             "every event applied once (status topic)", lambda: a.log[-2000:] + b.log[-2000:])
+             "every event applied once (status topic)",
+             lambda: f"applied: {applied_by_model(s)}\n{a.log[-2000:]}{b.log[-2000:]}")
     assert b.stop() == 0 and a.stop() == 0
     # each event was applied by exactly one of the two processes (their final counts)
     applied = [int(re.findall(r"stopped: consumed=\d+ applied=(\d+)", w.log)[-1]) for w in (a, b)]
