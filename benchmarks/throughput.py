@@ -12,7 +12,10 @@ with a fresh consumer group, and is timed from its first event to its last:
 - driftline: the production :class:`~driftline.streams.worker.Worker` (decode and
   validation, windows, detectors against a reference, metrics on a fresh registry,
   snapshots, commits) on the envelope topic and on the single-event topic, until
-  ``Worker.stats.applied`` reaches ``events``.
+  ``Worker.stats.applied`` reaches ``events``; on single events twice: as configured by
+  default (``decode_process`` auto: a decode process where the worker may use 2 CPUs,
+  ``single_decode_process`` says whether it did) and decoding in its own process
+  (``single_inline``). ``cpu_s`` of a worker includes its decode process.
 
 References are on the references topic before the worker starts, so every event goes
 through the detectors (the worker reads them, and calibrates each model's thresholds,
@@ -72,7 +75,8 @@ _HOW_TO_INSTALL = {
 #: Every ratio reported: name -> (numerator, denominator) consumer.
 _RATIOS = {"envelope_vs_raw": ("envelope", "raw"), "envelope_vs_faust": ("envelope", "faust"),
            "single_vs_faust": ("single", "faust"), "single_vs_quix": ("single", "quix"),
-           "single_vs_bytewax": ("single", "bytewax"), "single_vs_raw": ("single", "raw")}
+           "single_vs_bytewax": ("single", "bytewax"), "single_vs_raw": ("single", "raw"),
+           "single_inline_vs_bytewax": ("single_inline", "bytewax")}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -100,7 +104,7 @@ def run(events: int = 300_000, json_out: Path | None = None, *, bootstrap: str |
     load_before = os.getloadavg()
     eps: dict[str, float | None] = {"raw": None, "faust": None, "quix": None, "bytewax": None,
                                     "envelope": None, "columns": None, "rows": None,
-                                    "single": None}
+                                    "single": None, "single_inline": None}
     steady: dict[str, float | None] = {}
     details: dict[str, Any] = {}
     skipped: dict[str, str] = {}
@@ -136,11 +140,16 @@ def run(events: int = 300_000, json_out: Path | None = None, *, bootstrap: str |
                     profiles[label] = {"file": str(prof_out), **summarize_profile(prof_out)}
                 return res
 
-            workers = [("driftline envelopes", r.envelope_topic, "envelope"),
-                       ("driftline single events", r.single_topic, "single")]
+            # the worker as configured by default (a decode process where it may use 2
+            # CPUs), and single events decoded in the worker's own process
+            workers = [("driftline envelopes", r.envelope_topic, "envelope", {}),
+                       ("driftline single events", r.single_topic, "single", {}),
+                       ("driftline single events, decoded in the worker", r.single_topic,
+                        "single_inline", {"decode_process": "off"})]
             if columns:
-                workers[1:1] = [("driftline JSON columns envelopes", r.columns_topic, "columns"),
-                                ("driftline rows envelopes", r.rows_topic, "rows")]
+                workers[1:1] = [
+                    ("driftline JSON columns envelopes", r.columns_topic, "columns", {}),
+                    ("driftline rows envelopes", r.rows_topic, "rows", {})]
 
             def keep(key: str, res: dict[str, Any]) -> None:
                 rounds.setdefault(key, []).append(res)
@@ -153,8 +162,8 @@ def run(events: int = 300_000, json_out: Path | None = None, *, bootstrap: str |
                     keep("raw", one("raw confluent-kafka" + tag, module_argv(
                         "raw", "--bootstrap", bs, "--topic", r.single_topic, "--events", events,
                         "--group", r.name("raw" + sfx)), events))
-                for label, topic, key in workers:
-                    settings = r.worker_settings(key + sfx, topic)
+                for label, topic, key, extra in workers:
+                    settings = r.worker_settings(key + sfx, topic, **extra)
                     res = one(label + tag, module_argv(
                         "driftline_worker", "--settings", _json(settings), "--events", events),
                         events, stdin=True)
@@ -200,6 +209,10 @@ def run(events: int = 300_000, json_out: Path | None = None, *, bootstrap: str |
         "raw_eps": eps["raw"], "faust_eps": eps["faust"], "quix_eps": eps["quix"],
         "bytewax_eps": eps["bytewax"], "envelope_eps": eps["envelope"],
         "single_eps": eps["single"],
+        "single_inline_eps": eps["single_inline"],
+        # whether the "single" worker decoded in a decode process (the default where it
+        # may use 2 CPUs: then it used two cores, Bytewax's one worker one)
+        "single_decode_process": details.get("single", {}).get("decode_process"),
         "columns_envelope_eps": eps["columns"],
         "rows_envelope_eps": eps["rows"],
         **{name: _ratio(eps[a], eps[b]) for name, (a, b) in _RATIOS.items()},
@@ -229,7 +242,11 @@ def run(events: int = 300_000, json_out: Path | None = None, *, bootstrap: str |
         ("Bytewax 0.21 KafkaSource, 1 worker", eps["bytewax"], _ratio(eps["bytewax"], eps["raw"])),
         ("**driftline worker, SDK envelopes (packed columns)**", eps["envelope"],
          out["envelope_vs_raw"]),
-        ("**driftline worker, single events**", eps["single"], out["single_vs_raw"]),
+        ("**driftline worker, single events**"
+         + (" (decode process)" if out["single_decode_process"] else ""),
+         eps["single"], out["single_vs_raw"]),
+        ("driftline worker, single events decoded in the worker", eps["single_inline"],
+         _ratio(eps["single_inline"], eps["raw"])),
     ]
     if columns:
         rows[5:5] = [("driftline worker, JSON columns envelopes", eps["columns"],
@@ -240,6 +257,8 @@ def run(events: int = 300_000, json_out: Path | None = None, *, bootstrap: str |
     table += [(f"ratio {k}", out[k] if out[k] else "n/a", f"target ≥ {t:g}" + (
         "; rounds " + " / ".join(f"{x:.2f}" if x else "n/a" for x in round_ratios[k])
         if repeats > 1 else "")) for k, t in out["targets"].items()]
+    table.append(("ratio single_inline_vs_bytewax", out["single_inline_vs_bytewax"] or "n/a",
+                  "no target: both decode in one process"))
     plotted = [(n.strip("*"), v) for n, v, _ in rows if v]
     write("throughput", out, table, ("path (20 features, 10 models, 8 partitions)", "events/s",
                                      "× raw"),
