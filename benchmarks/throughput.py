@@ -13,9 +13,9 @@ with a fresh consumer group, and is timed from its first event to its last:
   validation, windows, detectors against a reference, metrics on a fresh registry,
   snapshots, commits) on the envelope topic and on the single-event topic, until
   ``Worker.stats.applied`` reaches ``events``; on single events twice: as configured by
-  default (``decode_process`` auto: a decode process where the worker may use 2 CPUs,
-  ``single_decode_process`` says whether it did) and decoding in its own process
-  (``single_inline``). ``cpu_s`` of a worker includes its decode process.
+  default (decoding in its own process) and with a decode process
+  (``single_decode_process``, ``DRIFTLINE_DECODE_PROCESS=on``: a second core). ``cpu_s``
+  of a worker includes its decode process.
 
 References are on the references topic before the worker starts, so every event goes
 through the detectors (the worker reads them, and calibrates each model's thresholds,
@@ -76,7 +76,7 @@ _HOW_TO_INSTALL = {
 _RATIOS = {"envelope_vs_raw": ("envelope", "raw"), "envelope_vs_faust": ("envelope", "faust"),
            "single_vs_faust": ("single", "faust"), "single_vs_quix": ("single", "quix"),
            "single_vs_bytewax": ("single", "bytewax"), "single_vs_raw": ("single", "raw"),
-           "single_inline_vs_bytewax": ("single_inline", "bytewax")}
+           "single_decode_process_vs_bytewax": ("single_decode_process", "bytewax")}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -104,7 +104,7 @@ def run(events: int = 300_000, json_out: Path | None = None, *, bootstrap: str |
     load_before = os.getloadavg()
     eps: dict[str, float | None] = {"raw": None, "faust": None, "quix": None, "bytewax": None,
                                     "envelope": None, "columns": None, "rows": None,
-                                    "single": None, "single_inline": None}
+                                    "single": None, "single_decode_process": None}
     steady: dict[str, float | None] = {}
     details: dict[str, Any] = {}
     skipped: dict[str, str] = {}
@@ -140,12 +140,12 @@ def run(events: int = 300_000, json_out: Path | None = None, *, bootstrap: str |
                     profiles[label] = {"file": str(prof_out), **summarize_profile(prof_out)}
                 return res
 
-            # the worker as configured by default (a decode process where it may use 2
-            # CPUs), and single events decoded in the worker's own process
+            # single events as a worker runs by default (decoding in its process) and
+            # with a decode process (a second core)
             workers = [("driftline envelopes", r.envelope_topic, "envelope", {}),
                        ("driftline single events", r.single_topic, "single", {}),
-                       ("driftline single events, decoded in the worker", r.single_topic,
-                        "single_inline", {"decode_process": "off"})]
+                       ("driftline single events, decode process", r.single_topic,
+                        "single_decode_process", {"decode_process": "on"})]
             if columns:
                 workers[1:1] = [
                     ("driftline JSON columns envelopes", r.columns_topic, "columns", {}),
@@ -209,10 +209,9 @@ def run(events: int = 300_000, json_out: Path | None = None, *, bootstrap: str |
         "raw_eps": eps["raw"], "faust_eps": eps["faust"], "quix_eps": eps["quix"],
         "bytewax_eps": eps["bytewax"], "envelope_eps": eps["envelope"],
         "single_eps": eps["single"],
-        "single_inline_eps": eps["single_inline"],
-        # whether the "single" worker decoded in a decode process (the default where it
-        # may use 2 CPUs: then it used two cores, Bytewax's one worker one)
-        "single_decode_process": details.get("single", {}).get("decode_process"),
+        # with DRIFTLINE_DECODE_PROCESS=on: two processes, two cores (Bytewax's one
+        # worker uses one)
+        "single_decode_process_eps": eps["single_decode_process"],
         "columns_envelope_eps": eps["columns"],
         "rows_envelope_eps": eps["rows"],
         **{name: _ratio(eps[a], eps[b]) for name, (a, b) in _RATIOS.items()},
@@ -242,11 +241,9 @@ def run(events: int = 300_000, json_out: Path | None = None, *, bootstrap: str |
         ("Bytewax 0.21 KafkaSource, 1 worker", eps["bytewax"], _ratio(eps["bytewax"], eps["raw"])),
         ("**driftline worker, SDK envelopes (packed columns)**", eps["envelope"],
          out["envelope_vs_raw"]),
-        ("**driftline worker, single events**"
-         + (" (decode process)" if out["single_decode_process"] else ""),
-         eps["single"], out["single_vs_raw"]),
-        ("driftline worker, single events decoded in the worker", eps["single_inline"],
-         _ratio(eps["single_inline"], eps["raw"])),
+        ("**driftline worker, single events**", eps["single"], out["single_vs_raw"]),
+        ("**driftline worker, single events, decode process**",
+         eps["single_decode_process"], _ratio(eps["single_decode_process"], eps["raw"])),
     ]
     if columns:
         rows[5:5] = [("driftline worker, JSON columns envelopes", eps["columns"],
@@ -257,8 +254,9 @@ def run(events: int = 300_000, json_out: Path | None = None, *, bootstrap: str |
     table += [(f"ratio {k}", out[k] if out[k] else "n/a", f"target ≥ {t:g}" + (
         "; rounds " + " / ".join(f"{x:.2f}" if x else "n/a" for x in round_ratios[k])
         if repeats > 1 else "")) for k, t in out["targets"].items()]
-    table.append(("ratio single_inline_vs_bytewax", out["single_inline_vs_bytewax"] or "n/a",
-                  "no target: both decode in one process"))
+    table.append(("ratio single_decode_process_vs_bytewax",
+                  out["single_decode_process_vs_bytewax"] or "n/a",
+                  "no target; the worker uses two cores, Bytewax one"))
     plotted = [(n.strip("*"), v) for n, v, _ in rows if v]
     write("throughput", out, table, ("path (20 features, 10 models, 8 partitions)", "events/s",
                                      "× raw"),

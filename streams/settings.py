@@ -60,8 +60,9 @@ class Settings(BaseSettings):
     batch_max_messages: int = Field(2000, ge=1)
     batch_timeout_s: float = Field(0.1, gt=0)
     # decode inference messages in a child process, one batch ahead of the detectors
-    # (a second core per worker, same results); "auto": when the worker may use 2 CPUs
-    decode_process: Literal["auto", "on", "off"] = "auto"
+    # (a second core per worker, same results); "auto": when the worker may use 2 CPUs.
+    # Off by default: where workers already keep every core busy it costs throughput
+    decode_process: Literal["auto", "on", "off"] = "off"
     snapshot_interval_s: float = Field(2.0, ge=0)
     metrics_host: str = "0.0.0.0"
     metrics_port: int = Field(9464, ge=0, le=65535)

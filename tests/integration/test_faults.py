@@ -35,8 +35,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def cluster(kafka_bootstrap: str, unique_name: Callable[[str], str],
             tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    """Workers of one group; their ``decode_process`` (indirect parameter, default auto)."""
-    env = {"DRIFTLINE_DECODE_PROCESS": getattr(request, "param", "auto")}
+    """Workers of one group; their ``decode_process`` (indirect parameter, default off)."""
+    env = {"DRIFTLINE_DECODE_PROCESS": getattr(request, "param", "off")}
     c = Cluster(kafka_bootstrap, unique_name("faults"), tmp_path, env)
     yield c
     c.stop_all()
