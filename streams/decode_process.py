@@ -21,10 +21,12 @@ import fcntl
 import logging
 import os
 import queue
+import select
 import struct
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from collections import deque
 from collections.abc import Sequence
@@ -52,6 +54,7 @@ MAX_FAILURES = 3
 CGROUP_CPU_FILES: tuple[tuple[str, str | None], ...] = (
     ("/sys/fs/cgroup/cpu.max", None),
     ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us"))
+ANSWER_TIMEOUT_S = 120.0  # a child silent this long on a pending batch is replaced
 PIPE_BYTES = 8 << 20  # pipe size asked for (capped by /proc/sys/fs/pipe-max-size)
 _OK, _FAILED = b"R", b"E"
 _LEN = struct.Struct("<Q")  # the length of the frame that follows
@@ -118,6 +121,28 @@ def _grow_pipe(f: IO[bytes] | None) -> None:
         pass  # the default size works, only slower
 
 
+def _read_within(fd: int, timeout: float) -> bytes:
+    """The next frame from a pipe, within ``timeout`` seconds (TimeoutError), EOFError
+    at its end: a child that stops answering must not stall the worker for good."""
+    deadline = time.monotonic() + timeout
+
+    def exactly(n: int) -> bytes:
+        parts, got = [], 0
+        while got < n:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise TimeoutError(f"no answer within {timeout:g} s")
+            chunk = os.read(fd, min(n - got, PIPE_BYTES))
+            if not chunk:
+                raise EOFError("decode pipe closed")
+            parts.append(chunk)
+            got += len(chunk)
+        return b"".join(parts)
+
+    (size,) = _LEN.unpack(exactly(_LEN.size))
+    return exactly(size)
+
+
 def _serve(inp: IO[bytes], out: IO[bytes], limits: Limits, topic: str) -> None:
     """The child: decode each request frame, answer in order; an empty frame (or the end
     of its input) stops it.
@@ -127,18 +152,18 @@ def _serve(inp: IO[bytes], out: IO[bytes], limits: Limits, topic: str) -> None:
     sides writing frames larger than the pipe buffer, neither would otherwise read)."""
     t = os.times()
     start = t.user + t.system  # what starting took is not decoding
-    requests: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+    inbox: queue.SimpleQueue[bytes] = queue.SimpleQueue()
 
     def read() -> None:
         try:
             while frame := _read(inp):
-                requests.put(frame)
+                inbox.put(frame)
         except (EOFError, OSError):
             pass
-        requests.put(b"")
+        inbox.put(b"")
 
     threading.Thread(target=read, name="decode-requests", daemon=True).start()
-    while frame := requests.get():
+    while frame := inbox.get():
         try:
             values, parts, offs, stamps = decode_messages(frame)
             answer = _OK + encode_batches(decode_inference(
@@ -166,8 +191,9 @@ def main() -> None:
 class DecodeProcess:
     """A child process decoding inference batches for one worker, in order."""
 
-    def __init__(self, limits: Limits, topic: str) -> None:
-        self.limits, self.topic = limits, topic
+    def __init__(self, limits: Limits, topic: str, *,
+                 answer_timeout_s: float = ANSWER_TIMEOUT_S) -> None:
+        self.limits, self.topic, self.answer_timeout_s = limits, topic, answer_timeout_s
         self._proc: subprocess.Popen[bytes] | None = None
         self._generation = 0  # of the running child: tickets of an older one are lost
         self._pending: deque[int] = deque()  # tickets sent and not yet answered, in order
@@ -228,8 +254,11 @@ class DecodeProcess:
                                f"{self._pending[0]}")
         self._pending.popleft()
         assert self._proc is not None and self._proc.stdout is not None
-        try:
-            frame = _read(self._proc.stdout)
+        try:  # read from the pipe itself: its buffered reader is never used, never holds data
+            frame = _read_within(self._proc.stdout.fileno(), self.answer_timeout_s)
+        except TimeoutError as exc:
+            self._failed(f"the decode process did not answer ({exc})")
+            return None
         except (EOFError, OSError) as exc:
             self._failed(f"the decode process ended ({exc}, exit code {self._proc.poll()})")
             return None
@@ -287,7 +316,7 @@ class DecodeProcess:
                 pass
         try:
             proc.wait(5)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired:  # hung (or stopped): it does not get a say
             proc.kill()
             proc.wait(5)
 

@@ -76,6 +76,8 @@ def test_a_dead_child_loses_its_batches_and_a_new_one_takes_the_next(
     assert proc.result(a) is not None
     spent = proc.cpu_seconds
     assert spent > 0
+    assert proc._proc is not None
+    os.kill(proc._proc.pid, signal.SIGSTOP)  # so that it cannot answer b or c first
     b = proc.submit(*_lists(messages(2)))
     c = proc.submit(*_lists(messages(3)))
     _kill_child(proc)
@@ -89,13 +91,33 @@ def test_a_dead_child_loses_its_batches_and_a_new_one_takes_the_next(
     assert_same(got, decoded(messages(4)))
 
 
+def test_a_child_that_stops_answering_is_replaced() -> None:
+    p = DecodeProcess(DEFAULT_LIMITS, "t", answer_timeout_s=1.0)
+    try:
+        t = p.submit(*_lists(messages(1)))
+        assert p._proc is not None
+        os.kill(p._proc.pid, signal.SIGSTOP)  # alive, never answering
+        stopped = p._proc
+        assert p.result(t) is None  # after the timeout, not never
+        assert stopped.poll() is not None and p.restarts == 1  # killed, to be replaced
+        got = p.result(p.submit(*_lists(messages(2))))
+        assert got is not None
+        assert_same(got, decoded(messages(2)))
+    finally:
+        p.close()
+
+
 def test_after_repeated_failures_batches_are_decoded_by_the_caller(
-    proc: DecodeProcess,
+    proc: DecodeProcess, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
+    # a child that raises on a batch answers so (and is replaced), like one that dies
+    monkeypatch.setattr(decode_process, "encode_messages", lambda *args: b"\x05garbage")
     for _ in range(MAX_FAILURES):
+        assert proc.usable
         t = proc.submit(*_lists(messages(1)))
-        _kill_child(proc)
         assert proc.result(t) is None
+    assert "failed on a batch" in caplog.text and "Traceback" in caplog.text
+    assert proc.failures == MAX_FAILURES and proc.restarts == MAX_FAILURES - 1
     assert not proc.usable and proc.submit(*_lists(messages(1))) is None
 
 
