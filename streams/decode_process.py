@@ -67,18 +67,6 @@ def _write(out: IO[bytes], frame: bytes) -> None:
     out.flush()
 
 
-def _read(inp: IO[bytes]) -> bytes:
-    """The next frame; EOFError at the end of the stream (or within a frame)."""
-    head = inp.read(_LEN.size)
-    if len(head) < _LEN.size:
-        raise EOFError("decode pipe closed")
-    (size,) = _LEN.unpack(head)
-    frame = inp.read(size)
-    if len(frame) < size:
-        raise EOFError("decode pipe closed within a frame")
-    return frame
-
-
 def usable_cpus() -> float:
     """CPUs this process may use: its CPU affinity, capped by a cgroup CPU quota (a
     container's CPU limit, cgroup v2 or v1)."""
@@ -121,17 +109,20 @@ def _grow_pipe(f: IO[bytes] | None) -> None:
         pass  # the default size works, only slower
 
 
-def _read_within(fd: int, timeout: float) -> bytes:
-    """The next frame from a pipe, within ``timeout`` seconds (TimeoutError), EOFError
-    at its end: a child that stops answering must not stall the worker for good."""
-    deadline = time.monotonic() + timeout
+def _read(fd: int, timeout: float | None = None) -> bytes:
+    """The next frame from a pipe (its file descriptor: read directly, never through a
+    buffered reader), within ``timeout`` seconds (TimeoutError; None: no limit);
+    EOFError at its end. The worker waits with a limit: a child that stops answering
+    must not stall it for good."""
+    deadline = None if timeout is None else time.monotonic() + timeout
 
     def exactly(n: int) -> bytes:
         parts, got = [], 0
         while got < n:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                raise TimeoutError(f"no answer within {timeout:g} s")
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([fd], [], [], left)[0]:
+                    raise TimeoutError(f"no answer within {timeout:g} s")
             chunk = os.read(fd, min(n - got, PIPE_BYTES))
             if not chunk:
                 raise EOFError("decode pipe closed")
@@ -143,7 +134,7 @@ def _read_within(fd: int, timeout: float) -> bytes:
     return exactly(size)
 
 
-def _serve(inp: IO[bytes], out: IO[bytes], limits: Limits, topic: str) -> None:
+def _serve(inp: int, out: IO[bytes], limits: Limits, topic: str) -> None:
     """The child: decode each request frame, answer in order; an empty frame (or the end
     of its input) stops it.
 
@@ -185,7 +176,7 @@ def main() -> None:
     out = os.fdopen(os.dup(1), "wb", buffering=1 << 20)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    _serve(sys.stdin.buffer, out, limits, sys.argv[2])
+    _serve(sys.stdin.fileno(), out, limits, sys.argv[2])
 
 
 class DecodeProcess:
@@ -255,7 +246,7 @@ class DecodeProcess:
         self._pending.popleft()
         assert self._proc is not None and self._proc.stdout is not None
         try:  # read from the pipe itself: its buffered reader is never used, never holds data
-            frame = _read_within(self._proc.stdout.fileno(), self.answer_timeout_s)
+            frame = _read(self._proc.stdout.fileno(), self.answer_timeout_s)
         except TimeoutError as exc:
             self._failed(f"the decode process did not answer ({exc})")
             return None

@@ -330,18 +330,8 @@ class Worker:
             self._abandon_consumer()
             self._subscribe()
             self._rejoin_by = time.monotonic() + REJOIN_AFTER_S
-        if self._unread:
-            pass
-        elif self._decoder is None:
-            if msgs:
-                self._apply(msgs, None)
-        elif msgs:  # decode this batch in the child while the previous one is applied
-            prev, self._inflight = self._inflight, _Inflight(msgs, self._submit(msgs))
-            if prev is not None:
-                self._apply(prev.msgs, prev.inference)
-        elif self._inflight is not None:  # nothing new: apply the one in flight
-            prev, self._inflight = self._inflight, None
-            self._apply(prev.msgs, prev.inference)
+        if not self._unread:  # (stopping with snapshots unread: nothing is applied)
+            self._feed(msgs)
         now = time.monotonic()
         if now - last_tick >= 1.0:
             self._emit(self.processor.tick(time.time(), s.idle_timeout_s), [])
@@ -371,6 +361,18 @@ class Worker:
         self._watch.suspect.clear()
         return True
 
+    def _feed(self, msgs: list[Message]) -> None:
+        """Apply a consumed batch; with a decode process, send it to be decoded and apply
+        the one in flight (also when nothing new came)."""
+        if self._decoder is None:
+            if msgs:
+                self._apply(msgs, None)
+            return
+        prev = self._inflight
+        self._inflight = _Inflight(msgs, self._submit(msgs)) if msgs else None
+        if prev is not None:
+            self._apply(prev.msgs, prev.inference)
+
     def _apply(self, msgs: list[Message], pre: _Inference | None) -> None:
         positions = dict(self._positions)
         try:
@@ -389,10 +391,7 @@ class Worker:
 
     def _submit(self, msgs: list[Message]) -> _Inference:
         """The batch's inference lists, sent to the decode process."""
-        lt = self.settings.labels_topic
-        if self.settings.label_join != "off":
-            msgs = [m for m in msgs if m.topic() != lt]
-        inf = self._inference_lists(msgs)
+        inf = self._inference_lists(self._split(msgs)[0])
         if inf.values and self._decoder is not None:
             inf.ticket = self._decoder.submit(inf.values, inf.parts, inf.offs, inf.stamps)
         return inf
@@ -589,14 +588,18 @@ class Worker:
         self._ready.clear()
 
     # -- the batch ---------------------------------------------------------------------
+    def _split(self, msgs: list[Message]) -> tuple[list[Message], list[Message]]:
+        """A batch's inference messages and label messages."""
+        if self.settings.label_join == "off":
+            return msgs, []
+        lt = self.settings.labels_topic
+        labels = [m for m in msgs if m.topic() == lt]
+        return ([m for m in msgs if m.topic() != lt] if labels else msgs), labels
+
     def _handle(self, msgs: list[Message], pre: _Inference | None = None) -> None:
         """Apply a batch; ``pre``: its inference lists, already sent to be decoded."""
-        lt = self.settings.labels_topic
-        if self.settings.label_join == "off":
-            self._handle_inference(msgs, pre)
-            return
-        labels = [m for m in msgs if m.topic() == lt]
-        self._handle_inference([m for m in msgs if m.topic() != lt] if labels else msgs, pre)
+        inference, labels = self._split(msgs)
+        self._handle_inference(inference, pre)
         if labels:
             self._handle_labels(labels)
 
