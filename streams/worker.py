@@ -227,6 +227,9 @@ class Worker:
         )
         # the records of the processor's references (it keeps them without samples), on disk
         self._reference_records = ReferenceRecords(settings.data_dir or None)
+        #: model configuration records as read from the references topic (by key; small,
+        #: one per model at most), for a re-publish after a cluster loss
+        self._config_records: dict[bytes, bytes] = {}
         self._watch = ClusterWatch(logging.getLogger("driftline.kafka"))
         base: dict[str, Any] = {**settings.kafka(), "logger": self._watch}
         self._base = base
@@ -503,8 +506,12 @@ class Worker:
         self.stats.cluster_changes += 1
 
     def _republish_references(self) -> None:
-        """The record of every reference the processor holds, byte for byte as it was
-        read or published, onto the new cluster's references topic."""
+        """The model configuration records read, then the record of every reference the
+        processor holds, byte for byte as they were read or published, onto the new
+        cluster's references topic."""
+        topic = self.settings.references_topic
+        for key, record in self._config_records.items():
+            self._producer.produce(topic, record, key=key or None, on_delivery=self._on_delivery)
         for model, ref in self.processor.references.items():
             rec = self._reference_records.get(model, ref.reference_id)
             if rec is None:  # every reference the processor holds came with its record
@@ -517,8 +524,7 @@ class Worker:
                 log.error("model %s: record of reference %s unreadable (%s); not "
                           "re-published", model, ref.reference_id, exc)
                 continue
-            self._producer.produce(self.settings.references_topic, value, key=rec.key,
-                                   on_delivery=self._on_delivery)
+            self._producer.produce(topic, value, key=rec.key, on_delivery=self._on_delivery)
 
     def _release_models(self) -> None:
         """Snapshot every model to the new cluster, then let the new assignment decide.
@@ -916,6 +922,7 @@ class Worker:
                 continue
             record = m.value()
             if record is None:
+                self._config_records.pop(m.key() or b"", None)  # a deleted configuration
                 continue
             try:
                 value = verify_record(record, self._key)
@@ -928,6 +935,7 @@ class Worker:
                 log.error("ignoring model config at offset %d: %s", m.offset(), exc)
                 continue
             if entry is not None:
+                self._config_records[m.key() or b""] = record
                 if self.processor.set_model_entry(*entry):
                     log.info("model %s: configuration from the references topic", entry[0])
                 continue

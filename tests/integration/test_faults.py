@@ -165,6 +165,7 @@ def test_broker_lost_worker_recreates_topics_and_keeps_running(
 
     from driftline.detectors.reference import build_profile
     from driftline.streams.admin import ensure_topics
+    from driftline.streams.model_config import WindowSpec, encode_record, record_key
     from driftline.streams.worker import Worker, topic_specs
 
     first = broker_factory()
@@ -178,11 +179,15 @@ def test_broker_lost_worker_recreates_topics_and_keeps_running(
     prod = Producer(s.kafka())
     prod.produce(s.references_topic, orjson.dumps(ext.to_dict(), option=orjson.OPT_INDENT_2),
                  key=b"external")
+    # and a model's configuration record, as the CLI writes it: the new cluster's
+    # references topic must hold it again too, or a worker started there would not have it
+    gen = SyntheticModels(2, seed=0)
+    config = (record_key(gen.models[0]), encode_record(gen.models[0], WindowSpec(pane_events=300)))
+    prod.produce(s.references_topic, config[1], key=config[0])
     assert prod.flush(30) == 0
     w = Worker(s, CollectorRegistry())
     t = th.Thread(target=w.run, daemon=True)
     t.start()
-    gen = SyntheticModels(2, seed=0)
 
     def send(n: int) -> None:
         with DriftlineProducer(s.kafka(), s.inference_topic, batch_size=250) as p:
@@ -211,7 +216,8 @@ def test_broker_lost_worker_recreates_topics_and_keeps_running(
         time.sleep(0.5)
     assert {m: before[m]["events_applied"] for m in gen.models} == {m: 1500 for m in gen.models}
     refs_before = read_compacted(s.kafka(), s.references_topic)
-    assert sorted(refs_before) == sorted([b"external", *(m.encode() for m in gen.models)])
+    assert sorted(refs_before) == sorted([b"external", config[0], *(m.encode() for m in gen.models)])
+    assert refs_before[config[0]] == config[1]
     # the worker keeps those records in files of its own directory, not in memory
     from driftline.streams.reference_records import LOCK, file_name
 
