@@ -91,6 +91,17 @@ log = logging.getLogger("driftline.worker")
 #: would have completed.
 REJOIN_AFTER_S = 60.0
 
+#: Message size assumed before the first batch (a batch envelope of ~300 events): the
+#: first consume of a backlog stays within the byte budget whatever the messages hold.
+_FIRST_MESSAGE_BYTES = 65_536
+
+
+def _batch_messages(settings: Settings, mean_bytes: float) -> int:
+    """How many messages the next consume asks for: about ``batch_max_bytes`` of messages
+    of ``mean_bytes``, at most ``batch_max_messages``, at least one."""
+    fit = int(settings.batch_max_bytes / max(mean_bytes, 1.0))
+    return max(1, min(settings.batch_max_messages, fit))
+
 
 class ClusterChanged(Exception):
     """The Kafka cluster id changed: the broker we were talking to lost its data."""
@@ -244,6 +255,9 @@ class Worker:
         self._decoder = (DecodeProcess(self.processor.limits, settings.inference_topic)
                          if decode_process_wanted(settings.decode_process) else None)
         self._inflight: _Inflight | None = None
+        #: messages asked of the next consume: batch_max_bytes over the last batch's mean
+        #: message size (at most batch_max_messages); small until a batch has been seen
+        self._batch_messages = _batch_messages(settings, _FIRST_MESSAGE_BYTES)
         self._decoder_seen = (0.0, 0)  # its CPU seconds and restarts counted so far
 
     def _make_producer(self) -> Producer:
@@ -313,8 +327,10 @@ class Worker:
         assert self._consumer is not None
         self._poll_references(0)
         self._poll_changes(0)
-        msgs = self._consumer.consume(num_messages=s.batch_max_messages,
+        msgs = self._consumer.consume(num_messages=self._batch_messages,
                                       timeout=s.batch_timeout_s)
+        if msgs:
+            self._batch_messages = _batch_messages(s, sum(map(len, msgs)) / len(msgs))
         if self._pending_cluster is not None:
             cid, self._pending_cluster = self._pending_cluster, None
             raise ClusterChanged(cid)
