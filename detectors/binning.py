@@ -40,6 +40,9 @@ class ColumnLayout:
 #: Numeric columns with at most this many edges are binned together, by comparing every
 #: value with each column's k-th edge at once; columns with more edges one by one.
 _COMPARE_EDGES = 32
+#: Up to this many value-edge comparisons a batch makes them in one broadcast (a boolean
+#: array of that many bytes); larger batches one edge rank at a time.
+_BROADCAST_CELLS = 1 << 20
 #: Feature orders whose binning plan a Binner keeps (a producer sends one; ~3 KB each).
 _PLANS = 8
 
@@ -130,11 +133,15 @@ class Binner:
                 values[:, -1] = batch.prediction_score
             else:
                 values = batch.numeric[:, plan.num_i]
-            count = np.zeros(values.shape, dtype=np.uint8)  # at most _COMPARE_EDGES
-            at_or_above = np.empty(values.shape, dtype=bool)
-            for kth in plan.edges:  # +inf padding is above every finite value
-                np.greater_equal(values, kth, out=at_or_above)
-                count += at_or_above.view(np.uint8)
+            # +inf padding is above every finite value; counts are at most _COMPARE_EDGES
+            if values.size * len(plan.edges) <= _BROADCAST_CELLS:
+                count = (values[None] >= plan.edges[:, None]).sum(axis=0, dtype=np.uint8)
+            else:
+                count = np.zeros(values.shape, dtype=np.uint8)
+                at_or_above = np.empty(values.shape, dtype=bool)
+                for kth in plan.edges:
+                    np.greater_equal(values, kth, out=at_or_above)
+                    count += at_or_above.view(np.uint8)
             out[:, plan.num_j] = np.where(np.isfinite(values), count, missing)
         for j, i in plan.other:
             col = self._columns[j]
