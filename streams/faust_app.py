@@ -305,6 +305,7 @@ class FaustRuntime:
             self.table.data[key] = blob
             st.dirty = False
             self.stats.snapshots += 1
+            self.metrics.snapshot_bytes.labels(st.model).inc(len(blob))
         futs = [await self._status.send(key=st.key.encode(), value=orjson.dumps(self.status_of(st)))
                 for st in dirty]
         if futs:

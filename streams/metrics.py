@@ -50,6 +50,9 @@ class WorkerMetrics:
                               registry=r)
         self.bytes = Counter("driftline_worker_bytes", "Bytes of messages consumed", ["model"],
                              registry=r)
+        self.snapshot_bytes = Counter(
+            "driftline_worker_snapshot_bytes", "Bytes of model snapshots written to the state "
+            "topic (the label-join store is written whole with each)", ["model"], registry=r)
         self.deadletter = Counter("driftline_worker_deadletter", "Dead-lettered events",
                                   ["reason"], registry=r)
         self.batch_size = Histogram("driftline_worker_batch_size_events",
@@ -321,8 +324,9 @@ class WorkerMetrics:
                     fam.remove(model, v)
                 except KeyError:
                     pass
-        for metric in (self.events, self.bytes, self.event_time_lag, self.last_evaluation,
-                       self.insufficient, self.serving_latency, self.late_events,
+        for metric in (self.events, self.bytes, self.snapshot_bytes, self.event_time_lag,
+                       self.last_evaluation, self.insufficient, self.serving_latency,
+                       self.late_events,
                        self.watermark, self.labels_joined, self.label_coverage,
                        self.label_delay):
             try:

@@ -799,6 +799,7 @@ class Worker:
                                    on_delivery=self._on_delivery)
             self._producer.produce(s.status_topic, orjson.dumps(self.status_of(st)),
                                    key=m.encode(), on_delivery=self._on_delivery)
+            self.metrics.snapshot_bytes.labels(st.model).inc(len(blob))
             self._snapshots[m] = blob
             st.dirty = False
             self.stats.snapshots += 1

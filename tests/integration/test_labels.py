@@ -64,6 +64,17 @@ def test_rising_fpr_alerts_a_steady_model_stays_silent_and_late_labels_count(
                               float(scores[m][i]), event_id=f"{m}-{i}", ts=T0 + i / RATE)
         assert p.flush(30) == 0
         wait_for(lambda: w.worker.stats.applied >= 2 * N, 90, "predictions applied")
+
+        def fraud_snapshot() -> int:  # bytes of the last snapshot of the model's state
+            return sum(len(b) for k, b in list(w.worker._snapshots.items())
+                       if k.startswith("fraud@"))
+
+        # the snapshot holds the N waiting predictions (>= 16 bytes each: score and time),
+        # and the metric counts every snapshot written, so at least the last one
+        wait_for(lambda: fraud_snapshot() > 16 * N, 30, "a snapshot with the join store")
+        written = w.registry.get_sample_value("driftline_worker_snapshot_bytes_total",
+                                              {"model": "fraud"})
+        assert written is not None and written >= fraud_snapshot() > 16 * N
         # the waiting predictions survive a restart: the labels join on the next worker
         w.stop()
         w = start_worker(s)
