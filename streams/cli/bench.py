@@ -141,6 +141,9 @@ def overhead(
     repeats: int = typer.Option(3, help="runs per setting (the best counts)"),
     forms: str = typer.Option("envelope packed,envelope rows,envelope columns,single events",
                               help="message forms to run, comma-separated"),
+    envelopes_per_batch: int = typer.Option(
+        10, min=1, help="envelopes (500 events each) per processed batch; a worker reading "
+        "a backlog takes ~100"),
     quick: bool = typer.Option(False, help="small data set (CI smoke run)"),
 ) -> None:
     """CPU µs per event of segments, data quality, labels and shadow mode, each alone and
@@ -153,5 +156,5 @@ def overhead(
     data = run(events_per_model=min(events, 2000) if quick else events,
                repeats=1 if quick else repeats, json_out=json_out, quick=quick,
                progress=lambda line: typer.echo(line, err=True),
-               forms=chosen)
+               forms=chosen, envelopes_per_batch=envelopes_per_batch)
     _show(data)
