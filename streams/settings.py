@@ -58,8 +58,9 @@ class Settings(BaseSettings):
 
     # worker
     batch_max_messages: int = Field(2000, ge=1)
-    # bytes of messages per batch, about: each consume asks for this over the last batch's
-    # mean message size, so a backlog of large envelopes is not held 2,000 at a time
+    # bytes of messages per batch, about: each consume asks for this over an estimate of
+    # the largest message (see batch_size.py), so a backlog of envelopes is not held
+    # 2,000 at a time
     batch_max_bytes: int = Field(16_777_216, ge=1024)
     batch_timeout_s: float = Field(0.1, gt=0)
     # decode inference messages in a child process, one batch ahead of the detectors

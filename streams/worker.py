@@ -71,6 +71,7 @@ from driftline.streams.admin import (
     partition_count,
     read_compacted,
 )
+from driftline.streams.batch_size import BatchSizer
 from driftline.streams.changes import ChangeEvent
 from driftline.streams.decode_process import DecodeProcess
 from driftline.streams.decode_process import wanted as decode_process_wanted
@@ -90,17 +91,6 @@ log = logging.getLogger("driftline.worker")
 #: old consumer (about 15 s measured on Tansu), so a retry never abandons a join that
 #: would have completed.
 REJOIN_AFTER_S = 60.0
-
-#: Message size assumed before the first batch (a batch envelope of ~300 events): the
-#: first consume of a backlog stays within the byte budget whatever the messages hold.
-_FIRST_MESSAGE_BYTES = 65_536
-
-
-def _batch_messages(settings: Settings, mean_bytes: float) -> int:
-    """How many messages the next consume asks for: about ``batch_max_bytes`` of messages
-    of ``mean_bytes``, at most ``batch_max_messages``, at least one."""
-    fit = int(settings.batch_max_bytes / max(mean_bytes, 1.0))
-    return max(1, min(settings.batch_max_messages, fit))
 
 
 class ClusterChanged(Exception):
@@ -255,9 +245,8 @@ class Worker:
         self._decoder = (DecodeProcess(self.processor.limits, settings.inference_topic)
                          if decode_process_wanted(settings.decode_process) else None)
         self._inflight: _Inflight | None = None
-        #: messages asked of the next consume: batch_max_bytes over the last batch's mean
-        #: message size (at most batch_max_messages); small until a batch has been seen
-        self._batch_messages = _batch_messages(settings, _FIRST_MESSAGE_BYTES)
+        #: messages asked of each consume: about batch_max_bytes of them
+        self._batch_size = BatchSizer(settings.batch_max_messages, settings.batch_max_bytes)
         self._decoder_seen = (0.0, 0)  # its CPU seconds and restarts counted so far
 
     def _make_producer(self) -> Producer:
@@ -327,10 +316,9 @@ class Worker:
         assert self._consumer is not None
         self._poll_references(0)
         self._poll_changes(0)
-        msgs = self._consumer.consume(num_messages=self._batch_messages,
+        msgs = self._consumer.consume(num_messages=self._batch_size.count,
                                       timeout=s.batch_timeout_s)
-        if msgs:
-            self._batch_messages = _batch_messages(s, sum(map(len, msgs)) / len(msgs))
+        self._batch_size.observe(msgs)
         if self._pending_cluster is not None:
             cid, self._pending_cluster = self._pending_cluster, None
             raise ClusterChanged(cid)

@@ -56,7 +56,7 @@ def test_a_backlog_of_envelopes_is_read_in_batches_of_the_byte_budget(
     sizes = [b / n for n, b in batches]
     assert min(sizes) > 20_000  # packed envelopes of 250 events
     # the first batch asks for budget / 64 KiB messages; every later one for the budget
-    # over the mean size of the one before, and envelopes here are all about one size
+    # over the largest message seen, and envelopes here are all about one size
     assert max(b for _, b in batches) <= 1.2 * budget, batches
     assert max(n for n, _ in batches) < s.batch_max_messages
     # 3 models x 6,000 events / 250 (a message read again after a rebalance at the start
