@@ -59,6 +59,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry
 
+from driftline.detectors.concept import preload as preload_concept
 from driftline.detectors.errors import DriftlineError
 from driftline.detectors.reference import ReferenceProfile
 from driftline.detectors.serialization import sign_record, verify_record
@@ -272,6 +273,7 @@ class Worker:
                                    if not k.startswith(("fetch.", "enable."))})
         try:
             self._check_cluster()
+            preload_concept()  # river, for label joins: imported now, not in a batch
             self._start_references()
             self._start_changes()
             self._subscribe()

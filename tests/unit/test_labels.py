@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from pydantic import ValidationError
 
 from driftline.detectors.concept import ConceptConfig, ConceptMonitor, ConceptRule, quality
 from driftline.detectors.errors import SnapshotError
-from driftline.detectors.label_join import JoinConfig, Joined, JoinStore, canonical_label
+from driftline.detectors.label_join import (
+    JoinConfig,
+    Joined,
+    JoinStore,
+    _get_strs,
+    _put_strs,
+    canonical_label,
+)
 from driftline.detectors.monitor import MonitorConfig
 from driftline.schemas.codecs import encode_envelope_rows
 from driftline.schemas.limits import Limits
@@ -100,6 +111,26 @@ def test_join_store_snapshot_round_trip_is_exact() -> None:
         JoinStore.from_snapshot(blob[:-5])
     with pytest.raises(SnapshotError):
         JoinStore.from_snapshot(b"DLS1" + b"\x00\x00\x00\x02{}")
+
+
+def _strs_oracle(values: list[str | None]) -> tuple[bytes, list[int]]:
+    enc = [None if v is None else v.encode("utf-8", "surrogatepass") for v in values]
+    return b"".join(e for e in enc if e is not None), [-1 if e is None else len(e) for e in enc]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.text(max_size=6),
+                          st.text(alphabet=st.characters(codec="ascii"), max_size=40)),
+                max_size=30))
+def test_snapshot_string_columns_are_the_per_string_encoding(values: list[str | None]) -> None:
+    # the joined ASCII fast path writes what encoding each string on its own writes
+    # (lone surrogates, empty strings, None, all-None and mixed columns), and reads it back
+    arrays: dict[str, np.ndarray] = {}
+    _put_strs(arrays, "c", values)
+    raw, lens = _strs_oracle(values)
+    assert arrays["c.bytes"].tobytes() == raw and arrays["c.len"].tolist() == lens
+    assert arrays["c.bytes"].dtype == np.uint8 and arrays["c.len"].dtype == np.int64
+    assert _get_strs(arrays, "c") == values
 
 
 def test_canonical_labels_agree_across_types() -> None:
@@ -389,3 +420,12 @@ def test_sdk_emit_label_refuses_invalid_input() -> None:
         assert st.emitted == 2 and st.dropped_reasons == {"invalid": 3}
     finally:
         p.close(timeout=0.5)
+
+
+def test_concept_preload_imports_the_error_stream_detectors() -> None:
+    # the worker calls it at start: river is imported then, not in a model's first
+    # labelled batch (~0.15 s, or ~0.7 s in a fresh process)
+    code = ("import sys\nfrom driftline.detectors import concept\n"
+            "assert 'river.drift' not in sys.modules\nconcept.preload()\n"
+            "assert {'river.drift', 'river.drift.binary'} <= set(sys.modules)\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
