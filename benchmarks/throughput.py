@@ -26,9 +26,13 @@ consumer process (all its threads), the figure to trust when other load shares t
 cores. The envelope topic holds what the SDK writes (packed columns: numeric columns as
 base64 float64, segments dictionary-encoded); ``columns``: also the worker on the same
 events as JSON columns envelopes (``columns_envelope_eps``) and as rows envelopes
-(``rows_envelope_eps``), the forms other producers may write. ``profile``: the driftline
-workers run under py-spy; their stacks and a per-function summary (``profiles``) are
-written.
+(``rows_envelope_eps``), the forms other producers may write. ``checks``: the envelope
+worker twice more, with every optional check off (segments, data quality, confidence,
+label join: ``envelope_checks_off_eps``) and with every prediction kept for the label
+join (``envelope_labels_eps``, no labels arrive); ``envelope_checks_cost`` and
+``envelope_labels_cost`` are the checks-off rate over each (the end-to-end slowdown).
+``profile``: the driftline workers run under py-spy; their stacks and a per-function
+summary (``profiles``) are written.
 
 ``repeats``: every consumer runs that many times, in rounds (each round runs all of them
 once, in the same order, each with a fresh group), and each counts with its fastest round:
@@ -76,7 +80,13 @@ _HOW_TO_INSTALL = {
 _RATIOS = {"envelope_vs_raw": ("envelope", "raw"), "envelope_vs_faust": ("envelope", "faust"),
            "single_vs_faust": ("single", "faust"), "single_vs_quix": ("single", "quix"),
            "single_vs_bytewax": ("single", "bytewax"), "single_vs_raw": ("single", "raw"),
-           "single_decode_process_vs_bytewax": ("single_decode_process", "bytewax")}
+           "single_decode_process_vs_bytewax": ("single_decode_process", "bytewax"),
+           # slowdown of the envelope path by its checks (checks off over on)
+           "envelope_checks_cost": ("envelope_checks_off", "envelope"),
+           "envelope_labels_cost": ("envelope_checks_off", "envelope_labels")}
+#: Settings of the envelope worker with every optional check off (``checks`` runs).
+CHECKS_OFF = {"segments": False, "quality_enabled": False, "confidence_enabled": False,
+              "label_join": "off"}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -95,7 +105,7 @@ def _steady(result: dict[str, Any], samples: list[tuple[float, int]], total: int
 def run(events: int = 300_000, json_out: Path | None = None, *, bootstrap: str | None = None,
         baselines: tuple[str, ...] = BASELINES, faust_events: int = 40_000,
         quick: bool = False, timeout: float = 600.0,
-        profile: Path | None = None, columns: bool = False,
+        profile: Path | None = None, columns: bool = False, checks: bool = False,
         repeats: int = 1) -> dict[str, Any]:
     unknown = set(baselines) - set(BASELINES)
     if unknown:
@@ -104,7 +114,8 @@ def run(events: int = 300_000, json_out: Path | None = None, *, bootstrap: str |
     load_before = os.getloadavg()
     eps: dict[str, float | None] = {"raw": None, "faust": None, "quix": None, "bytewax": None,
                                     "envelope": None, "columns": None, "rows": None,
-                                    "single": None, "single_decode_process": None}
+                                    "single": None, "single_decode_process": None,
+                                    "envelope_checks_off": None, "envelope_labels": None}
     steady: dict[str, float | None] = {}
     details: dict[str, Any] = {}
     skipped: dict[str, str] = {}
@@ -146,6 +157,12 @@ def run(events: int = 300_000, json_out: Path | None = None, *, bootstrap: str |
                        ("driftline single events", r.single_topic, "single", {}),
                        ("driftline single events, decode process", r.single_topic,
                         "single_decode_process", {"decode_process": "on"})]
+            if checks:
+                workers[1:1] = [
+                    ("driftline envelopes, checks off", r.envelope_topic, "envelope_checks_off",
+                     CHECKS_OFF),
+                    ("driftline envelopes, predictions kept for labels", r.envelope_topic,
+                     "envelope_labels", {"label_join": "all"})]
             if columns:
                 workers[1:1] = [
                     ("driftline JSON columns envelopes", r.columns_topic, "columns", {}),
@@ -214,6 +231,8 @@ def run(events: int = 300_000, json_out: Path | None = None, *, bootstrap: str |
         "single_decode_process_eps": eps["single_decode_process"],
         "columns_envelope_eps": eps["columns"],
         "rows_envelope_eps": eps["rows"],
+        "envelope_checks_off_eps": eps["envelope_checks_off"],
+        "envelope_labels_eps": eps["envelope_labels"],
         **{name: _ratio(eps[a], eps[b]) for name, (a, b) in _RATIOS.items()},
         "repeats": repeats,
         "rounds": per_round,
@@ -250,6 +269,11 @@ def run(events: int = 300_000, json_out: Path | None = None, *, bootstrap: str |
                       _ratio(eps["columns"], eps["raw"])),
                      ("driftline worker, rows envelopes", eps["rows"],
                       _ratio(eps["rows"], eps["raw"]))]
+    if checks:
+        rows[5:5] = [("driftline worker, SDK envelopes, optional checks off",
+                      eps["envelope_checks_off"], _ratio(eps["envelope_checks_off"], eps["raw"])),
+                     ("driftline worker, SDK envelopes, every prediction kept for labels",
+                      eps["envelope_labels"], _ratio(eps["envelope_labels"], eps["raw"]))]
     table = [(name, v if v else "skipped", x if x else "") for name, v, x in rows]
     table += [(f"ratio {k}", out[k] if out[k] else "n/a", f"target ≥ {t:g}" + (
         "; rounds " + " / ".join(f"{x:.2f}" if x else "n/a" for x in round_ratios[k])
@@ -257,6 +281,9 @@ def run(events: int = 300_000, json_out: Path | None = None, *, bootstrap: str |
     table.append(("ratio single_decode_process_vs_bytewax",
                   out["single_decode_process_vs_bytewax"] or "n/a",
                   "no target; the worker uses two cores, Bytewax one"))
+    if checks:
+        table += [(f"ratio {k}", out[k] or "n/a", "checks off ÷ on: the checks' end-to-end "
+                   "cost (1.0 = free)") for k in ("envelope_checks_cost", "envelope_labels_cost")]
     plotted = [(n.strip("*"), v) for n, v, _ in rows if v]
     write("throughput", out, table, ("path (20 features, 10 models, 8 partitions)", "events/s",
                                      "× raw"),

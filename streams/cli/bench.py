@@ -58,6 +58,9 @@ def throughput(
                                         "stacks and a summary go to this folder"),
     columns: bool = typer.Option(
         False, help="also run the worker on the other envelope forms (JSON columns, rows)"),
+    checks: bool = typer.Option(
+        False, help="also run the envelope worker with the optional checks off, and with "
+        "every prediction kept for labels: what the checks cost end to end"),
     repeats: int = typer.Option(3, min=1, help="rounds of every consumer; each counts with its "
                                 "fastest round (quick: 1)"),
     quick: bool = typer.Option(False, help="small data set (CI smoke run)"),
@@ -71,7 +74,8 @@ def throughput(
         data = run(events=n, json_out=json_out, bootstrap=bootstrap,
                    baselines=_baselines(baselines),
                    faust_events=min(faust_events, 10_000) if quick else faust_events, quick=quick,
-                   profile=profile, columns=columns, repeats=1 if quick else repeats)
+                   profile=profile, columns=columns, checks=checks,
+                   repeats=1 if quick else repeats)
     except BenchError as exc:
         typer.echo(f"benchmark failed: {exc}", err=True)
         raise typer.Exit(1) from None

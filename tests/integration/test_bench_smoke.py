@@ -44,7 +44,7 @@ def test_throughput_quick_raw_and_driftline(kafka_bootstrap: str, tmp_path: Path
     results = tmp_path / "results"
     res = subprocess.run(
         [sys.executable, "-m", "driftline.streams", "bench", "throughput", "--quick",
-         "--events", "20000", "--baselines", "raw", "--bootstrap", kafka_bootstrap,
+         "--events", "20000", "--baselines", "raw", "--checks", "--bootstrap", kafka_bootstrap,
          "--json", str(out)],
         capture_output=True, text=True, timeout=600,
         env={**os.environ, "DRIFTLINE_BENCH_RESULTS": str(results)})
@@ -56,6 +56,15 @@ def test_throughput_quick_raw_and_driftline(kafka_bootstrap: str, tmp_path: Path
         assert _number(data[key]), (key, data[key])
     assert data["envelope_vs_raw"] == pytest.approx(data["envelope_eps"] / data["raw_eps"])
     assert data["single_vs_raw"] == pytest.approx(data["single_eps"] / data["raw_eps"])
+    # --checks: the envelope worker with the optional checks off, and keeping predictions
+    for key in ("envelope_checks_off_eps", "envelope_labels_eps"):
+        assert _number(data[key]), (key, data[key])
+    assert data["envelope_checks_cost"] == pytest.approx(
+        data["envelope_checks_off_eps"] / data["envelope_eps"])
+    assert data["envelope_labels_cost"] == pytest.approx(
+        data["envelope_checks_off_eps"] / data["envelope_labels_eps"])
+    assert data["details"]["envelope_checks_off"]["n"] == data["details"]["envelope_labels"]["n"] \
+        == 20_000
     for name in ("faust", "quix", "bytewax"):  # not requested: skipped, with the reason
         assert data[f"{name}_eps"] is None
         assert "not requested" in data["skipped"][name]
