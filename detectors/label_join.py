@@ -22,19 +22,22 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from itertools import repeat
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from numpy.typing import NDArray
 
 from driftline.detectors.errors import SnapshotError
+from driftline.detectors.join_chunks import CHUNK_ENTRIES, ChunkBook
 from driftline.detectors.serialization import pack, unpack
 
 FloatArray = NDArray[np.float64]
 SNAPSHOT_KIND = "driftline.labeljoin"
+RECORDS_KIND = "driftline.labeljoin.records"
 #: Bounded reasons of labels (and predictions) that never joined.
 UNMATCHED_REASONS = ("unmatched", "late", "expired", "evicted")
 _EXPIRED, _EVICTED, _JOINED = 0, 1, 2  # why an id left the store
@@ -154,20 +157,28 @@ class _Fifo:
         self.index: dict[str, int] = {}
         self.cap = 0
         self.ids: NDArray[Any] = np.empty(0, dtype=object)
-        self.cols: dict[str, NDArray[Any]] = {k: np.empty(0, dtype=dt) for k, dt in columns.items()}
+        self.cols: dict[str, NDArray[Any]] = {k: np.empty(0, dtype=dt) for k, dt in
+                                              {**columns, "seq": np.int64}.items()}
         self.head = self.tail = 0  # counters; slot = counter % cap; head..tail may hold entries
+        self.next_seq = 0  # each entry's "seq": its number, never reused (chunk records)
         self._slot_numbers = slot_numbers  # [0, 1, 2, ...], as long as needed (may be shared)
 
     def __len__(self) -> int:
         return len(self.index)
 
     def append(self, ids: Sequence[str], values: dict[str, Any],
-               id_array: NDArray[Any] | None = None) -> None:
+               id_array: NDArray[Any] | None = None,
+               seqs: NDArray[np.int64] | None = None) -> None:
         """Take entries in at the end (an id already in moves to the end); ``id_array``:
-        the same ids as an object array, when there is one (faster to store)."""
+        the same ids as an object array, when there is one (faster to store); ``seqs``:
+        their numbers (increasing, from ``next_seq`` on; default: the next ones)."""
         n = len(ids)
         if not n:
             return
+        if seqs is None:
+            seqs = np.arange(self.next_seq, self.next_seq + n, dtype=np.int64)
+        self.next_seq = max(self.next_seq, int(seqs[-1]) + 1)
+        values = {**values, "seq": seqs}
         if self.tail + n - self.head > self.cap:
             self._room(n)
         s = self.tail % self.cap
@@ -307,7 +318,8 @@ class _Fifo:
 class JoinStore:
     """Predictions waiting for labels and labels waiting for predictions, both bounded."""
 
-    def __init__(self, config: JoinConfig | None = None) -> None:
+    def __init__(self, config: JoinConfig | None = None, *,
+                 chunk_entries: int = CHUNK_ENTRIES) -> None:
         self.config = config or JoinConfig()
         self.counts = JoinCounts()
         self.watermark = -math.inf  # newest event time seen on either stream
@@ -316,6 +328,9 @@ class JoinStore:
         # OrderedDict: dropping the oldest entry is O(1) (a plain dict rescans its deleted head)
         self._pending: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._gone = _Fifo({"why": np.int8}, slot_numbers)  # ids that left the store, and why
+        # chunk records of both FIFOs (snapshot_records)
+        self._books = {"pred": ChunkBook("pred", chunk_entries),
+                       "gone": ChunkBook("gone", chunk_entries)}
 
     def __len__(self) -> int:
         return len(self._pred)
@@ -531,73 +546,190 @@ class JoinStore:
 
     # -- state -------------------------------------------------------------------------
     def snapshot(self, *, key: bytes | None = None) -> bytes:
+        """The whole store as one record."""
         pred, gone = self._pred, self._gone
         pp, gp = pred.positions(), gone.positions()
+        meta, pending = self._common()
+        arrays = {**_pred_arrays(pred, pp, "pred."), **pending, **_gone_arrays(gone, gp, "gone.")}
+        return pack(SNAPSHOT_KIND, meta, arrays, key=key)
+
+    def snapshot_records(self, *, key: bytes | None = None) -> StoreRecords:
+        """The store as records (see :mod:`~driftline.detectors.join_chunks`): what is
+        written grows with the entries taken in since the last records, not with the
+        store. Write ``chunks`` (acknowledged) before ``store``; delete ``dropped`` once
+        ``store`` is acknowledged. ``key`` signs the chunk records; the store record is
+        meant to travel inside a signed record of its owner (a model snapshot)."""
+        meta, arrays = self._common()
+        new: dict[str, bytes] = {}
+        dropped: list[str] = []
+        for name, fifo, enc in (("pred", self._pred, _pred_arrays),
+                                ("gone", self._gone, _gone_arrays)):
+            pos = fifo.positions()
+            m, a, recs, drop = self._books[name].records(
+                fifo.cols["seq"][pos], fifo.next_seq, partial(_encode_at, enc, fifo, pos), key)
+            meta[name] = m
+            arrays.update({f"{name}.{k}": v for k, v in a.items()})
+            new.update(recs)
+            dropped += drop
+        return StoreRecords(pack(RECORDS_KIND, meta, arrays), new, dropped)
+
+    def rewrite_chunks(self) -> None:
+        """The chunk records written so far may not be on the topic (their write failed,
+        or the cluster lost them): the next records write every chunk again."""
+        for book in self._books.values():
+            book.rewrite()
+
+    def _common(self) -> tuple[dict[str, Any], dict[str, NDArray[Any]]]:
+        """Meta and pending labels: the part both forms of snapshot hold whole."""
         pend_ids = list(self._pending)
         qv = list(self._pending.values())
-        arrays: dict[str, np.ndarray] = {}
-        _put_strs(arrays, "pred.id", pred.ids[pp].tolist())
-        _put_strs(arrays, "pred.class", pred.cols["cls"][pp].tolist())
-        arrays["pred.score"] = pred.cols["score"][pp]
-        arrays["pred.ts"] = pred.cols["ts"][pp]
+        arrays: dict[str, NDArray[Any]] = {}
         _put_strs(arrays, "pending.id", pend_ids)
         _put_strs(arrays, "pending.label", [v[0] for v in qv])
         arrays["pending.ts"] = np.asarray([v[1] for v in qv], dtype=np.float64)
-        _put_strs(arrays, "gone.id", gone.ids[gp].tolist())
-        arrays["gone.why"] = gone.cols["why"][gp]
         meta = {"config": asdict(self.config), "counts": asdict(self.counts),
                 "watermark": self.watermark if math.isfinite(self.watermark) else None}
-        return pack(SNAPSHOT_KIND, meta, arrays, key=key)
+        return meta, arrays
 
     @classmethod
     def from_snapshot(cls, data: bytes, *, key: bytes | None = None) -> JoinStore:
+        """A store from :meth:`snapshot`'s record."""
         meta, arrays, _ = unpack(data, SNAPSHOT_KIND, key=key)
         try:
-            store = cls(JoinConfig(**meta["config"]))
-            counts = meta["counts"]
-            if set(counts) != set(asdict(JoinCounts())):
-                raise ValueError("unknown counts")
-            for v in counts.values():
-                if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**62:
-                    raise ValueError(f"bad count {v!r}")
-            store.counts = JoinCounts(**counts)
-            wm = meta["watermark"]
-            if wm is not None and (isinstance(wm, bool) or not isinstance(wm, (int, float))
-                                   or not math.isfinite(wm)):
-                raise ValueError("bad watermark")
-            store.watermark = -math.inf if wm is None else float(wm)
-            ids = _get_strs(arrays, "pred.id")
-            cls_ = _get_strs(arrays, "pred.class")
-            score, ts = arrays["pred.score"], arrays["pred.ts"]
-            _same_length(ids, cls_, score, ts)
-            pids = _get_strs(arrays, "pending.id")
-            labels = _get_strs(arrays, "pending.label")
-            pts = arrays["pending.ts"]
-            _same_length(pids, labels, pts)
-            if any(lab is None for lab in labels):
-                raise ValueError("pending labels cannot be null")
-            gids, why = _get_strs(arrays, "gone.id"), arrays["gone.why"]
-            _same_length(gids, why)
-            if not np.isin(why, (_EXPIRED, _EVICTED, _JOINED)).all():
-                raise ValueError("bad reason codes")
-            if any(i is None for i in (*ids, *pids, *gids)):
-                raise ValueError("ids cannot be null")
-            store._pred.append(ids, {"score": score.astype(np.float64),
-                                     "ts": ts.astype(np.float64), "cls": cls_})
-            store._pending = OrderedDict((i, (str(lab), float(t))) for i, lab, t in
-                                         zip(pids, labels, pts.tolist(), strict=True))
-            store._gone.append(gids, {"why": why.astype(np.int8)})
-            if (len(store._pred) != len(ids) or len(store._pending) != len(pids)
-                    or len(store._gone) != len(gids)):
-                raise ValueError("repeated ids")
-            if (len(ids) > store.config.max_entries or len(pids) > store.config.max_pending
-                    or len(gids) > store.config.max_entries):
-                raise ValueError("more entries than the bounds allow")
+            store = cls._from_common(meta, arrays)
+            pred = _pred_columns(arrays, "pred.")
+            gone = _gone_columns(arrays, "gone.")
+            store._fill([pred], None, [gone], None)
         except SnapshotError:
             raise
         except (KeyError, TypeError, ValueError, UnicodeDecodeError, AttributeError) as exc:
             raise SnapshotError(f"malformed label join snapshot: {exc!r}") from None
         return store
+
+    @classmethod
+    def from_records(cls, data: bytes, load: Callable[[str], bytes | None], *,
+                     key: bytes | None = None) -> JoinStore:
+        """A store from :meth:`snapshot_records`' store record; ``load(name)``: the chunk
+        record of that name (None when it is missing), signed with ``key``."""
+        meta, arrays, _ = unpack(data, RECORDS_KIND)
+        try:
+            store = cls._from_common(meta, arrays)
+            found: dict[str, tuple[list[dict[str, Any]], NDArray[np.int64], int]] = {}
+            for name, dec in (("pred", _pred_columns), ("gone", _gone_columns)):
+                part = {k[len(name) + 1:]: v for k, v in arrays.items()
+                        if k.startswith(f"{name}.")}
+                book, cols, seq, nxt = ChunkBook.restore(
+                    name, meta[name], part, load, key, partial(dec, prefix=""))
+                store._books[name] = book
+                found[name] = (cols, seq, nxt)
+            store._fill(found["pred"][0], found["pred"][1:], found["gone"][0], found["gone"][1:])
+        except SnapshotError:
+            raise
+        except (KeyError, TypeError, ValueError, UnicodeDecodeError, AttributeError) as exc:
+            raise SnapshotError(f"malformed label join records: {exc!r}") from None
+        return store
+
+    @classmethod
+    def _from_common(cls, meta: dict[str, Any], arrays: dict[str, NDArray[Any]]) -> JoinStore:
+        store = cls(JoinConfig(**meta["config"]))
+        counts = meta["counts"]
+        if set(counts) != set(asdict(JoinCounts())):
+            raise ValueError("unknown counts")
+        for v in counts.values():
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**62:
+                raise ValueError(f"bad count {v!r}")
+        store.counts = JoinCounts(**counts)
+        wm = meta["watermark"]
+        if wm is not None and (isinstance(wm, bool) or not isinstance(wm, (int, float))
+                               or not math.isfinite(wm)):
+            raise ValueError("bad watermark")
+        store.watermark = -math.inf if wm is None else float(wm)
+        pids = _get_strs(arrays, "pending.id")
+        labels = _get_strs(arrays, "pending.label")
+        pts = arrays["pending.ts"]
+        _same_length(pids, labels, pts)
+        if any(lab is None for lab in labels) or any(i is None for i in pids):
+            raise ValueError("pending ids and labels cannot be null")
+        store._pending = OrderedDict((i, (str(lab), float(t))) for i, lab, t in
+                                     zip(pids, labels, pts.tolist(), strict=True))
+        if len(store._pending) != len(pids):
+            raise ValueError("repeated ids")
+        if len(pids) > store.config.max_pending:
+            raise ValueError("more entries than the bounds allow")
+        return store
+
+    def _fill(self, pred: list[dict[str, Any]], pred_seq: tuple[NDArray[np.int64], int] | None,
+              gone: list[dict[str, Any]], gone_seq: tuple[NDArray[np.int64], int] | None) -> None:
+        """Take restored entries in (parts in order; numbered as given, or afresh)."""
+        for fifo, parts, numbered, cols in ((self._pred, pred, pred_seq, ("score", "ts", "cls")),
+                                            (self._gone, gone, gone_seq, ("why",))):
+            ids = [i for p in parts for i in p["id"]]
+            if any(i is None for i in ids):
+                raise ValueError("ids cannot be null")
+            values: dict[str, Any] = {}
+            for c in cols:
+                vals = [p[c] for p in parts]
+                values[c] = [v for part in vals for v in part] if c == "cls" \
+                    else np.concatenate(vals) if vals else np.zeros(0)
+            seqs = None if numbered is None else numbered[0]
+            if seqs is not None and seqs.size != len(ids):
+                raise ValueError("chunk entries and numbers differ in length")
+            fifo.append(ids, values, seqs=seqs)
+            if numbered is not None:
+                fifo.next_seq = numbered[1]
+            if len(fifo) != len(ids):
+                raise ValueError("repeated ids")
+            if len(ids) > self.config.max_entries:
+                raise ValueError("more entries than the bounds allow")
+
+
+@dataclass(frozen=True)
+class StoreRecords:
+    """A join store as records: ``chunks`` by name (write them first), the ``store``
+    record naming them, and the names of chunk records no longer needed."""
+
+    store: bytes
+    chunks: dict[str, bytes]
+    dropped: list[str]
+
+
+def _encode_at(enc: Callable[[_Fifo, NDArray[np.intp], str], dict[str, NDArray[Any]]],
+               fifo: _Fifo, pos: NDArray[np.intp], i: NDArray[np.intp]) -> dict[str, NDArray[Any]]:
+    """``enc``'s arrays of the entries at ``pos[i]`` (no prefix: a chunk record's own)."""
+    return enc(fifo, pos[i], "")
+
+
+def _pred_arrays(fifo: _Fifo, pos: NDArray[np.intp], prefix: str) -> dict[str, NDArray[Any]]:
+    arrays: dict[str, NDArray[Any]] = {}
+    _put_strs(arrays, f"{prefix}id", fifo.ids[pos].tolist())
+    _put_strs(arrays, f"{prefix}class", fifo.cols["cls"][pos].tolist())
+    arrays[f"{prefix}score"] = fifo.cols["score"][pos]
+    arrays[f"{prefix}ts"] = fifo.cols["ts"][pos]
+    return arrays
+
+
+def _gone_arrays(fifo: _Fifo, pos: NDArray[np.intp], prefix: str) -> dict[str, NDArray[Any]]:
+    arrays: dict[str, NDArray[Any]] = {}
+    _put_strs(arrays, f"{prefix}id", fifo.ids[pos].tolist())
+    arrays[f"{prefix}why"] = fifo.cols["why"][pos]
+    return arrays
+
+
+def _pred_columns(arrays: dict[str, NDArray[Any]], prefix: str) -> dict[str, Any]:
+    ids, cls_ = _get_strs(arrays, f"{prefix}id"), _get_strs(arrays, f"{prefix}class")
+    score, ts = arrays[f"{prefix}score"], arrays[f"{prefix}ts"]
+    _same_length(ids, cls_, score, ts)
+    if score.dtype != np.float64 or ts.dtype != np.float64:
+        raise ValueError("scores and times must be float64")
+    return {"id": ids, "cls": cls_, "score": score, "ts": ts}
+
+
+def _gone_columns(arrays: dict[str, NDArray[Any]], prefix: str) -> dict[str, Any]:
+    ids, why = _get_strs(arrays, f"{prefix}id"), arrays[f"{prefix}why"]
+    _same_length(ids, why)
+    if not np.isin(why, (_EXPIRED, _EVICTED, _JOINED)).all():
+        raise ValueError("bad reason codes")
+    return {"id": ids, "why": why.astype(np.int8)}
 
 
 def _put_strs(arrays: dict[str, np.ndarray], name: str, values: Sequence[str | None]) -> None:
@@ -612,7 +744,7 @@ def _put_strs(arrays: dict[str, np.ndarray], name: str, values: Sequence[str | N
         arrays[f"{name}.bytes"] = np.zeros(0, dtype=np.uint8)
         arrays[f"{name}.len"] = np.full(len(vals), -1, dtype=np.int64)
         return
-    present = vals if not nones else [v for v in vals if v is not None]
+    present: list[str] = [v for v in vals if v is not None] if nones else cast(list[str], vals)
     text = "".join(present)
     if text.isascii():
         raw = text.encode("ascii")

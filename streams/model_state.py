@@ -9,6 +9,7 @@ and the cumulative counts that ``driftline status`` reports.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,6 +124,27 @@ class ModelState:
 
     # -- snapshot ----------------------------------------------------------------------
     def snapshot(self, *, key: bytes | None = None) -> bytes:
+        """The whole state as one record (the label-join store inside it)."""
+        meta, arrays = self._parts()
+        if self.joins is not None:
+            arrays["joins"] = np.frombuffer(self.joins.snapshot(), dtype=np.uint8)
+        return pack(SNAPSHOT_KIND, meta, arrays, key=key)
+
+    def snapshot_records(self, *, key: bytes | None = None) -> SnapshotRecords:
+        """The state as the worker writes it: the label-join store as records of its own
+        (:meth:`JoinStore.snapshot_records`), each entry written about once rather than
+        the whole store every time. Chunk records go under ``<state key>/joins/<name>``."""
+        meta, arrays = self._parts()
+        chunks: dict[str, bytes] = {}
+        dropped: list[str] = []
+        if self.joins is not None:
+            recs = self.joins.snapshot_records(key=key)
+            arrays["joins.records"] = np.frombuffer(recs.store, dtype=np.uint8)
+            chunks = {join_record_key(self.key, n): b for n, b in recs.chunks.items()}
+            dropped = [join_record_key(self.key, n) for n in recs.dropped]
+        return SnapshotRecords(pack(SNAPSHOT_KIND, meta, arrays, key=key), chunks, dropped)
+
+    def _parts(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         meta: dict[str, Any] = {
             "model": self.model,
             "partition": self.partition,
@@ -141,11 +163,9 @@ class ModelState:
             arrays["monitor"] = np.frombuffer(self.monitor.snapshot(), dtype=np.uint8)
         if self.shadow is not None:
             arrays["shadow"] = np.frombuffer(self.shadow.snapshot(), dtype=np.uint8)
-        if self.joins is not None:
-            arrays["joins"] = np.frombuffer(self.joins.snapshot(), dtype=np.uint8)
         if self.concept is not None:
             arrays["concept"] = np.frombuffer(self.concept.snapshot(), dtype=np.uint8)
-        return pack(SNAPSHOT_KIND, meta, arrays, key=key)
+        return meta, arrays
 
     @classmethod
     def restore(
@@ -156,9 +176,12 @@ class ModelState:
         *,
         key: bytes | None = None,
         shadow: ShadowConfig | None = None,
+        records: Callable[[str], bytes | None] | None = None,
     ) -> ModelState:
         """Rebuild a model's state; the reference comes from the references topic
-        (``shadow``: the shadow-mode settings, when they differ from the snapshot's)."""
+        (``shadow``: the shadow-mode settings, when they differ from the snapshot's;
+        ``records``: the state topic's records by key, for a label-join store written
+        as records)."""
         meta, arrays, _ = unpack(data, SNAPSHOT_KIND, key=key)
         try:
             model = meta["model"]
@@ -192,6 +215,13 @@ class ModelState:
                                 f"{str(exc)[:200]}") from None
         if "joins" in arrays:
             st.joins = JoinStore.from_snapshot(arrays["joins"].tobytes())
+        elif "joins.records" in arrays:
+            if records is None:
+                raise SnapshotError("the label-join store is in records of its own: "
+                                    "restoring needs the state topic")
+            load, owner = records, st.key
+            st.joins = JoinStore.from_records(arrays["joins.records"].tobytes(),
+                                              lambda n: load(join_record_key(owner, n)), key=key)
         if "concept" in arrays:
             st.concept = ConceptMonitor.from_snapshot(arrays["concept"].tobytes())
         rid = meta.get("reference_id")
@@ -279,6 +309,23 @@ def _rows_batch(model: str, d: dict[str, Any]) -> EventBatch:
         segment=none.copy(), latency_ms=np.full(n, np.nan), partition=np.full(n, -1, np.int64),
         offset=np.full(n, -1, np.int64),
     )
+
+
+@dataclass(frozen=True)
+class SnapshotRecords:
+    """A model's state as records: the ``snapshot`` (keyed by the state key), the
+    label-join chunk records it names (by key: acknowledged before it), and the keys of
+    chunk records to delete once it is acknowledged."""
+
+    snapshot: bytes
+    chunks: dict[str, bytes]
+    dropped: list[str]
+
+
+def join_record_key(state: str, name: str) -> str:
+    """Key of a label-join chunk record of the state ``state`` (``model@p/joins/...``:
+    never a state key, which ends in ``@<partition>``)."""
+    return f"{state}/joins/{name}"
 
 
 def state_key(model: str, partition: int) -> str:

@@ -209,7 +209,7 @@ class Processor:
         if blob is not None:
             try:
                 st = ModelState.restore(blob, ref, self.config_for(model), key=self.snapshot_key,
-                                        shadow=self.shadow_config)
+                                        shadow=self.shadow_config, records=self.snapshot_loader)
                 if self.cluster_id and st.cluster_id and st.cluster_id != self.cluster_id:
                     raise SnapshotError(f"snapshot is from Kafka cluster {st.cluster_id}, "
                                         f"not {self.cluster_id}")

@@ -80,7 +80,7 @@ from driftline.streams.kafka_config import consumer_config, producer_config
 from driftline.streams.labels import label_status
 from driftline.streams.metrics import WorkerMetrics
 from driftline.streams.model_config import ModelConfigError, ModelConfigs, decode_record
-from driftline.streams.model_state import ModelState
+from driftline.streams.model_state import ModelState, SnapshotRecords
 from driftline.streams.processor import UNATTRIBUTED, Processor
 from driftline.streams.reference_records import ReferenceRecords
 from driftline.streams.settings import Settings
@@ -489,6 +489,8 @@ class Worker:
         self._cluster_id = self.processor.cluster_id = cid
         for st in states.values():
             st.offsets, st.dirty, st.cluster_id = {}, True, cid
+            if st.joins is not None:  # its chunk records went with the old cluster
+                st.joins.rewrite_chunks()
         self._snapshots, self._positions = {}, {}
         self.processor.snapshot_loader = self._snapshots.get
         self._producer.purge()  # what was queued for the old cluster is gone with it
@@ -780,28 +782,32 @@ class Worker:
             cid = self._new_cluster_id()
             if cid is not None:
                 raise ClusterChanged(cid)
-        for m in names:
-            st = self.processor.models.get(m)
-            if st is None:
-                continue
-            blob = st.snapshot(key=self._key)
-            self._producer.produce(s.state_topic, blob, key=m.encode(),
+        written = [(m, st, st.snapshot_records(key=self._key)) for m in names
+                   if (st := self.processor.models.get(m)) is not None]
+        chunks = [(k, b) for _, _, recs in written for k, b in recs.chunks.items()]
+        if chunks:  # label-join chunk records: acknowledged before the snapshots naming them
+            for k, b in chunks:
+                self._producer.produce(s.state_topic, b, key=k.encode(),
+                                       on_delivery=self._on_delivery)
+                self._snapshots[k] = b
+            self._flush_or_rewrite(written)
+        for m, st, recs in written:
+            self._producer.produce(s.state_topic, recs.snapshot, key=m.encode(),
                                    on_delivery=self._on_delivery)
             self._producer.produce(s.status_topic, orjson.dumps(self.status_of(st)),
                                    key=m.encode(), on_delivery=self._on_delivery)
-            self.metrics.snapshot_bytes.labels(st.model).inc(len(blob))
-            self._snapshots[m] = blob
+            self.metrics.snapshot_bytes.labels(st.model).inc(
+                len(recs.snapshot) + sum(map(len, recs.chunks.values())))
+            self._snapshots[m] = recs.snapshot
             st.dirty = False
             self.stats.snapshots += 1
-        if names:
-            try:
-                self._flush_acknowledged()
-            except KafkaException:
-                # not known to be on the state topic: written again at the next checkpoint
-                for m in names:
-                    if (st := self.processor.models.get(m)) is not None:
-                        st.dirty = True
-                raise
+        if written:
+            self._flush_or_rewrite(written)
+        for _, _, recs in written:  # chunk records no acknowledged snapshot names any more
+            for k in recs.dropped:
+                self._producer.produce(s.state_topic, None, key=k.encode(),
+                                       on_delivery=self._on_delivery)
+                self._snapshots.pop(k, None)
         self._last_snapshot = time.monotonic()
         cid = self._new_cluster_id()  # never commit positions of one cluster into another
         if cid is not None:
@@ -816,6 +822,18 @@ class Worker:
                     self.stats.commits += 1
                 except KafkaException as exc:
                     log.warning("commit failed (will retry at the next checkpoint): %s", exc)
+
+    def _flush_or_rewrite(self, written: list[tuple[str, ModelState, SnapshotRecords]]) -> None:
+        """Wait for the acknowledgements; when they fail, the models are written again at
+        the next checkpoint, their label-join chunks too (under new names)."""
+        try:
+            self._flush_acknowledged()
+        except KafkaException:
+            for _, st, _ in written:  # not known to be on the state topic
+                st.dirty = True
+                if st.joins is not None:
+                    st.joins.rewrite_chunks()
+            raise
 
     def status_of(self, st: ModelState) -> dict[str, Any]:
         return {

@@ -72,6 +72,10 @@ def test_rising_fpr_alerts_a_steady_model_stays_silent_and_late_labels_count(
         # the snapshot holds the N waiting predictions (>= 16 bytes each: score and time),
         # and the metric counts every snapshot written, so at least the last one
         wait_for(lambda: fraud_snapshot() > 16 * N, 30, "a snapshot with the join store")
+        # the store went out as records: its first 4,096 predictions (a sealed chunk) in a
+        # record of their own, which the restart below reads back with the snapshot
+        assert [k for k in w.worker._snapshots if k.startswith("fraud@")
+                and "/joins/pred/0/" in k], sorted(w.worker._snapshots)
         written = w.registry.get_sample_value("driftline_worker_snapshot_bytes_total",
                                               {"model": "fraud"})
         assert written is not None and written >= fraud_snapshot() > 16 * N

@@ -399,3 +399,107 @@ def test_ring_growth_and_compaction_match_the_index_array_copies(seed: int) -> N
                                           old.pop_before("ts", t - 30.0))
         _same_fifo(new, old, f"step {step}")
     assert new.cap > 64
+
+
+class _StateTopic:
+    """A compacted topic as the worker uses it for a join store's records: chunks first
+    (acknowledged), then the store record, then the dropped chunks deleted."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, bytes] = {}
+        self.acked: bytes | None = None  # the whole store as of the acknowledged record
+        self.written = 0
+
+    def checkpoint(self, store: JoinStore, rng: np.random.Generator) -> bool:
+        recs = store.snapshot_records()
+        fail = rng.random()
+        if fail < 0.1:  # the chunks' write fails (some of them may be on the topic)
+            for name, blob in recs.chunks.items():
+                if rng.random() < 0.5:
+                    self.records[name] = blob
+            store.rewrite_chunks()
+            return False
+        self.records.update(recs.chunks)
+        self.written += sum(map(len, recs.chunks.values())) + len(recs.store)
+        if fail < 0.2:  # the store record's write fails
+            store.rewrite_chunks()
+            return False
+        self.records["store"] = recs.store
+        self.acked = store.snapshot()
+        for name in recs.dropped:
+            self.records.pop(name, None)
+        return True
+
+    def restore(self) -> JoinStore:
+        return JoinStore.from_records(self.records["store"], self.records.get)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_records_restore_the_store_through_failed_writes(seed: int) -> None:
+    # the same random streams; every few steps the store is written as records (chunks of
+    # 8 entries) with some writes failing; the records on the topic always restore the
+    # store as it was at the last acknowledged store record, and a restored store goes on
+    # exactly as the reference (and writes records of its own that restore as well)
+    rng = np.random.default_rng(100 + seed)
+    cfg = JoinConfig(ttl_seconds=float(rng.choice([5.0, 40.0, 1e6])),
+                     max_entries=int(rng.choice([7, 60, 1000])), max_pending=int(rng.choice([3, 50])))
+    new, ref = JoinStore(cfg, chunk_entries=8), ReferenceStore(cfg)
+    topic = _StateTopic()
+    universe = [f"e{i}" for i in range(int(rng.choice([40, 400])))]
+    now = 0.0
+    restores = 0
+    for step in range(200):
+        now += float(rng.exponential(1.0))
+        n = int(rng.integers(0, 40))
+        ids = [universe[i] for i in rng.integers(0, len(universe), n)]
+        ts = (now - rng.exponential(3.0, n)).tolist()
+        if rng.random() < 0.55:
+            scores = rng.random(n).tolist()
+            cls = None if rng.random() < 0.3 else [str(int(r * 3)) for r in rng.random(n)]
+            same(new.add_predictions(ids, scores, cls, ts), ref.add_predictions(ids, scores, cls, ts))
+        else:
+            labs = [str(int(r * 2)) for r in rng.random(n)]
+            same(new.add_labels(ids, labs, ts), ref.add_labels(ids, labs, ts))
+        if step % 4 == 0:
+            ok = topic.checkpoint(new, rng)
+            if topic.acked is not None:
+                back = topic.restore()
+                assert back.snapshot() == topic.acked
+                if ok:  # the acknowledged state is the current one: go on with the copy
+                    assert back.snapshot() == ref.snapshot()
+                    new, restores = back, restores + 1
+        assert new.counts == ref.counts and new.snapshot() == ref.snapshot()
+    assert restores > 20
+    assert set(topic.records) <= {"store"} | {n for b in (new, topic.restore())
+                                              for bk in b._books.values()
+                                              for n, _ in bk.written.values()} | \
+        {n for bk in new._books.values() for n in bk.stale}
+
+
+def test_records_write_what_came_in_not_the_whole_store() -> None:
+    # a store kept near its bound (50,000 predictions, half joined by labels): whole
+    # snapshots write it all every time, records about each entry once
+    store = JoinStore(JoinConfig(ttl_seconds=1e9, max_entries=50_000), chunk_entries=1024)
+    topic = _StateTopic()
+    rng = np.random.default_rng(0)
+    whole = 0
+    for k in range(60):
+        ids = [f"p{k}-{i:05d}" for i in range(2000)]
+        store.add_predictions(ids, rng.random(2000), None, [float(k)] * 2000)
+        store.add_labels(ids[::2], ["1"] * 1000, [float(k)] * 1000)
+        assert topic.checkpoint(store, _NoFail())
+        whole += len(store.snapshot())
+    assert len(store) == 49_000  # full, less the last batch's joined half
+    assert topic.written < whole / 8, (topic.written, whole)
+    back = topic.restore()
+    assert back.snapshot() == store.snapshot()
+
+
+class _NoFail(np.random.Generator):
+    """Writes that never fail."""
+
+    def __init__(self) -> None:
+        super().__init__(np.random.PCG64(0))
+
+    def random(self, *args: Any, **kwargs: Any) -> Any:
+        return 1.0

@@ -1,0 +1,175 @@
+"""A FIFO of the label join written as records of bounded size: sealed chunks, once each.
+
+A join store holds up to ``max_entries`` predictions and as many ids that left it;
+written whole with every snapshot of its model, a full store is ~6 MiB every few seconds
+for each busy model. Written as records, each entry is written about once:
+
+- entries carry sequence numbers, never reused; chunk ``c`` is the entries numbered
+  ``c * size`` to ``(c + 1) * size - 1``, *sealed* once the next number is past it;
+- the entries of a sealed chunk still in the FIFO are written once, as a record of their
+  own named ``<fifo>/<c>/<w>`` (``w`` counts the writes: no name is written twice, so a
+  store record already on the topic never sees its chunks change);
+- the store's own record names the chunks in use, with one bit per entry of each chunk
+  record (still in or not), and holds the open chunk's entries itself;
+- a chunk none of whose entries is left is no longer named: its record can be deleted
+  once a store record that does not name it is acknowledged.
+
+The caller writes the new chunk records, and has them acknowledged, before the store
+record that names them. Restoring reads the store record, then each chunk it names: the
+entries whose bit is set, in sequence order, then the open ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from driftline.detectors.errors import SnapshotError
+from driftline.detectors.serialization import pack, unpack
+
+CHUNK_KIND = "driftline.labeljoin.chunk"
+#: Entries per chunk: a chunk record of predictions is ~250 kB.
+CHUNK_ENTRIES = 4096
+
+Arrays = dict[str, NDArray[Any]]
+
+
+@dataclass
+class ChunkBook:
+    """The chunk records of one FIFO that its store's records may name."""
+
+    fifo: str  # "pred" or "gone": part of each record's name
+    size: int = CHUNK_ENTRIES
+    written: dict[int, tuple[str, NDArray[np.int64]]] = field(default_factory=dict)
+    writes: int = 0  # records written (the next name's last part)
+    stale: list[str] = field(default_factory=list)  # names to drop with the next records
+    dropping: list[str] = field(default_factory=list)  # dropped by the last records
+
+    def rewrite(self) -> None:
+        """Write every chunk again, under new names, with the next records (those written
+        may not be on the topic: a failed write, a new cluster); the old names, and those
+        the failed records dropped, are dropped by the next ones."""
+        self.stale += self.dropping + [name for name, _ in self.written.values()]
+        self.dropping = []
+        self.written = {}
+
+    def records(self, seq: NDArray[np.int64], next_seq: int, encode: Callable[[Any], Arrays],
+                key: bytes | None) -> tuple[dict[str, Any], Arrays, dict[str, bytes], list[str]]:
+        """The FIFO's live entries (``seq``: their numbers, oldest first; ``encode(i)``:
+        the arrays of the entries at those indices into ``seq``) as (meta, arrays of the
+        store record, new chunk records by name, names no longer needed)."""
+        size = self.size
+        k = int(np.searchsorted(seq, next_seq - next_seq % size))  # sealed: before k
+        names: list[str] = []
+        sizes: list[int] = []
+        bits: list[NDArray[np.bool_]] = []
+        new: dict[str, bytes] = {}
+        used: set[int] = set()
+        if k:
+            cnum = seq[:k] // size
+            starts = np.flatnonzero(np.concatenate(([True], cnum[1:] != cnum[:-1])))
+            for a, b in zip(starts.tolist(), [*starts[1:].tolist(), k], strict=True):
+                c = int(cnum[a])
+                live = seq[a:b]
+                if c in self.written:
+                    name, rec = self.written[c]
+                    at = np.searchsorted(rec, live)
+                    if at.size and (int(at[-1]) >= rec.size or not np.array_equal(rec[at], live)):
+                        raise RuntimeError(f"entries joined sealed chunk {name}")
+                    on = np.zeros(rec.size, dtype=bool)
+                    on[at] = True
+                else:
+                    name = f"{self.fifo}/{c}/{self.writes}"
+                    self.writes += 1
+                    arrays = encode(np.arange(a, b))
+                    arrays["seq"] = live
+                    new[name] = pack(CHUNK_KIND, {"fifo": self.fifo, "chunk": c}, arrays,
+                                     key=key)
+                    rec = live.copy()
+                    self.written[c] = (name, rec)
+                    on = np.ones(rec.size, dtype=bool)
+                used.add(c)
+                names.append(name)
+                sizes.append(int(rec.size))
+                bits.append(on)
+        dropped = self.stale + [self.written.pop(c)[0] for c in list(self.written)
+                                if c not in used]
+        self.stale, self.dropping = [], dropped
+        meta = {"size": size, "chunks": names, "sizes": sizes, "next_seq": int(next_seq),
+                "writes": self.writes}
+        arrays = encode(np.arange(k, seq.size))
+        arrays["seq"] = seq[k:]
+        arrays["bits"] = np.packbits(np.concatenate(bits) if bits else np.zeros(0, dtype=bool))
+        return meta, arrays, new, dropped
+
+    @classmethod
+    def restore(cls, fifo: str, meta: dict[str, Any], arrays: Arrays,
+                load: Callable[[str], bytes | None], key: bytes | None,
+                decode: Callable[[Arrays], dict[str, Any]]) -> tuple[ChunkBook, list[dict[str, Any]],
+                                                                     NDArray[np.int64], int]:
+        """The book of one FIFO from its part of a store record, with the entries in use:
+        (book, decoded columns of each part in order, their sequence numbers, the next
+        sequence number). ``load(name)``: a chunk record, None when it is missing.
+        Raises SnapshotError, ValueError, KeyError, TypeError on anything inconsistent."""
+        size, names, sizes = meta["size"], meta["chunks"], meta["sizes"]
+        next_seq, writes = meta["next_seq"], meta["writes"]
+        for v in (size, next_seq, writes, *sizes):
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**62:
+                raise ValueError(f"bad chunk counter {v!r}")
+        if size < 1 or not isinstance(names, list) or len(names) != len(sizes):
+            raise ValueError("chunk names and sizes do not line up")
+        on = np.unpackbits(arrays["bits"], count=sum(sizes)).astype(bool) \
+            if arrays["bits"].dtype == np.uint8 and arrays["bits"].size == -(-sum(sizes) // 8) \
+            else None
+        if on is None:
+            raise ValueError("chunk bits do not match the chunk sizes")
+        book = cls(fifo, size, writes=writes)
+        parts: list[dict[str, Any]] = []
+        seqs: list[NDArray[np.int64]] = []
+        at = 0
+        for name, n in zip(names, sizes, strict=True):
+            if not isinstance(name, str):
+                raise ValueError("chunk names must be strings")
+            head, c, w = name.rsplit("/", 2) if name.count("/") == 2 else ("", "-1", "-1")
+            if head != fifo or not (c.isdigit() and w.isdigit()) or int(w) >= writes:
+                raise ValueError(f"bad chunk name {name!r}")
+            blob = load(name)
+            if blob is None:
+                raise SnapshotError(f"chunk record {name!r} is missing")
+            cmeta, carrays, _ = unpack(blob, CHUNK_KIND, key=key)
+            seq = carrays["seq"]
+            if cmeta.get("fifo") != fifo or cmeta.get("chunk") != int(c) or \
+                    seq.dtype != np.int64 or seq.shape != (n,) or n == 0 or \
+                    int(seq[0]) < int(c) * size or int(seq[-1]) >= (int(c) + 1) * size:
+                raise ValueError(f"chunk record {name!r} does not match its name")
+            cols = decode(carrays)
+            keep = on[at:at + n]
+            at += n
+            book.written[int(c)] = (name, seq.copy())
+            idx = np.flatnonzero(keep)
+            parts.append({k: _take(v, idx) for k, v in cols.items()})
+            seqs.append(seq[idx])
+        opened = arrays["seq"]
+        if opened.dtype != np.int64 or opened.ndim != 1:
+            raise ValueError("bad open chunk numbers")
+        parts.append(decode(arrays))
+        seqs.append(opened)
+        seq = np.concatenate(seqs)
+        if len(book.written) != len(names):
+            raise ValueError("a chunk is named twice")
+        if seq.size and ((np.diff(seq) <= 0).any() or int(seq[0]) < 0
+                         or int(seq[-1]) >= next_seq):
+            raise ValueError("chunk entries out of order")
+        if opened.size and int(opened[0]) < next_seq - next_seq % size:
+            raise ValueError("sealed entries in the open chunk")
+        return book, parts, seq, next_seq
+
+
+def _take(v: Any, idx: NDArray[np.intp]) -> Any:
+    if isinstance(v, np.ndarray):
+        return v[idx]
+    return [v[i] for i in idx.tolist()]
