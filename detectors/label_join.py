@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from itertools import repeat
@@ -205,9 +206,13 @@ class _Fifo:
         return live
 
     def positions(self) -> NDArray[np.intp]:
-        """Slots of the entries in, oldest first."""
+        """Slots of the entries in, oldest first (the index's slots, in ring order)."""
         slots = self._slots(self.head, self.tail)
-        return slots[self._live(slots)]
+        if not self.index:
+            return slots[:0]
+        live = np.zeros(self.cap, dtype=bool)
+        live[np.fromiter(self.index.values(), dtype=np.intp, count=len(self.index))] = True
+        return slots[live[slots]]
 
     def _room(self, n: int) -> None:
         """A larger ring with room for ``n`` more. Mostly left slots: rebuilt with the
@@ -595,15 +600,11 @@ class JoinStore:
     def from_snapshot(cls, data: bytes, *, key: bytes | None = None) -> JoinStore:
         """A store from :meth:`snapshot`'s record."""
         meta, arrays, _ = unpack(data, SNAPSHOT_KIND, key=key)
-        try:
+        with _malformed("label join snapshot"):
             store = cls._from_common(meta, arrays)
             pred = _pred_columns(arrays, "pred.")
             gone = _gone_columns(arrays, "gone.")
             store._fill([pred], None, [gone], None)
-        except SnapshotError:
-            raise
-        except (KeyError, TypeError, ValueError, UnicodeDecodeError, AttributeError) as exc:
-            raise SnapshotError(f"malformed label join snapshot: {exc!r}") from None
         return store
 
     @classmethod
@@ -612,7 +613,7 @@ class JoinStore:
         """A store from :meth:`snapshot_records`' store record; ``load(name)``: the chunk
         record of that name (None when it is missing), signed with ``key``."""
         meta, arrays, _ = unpack(data, RECORDS_KIND)
-        try:
+        with _malformed("label join records"):
             store = cls._from_common(meta, arrays)
             found: dict[str, tuple[list[dict[str, Any]], NDArray[np.int64], int]] = {}
             for name, dec in (("pred", _pred_columns), ("gone", _gone_columns)):
@@ -623,10 +624,6 @@ class JoinStore:
                 store._books[name] = book
                 found[name] = (cols, seq, nxt)
             store._fill(found["pred"][0], found["pred"][1:], found["gone"][0], found["gone"][1:])
-        except SnapshotError:
-            raise
-        except (KeyError, TypeError, ValueError, UnicodeDecodeError, AttributeError) as exc:
-            raise SnapshotError(f"malformed label join records: {exc!r}") from None
         return store
 
     @classmethod
@@ -681,6 +678,17 @@ class JoinStore:
                 raise ValueError("repeated ids")
             if len(ids) > self.config.max_entries:
                 raise ValueError("more entries than the bounds allow")
+
+
+@contextmanager
+def _malformed(what: str) -> Iterator[None]:
+    """Anything wrong in a snapshot's contents as a :class:`SnapshotError`."""
+    try:
+        yield
+    except SnapshotError:
+        raise
+    except (KeyError, TypeError, ValueError, UnicodeDecodeError, AttributeError) as exc:
+        raise SnapshotError(f"malformed {what}: {exc!r}") from None
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,9 @@ Commit order per batch (at-least-once delivery, exactly-once effect on state):
    offset are skipped),
 2. produce alerts and dead letters, and wait for their acknowledgement,
 3. every ``snapshot_interval_s`` (and on revoke and shutdown): produce the dirty models'
-   snapshots and status records, wait for their acknowledgement,
+   snapshots and status records, wait for their acknowledgement (a label-join store's
+   new chunk records first, acknowledged before the snapshots that name them; chunks no
+   snapshot names any more are deleted after),
 4. only then commit the consumed offsets, so a committed offset never passes what the
    acknowledged snapshots cover.
 

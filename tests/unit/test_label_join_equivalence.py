@@ -17,6 +17,7 @@ import pytest
 from numpy.typing import NDArray
 
 from driftline.detectors.concept import ConceptConfig, ConceptMonitor
+from driftline.detectors.errors import SnapshotError
 from driftline.detectors.label_join import (
     _EVICTED,
     _EXPIRED,
@@ -503,3 +504,28 @@ class _NoFail(np.random.Generator):
 
     def random(self, *args: Any, **kwargs: Any) -> Any:
         return 1.0
+
+
+def test_records_that_do_not_fit_together_are_refused() -> None:
+    store = JoinStore(JoinConfig(), chunk_entries=8)
+    store.add_predictions([f"e{i}" for i in range(40)], [0.5] * 40, None, [1.0] * 40)
+    store.add_labels([f"e{i}" for i in range(0, 40, 3)], ["1"] * 14, [2.0] * 14)
+    key = b"k" * 32
+    recs = store.snapshot_records(key=key)
+    topic = dict(recs.chunks)
+    assert len(topic) >= 5  # the predictions' chunks and the ids that left
+    back = JoinStore.from_records(recs.store, topic.get, key=key)
+    assert back.snapshot() == store.snapshot()
+    first, second = sorted(n for n in topic if n.startswith("pred/"))[:2]
+    broken: list[dict[str, bytes]] = [
+        {k: v for k, v in topic.items() if k != first},  # a chunk missing
+        {**topic, first: topic[second]},  # another chunk's record under its name
+        {**topic, first: topic[first][:-40]},  # cut short
+    ]
+    for records in broken:
+        with pytest.raises(SnapshotError):
+            JoinStore.from_records(recs.store, records.get, key=key)
+    with pytest.raises(SnapshotError):  # chunks signed with another key
+        JoinStore.from_records(recs.store, topic.get, key=b"x" * 32)
+    with pytest.raises(SnapshotError):
+        JoinStore.from_records(recs.store[:-9], topic.get, key=key)
