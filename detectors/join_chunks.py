@@ -21,6 +21,7 @@ entries whose bit is set, in sequence order, then the open ones.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,12 @@ CHUNK_KIND = "driftline.labeljoin.chunk"
 CHUNK_ENTRIES = 4096
 
 Arrays = dict[str, NDArray[Any]]
+_NAME = re.compile(r"(pred|gone)/[0-9]+/[0-9]+")
+
+
+def is_chunk_name(name: str) -> bool:
+    """Whether ``name`` is a chunk record's name (``<fifo>/<chunk>/<write>``)."""
+    return _NAME.fullmatch(name) is not None
 
 
 @dataclass

@@ -578,6 +578,15 @@ class JoinStore:
             dropped += drop
         return StoreRecords(pack(RECORDS_KIND, meta, arrays), new, dropped)
 
+    def chunk_names(self) -> list[str]:
+        """Names of the chunk records the next records may name (written, not dropped)."""
+        return [name for b in self._books.values() for name, _ in b.written.values()]
+
+    def drop_chunks(self, names: list[str]) -> None:
+        """Chunk records no store needs (left by a writer that stopped between writing
+        them and their tombstones): dropped with the next records."""
+        self._books["pred"].stale += names
+
     def rewrite_chunks(self) -> None:
         """The chunk records written so far may not be on the topic (their write failed,
         or the cluster lost them): the next records write every chunk again."""

@@ -17,6 +17,7 @@ import numpy as np
 
 from driftline.detectors.concept import ConceptMonitor
 from driftline.detectors.errors import SnapshotError
+from driftline.detectors.join_chunks import is_chunk_name
 from driftline.detectors.label_join import JoinStore
 from driftline.detectors.monitor import ModelMonitor, MonitorConfig
 from driftline.detectors.reference import ReferenceProfile, build_profile
@@ -177,11 +178,13 @@ class ModelState:
         key: bytes | None = None,
         shadow: ShadowConfig | None = None,
         records: Callable[[str], bytes | None] | None = None,
+        record_keys: Callable[[str], list[str]] | None = None,
     ) -> ModelState:
         """Rebuild a model's state; the reference comes from the references topic
         (``shadow``: the shadow-mode settings, when they differ from the snapshot's;
         ``records``: the state topic's records by key, for a label-join store written
-        as records)."""
+        as records; ``record_keys(prefix)``: the state topic's keys with that prefix, to
+        drop chunk records of this state that its snapshot does not name)."""
         meta, arrays, _ = unpack(data, SNAPSHOT_KIND, key=key)
         try:
             model = meta["model"]
@@ -222,6 +225,12 @@ class ModelState:
             load, owner = records, st.key
             st.joins = JoinStore.from_records(arrays["joins.records"].tobytes(),
                                               lambda n: load(join_record_key(owner, n)), key=key)
+            if record_keys is not None:
+                prefix = join_record_key(owner, "")
+                named = set(st.joins.chunk_names())
+                st.joins.drop_chunks([n for k in record_keys(prefix)  # (not another
+                                      if is_chunk_name(n := k[len(prefix):])  # model's keys)
+                                      and n not in named])
         if "concept" in arrays:
             st.concept = ConceptMonitor.from_snapshot(arrays["concept"].tobytes())
         rid = meta.get("reference_id")

@@ -79,6 +79,7 @@ class Processor:
         max_models: int = 1000,
         snapshot_loader: Callable[[str], bytes | None] | None = None,
         snapshot_key: bytes | None = None,
+        snapshot_keys: Callable[[str], list[str]] | None = None,
         model_configs: ModelConfigs | None = None,
         clock: Callable[[], float] = time.time,
         shadow: ShadowConfig | None = None,
@@ -86,7 +87,8 @@ class Processor:
     ) -> None:
         """``model_configs``: per-model windows over ``config`` (the default for every
         model); ``clock``: wall time in seconds (the idle timeout measures quiet with it);
-        ``labels``: the label join and concept monitoring setup."""
+        ``labels``: the label join and concept monitoring setup; ``snapshot_keys(prefix)``:
+        the keys of the state records with that prefix."""
         self.model_configs = model_configs or ModelConfigs(config)
         if model_configs is not None and model_configs.base != config:
             self.config = config
@@ -101,6 +103,7 @@ class Processor:
         self.references: dict[str, ReferenceProfile] = {}  # without their feature samples
         self.snapshot_loader = snapshot_loader
         self.snapshot_key = snapshot_key
+        self.snapshot_keys = snapshot_keys
         self._prior: dict[tuple[str, int], int] = {}
         self.cluster_id: str | None = None  # Kafka cluster the offsets in the states refer to
         self._calibrations: dict[tuple[str, MonitorConfig], Calibration] = {}
@@ -209,7 +212,8 @@ class Processor:
         if blob is not None:
             try:
                 st = ModelState.restore(blob, ref, self.config_for(model), key=self.snapshot_key,
-                                        shadow=self.shadow_config, records=self.snapshot_loader)
+                                        shadow=self.shadow_config, records=self.snapshot_loader,
+                                        record_keys=self.snapshot_keys)
                 if self.cluster_id and st.cluster_id and st.cluster_id != self.cluster_id:
                     raise SnapshotError(f"snapshot is from Kafka cluster {st.cluster_id}, "
                                         f"not {self.cluster_id}")

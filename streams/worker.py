@@ -225,6 +225,7 @@ class Worker:
             max_models=settings.max_models,
             snapshot_loader=self._snapshots.get,
             snapshot_key=key,
+            snapshot_keys=self._state_keys,
             model_configs=model_configs or settings.model_configs(),
             shadow=settings.shadow_config(),
             labels=settings.label_setup(),
@@ -824,6 +825,10 @@ class Worker:
                     self.stats.commits += 1
                 except KafkaException as exc:
                     log.warning("commit failed (will retry at the next checkpoint): %s", exc)
+
+    def _state_keys(self, prefix: str) -> list[str]:
+        """Keys of the state records read or written, with this prefix."""
+        return [k for k in self._snapshots if k.startswith(prefix)]
 
     def _flush_or_rewrite(self, written: list[tuple[str, ModelState, SnapshotRecords]]) -> None:
         """Wait for the acknowledgements; when they fail, the models are written again at

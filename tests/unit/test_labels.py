@@ -429,3 +429,24 @@ def test_concept_preload_imports_the_error_stream_detectors() -> None:
             "assert 'river.drift' not in sys.modules\nconcept.preload()\n"
             "assert {'river.drift', 'river.drift.binary'} <= set(sys.modules)\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_model_state_records_restore_and_drop_chunks_no_snapshot_names() -> None:
+    # the worker's form of a model's state: the join store's chunks as records of their
+    # own; restored from them, and chunk records of the state that its snapshot does not
+    # name (left by a worker that stopped before deleting them) are deleted next time
+    st = ModelState("m", 3)
+    st.joins = JoinStore(JoinConfig(), chunk_entries=8)
+    st.joins.add_predictions([f"e{i}" for i in range(30)], [0.5] * 30, None, [1.0] * 30)
+    recs = st.snapshot_records()
+    assert recs.chunks and all(k.startswith("m@3/joins/") for k in recs.chunks)
+    topic = {**recs.chunks, st.key: recs.snapshot, "m@3/joins/pred/0/77": b"left behind",
+             "m@30/joins/pred/0/0": b"another state's",
+             "m@3/joins/x@1": b"model 'm@3/joins/x' on partition 1",
+             "m@3/joins/x@1/joins/pred/0/0": b"its chunk"}
+    with pytest.raises(SnapshotError):  # the store's chunks are needed
+        ModelState.restore(recs.snapshot, None, MonitorConfig())
+    back = ModelState.restore(recs.snapshot, None, MonitorConfig(), records=topic.get,
+                              record_keys=lambda p: [k for k in topic if k.startswith(p)])
+    assert back.joins is not None and back.joins.snapshot() == st.joins.snapshot()
+    assert back.snapshot_records().dropped == ["m@3/joins/pred/0/77"]
