@@ -584,8 +584,12 @@ class JoinStore:
 
     def drop_chunks(self, names: list[str]) -> None:
         """Chunk records no store needs (left by a writer that stopped between writing
-        them and their tombstones): dropped with the next records."""
+        them and their tombstones): dropped with the next records, which name their new
+        chunks past these (a name dropped must never be one just written)."""
         self._books["pred"].stale += names
+        last = max((int(n.rsplit("/", 1)[1]) for n in names), default=-1)
+        for book in self._books.values():
+            book.writes = max(book.writes, last + 1)
 
     def rewrite_chunks(self) -> None:
         """The chunk records written so far may not be on the topic (their write failed,

@@ -449,4 +449,8 @@ def test_model_state_records_restore_and_drop_chunks_no_snapshot_names() -> None
     back = ModelState.restore(recs.snapshot, None, MonitorConfig(), records=topic.get,
                               record_keys=lambda p: [k for k in topic if k.startswith(p)])
     assert back.joins is not None and back.joins.snapshot() == st.joins.snapshot()
-    assert back.snapshot_records().dropped == ["m@3/joins/pred/0/77"]
+    back.joins.add_predictions([f"f{i}" for i in range(30)], [0.5] * 30, None, [2.0] * 30)
+    again = back.snapshot_records()
+    assert again.dropped == ["m@3/joins/pred/0/77"]
+    # its new chunks are named past the one left behind: never written, then deleted
+    assert again.chunks and all(int(k.rsplit("/", 1)[1]) > 77 for k in again.chunks)
