@@ -65,10 +65,12 @@ class ChunkBook:
         self.written = {}
 
     def records(self, seq: NDArray[np.int64], next_seq: int, encode: Callable[[Any], Arrays],
-                key: bytes | None) -> tuple[dict[str, Any], Arrays, dict[str, bytes], list[str]]:
+                key: bytes | None, owner: str = ""
+                ) -> tuple[dict[str, Any], Arrays, dict[str, bytes], list[str]]:
         """The FIFO's live entries (``seq``: their numbers, oldest first; ``encode(i)``:
         the arrays of the entries at those indices into ``seq``) as (meta, arrays of the
-        store record, new chunk records by name, names no longer needed)."""
+        store record, new chunk records by name, names no longer needed). ``owner``:
+        whose store it is (in each chunk record, checked on restore)."""
         size = self.size
         k = int(np.searchsorted(seq, next_seq - next_seq % size))  # sealed: before k
         names: list[str] = []
@@ -94,8 +96,8 @@ class ChunkBook:
                     self.writes += 1
                     arrays = encode(np.arange(a, b))
                     arrays["seq"] = live
-                    new[name] = pack(CHUNK_KIND, {"fifo": self.fifo, "chunk": c}, arrays,
-                                     key=key)
+                    new[name] = pack(CHUNK_KIND, {"fifo": self.fifo, "chunk": c, "name": name,
+                                                  "owner": owner}, arrays, key=key)
                     rec = live.copy()
                     self.written[c] = (name, rec)
                     on = np.ones(rec.size, dtype=bool)
@@ -116,8 +118,8 @@ class ChunkBook:
     @classmethod
     def restore(cls, fifo: str, meta: dict[str, Any], arrays: Arrays,
                 load: Callable[[str], bytes | None], key: bytes | None,
-                decode: Callable[[Arrays], dict[str, Any]]) -> tuple[ChunkBook, list[dict[str, Any]],
-                                                                     NDArray[np.int64], int]:
+                decode: Callable[[Arrays], dict[str, Any]], owner: str = ""
+                ) -> tuple[ChunkBook, list[dict[str, Any]], NDArray[np.int64], int]:
         """The book of one FIFO from its part of a store record, with the entries in use:
         (book, decoded columns of each part in order, their sequence numbers, the next
         sequence number). ``load(name)``: a chunk record, None when it is missing.
@@ -150,10 +152,14 @@ class ChunkBook:
             cmeta, carrays, _ = unpack(blob, CHUNK_KIND, key=key)
             seq = carrays["seq"]
             if cmeta.get("fifo") != fifo or cmeta.get("chunk") != int(c) or \
+                    cmeta.get("name") != name or cmeta.get("owner") != owner or \
                     seq.dtype != np.int64 or seq.shape != (n,) or n == 0 or \
-                    int(seq[0]) < int(c) * size or int(seq[-1]) >= (int(c) + 1) * size:
+                    int(seq[0]) < int(c) * size or int(seq[-1]) >= (int(c) + 1) * size or \
+                    (np.diff(seq) <= 0).any():
                 raise ValueError(f"chunk record {name!r} does not match its name")
             cols = decode(carrays)
+            if any(len(v) != n for v in cols.values()):
+                raise ValueError(f"chunk record {name!r}: columns of different lengths")
             keep = on[at:at + n]
             at += n
             book.written[int(c)] = (name, seq.copy())
@@ -163,7 +169,10 @@ class ChunkBook:
         opened = arrays["seq"]
         if opened.dtype != np.int64 or opened.ndim != 1:
             raise ValueError("bad open chunk numbers")
-        parts.append(decode(arrays))
+        opened_cols = decode(arrays)
+        if any(len(v) != opened.size for v in opened_cols.values()):
+            raise ValueError("open chunk: columns of different lengths")
+        parts.append(opened_cols)
         seqs.append(opened)
         seq = np.concatenate(seqs)
         if len(book.written) != len(names):

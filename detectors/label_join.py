@@ -558,12 +558,13 @@ class JoinStore:
         arrays = {**_pred_arrays(pred, pp, "pred."), **pending, **_gone_arrays(gone, gp, "gone.")}
         return pack(SNAPSHOT_KIND, meta, arrays, key=key)
 
-    def snapshot_records(self, *, key: bytes | None = None) -> StoreRecords:
+    def snapshot_records(self, *, key: bytes | None = None, owner: str = "") -> StoreRecords:
         """The store as records (see :mod:`~driftline.detectors.join_chunks`): what is
         written grows with the entries taken in since the last records, not with the
         store. Write ``chunks`` (acknowledged) before ``store``; delete ``dropped`` once
         ``store`` is acknowledged. ``key`` signs the chunk records; the store record is
-        meant to travel inside a signed record of its owner (a model snapshot)."""
+        meant to travel inside a signed record of its ``owner`` (a model snapshot; its
+        name is in every chunk record, so one is never taken for another store's)."""
         meta, arrays = self._common()
         new: dict[str, bytes] = {}
         dropped: list[str] = []
@@ -571,7 +572,8 @@ class JoinStore:
                                 ("gone", self._gone, _gone_arrays)):
             pos = fifo.positions()
             m, a, recs, drop = self._books[name].records(
-                fifo.cols["seq"][pos], fifo.next_seq, partial(_encode_at, enc, fifo, pos), key)
+                fifo.cols["seq"][pos], fifo.next_seq, partial(_encode_at, enc, fifo, pos), key,
+                owner)
             meta[name] = m
             arrays.update({f"{name}.{k}": v for k, v in a.items()})
             new.update(recs)
@@ -622,9 +624,10 @@ class JoinStore:
 
     @classmethod
     def from_records(cls, data: bytes, load: Callable[[str], bytes | None], *,
-                     key: bytes | None = None) -> JoinStore:
+                     key: bytes | None = None, owner: str = "") -> JoinStore:
         """A store from :meth:`snapshot_records`' store record; ``load(name)``: the chunk
-        record of that name (None when it is missing), signed with ``key``."""
+        record of that name (None when it is missing), signed with ``key``, of
+        ``owner``'s store."""
         meta, arrays, _ = unpack(data, RECORDS_KIND)
         with _malformed("label join records"):
             store = cls._from_common(meta, arrays)
@@ -633,7 +636,7 @@ class JoinStore:
                 part = {k[len(name) + 1:]: v for k, v in arrays.items()
                         if k.startswith(f"{name}.")}
                 book, cols, seq, nxt = ChunkBook.restore(
-                    name, meta[name], part, load, key, partial(dec, prefix=""))
+                    name, meta[name], part, load, key, partial(dec, prefix=""), owner)
                 store._books[name] = book
                 found[name] = (cols, seq, nxt)
             store._fill(found["pred"][0], found["pred"][1:], found["gone"][0], found["gone"][1:])
@@ -700,7 +703,8 @@ def _malformed(what: str) -> Iterator[None]:
         yield
     except SnapshotError:
         raise
-    except (KeyError, TypeError, ValueError, UnicodeDecodeError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, UnicodeDecodeError, AttributeError,
+            IndexError) as exc:
         raise SnapshotError(f"malformed {what}: {exc!r}") from None
 
 

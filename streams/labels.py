@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
@@ -33,7 +33,7 @@ from driftline.detectors.label_join import (
 )
 from driftline.schemas.codecs import decode_label_columns
 from driftline.schemas.models import EventBatch, Rejection
-from driftline.streams.model_state import ModelState
+from driftline.streams.model_state import ModelState, drop_leftover_chunks
 
 if TYPE_CHECKING:
     from driftline.streams.processor import Output, Processor
@@ -57,10 +57,15 @@ class LabelSetup:
         return self.keep == "all" or (self.keep == "auto" and model in self.rules)
 
 
-def _ensure(st: ModelState, setup: LabelSetup) -> tuple[JoinStore, ConceptMonitor]:
-    """The state's join store and concept monitor, on the current configs."""
+def _ensure(st: ModelState, setup: LabelSetup,
+            record_keys: Callable[[str], list[str]] | None = None
+            ) -> tuple[JoinStore, ConceptMonitor]:
+    """The state's join store and concept monitor, on the current configs (a new store
+    takes over chunk records a former store of the state left, to delete them)."""
     if st.joins is None:
         st.joins = JoinStore(setup.join)
+        if record_keys is not None:
+            drop_leftover_chunks(st.key, st.joins, record_keys)
     elif st.joins.config != setup.join:
         st.joins.reconfigure(setup.join)
     cfg = setup.concept_for(st.model)
@@ -79,7 +84,7 @@ def join_predictions(proc: Processor, st: ModelState, batch: EventBatch, out: Ou
     ids = batch.event_id
     if not len(ids) or (ids[0] is None and (ids == None).all()):  # noqa: E711 (elementwise)
         return
-    joins, _ = _ensure(st, setup)
+    joins, _ = _ensure(st, setup, proc.snapshot_keys)
     labels = batch.prediction_label
     predicted = None if labels is None else canonical_labels(labels.tolist())
     before = joins.counts.copy()
@@ -134,7 +139,7 @@ def _apply_labels(proc: Processor, model: str, p: int, items: list[int], cols: _
     if not fresh:
         return
     try:
-        joins, _ = _ensure(st, proc.labels)
+        joins, _ = _ensure(st, proc.labels, proc.snapshot_keys)
         before = joins.counts.copy()
         ts = np.array([cols.ts[k] for k in fresh], dtype=np.float64)
         missing = ~np.isfinite(ts)

@@ -139,7 +139,7 @@ class ModelState:
         chunks: dict[str, bytes] = {}
         dropped: list[str] = []
         if self.joins is not None:
-            recs = self.joins.snapshot_records(key=key)
+            recs = self.joins.snapshot_records(key=key, owner=self.key)
             arrays["joins.records"] = np.frombuffer(recs.store, dtype=np.uint8)
             chunks = {join_record_key(self.key, n): b for n, b in recs.chunks.items()}
             dropped = [join_record_key(self.key, n) for n in recs.dropped]
@@ -224,13 +224,10 @@ class ModelState:
                                     "restoring needs the state topic")
             load, owner = records, st.key
             st.joins = JoinStore.from_records(arrays["joins.records"].tobytes(),
-                                              lambda n: load(join_record_key(owner, n)), key=key)
-            if record_keys is not None:
-                prefix = join_record_key(owner, "")
-                named = set(st.joins.chunk_names())
-                st.joins.drop_chunks([n for k in record_keys(prefix)  # (not another
-                                      if is_chunk_name(n := k[len(prefix):])  # model's keys)
-                                      and n not in named])
+                                              lambda n: load(join_record_key(owner, n)), key=key,
+                                              owner=owner)
+        if st.joins is not None and record_keys is not None:
+            drop_leftover_chunks(st.key, st.joins, record_keys)
         if "concept" in arrays:
             st.concept = ConceptMonitor.from_snapshot(arrays["concept"].tobytes())
         rid = meta.get("reference_id")
@@ -329,6 +326,17 @@ class SnapshotRecords:
     snapshot: bytes
     chunks: dict[str, bytes]
     dropped: list[str]
+
+
+def drop_leftover_chunks(state: str, joins: JoinStore,
+                         record_keys: Callable[[str], list[str]]) -> None:
+    """Have ``joins`` delete the chunk records of the state ``state`` that it does not
+    name (left by a writer that stopped before deleting them), and name its own next
+    chunks past them. Only names of the chunk pattern: never another model's keys."""
+    prefix = join_record_key(state, "")
+    named = set(joins.chunk_names())
+    joins.drop_chunks([n for k in record_keys(prefix)
+                       if is_chunk_name(n := k[len(prefix):]) and n not in named])
 
 
 def join_record_key(state: str, name: str) -> str:

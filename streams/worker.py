@@ -82,7 +82,7 @@ from driftline.streams.kafka_config import consumer_config, producer_config
 from driftline.streams.labels import label_status
 from driftline.streams.metrics import WorkerMetrics
 from driftline.streams.model_config import ModelConfigError, ModelConfigs, decode_record
-from driftline.streams.model_state import ModelState, SnapshotRecords
+from driftline.streams.model_state import ModelState, SnapshotRecords, join_record_key
 from driftline.streams.processor import UNATTRIBUTED, Processor
 from driftline.streams.reference_records import ReferenceRecords
 from driftline.streams.settings import Settings
@@ -785,31 +785,51 @@ class Worker:
             cid = self._new_cluster_id()
             if cid is not None:
                 raise ClusterChanged(cid)
-        written = [(m, st, st.snapshot_records(key=self._key)) for m in names
-                   if (st := self.processor.models.get(m)) is not None]
-        chunks = [(k, b) for _, _, recs in written for k, b in recs.chunks.items()]
-        if chunks:  # label-join chunk records: acknowledged before the snapshots naming them
-            for k, b in chunks:
-                self._producer.produce(s.state_topic, b, key=k.encode(),
+        touched: list[ModelState] = []
+        written: list[tuple[str, ModelState, SnapshotRecords]] = []
+        try:
+            for m in names:
+                if (st := self.processor.models.get(m)) is None:
+                    continue
+                touched.append(st)
+                written.append((m, st, st.snapshot_records(key=self._key)))
+            chunks = [(k, b) for _, _, recs in written for k, b in recs.chunks.items()]
+            if chunks:  # label-join chunk records: acknowledged before the snapshots naming them
+                for k, b in chunks:
+                    self._producer.produce(s.state_topic, b, key=k.encode(),
+                                           on_delivery=self._on_delivery)
+                    self._snapshots[k] = b
+                self._flush_acknowledged()
+            for m, st, recs in written:
+                self._producer.produce(s.state_topic, recs.snapshot, key=m.encode(),
                                        on_delivery=self._on_delivery)
-                self._snapshots[k] = b
-            self._flush_or_rewrite(written)
-        for m, st, recs in written:
-            self._producer.produce(s.state_topic, recs.snapshot, key=m.encode(),
-                                   on_delivery=self._on_delivery)
-            self._producer.produce(s.status_topic, orjson.dumps(self.status_of(st)),
-                                   key=m.encode(), on_delivery=self._on_delivery)
-            self.metrics.snapshot_bytes.labels(st.model).inc(
-                len(recs.snapshot) + sum(map(len, recs.chunks.values())))
-            self._snapshots[m] = recs.snapshot
-            st.dirty = False
-            self.stats.snapshots += 1
-        if written:
-            self._flush_or_rewrite(written)
-        for _, _, recs in written:  # chunk records no acknowledged snapshot names any more
-            for k in recs.dropped:
-                self._producer.produce(s.state_topic, None, key=k.encode(),
-                                       on_delivery=self._on_delivery)
+                self._producer.produce(s.status_topic, orjson.dumps(self.status_of(st)),
+                                       key=m.encode(), on_delivery=self._on_delivery)
+                self.metrics.snapshot_bytes.labels(st.model).inc(
+                    len(recs.snapshot) + sum(map(len, recs.chunks.values())))
+                self._snapshots[m] = recs.snapshot
+                st.dirty = False
+                self.stats.snapshots += 1
+            if written:
+                self._flush_acknowledged()
+        except BaseException:
+            # not known to be on the state topic: written again at the next checkpoint,
+            # with every label-join chunk again (under new names)
+            for st in touched:
+                st.dirty = True
+                if st.joins is not None:
+                    st.joins.rewrite_chunks()
+            raise
+        for _, st, recs in written:  # chunk records no acknowledged snapshot names any more
+            for i, k in enumerate(recs.dropped):
+                try:
+                    self._producer.produce(s.state_topic, None, key=k.encode(),
+                                           on_delivery=self._on_delivery)
+                except BaseException:  # the rest are deleted with the next snapshot
+                    if st.joins is not None:
+                        cut = len(join_record_key(st.key, ""))
+                        st.joins.drop_chunks([d[cut:] for d in recs.dropped[i:]])
+                    raise
                 self._snapshots.pop(k, None)
         self._last_snapshot = time.monotonic()
         cid = self._new_cluster_id()  # never commit positions of one cluster into another
@@ -829,18 +849,6 @@ class Worker:
     def _state_keys(self, prefix: str) -> list[str]:
         """Keys of the state records read or written, with this prefix."""
         return [k for k in self._snapshots if k.startswith(prefix)]
-
-    def _flush_or_rewrite(self, written: list[tuple[str, ModelState, SnapshotRecords]]) -> None:
-        """Wait for the acknowledgements; when they fail, the models are written again at
-        the next checkpoint, their label-join chunks too (under new names)."""
-        try:
-            self._flush_acknowledged()
-        except KafkaException:
-            for _, st, _ in written:  # not known to be on the state topic
-                st.dirty = True
-                if st.joins is not None:
-                    st.joins.rewrite_chunks()
-            raise
 
     def status_of(self, st: ModelState) -> dict[str, Any]:
         return {

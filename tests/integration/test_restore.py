@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -264,3 +265,46 @@ def test_a_snapshot_the_broker_did_not_take_is_written_again_before_a_commit(
     with contextlib.suppress(AssertionError):
         wait_for(lambda: _applied(s) == expected, 60, "the status topic")
     assert _applied(s) == expected
+
+
+def test_a_label_join_chunk_the_broker_did_not_take_is_written_again(
+    kafka_bootstrap: str, unique_name: Callable[[str], str],
+    start_worker: Callable[..., Any],
+) -> None:
+    # the first chunk record of a model's join store (its first 4,096 waiting predictions)
+    # never reaches the broker: the checkpoint fails, and the next one writes every chunk
+    # again under new names before a snapshot names them; a worker restarted afterwards
+    # restores all the waiting predictions, and every label joins
+    s = isolated_settings(kafka_bootstrap, unique_name, partitions=1, label_join="all",
+                          auto_reference_events=500, pane_size=250)
+    n, model = 6000, "joined"
+    first = start_worker(s)
+    w = first.worker
+    producer = _LosesFirst(w, lambda topic, key: topic == s.state_topic
+                           and key is not None and b"/joins/pred/" in key)
+    w._producer = producer
+    wait_for(lambda: w.ready and w._assigned == {0}, 60, "the assignment")
+    rng = np.random.default_rng(9)
+    with DriftlineProducer(s.kafka(), s.inference_topic, labels_topic=s.labels_topic,
+                           batch_size=250) as p:
+        for i in range(n):
+            assert p.emit(model, {"x": float(rng.normal())}, float(rng.random()),
+                          event_id=f"e{i}", ts=1.7e9 + i)
+        assert p.flush(30) == 0
+        wait_for(lambda: bool(producer.lost) and w.stats.applied == n
+                 and (st := w.processor.models.get(f"{model}@0")) is not None and not st.dirty,
+                 60, "a checkpoint after the loss")
+        lost = producer.lost[0]
+        state = read_compacted(s.kafka(), s.state_topic, timeout=30)
+        chunks = [k for k in state if k.startswith(f"{model}@0/joins/pred/".encode())]
+        assert chunks and all(state[k] != lost for k in chunks)  # written again, renamed
+        first.stop()
+        second = start_worker(s)
+        wait_for(lambda: second.worker.ready, 60, "the second worker")
+        for i in range(n):
+            assert p.emit_label(model, f"e{i}", bool(i % 2), ts=1.7e9 + i + 5)
+        assert p.flush(30) == 0
+        wait_for(lambda: second.worker.stats.labels >= n, 60, "labels taken")
+    second.stop()
+    labels = {m["model"]: m for m in collect_status(s)["models"]}[model]["labels"]
+    assert labels["joined"] == n and labels["unmatched"] == 0, labels

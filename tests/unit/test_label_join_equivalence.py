@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 
 from driftline.detectors.concept import ConceptConfig, ConceptMonitor
 from driftline.detectors.errors import SnapshotError
+from driftline.detectors.join_chunks import CHUNK_KIND
 from driftline.detectors.label_join import (
     _EVICTED,
     _EXPIRED,
@@ -30,7 +31,7 @@ from driftline.detectors.label_join import (
     _Fifo,
     _put_strs,
 )
-from driftline.detectors.serialization import pack
+from driftline.detectors.serialization import pack, unpack
 
 
 class _Rows:
@@ -529,3 +530,23 @@ def test_records_that_do_not_fit_together_are_refused() -> None:
         JoinStore.from_records(recs.store, topic.get, key=b"x" * 32)
     with pytest.raises(SnapshotError):
         JoinStore.from_records(recs.store[:-9], topic.get, key=key)
+
+
+def test_chunk_records_are_bound_to_their_store_and_checked_whole() -> None:
+    store = JoinStore(JoinConfig(), chunk_entries=8)
+    store.add_predictions([f"a{i}" for i in range(10)], [0.5] * 10, None, [1.0] * 10)
+    store.add_labels(["a1", "a3"], ["1", "1"], [2.0, 2.0])
+    recs = store.snapshot_records(owner="m@1")
+    topic = dict(recs.chunks)
+    assert JoinStore.from_records(recs.store, topic.get, owner="m@1").snapshot() == store.snapshot()
+    with pytest.raises(SnapshotError):  # another store's chunk under the same name
+        JoinStore.from_records(recs.store, topic.get, owner="m@2")
+    meta, arrays, _ = unpack(topic["pred/0/0"], CHUNK_KIND)
+    seq = arrays["seq"]
+    assert seq.size == 6  # 8 numbered, 2 joined before the chunk was written
+    unsorted = {**arrays, "seq": seq[[0, 2, 1, 3, 4, 5]]}
+    short = {**arrays, "score": arrays["score"][:-1]}
+    for bad in (unsorted, short):  # the entries left in would still look fine
+        with pytest.raises(SnapshotError):
+            JoinStore.from_records(recs.store, {**topic, "pred/0/0": pack(CHUNK_KIND, meta, bad)}.get,
+                                   owner="m@1")
