@@ -27,14 +27,15 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from itertools import repeat
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from driftline.detectors.errors import SnapshotError
 from driftline.detectors.join_chunks import CHUNK_ENTRIES, ChunkBook
-from driftline.detectors.serialization import pack, unpack
+from driftline.detectors.join_fifo import Fifo
+from driftline.detectors.serialization import get_strs, pack, put_strs, unpack
 
 FloatArray = NDArray[np.float64]
 SNAPSHOT_KIND = "driftline.labeljoin"
@@ -142,184 +143,6 @@ class Joined:
         return self.label_ts - self.prediction_ts
 
 
-class _Fifo:
-    """Entries in arrival order in a ring of numpy columns (ids and values), with a dict
-    from id to ring slot for the entries still in.
-
-    Taking a batch in is one slice assignment per column and one ``dict.update`` whose
-    values come from a list of the slot numbers made once (no int object per entry). An
-    entry that leaves (or is taken in again: the newest counts, at the end) only leaves
-    the dict; its slot is skipped when the oldest are dropped, and the ring is rebuilt
-    without such slots when it is full, so it stays within a small multiple of the
-    entries in.
-    """
-
-    def __init__(self, columns: dict[str, Any], slot_numbers: list[int]) -> None:
-        self.index: dict[str, int] = {}
-        self.cap = 0
-        self.ids: NDArray[Any] = np.empty(0, dtype=object)
-        self.cols: dict[str, NDArray[Any]] = {k: np.empty(0, dtype=dt) for k, dt in
-                                              {**columns, "seq": np.int64}.items()}
-        self.head = self.tail = 0  # counters; slot = counter % cap; head..tail may hold entries
-        self.next_seq = 0  # each entry's "seq": its number, never reused (chunk records)
-        self._slot_numbers = slot_numbers  # [0, 1, 2, ...], as long as needed (may be shared)
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def append(self, ids: Sequence[str], values: dict[str, Any],
-               id_array: NDArray[Any] | None = None,
-               seqs: NDArray[np.int64] | None = None) -> None:
-        """Take entries in at the end (an id already in moves to the end); ``id_array``:
-        the same ids as an object array, when there is one (faster to store); ``seqs``:
-        their numbers (increasing, from ``next_seq`` on; default: the next ones)."""
-        n = len(ids)
-        if not n:
-            return
-        if seqs is None:
-            seqs = np.arange(self.next_seq, self.next_seq + n, dtype=np.int64)
-        self.next_seq = max(self.next_seq, int(seqs[-1]) + 1)
-        values = {**values, "seq": seqs}
-        if self.tail + n - self.head > self.cap:
-            self._room(n)
-        s = self.tail % self.cap
-        k = min(n, self.cap - s)  # before the end of the ring; the rest wraps to its start
-        pieces = ((s, 0, k), (0, k, n)) if k < n else ((s, 0, n),)
-        for at, a, b in pieces:
-            self.ids[at:at + b - a] = (ids if id_array is None else id_array)[a:b]
-            for name, v in values.items():
-                self.cols[name][at:at + b - a] = v[a:b] if isinstance(v, list | np.ndarray) else v
-        nums = self._slot_numbers
-        self.index.update(zip(ids, nums[s:s + k] + nums[:n - k] if k < n else nums[s:s + n],
-                              strict=True))
-        self.tail += n
-
-    def _slots(self, start: int, stop: int) -> NDArray[np.intp]:
-        return np.arange(start, stop) % self.cap
-
-    def _live(self, slots: NDArray[np.intp]) -> NDArray[np.bool_]:
-        """Which of these slots hold entries that are in."""
-        ids = self.ids[slots].tolist()
-        found = np.fromiter(map(self.index.get, ids, repeat(-1, len(ids))), dtype=np.int64,
-                            count=len(ids))
-        live: NDArray[np.bool_] = found == slots
-        return live
-
-    def positions(self) -> NDArray[np.intp]:
-        """Slots of the entries in, oldest first (the index's slots, in ring order)."""
-        slots = self._slots(self.head, self.tail)
-        if not self.index:
-            return slots[:0]
-        live = np.zeros(self.cap, dtype=bool)
-        live[np.fromiter(self.index.values(), dtype=np.intp, count=len(self.index))] = True
-        return slots[live[slots]]
-
-    def _room(self, n: int) -> None:
-        """A larger ring with room for ``n`` more. Mostly left slots: rebuilt with the
-        entries in only, renumbered; else the slots keep their numbers, but for the part
-        that wrapped around to the ring's start, which moves behind the rest."""
-        live, span, cap = len(self.index), self.tail - self.head, self.cap
-        if cap and span > 2 * live + 64:
-            pos = self.positions()
-            new_cap = max(64, 2 * (live + n))
-            self._resize(new_cap, ((pos, slice(0, live)),))
-            self.head, self.tail = 0, live
-            self.index.update(zip(self.ids[:live].tolist(), self._slot_numbers[:live],
-                                  strict=True))
-            return
-        new_cap = max(64, 2 * (span + n))
-        h = self.head % cap if cap else 0
-        first = min(span, cap - h)
-        rest = span - first  # at the ring's start; moves to cap..
-        self._resize(new_cap, ((slice(h, h + first), slice(h, h + first)),
-                               (slice(0, rest), slice(cap, cap + rest))))
-        self.head, self.tail = h, h + span
-        if rest:  # renumber the entries in among the moved slots
-            ids = self.ids[cap:cap + rest].tolist()
-            found = np.fromiter(map(self.index.get, ids, repeat(-1, len(ids))), dtype=np.int64,
-                                count=len(ids))
-            kept: list[int] = np.flatnonzero(np.equal(found, np.arange(rest))).tolist()
-            nums = self._slot_numbers
-            self.index.update(zip([ids[i] for i in kept], [nums[cap + i] for i in kept],
-                                  strict=True))
-
-    def _resize(self, cap: int, moves: tuple[tuple[NDArray[np.intp] | slice, slice], ...]
-                ) -> None:
-        """New arrays of ``cap`` slots; each (from, to) pair is copied: slots (an array of
-        them or a range, as a slice) to a range of as many."""
-        ids = np.empty(cap, dtype=object)
-        cols = {name: np.empty(cap, dtype=col.dtype) for name, col in self.cols.items()}
-        for src, dst in moves:
-            if dst.stop > dst.start:
-                ids[dst] = self.ids[src]
-                for name, col in self.cols.items():
-                    cols[name][dst] = col[src]
-        self.ids, self.cols, self.cap = ids, cols, cap
-        nums = self._slot_numbers
-        if len(nums) < cap:
-            nums.extend(range(len(nums), cap))
-
-    def pop(self, eid: str) -> int:
-        """Slot of ``eid``'s entry, which leaves; -1 when it is not in."""
-        slot = self.index.pop(eid, None)
-        return -1 if slot is None else slot
-
-    def discard(self, ids: Sequence[str]) -> None:
-        """Let these entries leave (ids that are not in are ignored)."""
-        index = self.index
-        if index and not index.keys().isdisjoint(ids):
-            for eid in index.keys() & set(ids):
-                del index[eid]
-
-    def pop_oldest(self, k: int) -> NDArray[np.intp]:
-        """Slots of the ``k`` oldest entries, which leave."""
-        out: list[NDArray[np.intp]] = []
-        pos, block = self.head, 16
-        while k > 0 and pos < self.tail:
-            stop = min(self.tail, pos + max(block, k))
-            slots = self._slots(pos, stop)
-            idx = np.flatnonzero(self._live(slots))[:k]
-            out.append(slots[idx])
-            k -= idx.size
-            pos = pos + int(idx[-1]) + 1 if k == 0 else stop
-            block *= 4
-        return self._drop(pos, out)
-
-    def pop_before(self, column: str, cutoff: float) -> NDArray[np.intp]:
-        """Slots of the oldest entries up to the first whose ``column`` is at or after
-        ``cutoff`` (NaN counts as before), which leave."""
-        pos, col = self.head, self.cols[column]
-        if pos < self.tail:  # the common case: the oldest slot holds an entry in time
-            i = pos % self.cap
-            if self.index.get(self.ids[i]) == i and col[i] >= cutoff:
-                return np.zeros(0, dtype=np.intp)
-        out: list[NDArray[np.intp]] = []
-        block = 16
-        while pos < self.tail:
-            stop = min(self.tail, pos + block)
-            slots = self._slots(pos, stop)
-            live = self._live(slots)
-            keep = np.flatnonzero(live & (col[slots] >= cutoff))
-            if keep.size:
-                j = int(keep[0])
-                out.append(slots[:j][live[:j]])
-                pos += j
-                break
-            out.append(slots[live])
-            pos = stop
-            block *= 4
-        return self._drop(pos, out)
-
-    def _drop(self, head: int, out: list[NDArray[np.intp]]) -> NDArray[np.intp]:
-        """Move the head; the entries at the slots ``out`` leave."""
-        self.head = head
-        res = np.concatenate(out) if out else np.zeros(0, dtype=np.intp)
-        index = self.index
-        for eid in self.ids[res].tolist():
-            del index[eid]
-        return res
-
-
 class JoinStore:
     """Predictions waiting for labels and labels waiting for predictions, both bounded."""
 
@@ -329,10 +152,10 @@ class JoinStore:
         self.counts = JoinCounts()
         self.watermark = -math.inf  # newest event time seen on either stream
         slot_numbers: list[int] = []
-        self._pred = _Fifo({"score": np.float64, "ts": np.float64, "cls": object}, slot_numbers)
+        self._pred = Fifo({"score": np.float64, "ts": np.float64, "cls": object}, slot_numbers)
         # OrderedDict: dropping the oldest entry is O(1) (a plain dict rescans its deleted head)
         self._pending: OrderedDict[str, tuple[str, float]] = OrderedDict()
-        self._gone = _Fifo({"why": np.int8}, slot_numbers)  # ids that left the store, and why
+        self._gone = Fifo({"why": np.int8}, slot_numbers)  # ids that left the store, and why
         # chunk records of both FIFOs (snapshot_records)
         self._books = {"pred": ChunkBook("pred", chunk_entries),
                        "gone": ChunkBook("gone", chunk_entries)}
@@ -604,8 +427,8 @@ class JoinStore:
         pend_ids = list(self._pending)
         qv = list(self._pending.values())
         arrays: dict[str, NDArray[Any]] = {}
-        _put_strs(arrays, "pending.id", pend_ids)
-        _put_strs(arrays, "pending.label", [v[0] for v in qv])
+        put_strs(arrays, "pending.id", pend_ids)
+        put_strs(arrays, "pending.label", [v[0] for v in qv])
         arrays["pending.ts"] = np.asarray([v[1] for v in qv], dtype=np.float64)
         meta = {"config": asdict(self.config), "counts": asdict(self.counts),
                 "watermark": self.watermark if math.isfinite(self.watermark) else None}
@@ -657,8 +480,8 @@ class JoinStore:
                                or not math.isfinite(wm)):
             raise ValueError("bad watermark")
         store.watermark = -math.inf if wm is None else float(wm)
-        pids = _get_strs(arrays, "pending.id")
-        labels = _get_strs(arrays, "pending.label")
+        pids = get_strs(arrays, "pending.id")
+        labels = get_strs(arrays, "pending.label")
         pts = arrays["pending.ts"]
         _same_length(pids, labels, pts)
         if any(lab is None for lab in labels) or any(i is None for i in pids):
@@ -718,30 +541,30 @@ class StoreRecords:
     dropped: list[str]
 
 
-def _encode_at(enc: Callable[[_Fifo, NDArray[np.intp], str], dict[str, NDArray[Any]]],
-               fifo: _Fifo, pos: NDArray[np.intp], i: NDArray[np.intp]) -> dict[str, NDArray[Any]]:
+def _encode_at(enc: Callable[[Fifo, NDArray[np.intp], str], dict[str, NDArray[Any]]],
+               fifo: Fifo, pos: NDArray[np.intp], i: NDArray[np.intp]) -> dict[str, NDArray[Any]]:
     """``enc``'s arrays of the entries at ``pos[i]`` (no prefix: a chunk record's own)."""
     return enc(fifo, pos[i], "")
 
 
-def _pred_arrays(fifo: _Fifo, pos: NDArray[np.intp], prefix: str) -> dict[str, NDArray[Any]]:
+def _pred_arrays(fifo: Fifo, pos: NDArray[np.intp], prefix: str) -> dict[str, NDArray[Any]]:
     arrays: dict[str, NDArray[Any]] = {}
-    _put_strs(arrays, f"{prefix}id", fifo.ids[pos].tolist())
-    _put_strs(arrays, f"{prefix}class", fifo.cols["cls"][pos].tolist())
+    put_strs(arrays, f"{prefix}id", fifo.ids[pos].tolist())
+    put_strs(arrays, f"{prefix}class", fifo.cols["cls"][pos].tolist())
     arrays[f"{prefix}score"] = fifo.cols["score"][pos]
     arrays[f"{prefix}ts"] = fifo.cols["ts"][pos]
     return arrays
 
 
-def _gone_arrays(fifo: _Fifo, pos: NDArray[np.intp], prefix: str) -> dict[str, NDArray[Any]]:
+def _gone_arrays(fifo: Fifo, pos: NDArray[np.intp], prefix: str) -> dict[str, NDArray[Any]]:
     arrays: dict[str, NDArray[Any]] = {}
-    _put_strs(arrays, f"{prefix}id", fifo.ids[pos].tolist())
+    put_strs(arrays, f"{prefix}id", fifo.ids[pos].tolist())
     arrays[f"{prefix}why"] = fifo.cols["why"][pos]
     return arrays
 
 
 def _pred_columns(arrays: dict[str, NDArray[Any]], prefix: str) -> dict[str, Any]:
-    ids, cls_ = _get_strs(arrays, f"{prefix}id"), _get_strs(arrays, f"{prefix}class")
+    ids, cls_ = get_strs(arrays, f"{prefix}id"), get_strs(arrays, f"{prefix}class")
     score, ts = arrays[f"{prefix}score"], arrays[f"{prefix}ts"]
     _same_length(ids, cls_, score, ts)
     if score.dtype != np.float64 or ts.dtype != np.float64:
@@ -750,70 +573,11 @@ def _pred_columns(arrays: dict[str, NDArray[Any]], prefix: str) -> dict[str, Any
 
 
 def _gone_columns(arrays: dict[str, NDArray[Any]], prefix: str) -> dict[str, Any]:
-    ids, why = _get_strs(arrays, f"{prefix}id"), arrays[f"{prefix}why"]
+    ids, why = get_strs(arrays, f"{prefix}id"), arrays[f"{prefix}why"]
     _same_length(ids, why)
     if not np.isin(why, (_EXPIRED, _EVICTED, _JOINED)).all():
         raise ValueError("bad reason codes")
     return {"id": ids, "why": why.astype(np.int8)}
-
-
-def _put_strs(arrays: dict[str, np.ndarray], name: str, values: Sequence[str | None]) -> None:
-    """Strings (or None) as one UTF-8 byte array plus lengths (-1 = None).
-
-    Event ids and class labels are ASCII almost always: then the strings are joined and
-    encoded once and their lengths are their character counts (no bytes object per
-    string); otherwise each is encoded (``surrogatepass``: any ``str`` round-trips)."""
-    vals = values if isinstance(values, list) else list(values)
-    nones = vals.count(None)
-    if nones == len(vals):  # e.g. the predicted class of a score model
-        arrays[f"{name}.bytes"] = np.zeros(0, dtype=np.uint8)
-        arrays[f"{name}.len"] = np.full(len(vals), -1, dtype=np.int64)
-        return
-    present: list[str] = [v for v in vals if v is not None] if nones else cast(list[str], vals)
-    text = "".join(present)
-    if text.isascii():
-        raw = text.encode("ascii")
-        sizes = np.fromiter(map(len, present), dtype=np.int64, count=len(present))
-    else:
-        enc = [v.encode("utf-8", "surrogatepass") for v in present]
-        raw = b"".join(enc)
-        sizes = np.fromiter(map(len, enc), dtype=np.int64, count=len(enc))
-    if nones:
-        lens = np.full(len(vals), -1, dtype=np.int64)
-        lens[np.fromiter((v is not None for v in vals), dtype=bool, count=len(vals))] = sizes
-    else:
-        lens = sizes
-    arrays[f"{name}.bytes"] = np.frombuffer(raw, dtype=np.uint8)
-    arrays[f"{name}.len"] = lens
-
-
-def _get_strs(arrays: dict[str, np.ndarray], name: str) -> list[Any]:
-    raw = arrays[f"{name}.bytes"]
-    lens = arrays[f"{name}.len"]
-    if raw.dtype != np.uint8 or lens.dtype != np.int64 or raw.ndim != 1 or lens.ndim != 1:
-        raise ValueError(f"bad string arrays {name!r}")
-    if (lens < -1).any() or int(lens[lens > 0].sum()) != raw.size:
-        raise ValueError(f"string lengths of {name!r} do not match their bytes")
-    data = raw.tobytes()
-    if data.isascii():  # one decode, then slices of the text (ASCII: bytes = characters)
-        text = data.decode("ascii")
-        size = np.maximum(lens, 0)
-        ends = np.cumsum(size)
-        out: list[str | None] = [text[a:b] for a, b in zip((ends - size).tolist(),
-                                                            ends.tolist(), strict=True)]
-        if size.size and lens.min() < 0:
-            for i in np.flatnonzero(lens < 0).tolist():
-                out[i] = None
-        return out
-    out = []
-    pos = 0
-    for n in lens.tolist():
-        if n < 0:
-            out.append(None)
-            continue
-        out.append(data[pos:pos + n].decode("utf-8", "surrogatepass"))
-        pos += n
-    return out
 
 
 def _same_length(*cols: Any) -> None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
 import numpy as np
 import orjson
@@ -155,3 +156,62 @@ def unpack(
     if not isinstance(meta, dict):
         raise SnapshotError("malformed snapshot meta")
     return meta, arrays, version
+
+
+def put_strs(arrays: dict[str, np.ndarray], name: str, values: Sequence[str | None]) -> None:
+    """Strings (or None) as one UTF-8 byte array plus lengths (-1 = None).
+
+    Event ids and class labels are ASCII almost always: then the strings are joined and
+    encoded once and their lengths are their character counts (no bytes object per
+    string); otherwise each is encoded (``surrogatepass``: any ``str`` round-trips)."""
+    vals = values if isinstance(values, list) else list(values)
+    nones = vals.count(None)
+    if nones == len(vals):  # e.g. the predicted class of a score model
+        arrays[f"{name}.bytes"] = np.zeros(0, dtype=np.uint8)
+        arrays[f"{name}.len"] = np.full(len(vals), -1, dtype=np.int64)
+        return
+    present: list[str] = [v for v in vals if v is not None] if nones else cast(list[str], vals)
+    text = "".join(present)
+    if text.isascii():
+        raw = text.encode("ascii")
+        sizes = np.fromiter(map(len, present), dtype=np.int64, count=len(present))
+    else:
+        enc = [v.encode("utf-8", "surrogatepass") for v in present]
+        raw = b"".join(enc)
+        sizes = np.fromiter(map(len, enc), dtype=np.int64, count=len(enc))
+    if nones:
+        lens = np.full(len(vals), -1, dtype=np.int64)
+        lens[np.fromiter((v is not None for v in vals), dtype=bool, count=len(vals))] = sizes
+    else:
+        lens = sizes
+    arrays[f"{name}.bytes"] = np.frombuffer(raw, dtype=np.uint8)
+    arrays[f"{name}.len"] = lens
+
+
+def get_strs(arrays: dict[str, np.ndarray], name: str) -> list[Any]:
+    raw = arrays[f"{name}.bytes"]
+    lens = arrays[f"{name}.len"]
+    if raw.dtype != np.uint8 or lens.dtype != np.int64 or raw.ndim != 1 or lens.ndim != 1:
+        raise ValueError(f"bad string arrays {name!r}")
+    if (lens < -1).any() or int(lens[lens > 0].sum()) != raw.size:
+        raise ValueError(f"string lengths of {name!r} do not match their bytes")
+    data = raw.tobytes()
+    if data.isascii():  # one decode, then slices of the text (ASCII: bytes = characters)
+        text = data.decode("ascii")
+        size = np.maximum(lens, 0)
+        ends = np.cumsum(size)
+        out: list[str | None] = [text[a:b] for a, b in zip((ends - size).tolist(),
+                                                            ends.tolist(), strict=True)]
+        if size.size and lens.min() < 0:
+            for i in np.flatnonzero(lens < 0).tolist():
+                out[i] = None
+        return out
+    out = []
+    pos = 0
+    for n in lens.tolist():
+        if n < 0:
+            out.append(None)
+            continue
+        out.append(data[pos:pos + n].decode("utf-8", "surrogatepass"))
+        pos += n
+    return out

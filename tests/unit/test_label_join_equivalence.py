@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 from driftline.detectors.concept import ConceptConfig, ConceptMonitor
 from driftline.detectors.errors import SnapshotError
 from driftline.detectors.join_chunks import CHUNK_KIND
+from driftline.detectors.join_fifo import Fifo
 from driftline.detectors.label_join import (
     _EVICTED,
     _EXPIRED,
@@ -28,10 +29,8 @@ from driftline.detectors.label_join import (
     JoinCounts,
     Joined,
     JoinStore,
-    _Fifo,
-    _put_strs,
 )
-from driftline.detectors.serialization import pack, unpack
+from driftline.detectors.serialization import pack, put_strs, unpack
 
 
 class _Rows:
@@ -213,14 +212,14 @@ class ReferenceStore:
     def snapshot(self) -> bytes:
         pv, qv = list(self._pred.values()), list(self._pending.values())
         arrays: dict[str, np.ndarray] = {}
-        _put_strs(arrays, "pred.id", list(self._pred))
-        _put_strs(arrays, "pred.class", [v[1] for v in pv])
+        put_strs(arrays, "pred.id", list(self._pred))
+        put_strs(arrays, "pred.class", [v[1] for v in pv])
         arrays["pred.score"] = np.asarray([v[0] for v in pv], dtype=np.float64)
         arrays["pred.ts"] = np.asarray([v[2] for v in pv], dtype=np.float64)
-        _put_strs(arrays, "pending.id", list(self._pending))
-        _put_strs(arrays, "pending.label", [v[0] for v in qv])
+        put_strs(arrays, "pending.id", list(self._pending))
+        put_strs(arrays, "pending.label", [v[0] for v in qv])
         arrays["pending.ts"] = np.asarray([v[1] for v in qv], dtype=np.float64)
-        _put_strs(arrays, "gone.id", list(self._gone))
+        put_strs(arrays, "gone.id", list(self._gone))
         arrays["gone.why"] = np.asarray(list(self._gone.values()), dtype=np.int8)
         meta = {"config": asdict(self.config), "counts": asdict(self.counts),
                 "watermark": self.watermark if math.isfinite(self.watermark) else None}
@@ -314,8 +313,8 @@ def test_binary_outcomes_match_the_row_by_row_rule(positive: str) -> None:
                 assert codes[i] == 0
 
 
-class _PreviousFifo(_Fifo):
-    """_Fifo with ``_room``/``_resize`` as before the copies were slices (index arrays)."""
+class _PreviousFifo(Fifo):
+    """Fifo with ``_room``/``_resize`` as before the copies were slices (index arrays)."""
 
     def _room(self, n: int) -> None:
         live, span, cap = len(self.index), self.tail - self.head, self.cap
@@ -358,7 +357,7 @@ class _PreviousFifo(_Fifo):
             nums.extend(range(len(nums), cap))
 
 
-def _same_fifo(a: _Fifo, b: _Fifo, where: str) -> None:
+def _same_fifo(a: Fifo, b: Fifo, where: str) -> None:
     assert (a.head, a.tail, a.cap) == (b.head, b.tail, b.cap), where
     assert a.index == b.index and list(a.index) == list(b.index), where
     used = a.positions()
@@ -375,7 +374,7 @@ def test_ring_growth_and_compaction_match_the_index_array_copies(seed: int) -> N
     growth with and without a wrapped part and compaction."""
     rng = np.random.default_rng(seed)
     cols: dict[str, Any] = {"score": np.float64, "ts": np.float64, "cls": object}
-    new, old = _Fifo(cols, []), _PreviousFifo(cols, [])
+    new, old = Fifo(cols, []), _PreviousFifo(cols, [])
     t = 0.0
     for step in range(300):
         n = int(rng.choice([0, 1, 3, 17, 64, 200]))

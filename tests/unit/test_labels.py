@@ -20,11 +20,10 @@ from driftline.detectors.label_join import (
     JoinConfig,
     Joined,
     JoinStore,
-    _get_strs,
-    _put_strs,
     canonical_label,
 )
 from driftline.detectors.monitor import MonitorConfig
+from driftline.detectors.serialization import get_strs, put_strs
 from driftline.schemas.codecs import encode_envelope_rows
 from driftline.schemas.limits import Limits
 from driftline.streams.metrics import WorkerMetrics
@@ -126,11 +125,11 @@ def test_snapshot_string_columns_are_the_per_string_encoding(values: list[str | 
     # the joined ASCII fast path writes what encoding each string on its own writes
     # (lone surrogates, empty strings, None, all-None and mixed columns), and reads it back
     arrays: dict[str, np.ndarray] = {}
-    _put_strs(arrays, "c", values)
+    put_strs(arrays, "c", values)
     raw, lens = _strs_oracle(values)
     assert arrays["c.bytes"].tobytes() == raw and arrays["c.len"].tolist() == lens
     assert arrays["c.bytes"].dtype == np.uint8 and arrays["c.len"].dtype == np.int64
-    assert _get_strs(arrays, "c") == values
+    assert get_strs(arrays, "c") == values
 
 
 def test_canonical_labels_agree_across_types() -> None:

@@ -1,0 +1,189 @@
+"""The label join's FIFO: entries in arrival order in a ring of numpy columns, with a
+dict from id to ring slot (see :class:`Fifo`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import repeat
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+class Fifo:
+    """Entries in arrival order in a ring of numpy columns (ids and values), with a dict
+    from id to ring slot for the entries still in.
+
+    Taking a batch in is one slice assignment per column and one ``dict.update`` whose
+    values come from a list of the slot numbers made once (no int object per entry). An
+    entry that leaves (or is taken in again: the newest counts, at the end) only leaves
+    the dict; its slot is skipped when the oldest are dropped, and the ring is rebuilt
+    without such slots when it is full, so it stays within a small multiple of the
+    entries in.
+    """
+
+    def __init__(self, columns: dict[str, Any], slot_numbers: list[int]) -> None:
+        self.index: dict[str, int] = {}
+        self.cap = 0
+        self.ids: NDArray[Any] = np.empty(0, dtype=object)
+        self.cols: dict[str, NDArray[Any]] = {k: np.empty(0, dtype=dt) for k, dt in
+                                              {**columns, "seq": np.int64}.items()}
+        self.head = self.tail = 0  # counters; slot = counter % cap; head..tail may hold entries
+        self.next_seq = 0  # each entry's "seq": its number, never reused (chunk records)
+        self._slot_numbers = slot_numbers  # [0, 1, 2, ...], as long as needed (may be shared)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def append(self, ids: Sequence[str], values: dict[str, Any],
+               id_array: NDArray[Any] | None = None,
+               seqs: NDArray[np.int64] | None = None) -> None:
+        """Take entries in at the end (an id already in moves to the end); ``id_array``:
+        the same ids as an object array, when there is one (faster to store); ``seqs``:
+        their numbers (increasing, from ``next_seq`` on; default: the next ones)."""
+        n = len(ids)
+        if not n:
+            return
+        if seqs is None:
+            seqs = np.arange(self.next_seq, self.next_seq + n, dtype=np.int64)
+        self.next_seq = max(self.next_seq, int(seqs[-1]) + 1)
+        values = {**values, "seq": seqs}
+        if self.tail + n - self.head > self.cap:
+            self._room(n)
+        s = self.tail % self.cap
+        k = min(n, self.cap - s)  # before the end of the ring; the rest wraps to its start
+        pieces = ((s, 0, k), (0, k, n)) if k < n else ((s, 0, n),)
+        for at, a, b in pieces:
+            self.ids[at:at + b - a] = (ids if id_array is None else id_array)[a:b]
+            for name, v in values.items():
+                self.cols[name][at:at + b - a] = v[a:b] if isinstance(v, list | np.ndarray) else v
+        nums = self._slot_numbers
+        self.index.update(zip(ids, nums[s:s + k] + nums[:n - k] if k < n else nums[s:s + n],
+                              strict=True))
+        self.tail += n
+
+    def _slots(self, start: int, stop: int) -> NDArray[np.intp]:
+        return np.arange(start, stop) % self.cap
+
+    def _live(self, slots: NDArray[np.intp]) -> NDArray[np.bool_]:
+        """Which of these slots hold entries that are in."""
+        ids = self.ids[slots].tolist()
+        found = np.fromiter(map(self.index.get, ids, repeat(-1, len(ids))), dtype=np.int64,
+                            count=len(ids))
+        live: NDArray[np.bool_] = found == slots
+        return live
+
+    def positions(self) -> NDArray[np.intp]:
+        """Slots of the entries in, oldest first (the index's slots, in ring order)."""
+        slots = self._slots(self.head, self.tail)
+        if not self.index:
+            return slots[:0]
+        live = np.zeros(self.cap, dtype=bool)
+        live[np.fromiter(self.index.values(), dtype=np.intp, count=len(self.index))] = True
+        return slots[live[slots]]
+
+    def _room(self, n: int) -> None:
+        """A larger ring with room for ``n`` more. Mostly left slots: rebuilt with the
+        entries in only, renumbered; else the slots keep their numbers, but for the part
+        that wrapped around to the ring's start, which moves behind the rest."""
+        live, span, cap = len(self.index), self.tail - self.head, self.cap
+        if cap and span > 2 * live + 64:
+            pos = self.positions()
+            new_cap = max(64, 2 * (live + n))
+            self._resize(new_cap, ((pos, slice(0, live)),))
+            self.head, self.tail = 0, live
+            self.index.update(zip(self.ids[:live].tolist(), self._slot_numbers[:live],
+                                  strict=True))
+            return
+        new_cap = max(64, 2 * (span + n))
+        h = self.head % cap if cap else 0
+        first = min(span, cap - h)
+        rest = span - first  # at the ring's start; moves to cap..
+        self._resize(new_cap, ((slice(h, h + first), slice(h, h + first)),
+                               (slice(0, rest), slice(cap, cap + rest))))
+        self.head, self.tail = h, h + span
+        if rest:  # renumber the entries in among the moved slots
+            ids = self.ids[cap:cap + rest].tolist()
+            found = np.fromiter(map(self.index.get, ids, repeat(-1, len(ids))), dtype=np.int64,
+                                count=len(ids))
+            kept: list[int] = np.flatnonzero(np.equal(found, np.arange(rest))).tolist()
+            nums = self._slot_numbers
+            self.index.update(zip([ids[i] for i in kept], [nums[cap + i] for i in kept],
+                                  strict=True))
+
+    def _resize(self, cap: int, moves: tuple[tuple[NDArray[np.intp] | slice, slice], ...]
+                ) -> None:
+        """New arrays of ``cap`` slots; each (from, to) pair is copied: slots (an array of
+        them or a range, as a slice) to a range of as many."""
+        ids = np.empty(cap, dtype=object)
+        cols = {name: np.empty(cap, dtype=col.dtype) for name, col in self.cols.items()}
+        for src, dst in moves:
+            if dst.stop > dst.start:
+                ids[dst] = self.ids[src]
+                for name, col in self.cols.items():
+                    cols[name][dst] = col[src]
+        self.ids, self.cols, self.cap = ids, cols, cap
+        nums = self._slot_numbers
+        if len(nums) < cap:
+            nums.extend(range(len(nums), cap))
+
+    def pop(self, eid: str) -> int:
+        """Slot of ``eid``'s entry, which leaves; -1 when it is not in."""
+        slot = self.index.pop(eid, None)
+        return -1 if slot is None else slot
+
+    def discard(self, ids: Sequence[str]) -> None:
+        """Let these entries leave (ids that are not in are ignored)."""
+        index = self.index
+        if index and not index.keys().isdisjoint(ids):
+            for eid in index.keys() & set(ids):
+                del index[eid]
+
+    def pop_oldest(self, k: int) -> NDArray[np.intp]:
+        """Slots of the ``k`` oldest entries, which leave."""
+        out: list[NDArray[np.intp]] = []
+        pos, block = self.head, 16
+        while k > 0 and pos < self.tail:
+            stop = min(self.tail, pos + max(block, k))
+            slots = self._slots(pos, stop)
+            idx = np.flatnonzero(self._live(slots))[:k]
+            out.append(slots[idx])
+            k -= idx.size
+            pos = pos + int(idx[-1]) + 1 if k == 0 else stop
+            block *= 4
+        return self._drop(pos, out)
+
+    def pop_before(self, column: str, cutoff: float) -> NDArray[np.intp]:
+        """Slots of the oldest entries up to the first whose ``column`` is at or after
+        ``cutoff`` (NaN counts as before), which leave."""
+        pos, col = self.head, self.cols[column]
+        if pos < self.tail:  # the common case: the oldest slot holds an entry in time
+            i = pos % self.cap
+            if self.index.get(self.ids[i]) == i and col[i] >= cutoff:
+                return np.zeros(0, dtype=np.intp)
+        out: list[NDArray[np.intp]] = []
+        block = 16
+        while pos < self.tail:
+            stop = min(self.tail, pos + block)
+            slots = self._slots(pos, stop)
+            live = self._live(slots)
+            keep = np.flatnonzero(live & (col[slots] >= cutoff))
+            if keep.size:
+                j = int(keep[0])
+                out.append(slots[:j][live[:j]])
+                pos += j
+                break
+            out.append(slots[live])
+            pos = stop
+            block *= 4
+        return self._drop(pos, out)
+
+    def _drop(self, head: int, out: list[NDArray[np.intp]]) -> NDArray[np.intp]:
+        """Move the head; the entries at the slots ``out`` leave."""
+        self.head = head
+        res = np.concatenate(out) if out else np.zeros(0, dtype=np.intp)
+        index = self.index
+        for eid in self.ids[res].tolist():
+            del index[eid]
+        return res
