@@ -333,3 +333,67 @@ def test_batches_wait_while_the_cluster_cannot_be_confirmed(
     assert w.worker.stats.skipped_replays == 0
     assert not w.worker._watch.suspect.is_set()
     assert w.worker.stats.cluster_changes == 0
+
+
+def test_kill_9_keeps_every_waiting_prediction_of_the_label_join(
+    kafka_bootstrap: str, unique_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    # the workers keep every prediction for labels: each model's join store goes to the
+    # state topic as chunk records plus its snapshot every 0.5 s. One worker is killed
+    # mid-stream (a checkpoint may be half written); the next restores the stores from the
+    # acknowledged records and the replay, and every label then joins its prediction
+    c = Cluster(kafka_bootstrap, unique_name("joinkill"), tmp_path,
+                {"DRIFTLINE_LABEL_JOIN": "all"})
+    s = c.settings
+    models, n = ("a", "b", "c"), 12_000
+    try:
+        w1 = c.start()
+        rng = np.random.default_rng(11)
+
+        def predictions() -> None:
+            with DriftlineProducer(s.kafka(), s.inference_topic, batch_size=250) as p:
+                for start in range(0, n, 500):
+                    for m in models:
+                        for i in range(start, start + 500):
+                            assert p.emit(m, {"x": float(rng.normal())}, float(rng.random()),
+                                          event_id=f"{m}-{i}", ts=1.7e9 + i)
+                    time.sleep(0.1)
+                assert p.flush(30) == 0
+
+        t = threading.Thread(target=predictions)
+        t.start()
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:  # kill once the stores hold sealed chunks
+            applied = {m["model"]: m["events_applied"] for m in collect_status(s)["models"]}
+            if len(applied) == len(models) and min(applied.values()) > 6000:
+                break
+            time.sleep(0.3)
+        os.kill(w1.pid, signal.SIGKILL)
+        w1.wait(10)
+        t.join(120)
+        state = read_compacted(s.kafka(), s.state_topic, timeout=30)
+        assert [k for k in state if b"/joins/pred/" in k], "no chunk record before the kill"
+        c.start()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            applied = {m["model"]: m["events_applied"] for m in collect_status(s)["models"]}
+            if applied == dict.fromkeys(models, n):
+                break
+            time.sleep(0.5)
+        assert applied == dict.fromkeys(models, n), c.logs()
+        with DriftlineProducer(s.kafka(), s.inference_topic, labels_topic=s.labels_topic) as p:
+            for m in models:
+                for i in range(n):
+                    assert p.emit_label(m, f"{m}-{i}", bool(i % 3), ts=1.7e9 + i + 10)
+            assert p.flush(30) == 0
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            labels = {m["model"]: m["labels"] for m in collect_status(s)["models"]}
+            if all(labels.get(m, {}).get("labels", 0) >= n for m in models):
+                break
+            time.sleep(0.5)
+        for m in models:
+            assert labels[m]["joined"] == n and labels[m]["unmatched"] == 0 \
+                and labels[m]["late"] == 0, (m, labels[m], c.logs())
+    finally:
+        c.stop_all()
