@@ -207,12 +207,17 @@ def _best(runs: list[list[float]]) -> float:
     return float(np.asarray(runs).min(axis=0).sum()) if runs and runs[0] else 0.0
 
 
-#: Envelopes (of 500 events) per processed batch, by default.
+#: Envelopes (of 500 events) per processed batch, by default; single events per batch.
 ENVELOPES_PER_BATCH = 10
-FORMS = {"envelope packed": ("packed", 500, ENVELOPES_PER_BATCH),
-         "envelope rows": ("rows", 500, ENVELOPES_PER_BATCH),
-         "envelope columns": ("columns", 500, ENVELOPES_PER_BATCH),
-         "single events": ("single", 1, 2000)}
+SINGLE_EVENTS_PER_BATCH = 2000
+#: Form name: (message kind, events per message).
+FORMS = {"envelope packed": ("packed", 500), "envelope rows": ("rows", 500),
+         "envelope columns": ("columns", 500), "single events": ("single", 1)}
+
+
+def messages_per_batch(kind: str, envelopes_per_batch: int = ENVELOPES_PER_BATCH) -> int:
+    """Messages per processed batch of a message kind."""
+    return SINGLE_EVENTS_PER_BATCH if kind == "single" else envelopes_per_batch
 
 
 def _decode_only(batches: list[tuple[list[bytes], list[int]]], repeats: int) -> dict[str, float]:
@@ -254,12 +259,11 @@ def run(events_per_model: int = 5000, repeats: int = 3, json_out: Path | None = 
     results: dict[str, dict[str, dict[str, float]]] = {}
     decode: dict[str, float] = {}
     for form in forms:
-        kind, per_message, per_batch = FORMS[form]
-        if kind != "single":
-            per_batch = envelopes_per_batch
+        kind, per_message = FORMS[form]
+        size = messages_per_batch(kind, envelopes_per_batch)
         progress(f"{form}: encoding")
-        enc = {sh: (warm_stream.batches(kind, sh, per_message, per_batch),
-                    stream.batches(kind, sh, per_message, per_batch)) for sh in (False, True)}
+        enc = {sh: (warm_stream.batches(kind, sh, per_message, size),
+                    stream.batches(kind, sh, per_message, size)) for sh in (False, True)}
         lab = [_labels_for(vs, labels) for vs, _ in enc[False][1]]
         times: dict[str, tuple[list[list[float]], list[list[float]]]] = {}
         counts: dict[str, tuple[int, int]] = {}

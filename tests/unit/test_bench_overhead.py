@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import orjson
 
-from driftline.benchmarks.overhead import FORMS, _labels_for, _Stream
+from driftline.benchmarks.overhead import FORMS, _labels_for, _Stream, messages_per_batch
 from driftline.schemas.codecs import decode_inference
 
 
 def _decoded(stream: _Stream, form: str, shadow: bool) -> dict[str, tuple[object, ...]]:
-    kind, per_message, per_batch = FORMS[form]
-    values = [v for vs, _ in stream.batches(kind, shadow, per_message, per_batch) for v in vs]
+    kind, per_message = FORMS[form]
+    values = [v for vs, _ in stream.batches(kind, shadow, per_message, messages_per_batch(kind))
+              for v in vs]
     out = decode_inference(values)
     assert not out.rejections
     return {m: (b.numeric.tolist(), b.event_id.tolist(), b.segment.tolist(),
