@@ -52,7 +52,7 @@ class WorkerMetrics:
                              registry=r)
         self.snapshot_bytes = Counter(
             "driftline_worker_snapshot_bytes", "Bytes of model snapshots written to the state "
-            "topic (the label-join store is written whole with each)", ["model"], registry=r)
+            "topic (label-join chunk records included)", ["model"], registry=r)
         self.deadletter = Counter("driftline_worker_deadletter", "Dead-lettered events",
                                   ["reason"], registry=r)
         self.batch_size = Histogram("driftline_worker_batch_size_events",
