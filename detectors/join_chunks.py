@@ -131,20 +131,19 @@ class ChunkBook:
                 raise ValueError(f"bad chunk counter {v!r}")
         if size < 1 or not isinstance(names, list) or len(names) != len(sizes):
             raise ValueError("chunk names and sizes do not line up")
-        on = np.unpackbits(arrays["bits"], count=sum(sizes)).astype(bool) \
-            if arrays["bits"].dtype == np.uint8 and arrays["bits"].size == -(-sum(sizes) // 8) \
-            else None
-        if on is None:
+        bits, total = arrays["bits"], sum(sizes)
+        if bits.dtype != np.uint8 or bits.size != -(-total // 8):
             raise ValueError("chunk bits do not match the chunk sizes")
+        on = np.unpackbits(bits, count=total).astype(bool)
         book = cls(fifo, size, writes=writes)
         parts: list[dict[str, Any]] = []
         seqs: list[NDArray[np.int64]] = []
         at = 0
         for name, n in zip(names, sizes, strict=True):
-            if not isinstance(name, str):
-                raise ValueError("chunk names must be strings")
-            head, c, w = name.rsplit("/", 2) if name.count("/") == 2 else ("", "-1", "-1")
-            if head != fifo or not (c.isdigit() and w.isdigit()) or int(w) >= writes:
+            if not isinstance(name, str) or not is_chunk_name(name):
+                raise ValueError(f"bad chunk name {name!r}")
+            head, c, w = name.split("/")
+            if head != fifo or int(w) >= writes:
                 raise ValueError(f"bad chunk name {name!r}")
             blob = load(name)
             if blob is None:

@@ -497,16 +497,15 @@ class JoinStore:
     def _fill(self, pred: list[dict[str, Any]], pred_seq: tuple[NDArray[np.int64], int] | None,
               gone: list[dict[str, Any]], gone_seq: tuple[NDArray[np.int64], int] | None) -> None:
         """Take restored entries in (parts in order; numbered as given, or afresh)."""
-        for fifo, parts, numbered, cols in ((self._pred, pred, pred_seq, ("score", "ts", "cls")),
-                                            (self._gone, gone, gone_seq, ("why",))):
+        for fifo, parts, numbered in ((self._pred, pred, pred_seq), (self._gone, gone, gone_seq)):
             ids = [i for p in parts for i in p["id"]]
             if any(i is None for i in ids):
                 raise ValueError("ids cannot be null")
             values: dict[str, Any] = {}
-            for c in cols:
+            for c in parts[0].keys() - {"id"}:  # lists (strings) joined, arrays concatenated
                 vals = [p[c] for p in parts]
-                values[c] = [v for part in vals for v in part] if c == "cls" \
-                    else np.concatenate(vals) if vals else np.zeros(0)
+                values[c] = [v for part in vals for v in part] if isinstance(vals[0], list) \
+                    else np.concatenate(vals)
             seqs = None if numbered is None else numbered[0]
             if seqs is not None and seqs.size != len(ids):
                 raise ValueError("chunk entries and numbers differ in length")
