@@ -18,7 +18,7 @@ def main(wheel: str) -> int:
         for f in (ROOT / src).rglob("*"):
             if f.is_dir() or "__pycache__" in f.parts or f.suffix == ".pyc":
                 continue
-            if f.suffix not in (".py", ".json", ".typed") or "results" in f.parts:
+            if f.suffix not in (".py", ".pyi", ".json", ".typed") or "results" in f.parts:
                 continue
             rel = f.relative_to(ROOT / src).as_posix()
             if f"{dst}/{rel}" not in names:
@@ -27,6 +27,11 @@ def main(wheel: str) -> int:
     if stray:
         print("wheel has top-level packages that would collide with user code:", stray[:5])
         return 1
+    if missing:
+        print("wheel is missing:", *missing, sep="\n  ")
+        return 1
+    if not any(n.startswith("driftline/schemas/_scan.") and n.endswith(".so") for n in names):
+        missing.append("driftline/schemas/_scan.*.so (the compiled scanner)")
     if missing:
         print("wheel is missing:", *missing, sep="\n  ")
         return 1

@@ -36,9 +36,9 @@ import base64
 import binascii
 import math
 import struct
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import cache
-from itertools import repeat
+from itertools import count, islice, repeat
 from typing import Any
 
 import numpy as np
@@ -79,6 +79,14 @@ from driftline.schemas.models import (
 )
 from driftline.schemas.rows_block import rows_block
 from driftline.schemas.validation import first_error
+
+try:  # built from schemas/_scan.c when the package is installed with a C compiler at hand
+    from driftline.schemas import _scan
+except ImportError:  # pragma: no cover - the pure-Python decoder does the same, slower
+    _scan = None  # type: ignore[assignment]
+
+#: Whether the compiled scanner of single events is built (else all decoding is Python).
+SCANNER = _scan is not None
 
 __all__ = [
     "alert_from_dict",
@@ -634,6 +642,7 @@ def decode_inference(
     partitions: Sequence[int] | None = None,
     offsets: Sequence[int] | None = None,
     timestamps: Sequence[float] | None = None,
+    scan: bool = True,
 ) -> DecodeResult:
     """Decode raw InferenceEvent / batch-envelope messages into per-model EventBatches.
 
@@ -646,18 +655,40 @@ def decode_inference(
     one Kafka message is always either fully applied or one dead letter. Every event of
     an envelope carries the envelope's partition and offset.
 
+    ``scan``: single events of the common shape go through the compiled scanner when it
+    is built (:data:`SCANNER`); the result is the same either way.
+
     Never raises on message contents (a length mismatch of the per-message sequences
     raises ValueError): every problem becomes a Rejection with reason ``"code: detail"``.
     """
-    parts, offs, stamps = _meta(values, partitions=partitions, offsets=offsets, timestamps=timestamps)
+    parts, offs, stamps = _meta(values, partitions=partitions, offsets=offsets,
+                                timestamps=timestamps)
+    if scan and _scan is not None and values:
+        scanned = _scanned(values, parts, offs, stamps, limits, topic)
+        if scanned is not None:
+            return scanned
     accs: dict[str, _Acc] = {}
-    rejections: list[Rejection] = []
+    rejections: list[tuple[int, Rejection]] = []
+    events = _decode_loop(zip(count(), values, parts, offs, stamps), accs, rejections, None,
+                          limits, topic)
+    batches = {m: acc.batch() for m, acc in accs.items() if acc.rows}
+    return DecodeResult(batches=batches, rejections=[r for _, r in rejections], events=events)
+
+
+def _decode_loop(
+    messages: Iterable[tuple[int, Any, int, int, float]], accs: dict[str, _Acc],
+    rejections: list[tuple[int, Rejection]], seen: dict[str, list[int]] | None, limits: Limits,
+    topic: str,
+) -> int:  # fmt: skip
+    """Decode ``(index, value, partition, offset, timestamp)`` messages into ``accs`` and
+    ``rejections`` (with their message index); ``seen`` gets the indices of every message
+    whose model was known. Returns the events accepted."""
     events = 0
     add, fast = _add_event, _fast_event
     lim = limits.max_string_length
     loads, decode_error = _loads, _JSONDecodeError
     max_bytes, max_model = limits.max_payload_bytes, limits.max_model_id_length
-    for raw, part, off, kts in zip(values, parts, offs, stamps, strict=False):
+    for i, raw, part, off, kts in messages:
         model = None
         try:
             # _parse() and _check_model(), inlined: this loop runs once per message
@@ -680,6 +711,8 @@ def decode_inference(
                 )
             if model is None:
                 model = _check_model(m, limits)
+            if seen is not None:
+                seen.setdefault(model, []).append(i)
             acc = accs.get(model)
             if acc is None:
                 acc = accs[model] = _Acc(model)
@@ -690,11 +723,119 @@ def decode_inference(
                     add(acc, obj, part, off, kts, None, limits)
                 events += 1
         except Reject as r:
-            rejections.append(_reject(raw, f"{r.code}: {r.detail}", topic, part, off, model))
+            rejections.append((i, _reject(raw, f"{r.code}: {r.detail}", topic, part, off, model)))
         except Exception as exc:
-            rejections.append(_reject(raw, _unexpected(raw, exc), topic, part, off, model))
+            rejections.append((i, _reject(raw, _unexpected(raw, exc), topic, part, off, model)))
+    return events
+
+
+# ----------------------------------------------------------------------------- scanner
+
+
+def _scanned(
+    values: Sequence[Any], parts: Iterable[int], offs: Iterable[int], stamps: Iterable[float],
+    limits: Limits, topic: str,
+) -> DecodeResult | None:  # fmt: skip
+    """:func:`decode_inference` with the compiled scanner taking the single events of the
+    common shape; None if the scanner could not run (the caller decodes in Python).
+
+    The messages the scanner leaves go through the Python loop. A model that has rows
+    both ways in one call, or whose scanned keys or segments the full checks refuse, is
+    decoded again whole in Python, so its rows and reasons are exactly the Python path's.
+    """
+    assert _scan is not None
+    n = len(values)
+    vals, part_list, off_list, stamp_list = (x if type(x) is list else list(islice(x, n))
+                                             for x in (values, parts, offs, stamps))
+    try:
+        codes_b, scanned, seg_texts = _scan.scan(
+            vals, part_list, off_list, stamp_list, limits.max_payload_bytes,
+            limits.max_string_length, limits.max_model_id_length)
+    except (TypeError, ValueError, MemoryError, OverflowError):  # odd per-message values
+        return None
+    codes = np.frombuffer(codes_b, dtype=np.int32)
+    accs: dict[str, _Acc] = {}
+    rejections: list[tuple[int, Rejection]] = []
+    seen: dict[str, list[int]] = {}
+    slow = np.flatnonzero(codes < 0).tolist()
+    events = 0
+    if slow:
+        events = _decode_loop(((i, vals[i], part_list[i], off_list[i], stamp_list[i])
+                               for i in slow), accs, rejections, seen, limits, topic)
+    segments, bad = _scanned_segments(seg_texts, limits)
+    first: dict[str, int] = {m: ix[0] for m, ix in seen.items()}
+    fast_batches: dict[str, EventBatch] = {}
+    again: list[tuple[str, list[int]]] = []
+    for t in scanned:
+        if t is None:
+            continue
+        (model, keys, num, ts, score, lat, rows_b, part, off, eid, mv, seg, shadow, trace,
+         outcome) = t  # fmt: skip
+        rows = np.frombuffer(rows_b, dtype=np.int32)
+        seg_codes = np.frombuffer(seg, dtype=np.int32)
+        first[model] = min(first.get(model, n), int(rows[0]))
+        if model in seen or bad[seg_codes].any() or not _keys_ok(model, keys, limits):
+            again.append((model, rows.tolist()))
+            continue
+        events += len(rows)
+        fast_batches[model] = EventBatch(
+            model=model,
+            feature_names=keys,
+            numeric=np.frombuffer(num, dtype=np.float64).reshape(len(rows), len(keys)),
+            text=None,
+            ts=np.frombuffer(ts, dtype=np.float64).copy(),
+            prediction_score=np.frombuffer(score, dtype=np.float64).copy(),
+            prediction_label=None,
+            event_id=_obj(eid),
+            model_version=_obj(mv),
+            segment=segments[seg_codes],
+            latency_ms=np.frombuffer(lat, dtype=np.float64).copy(),
+            partition=np.frombuffer(part, dtype=np.int64).copy(),
+            offset=np.frombuffer(off, dtype=np.int64).copy(),
+            shadow_of=None if shadow is None else _obj(shadow),
+            trace_id=None if trace is None else _obj(trace),
+            outcome=None if outcome is None else _obj(outcome),
+        )
+    for model, rows_list in again:
+        idx = sorted(rows_list + seen.get(model, []))
+        drop = set(seen.get(model, ()))
+        if drop:
+            rejections = [(i, r) for i, r in rejections if i not in drop]
+            events -= accs.pop(model).rows
+        events += _decode_loop(((i, vals[i], part_list[i], off_list[i], stamp_list[i])
+                                for i in idx), accs, rejections, None, limits, topic)
     batches = {m: acc.batch() for m, acc in accs.items() if acc.rows}
-    return DecodeResult(batches=batches, rejections=rejections, events=events)
+    batches.update(fast_batches)
+    ordered = dict(sorted(batches.items(), key=lambda kv: first[kv[0]]))
+    rejections.sort(key=lambda ir: ir[0])
+    return DecodeResult(batches=ordered, rejections=[r for _, r in rejections], events=events)
+
+
+def _keys_ok(model: str, keys: tuple[str, ...], limits: Limits) -> bool:
+    try:
+        _Acc(model).check_keys(keys, limits)
+    except Reject:
+        return False
+    return True
+
+
+def _scanned_segments(texts: list[bytes], limits: Limits) -> tuple[ObjectArray, Any]:
+    """The scanned segment texts validated (one entry each, then None for "no segment"),
+    and which of them the full checks refuse. Equal segments share one dict, as in
+    :meth:`_Acc.segment`."""
+    out = np.empty(len(texts) + 1, dtype=object)
+    bad = np.zeros(len(texts) + 1, dtype=bool)
+    canon: dict[tuple[tuple[str, Any], ...], dict[str, str] | None] = {}
+    for j, text in enumerate(texts):
+        try:
+            seg = check_segment(_loads(text), limits)
+        except Reject:
+            bad[j] = True
+            continue
+        if seg is not None:
+            seg = canon.setdefault(tuple(seg.items()), seg)
+        out[j] = seg
+    return out, bad
 
 
 def encode_event(event: Mapping[str, Any]) -> bytes:

@@ -77,6 +77,7 @@ def _exact(values: list[bytes], monkeypatch: pytest.MonkeyPatch) -> DecodeResult
     with monkeypatch.context() as m:
         m.setattr(codecs, "_fast_event", lambda *args: False)
         m.setattr(codecs, "rows_block", lambda *args: None)
+        m.setattr(codecs, "_scan", None)  # every event through the full checks
         return _decode(values)
 
 
@@ -125,7 +126,9 @@ def test_fast_path_agrees_with_full_checks_in_rows_envelopes(
 
 
 def test_the_fast_path_takes_the_common_shape(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Guards the benchmark's premise: repeated common-shape events do not fall back."""
+    """Guards the benchmark's premise: repeated common-shape events do not fall back
+    (in the Python decoder; tests/unit/test_scan.py covers the compiled scanner)."""
+    monkeypatch.setattr(codecs, "_scan", None)
     calls: list[bool] = []
     fast = codecs._fast_event
 

@@ -1,0 +1,8 @@
+"""Compiled scanner of single InferenceEvents (schemas/_scan.c)."""
+
+from typing import Any
+
+def scan(
+    values: list[Any], partitions: list[int], offsets: list[int], stamps: list[float],
+    max_bytes: int, max_string: int, max_model: int, /
+) -> tuple[bytes, list[tuple[Any, ...] | None], list[bytes]]: ...
