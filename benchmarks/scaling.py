@@ -109,7 +109,7 @@ def _bytewax(run: Run, k: int, topic: str, events: int, progress: Any, logs: Pat
     return eps
 
 
-def run(workers: tuple[int, ...] = (1, 2), events: int = 400_000, json_out: Path | None = None,
+def run(workers: tuple[int, ...] = (1, 2), events: int = 1_200_000, json_out: Path | None = None,
         *, bootstrap: str | None = None, envelopes: bool = False, bytewax: bool = True,
         quick: bool = False, timeout: float = 600.0, repeats: int = 1) -> dict[str, Any]:
     if not workers or min(workers) < 1:

@@ -85,7 +85,7 @@ def throughput(
 @app.command("scaling")
 def scaling(
     workers: str = typer.Option("1,2", help="worker counts to run, comma-separated"),
-    events: int | None = typer.Option(None, help="events produced (default 400,000; quick 20,000)"),
+    events: int | None = typer.Option(None, help="events produced (default 1,200,000; quick 20,000)"),
     json_out: Path | None = typer.Option(None, "--json", help="JSON output file"),
     bootstrap: str | None = typer.Option(None, "--bootstrap", "-b",
                                          help="Kafka bootstrap servers (default: embedded broker)"),
@@ -103,7 +103,7 @@ def scaling(
         counts = tuple(int(w) for w in workers.split(",") if w.strip())
     except ValueError:
         raise typer.BadParameter("--workers takes counts like 1,2") from None
-    n = events if events is not None else (20_000 if quick else 400_000)
+    n = events if events is not None else (20_000 if quick else 1_200_000)
     try:
         data = run(workers=counts, events=n, json_out=json_out, bootstrap=bootstrap,
                    envelopes=envelopes, bytewax=bytewax, quick=quick,
