@@ -65,7 +65,7 @@ from driftline.detectors.concept import preload as preload_concept
 from driftline.detectors.errors import DriftlineError
 from driftline.detectors.reference import ReferenceProfile
 from driftline.detectors.serialization import sign_record, verify_record
-from driftline.schemas.codecs import encode_alert, encode_dead_letter
+from driftline.schemas.codecs import SCANNER, encode_alert, encode_dead_letter
 from driftline.schemas.models import DriftAlert, Rejection
 from driftline.streams.admin import (
     TopicSpec,
@@ -272,6 +272,10 @@ class Worker:
         created = ensure_topics(self._base, topic_specs(s))
         if created:
             log.info("created topics: %s", ", ".join(created))
+        if not SCANNER:
+            log.warning("single JSON events are decoded in Python: the compiled scanner "
+                        "(driftline.schemas._scan) was not built when driftline was "
+                        "installed (no C compiler?); they are decoded about twice as slowly")
         self._admin = AdminClient({k: v for k, v in self._base.items()
                                    if not k.startswith(("fetch.", "enable."))})
         try:

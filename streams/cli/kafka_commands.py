@@ -32,7 +32,7 @@ from driftline.detectors.offline import profile_table
 from driftline.detectors.reference import ReferenceProfile
 from driftline.detectors.serialization import sign_record, verify_record
 from driftline.detectors.tables import read_table
-from driftline.schemas.codecs import alert_to_dict, encode_event
+from driftline.schemas.codecs import SCANNER, alert_to_dict, encode_event
 from driftline.streams.admin import (
     UnknownTopicError,
     ensure_topics,
@@ -474,6 +474,7 @@ def config_show(bootstrap: str | None = BootstrapOpt) -> None:
     s = _settings(bootstrap)
     data = s.model_dump(mode="json")
     data["kafka"] = redacted(s.kafka())
+    data["single_event_scanner"] = "compiled" if SCANNER else "python (not built at install)"
     typer.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
 
 

@@ -263,3 +263,16 @@ def _message(draw: st.DrawFn) -> bytes:
 def test_generated_message_lists_decode_as_in_python(values: list[bytes]) -> None:
     both(values)
 
+
+
+def test_driftline_config_tells_which_decoder_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from driftline.streams.cli import kafka_commands
+    from driftline.streams.cli.main import app
+
+    out = CliRunner().invoke(app, ["config"], catch_exceptions=False).output
+    assert orjson.loads(out)["single_event_scanner"] == "compiled"
+    monkeypatch.setattr(kafka_commands, "SCANNER", False)
+    out = CliRunner().invoke(app, ["config"], catch_exceptions=False).output
+    assert orjson.loads(out)["single_event_scanner"].startswith("python")
