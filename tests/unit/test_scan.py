@@ -276,3 +276,15 @@ def test_driftline_config_tells_which_decoder_runs(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(kafka_commands, "SCANNER", False)
     out = CliRunner().invoke(app, ["config"], catch_exceptions=False).output
     assert orjson.loads(out)["single_event_scanner"].startswith("python")
+
+
+def test_every_prefix_and_byte_change_of_an_event_decodes_as_in_python() -> None:
+    """Cut texts and single-byte changes: the scanner must stop at every end it meets."""
+    ok = orjson.dumps(_event("m1", 1, ts=1795741275.0452871, shadow_of="live",
+                             trace_id="t1", outcome="ok", features={"a": -0.5, "b": 1e-7,
+                                                                    "c": 12345678901234567}))
+    texts = [ok[:i] for i in range(len(ok))]
+    texts += [ok[:i] + bytes([c]) + ok[i + 1:] for i in range(len(ok))
+              for c in (0, 0x22, 0x2C, 0x2D, 0x30, 0x5C, 0x7D, 0xC3)]
+    for start in range(0, len(texts), 50):
+        both([ok, *texts[start:start + 50], ok])
