@@ -241,41 +241,45 @@ static inline int literal(Cur *c, const char *word, Py_ssize_t n) {
     return 0;
 }
 
+/* An object member's key and the ':' after it (whitespace around skipped). 0: not JSON. */
+static inline int member_key(Cur *c, Span *k) {
+    skip_ws(c);
+    if (!string(c, k)) return 0;
+    skip_ws(c);
+    if (c->p >= c->end || *c->p != ':') return 0;
+    c->p++;
+    skip_ws(c);
+    return 1;
+}
+
+/* After an object member's value: 1 another member follows (','), 2 the object ended
+ * ('}'), 0 anything else. */
+static inline int member_end(Cur *c) {
+    skip_ws(c);
+    if (c->p < c->end && (*c->p == ',' || *c->p == '}')) return *c->p++ == ',' ? 1 : 2;
+    return 0;
+}
+
 /* A segment object of strings (any count); its text. 0: not one. */
 static int segment_text(Cur *c, Span *out) {
     const char *s = c->p;
     if (c->p >= c->end || *c->p != '{') return 0;
     c->p++;
     skip_ws(c);
+    int more = 1;
     if (c->p < c->end && *c->p == '}') {
         c->p++;
-        out->p = s;
-        out->n = c->p - s;
-        return 1;
+        more = 2;
     }
-    for (;;) {
+    while (more == 1) {
         Span k, v;
-        skip_ws(c);
-        if (!string(c, &k)) return 0;
-        skip_ws(c);
-        if (c->p >= c->end || *c->p != ':') return 0;
-        c->p++;
-        skip_ws(c);
-        if (!string(c, &v)) return 0;
-        skip_ws(c);
-        if (c->p >= c->end) return 0;
-        if (*c->p == ',') {
-            c->p++;
-            continue;
-        }
-        if (*c->p == '}') {
-            c->p++;
-            out->p = s;
-            out->n = c->p - s;
-            return 1;
-        }
-        return 0;
+        if (!member_key(c, &k) || !string(c, &v)) return 0;
+        more = member_end(c);
     }
+    if (!more) return 0;
+    out->p = s;
+    out->n = c->p - s;
+    return 1;
 }
 
 /* ------------------------------------------------------------------ one event */
@@ -348,28 +352,14 @@ static int features(Cur *c, Event *ev) {
     if (c->p >= c->end || *c->p != '{') return 0;
     c->p++;
     Py_ssize_t j = 0;
-    for (;;) {
-        skip_ws(c);
-        if (j >= ev->cap || !string(c, &ev->keys[j])) return 0;
-        skip_ws(c);
-        if (c->p >= c->end || *c->p != ':') return 0;
-        c->p++;
-        skip_ws(c);
-        if (!number(c, &ev->vals[j])) return 0;
+    int more = 1;
+    while (more == 1) {
+        if (j >= ev->cap || !member_key(c, &ev->keys[j]) || !number(c, &ev->vals[j])) return 0;
         j++;
-        skip_ws(c);
-        if (c->p >= c->end) return 0;
-        if (*c->p == ',') {
-            c->p++;
-            continue;
-        }
-        if (*c->p == '}') {
-            c->p++;
-            ev->nf = j;
-            return 1;
-        }
-        return 0;
+        more = member_end(c);
     }
+    ev->nf = j;
+    return more == 2;
 }
 
 static int parse_event(const char *p, Py_ssize_t n, Event *ev, Py_ssize_t max_str,
@@ -388,17 +378,13 @@ static int parse_event(const char *p, Py_ssize_t n, Event *ev, Py_ssize_t max_st
     skip_ws(&c);
     if (c.p >= c.end || *c.p != '{') return 0;
     c.p++;
-    for (;;) {
+    int more = 1;
+    while (more == 1) {
         Span k;
-        skip_ws(&c);
-        if (!string(&c, &k)) return 0;
+        if (!member_key(&c, &k)) return 0;
         int f = field_of(k);
         if (f == F_UNKNOWN || (seen & (1u << f))) return 0;
         seen |= 1u << f;
-        skip_ws(&c);
-        if (c.p >= c.end || *c.p != ':') return 0;
-        c.p++;
-        skip_ws(&c);
         switch (f) {
         case F_MODEL:
             if (!string(&c, &ev->model) || ev->model.n == 0 || ev->model.n > max_model) return 0;
@@ -446,18 +432,9 @@ static int parse_event(const char *p, Py_ssize_t n, Event *ev, Py_ssize_t max_st
             if (!features(&c, ev)) return 0;
             break;
         }
-        skip_ws(&c);
-        if (c.p >= c.end) return 0;
-        if (*c.p == ',') {
-            c.p++;
-            continue;
-        }
-        if (*c.p == '}') {
-            c.p++;
-            break;
-        }
-        return 0;
+        more = member_end(&c);
     }
+    if (!more) return 0;
     skip_ws(&c);
     if (c.p != c.end) return 0;
     if (!(seen & (1u << F_MODEL)) || !(seen & (1u << F_FEATURES))) return 0;

@@ -3,7 +3,8 @@
 ``decode_inference(scan=True)`` (the scanner takes the common shape, the Python decoder the
 rest, a model with rows both ways decoded again in Python) is compared with
 ``decode_inference(scan=False)`` on generated message lists: every batch field (dtype,
-values, NaN, -0.0), the batch order, every rejection and the event count.
+values, NaN, -0.0), the sharing of segment dicts, the batch order, every rejection and the
+event count.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+from decode_corpus import assert_same
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -33,29 +35,6 @@ def _decode(values: list[Any], scan: bool, limits: Limits = LIMITS) -> DecodeRes
     return decode_inference(values, limits=limits, scan=scan, partitions=[i % 3 for i in range(n)],
                             offsets=list(range(100, 100 + n)),
                             timestamps=[1000.0 + i if i % 4 else math.nan for i in range(n)])
-
-
-def _bits(a: np.ndarray) -> list[Any]:
-    """Values with floats as their bit patterns (NaN, -0.0 and rounding all count)."""
-    if a.dtype == np.float64:
-        return a.view(np.uint64).tolist()  # type: ignore[no-any-return]
-    return a.tolist()  # type: ignore[no-any-return]
-
-
-def assert_same(a: DecodeResult, b: DecodeResult) -> None:
-    assert a.events == b.events
-    assert a.rejections == b.rejections
-    assert list(a.batches) == list(b.batches)
-    for m, x in a.batches.items():
-        y = b.batches[m]
-        for name in x.__slots__:  # type: ignore[attr-defined]
-            u, v = getattr(x, name), getattr(y, name)
-            if isinstance(u, np.ndarray):
-                assert isinstance(v, np.ndarray), name
-                assert (u.dtype, u.shape) == (v.dtype, v.shape), name
-                assert _bits(u) == _bits(v), (m, name)
-            else:
-                assert u == v, (m, name)
 
 
 def both(values: list[Any], limits: Limits = LIMITS) -> DecodeResult:
