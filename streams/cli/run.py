@@ -166,7 +166,8 @@ def up(
                             f"\n[bold red]ALERT[/] {a.kind} drift on [bold]{shown(a.model)}[/] "
                             f"after {first_alert:.1f} s: feature {shown(a.feature)} {a.statistic}="
                             f"{a.score:.1f} > {a.threshold:.1f} (p={a.p_value:.1e}); top: "
-                            + ", ".join(shown(f.name) for f in a.top_features[:3]))
+                            + ", ".join(f"{shown(f.name)} ({shown(f.statistic)})"
+                                        for f in a.top_features[:3]))
                     st = w.stats
                     elapsed = max(time.time() - st.started, 1e-9)
                     sys.stderr.write(
