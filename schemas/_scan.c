@@ -1,8 +1,8 @@
 /* Compiled scanner of single InferenceEvents: the common shape, parsed straight into columns.
  *
- * scan(values, partitions, offsets, stamps, max_bytes, max_string, max_model) reads a list of
- * raw Kafka values (bytes; the other lists per message, ints and floats) and takes each one
- * that is a single event of the common shape:
+ * scan(values, partitions, offsets, stamps, max_bytes, max_string, max_model) reads a tuple
+ * of raw Kafka values (bytes; partitions and offsets int64, stamps float64 buffers, one item
+ * per message) and takes each one that is a single event of the common shape:
  *
  *   a JSON object whose keys are among model, model_version, event_id, ts, features,
  *   prediction, segment, latency_ms, shadow_of, trace_id, outcome (each at most once);
@@ -28,15 +28,16 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
 
 #define MAX_MODELS 4096
+/* Clinger's fast path needs each operation rounded once, to double (not x87 extended) */
+#define EXACT_DOUBLES (FLT_EVAL_METHOD == 0)
 #define MAX_FEATURES 512 /* Limits.max_features: more are refused by the decoder */
 #define MAX_SEGMENTS 1024
-#define SEG_SLOTS 2048 /* open addressing, power of two, > 2 * MAX_SEGMENTS */
-#define MODEL_SLOTS 8192
 
 typedef struct {
     const char *p;
@@ -92,7 +93,7 @@ static int strcol_add(StrCol *c, PyObject *s, Py_ssize_t row) {
 }
 
 typedef struct {
-    Span name;
+    int refused; /* a message of it was not taken: Python decodes the model again anyway */
     PyObject *model; /* str */
     Span *keys;
     Py_ssize_t nkeys;
@@ -104,23 +105,82 @@ typedef struct {
     PyObject *mv_obj;
 } Model;
 
+/* A set of text spans (open addressing, at most half full; the slot from the high bits of
+ * a hash seeded per process, so texts cannot be chosen to collide). Entry i is the i-th
+ * span added. */
 typedef struct {
-    Model *models;
-    Py_ssize_t nmodels, cap;
-    int32_t model_slots[MODEL_SLOTS];
-    Span segs[MAX_SEGMENTS];
-    Py_ssize_t nsegs;
-    int32_t seg_slots[SEG_SLOTS];
-} Scan;
+    int32_t *slot; /* entry index, -1 empty */
+    uint64_t *hash;
+    Span *span;
+    Py_ssize_t n, max;
+    unsigned bits;
+} SpanSet;
+
+static uint64_t seed; /* set once, at module import, from os.urandom */
 
 static uint64_t hash_span(const char *p, Py_ssize_t n) {
-    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    uint64_t h = 1469598103934665603ULL ^ seed; /* FNV-1a from a seeded basis */
     for (Py_ssize_t i = 0; i < n; i++) {
         h ^= (unsigned char)p[i];
         h *= 1099511628211ULL;
     }
-    return h;
+    return h ^ (h >> 29);
 }
+
+/* Room for max spans. -1: no memory (error set). */
+static int set_init(SpanSet *t, Py_ssize_t max) {
+    unsigned bits = 4;
+    while (((Py_ssize_t)1 << bits) < 2 * max) bits++;
+    t->bits = bits;
+    t->max = max;
+    t->n = 0;
+    t->slot = PyMem_Malloc(sizeof(int32_t) << bits);
+    t->hash = PyMem_Malloc(sizeof(uint64_t) * (size_t)(max ? max : 1));
+    t->span = PyMem_Malloc(sizeof(Span) * (size_t)(max ? max : 1));
+    if (!t->slot || !t->hash || !t->span) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memset(t->slot, 0xff, sizeof(int32_t) << bits);
+    return 0;
+}
+
+static void set_clear(SpanSet *t) {
+    memset(t->slot, 0xff, sizeof(int32_t) << t->bits);
+    t->n = 0;
+}
+
+static void set_free(SpanSet *t) {
+    PyMem_Free(t->slot);
+    PyMem_Free(t->hash);
+    PyMem_Free(t->span);
+}
+
+static inline int span_eq(Span a, const char *p, Py_ssize_t n);
+
+/* The entry of s, added if new (*added set); -1: the set is full. */
+static int32_t set_add(SpanSet *t, Span s, int *added) {
+    uint64_t h = hash_span(s.p, s.n);
+    size_t mask = ((size_t)1 << t->bits) - 1, i = (size_t)(h >> (64 - t->bits));
+    *added = 0;
+    for (;; i = (i + 1) & mask) {
+        int32_t e = t->slot[i];
+        if (e < 0) break;
+        if (t->hash[e] == h && span_eq(t->span[e], s.p, s.n)) return e;
+    }
+    if (t->n >= t->max) return -1;
+    t->slot[i] = (int32_t)t->n;
+    t->hash[t->n] = h;
+    t->span[t->n] = s;
+    *added = 1;
+    return (int32_t)t->n++;
+}
+
+typedef struct {
+    Model *models; /* entry i of names */
+    Py_ssize_t cap;
+    SpanSet names, segs, keys; /* model names, segment texts, one event's feature keys */
+} Scan;
 
 static inline int span_eq(Span a, const char *p, Py_ssize_t n) {
     return a.n == n && memcmp(a.p, p, (size_t)n) == 0;
@@ -211,7 +271,8 @@ static int number(Cur *c, double *out) {
         return 1;
     }
     e10 -= frac;
-    if (!is_int && digits <= 19 && m <= (1ULL << 53) && e10 >= -22 && e10 <= 22) {
+    if (EXACT_DOUBLES && !is_int && digits <= 19 && m <= (1ULL << 53) && e10 >= -22 &&
+        e10 <= 22) {
         double v = (double)m;
         v = e10 < 0 ? v / POW10[-e10] : v * POW10[e10];
         *out = neg ? -v : v;
@@ -460,19 +521,13 @@ static void model_free(Model *m) {
     for (size_t i = 0; i < sizeof(cols) / sizeof(cols[0]); i++) Py_XDECREF(cols[i]->list);
 }
 
-/* The model of a name, made on first sight with the event's feature keys. NULL with no
- * error set: too many models. */
+/* The model of a name, made on first sight. NULL with no error set: too many models. */
 static Model *model_for(Scan *sc, Span name, int *err) {
-    uint64_t h = hash_span(name.p, name.n);
-    size_t slot = (size_t)h & (MODEL_SLOTS - 1);
-    for (;;) {
-        int32_t i = sc->model_slots[slot];
-        if (i < 0) break;
-        if (span_eq(sc->models[i].name, name.p, name.n)) return &sc->models[i];
-        slot = (slot + 1) & (MODEL_SLOTS - 1);
-    }
-    if (sc->nmodels >= MAX_MODELS) return NULL;
-    if (sc->nmodels == sc->cap) {
+    int added;
+    int32_t e = set_add(&sc->names, name, &added);
+    if (e < 0) return NULL;
+    if (!added) return &sc->models[e];
+    if (e == sc->cap) {
         Py_ssize_t cap = sc->cap ? sc->cap * 2 : 16;
         Model *grown = PyMem_Realloc(sc->models, sizeof(Model) * (size_t)cap);
         if (!grown) {
@@ -483,21 +538,18 @@ static Model *model_for(Scan *sc, Span name, int *err) {
         sc->models = grown;
         sc->cap = cap;
     }
-    Model *m = &sc->models[sc->nmodels];
+    Model *m = &sc->models[e];
     memset(m, 0, sizeof(*m));
-    m->name = name;
     m->model = ascii_str(name);
     if (!m->model) {
         *err = 1;
         return NULL;
     }
-    sc->model_slots[slot] = (int32_t)sc->nmodels;
-    sc->nmodels++;
     return m;
 }
 
 /* Whether ev's feature keys are the model's (the first event's, set here). 1: yes. */
-static int same_keys(Model *m, const Event *ev, int *err) {
+static int same_keys(Scan *sc, Model *m, const Event *ev, int *err) {
     Py_ssize_t j = ev->nf;
     if (m->keys) {
         if (j != m->nkeys) return 0;
@@ -505,9 +557,11 @@ static int same_keys(Model *m, const Event *ev, int *err) {
             if (!span_eq(m->keys[i], ev->keys[i].p, ev->keys[i].n)) return 0;
         return 1;
     }
-    for (Py_ssize_t a = 1; a < j; a++) /* a repeated key: the decoder keeps its last value */
-        for (Py_ssize_t b = 0; b < a; b++)
-            if (span_eq(ev->keys[a], ev->keys[b].p, ev->keys[b].n)) return 0;
+    set_clear(&sc->keys); /* a repeated key: the decoder keeps its last value; not taken */
+    for (Py_ssize_t i = 0; i < j; i++) {
+        int added;
+        if (set_add(&sc->keys, ev->keys[i], &added) < 0 || !added) return 0;
+    }
     m->keys = PyMem_Malloc(sizeof(Span) * (size_t)j);
     m->keytuple = PyTuple_New(j);
     if (!m->keys || !m->keytuple) {
@@ -528,19 +582,10 @@ static int same_keys(Model *m, const Event *ev, int *err) {
     return 1;
 }
 
+/* The code of a segment text; -1: too many distinct segments in this call. */
 static int32_t segment_code(Scan *sc, Span s) {
-    uint64_t h = hash_span(s.p, s.n);
-    size_t slot = (size_t)h & (SEG_SLOTS - 1);
-    for (;;) {
-        int32_t i = sc->seg_slots[slot];
-        if (i < 0) break;
-        if (span_eq(sc->segs[i], s.p, s.n)) return i;
-        slot = (slot + 1) & (SEG_SLOTS - 1);
-    }
-    if (sc->nsegs >= MAX_SEGMENTS) return -2;
-    sc->segs[sc->nsegs] = s;
-    sc->seg_slots[slot] = (int32_t)sc->nsegs;
-    return (int32_t)sc->nsegs++;
+    int added;
+    return set_add(&sc->segs, s, &added);
 }
 
 /* Append ev (message i) to m. -1: error set. */
@@ -609,101 +654,100 @@ static PyObject *model_tuple(Model *m) {
 /* ------------------------------------------------------------------ scan() */
 
 static PyObject *scan(PyObject *self, PyObject *args) {
-    PyObject *values, *parts, *offs, *stamps;
+    PyObject *values;
+    Py_buffer parts = {0}, offs = {0}, stamps = {0};
     Py_ssize_t max_bytes, max_str, max_model;
     (void)self;
-    if (!PyArg_ParseTuple(args, "O!O!O!O!nnn", &PyList_Type, &values, &PyList_Type, &parts,
-                          &PyList_Type, &offs, &PyList_Type, &stamps, &max_bytes, &max_str,
-                          &max_model))
+    /* values: a tuple (nothing can take a message away while its text is read); the
+     * per-message numbers: float64 / int64 buffers, converted before the call, so that
+     * no Python code runs while the scan holds pointers into the texts */
+    if (!PyArg_ParseTuple(args, "O!y*y*y*nnn", &PyTuple_Type, &values, &parts, &offs, &stamps,
+                          &max_bytes, &max_str, &max_model))
         return NULL;
-    Py_ssize_t n = PyList_GET_SIZE(values);
-    if (PyList_GET_SIZE(stamps) != n || PyList_GET_SIZE(parts) != n ||
-        PyList_GET_SIZE(offs) != n) {
-        PyErr_SetString(PyExc_ValueError, "the per-message lists differ in length");
-        return NULL;
-    }
-    Scan *sc = PyMem_Calloc(1, sizeof(Scan));
-    if (!sc) return PyErr_NoMemory();
-    PyObject *codes = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(int32_t));
+    Py_ssize_t n = PyTuple_GET_SIZE(values);
+    PyObject *codes = NULL, *result = NULL;
+    Scan sc;
+    memset(&sc, 0, sizeof sc);
     Event ev;
     ev.cap = MAX_FEATURES;
     ev.vals = PyMem_Malloc(sizeof(double) * MAX_FEATURES);
     ev.keys = PyMem_Malloc(sizeof(Span) * MAX_FEATURES);
-    PyObject *result = NULL;
-    if (!codes || !ev.vals || !ev.keys) {
+    if (parts.len != n * 8 || offs.len != n * 8 || stamps.len != n * 8) {
+        PyErr_SetString(PyExc_ValueError, "the per-message columns differ in length");
+        goto done;
+    }
+    if (!ev.vals || !ev.keys) {
         PyErr_NoMemory();
         goto done;
     }
-    memset(sc->model_slots, 0xff, sizeof sc->model_slots);
-    memset(sc->seg_slots, 0xff, sizeof sc->seg_slots);
+    if (set_init(&sc.names, n < MAX_MODELS ? n : MAX_MODELS) < 0 ||
+        set_init(&sc.segs, n < MAX_SEGMENTS ? n : MAX_SEGMENTS) < 0 ||
+        set_init(&sc.keys, MAX_FEATURES) < 0)
+        goto done;
+    codes = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(int32_t));
+    if (!codes) goto done;
     int32_t *code = (int32_t *)PyBytes_AS_STRING(codes);
+    const int64_t *part = parts.buf, *off = offs.buf;
+    const double *stamp = stamps.buf;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *raw = PyList_GET_ITEM(values, i);
+        PyObject *raw = PyTuple_GET_ITEM(values, i);
         code[i] = -1;
         if (!PyBytes_CheckExact(raw)) continue;
         Py_ssize_t len = PyBytes_GET_SIZE(raw);
         if (len > max_bytes) continue;
         if (!parse_event(PyBytes_AS_STRING(raw), len, &ev, max_str, max_model)) continue;
         int err = 0;
-        Model *m = model_for(sc, ev.model, &err);
+        Model *m = model_for(&sc, ev.model, &err);
         if (err) goto done;
-        if (!m) continue;
-        if (!same_keys(m, &ev, &err)) {
+        if (!m || m->refused) continue;
+        int32_t seg = -1;
+        if (!same_keys(&sc, m, &ev, &err) || (ev.has_seg && (seg = segment_code(&sc, ev.seg)) < 0)) {
             if (err) goto done;
+            m->refused = 1;
             continue;
         }
-        int32_t seg = -1;
-        if (ev.has_seg && (seg = segment_code(sc, ev.seg)) == -2) continue;
-        double kts = NAN;
-        if (!ev.has_ts) {
-            PyObject *st = PyList_GET_ITEM(stamps, i);
-            kts = PyFloat_AsDouble(st);
-            if (kts == -1.0 && PyErr_Occurred()) goto done;
-        }
-        long long part = PyLong_AsLongLong(PyList_GET_ITEM(parts, i));
-        long long off = PyLong_AsLongLong(PyList_GET_ITEM(offs, i));
-        if ((part == -1 || off == -1) && PyErr_Occurred()) goto done;
-        if (append(m, &ev, kts, part, off, seg, (int32_t)i) < 0) goto done;
-        code[i] = (int32_t)(m - sc->models);
+        if (append(m, &ev, ev.has_ts ? ev.ts : stamp[i], part[i], off[i], seg, (int32_t)i) < 0)
+            goto done;
+        code[i] = (int32_t)(m - sc.models);
     }
+    for (Py_ssize_t i = 0; i < n; i++) /* a refused model's messages: all to Python */
+        if (code[i] >= 0 && sc.models[code[i]].refused) code[i] = -1;
     {
-        PyObject *models = PyList_New(0);
-        PyObject *segs = PyList_New(sc->nsegs);
+        PyObject *models = PyList_New(sc.names.n);
+        PyObject *segs = PyList_New(sc.segs.n);
         if (!models || !segs) {
             Py_XDECREF(models);
             Py_XDECREF(segs);
             goto done;
         }
-        for (Py_ssize_t j = 0; j < sc->nsegs; j++) {
-            PyObject *b = PyBytes_FromStringAndSize(sc->segs[j].p, sc->segs[j].n);
-            if (!b) {
-                Py_DECREF(models);
-                Py_DECREF(segs);
-                goto done;
-            }
-            PyList_SET_ITEM(segs, j, b);
+        for (Py_ssize_t j = 0; j < sc.segs.n; j++)
+            PyList_SET_ITEM(segs, j, PyBytes_FromStringAndSize(sc.segs.span[j].p, sc.segs.span[j].n));
+        for (Py_ssize_t j = 0; j < sc.names.n; j++) {
+            Model *m = &sc.models[j];
+            PyList_SET_ITEM(models, j, m->rows && !m->refused ? model_tuple(m) : Py_NewRef(Py_None));
         }
-        for (Py_ssize_t j = 0; j < sc->nmodels; j++) {
-            PyObject *t = sc->models[j].rows ? model_tuple(&sc->models[j]) : Py_NewRef(Py_None);
-            if (!t || PyList_Append(models, t) < 0) {
-                Py_XDECREF(t);
-                Py_DECREF(models);
-                Py_DECREF(segs);
-                goto done;
-            }
-            Py_DECREF(t);
-        }
+        for (Py_ssize_t j = 0; j < sc.segs.n; j++) /* any NULL: an error is set */
+            if (!PyList_GET_ITEM(segs, j)) goto fail;
+        for (Py_ssize_t j = 0; j < sc.names.n; j++)
+            if (!PyList_GET_ITEM(models, j)) goto fail;
         result = Py_BuildValue("(ONN)", codes, models, segs);
+        goto done;
+    fail:
+        Py_DECREF(models);
+        Py_DECREF(segs);
     }
 done:
-    if (sc) {
-        for (Py_ssize_t j = 0; j < sc->nmodels; j++) model_free(&sc->models[j]);
-        PyMem_Free(sc->models);
-        PyMem_Free(sc);
-    }
+    for (Py_ssize_t j = 0; j < sc.names.n && j < sc.cap; j++) model_free(&sc.models[j]);
+    PyMem_Free(sc.models);
+    set_free(&sc.names);
+    set_free(&sc.segs);
+    set_free(&sc.keys);
     PyMem_Free(ev.vals);
     PyMem_Free(ev.keys);
     Py_XDECREF(codes);
+    PyBuffer_Release(&parts);
+    PyBuffer_Release(&offs);
+    PyBuffer_Release(&stamps);
     return result;
 }
 
@@ -718,4 +762,14 @@ static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_scan", "Compiled scanner of single InferenceEvents.", -1, methods,
     NULL, NULL, NULL, NULL};
 
-PyMODINIT_FUNC PyInit__scan(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__scan(void) {
+    /* the hash seed: texts from the topics cannot be chosen to collide in the tables */
+    PyObject *os = PyImport_ImportModule("os");
+    if (!os) return NULL;
+    PyObject *bytes = PyObject_CallMethod(os, "urandom", "i", 8);
+    Py_DECREF(os);
+    if (!bytes) return NULL;
+    if (PyBytes_GET_SIZE(bytes) == 8) memcpy(&seed, PyBytes_AS_STRING(bytes), 8);
+    Py_DECREF(bytes);
+    return PyModule_Create(&module);
+}

@@ -3,6 +3,6 @@
 from typing import Any
 
 def scan(
-    values: list[Any], partitions: list[int], offsets: list[int], stamps: list[float],
-    max_bytes: int, max_string: int, max_model: int, /
+    values: tuple[Any, ...], partitions: Any, offsets: Any, stamps: Any, max_bytes: int,
+    max_string: int, max_model: int, /
 ) -> tuple[bytes, list[tuple[Any, ...] | None], list[bytes]]: ...

@@ -663,7 +663,7 @@ def decode_inference(
     """
     parts, offs, stamps = _meta(values, partitions=partitions, offsets=offsets,
                                 timestamps=timestamps)
-    if scan and _scan is not None and values:
+    if scan and _scan is not None and len(values):
         scanned = _scanned(values, parts, offs, stamps, limits, topic)
         if scanned is not None:
             return scanned
@@ -745,12 +745,16 @@ def _scanned(
     """
     assert _scan is not None
     n = len(values)
-    vals, part_list, off_list, stamp_list = (x if type(x) is list else list(islice(x, n))
-                                             for x in (values, parts, offs, stamps))
-    try:
+    vals = tuple(values)
+    part_list: list[Any] = parts if type(parts) is list else list(islice(parts, n))
+    off_list: list[Any] = offs if type(offs) is list else list(islice(offs, n))
+    stamp_list: list[Any] = stamps if type(stamps) is list else list(islice(stamps, n))
+    try:  # the batches' own conversions (None is NaN, as np.array makes it)
+        p_arr, o_arr = np.asarray(part_list, dtype=np.int64), np.asarray(off_list, dtype=np.int64)
+        t_arr = np.asarray(stamp_list, dtype=np.float64)
         codes_b, scanned, seg_texts = _scan.scan(
-            vals, part_list, off_list, stamp_list, limits.max_payload_bytes,
-            limits.max_string_length, limits.max_model_id_length)
+            vals, p_arr, o_arr, t_arr, limits.max_payload_bytes, limits.max_string_length,
+            limits.max_model_id_length)
     except (TypeError, ValueError, MemoryError, OverflowError):  # odd per-message values
         return None
     codes = np.frombuffer(codes_b, dtype=np.int32)
@@ -763,9 +767,10 @@ def _scanned(
         events = _decode_loop(((i, vals[i], part_list[i], off_list[i], stamp_list[i])
                                for i in slow), accs, rejections, seen, limits, topic)
     segments, bad = _scanned_segments(seg_texts, limits)
+    handed: set[int] = set()  # segment dicts some batch holds (each batch gets its own)
     first: dict[str, int] = {m: ix[0] for m, ix in seen.items()}
     fast_batches: dict[str, EventBatch] = {}
-    again: list[tuple[str, list[int]]] = []
+    again: list[int] = []  # messages of the models decoded again in Python
     for t in scanned:
         if t is None:
             continue
@@ -775,7 +780,10 @@ def _scanned(
         seg_codes = np.frombuffer(seg, dtype=np.int32)
         first[model] = min(first.get(model, n), int(rows[0]))
         if model in seen or bad[seg_codes].any() or not _keys_ok(model, keys, limits):
-            again.append((model, rows.tolist()))
+            again += rows.tolist()
+            if model in seen:
+                events -= accs.pop(model).rows
+                again += seen[model]
             continue
         events += len(rows)
         fast_batches[model] = EventBatch(
@@ -788,7 +796,7 @@ def _scanned(
             prediction_label=None,
             event_id=_obj(eid),
             model_version=_obj(mv),
-            segment=segments[seg_codes],
+            segment=_own_segments(segments, seg_codes, handed),
             latency_ms=np.frombuffer(lat, dtype=np.float64).copy(),
             partition=np.frombuffer(part, dtype=np.int64).copy(),
             offset=np.frombuffer(off, dtype=np.int64).copy(),
@@ -796,19 +804,36 @@ def _scanned(
             trace_id=None if trace is None else _obj(trace),
             outcome=None if outcome is None else _obj(outcome),
         )
-    for model, rows_list in again:
-        idx = sorted(rows_list + seen.get(model, []))
-        drop = set(seen.get(model, ()))
-        if drop:
-            rejections = [(i, r) for i, r in rejections if i not in drop]
-            events -= accs.pop(model).rows
+    if again:
+        drop = set(again)
+        rejections = [(i, r) for i, r in rejections if i not in drop]
         events += _decode_loop(((i, vals[i], part_list[i], off_list[i], stamp_list[i])
-                                for i in idx), accs, rejections, None, limits, topic)
+                                for i in sorted(drop)), accs, rejections, None, limits, topic)
     batches = {m: acc.batch() for m, acc in accs.items() if acc.rows}
     batches.update(fast_batches)
     ordered = dict(sorted(batches.items(), key=lambda kv: first[kv[0]]))
     rejections.sort(key=lambda ir: ir[0])
     return DecodeResult(batches=ordered, rejections=[r for _, r in rejections], events=events)
+
+
+def _own_segments(segments: ObjectArray, codes: Any, handed: set[int]) -> ObjectArray:
+    """One batch's segment column: its rows with equal segments share one dict, which no
+    other batch holds (as each model's rows get their own in the Python decoder)."""
+    col: ObjectArray = segments[codes]
+    mine: dict[int, dict[str, str]] = {}
+    for j in np.unique(codes).tolist():
+        d = segments[j]
+        if d is None:
+            continue
+        key = id(d)
+        if key in handed:
+            own = mine.setdefault(key, dict(d))
+            for r in np.flatnonzero(codes == j).tolist():
+                col[r] = own
+        else:
+            mine[key] = d
+    handed.update(id(d) for d in mine.values())
+    return col
 
 
 def _keys_ok(model: str, keys: tuple[str, ...], limits: Limits) -> bool:

@@ -56,7 +56,9 @@ _DROP = object()
 
 def test_the_scanner_takes_the_common_shape() -> None:
     values = [orjson.dumps(_event(f"m{i % 3}", i)) for i in range(30)]
-    codes, models, segments = codecs._scan.scan(values, [0] * 30, [0] * 30, [0.0] * 30,
+    zeros = np.zeros(30)
+    codes, models, segments = codecs._scan.scan(tuple(values), zeros.astype(np.int64),
+                                                   zeros.astype(np.int64), zeros,
                                                    1 << 20, 12, 8)
     assert np.frombuffer(codes, dtype=np.int32).tolist() == [i % 3 for i in range(30)]
     assert [t[0] for t in models] == ["m0", "m1", "m2"]
@@ -267,3 +269,64 @@ def test_every_prefix_and_byte_change_of_an_event_decodes_as_in_python() -> None
               for c in (0, 0x22, 0x2C, 0x2D, 0x30, 0x5C, 0x7D, 0xC3)]
     for start in range(0, len(texts), 50):
         both([ok, *texts[start:start + 50], ok])
+
+
+def _scan_codes(values: list[bytes]) -> list[int]:
+    zeros = np.zeros(len(values))
+    codes, _, _ = codecs._scan.scan(tuple(values), zeros.astype(np.int64), zeros.astype(np.int64),
+                                    zeros, 1 << 20, 1024, 256)
+    return np.frombuffer(codes, dtype=np.int32).tolist()  # type: ignore[no-any-return]
+
+
+def test_a_model_the_scanner_refuses_once_goes_to_python_whole() -> None:
+    """Its messages before and after the refused one are left too (none is lost)."""
+    other = orjson.dumps(_event("m2", 9))
+    values = [orjson.dumps(_event("m1", 0)), other,
+              orjson.dumps(_event("m1", 1, features={"b": 1.0, "a": 2.0, "c": 3.0})),
+              orjson.dumps(_event("m1", 2)), b'{"model":"m3","features":{"a":1,"a":2}}',
+              b'{"model":"m3","features":{"a":1}}']
+    assert _scan_codes(values) == [-1, 1, -1, -1, -1, -1]
+    res = both(values, Limits())
+    assert res.batches["m1"].event_id.tolist() == ["e0", "e1", "e2"]
+    assert res.batches["m3"].numeric.tolist() == [[2.0], [1.0]]
+
+
+def test_each_batch_has_its_own_segment_dicts() -> None:
+    values = [orjson.dumps(_event(m, i, segment={"r": "eu"})) for i, m in enumerate("abab")]
+    values.append(b'{"model":"a","features":{"a":1,"b":2,"c":3},"segment":{ "r" : "eu" }}')
+    res = both(values, Limits())
+    a, b = res.batches["a"].segment, res.batches["b"].segment
+    assert a[0] is a[1] is a[2] and b[0] is b[1] and a[0] is not b[0] and a[0] == b[0]
+
+
+def test_models_decoded_again_are_decoded_in_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many models with messages both ways and many rejections: two passes of the Python
+    loop in all (the messages left, then every model decoded again), not one per model."""
+    calls: list[int] = []
+    loop = codecs._decode_loop
+
+    def counting(messages: Any, *args: Any) -> int:
+        calls.append(1)
+        return loop(messages, *args)
+
+    monkeypatch.setattr(codecs, "_decode_loop", counting)
+    values = []
+    for i in range(300):
+        values += [orjson.dumps(_event(f"m{i}", i)),
+                   orjson.dumps(_event(f"m{i}", i, features={"a": "x", "b": 1, "c": 2})), b"{bad"]
+    res = _decode(values, True, Limits())
+    assert len(calls) == 2 and len(res.batches) == 300 and len(res.rejections) == 300
+
+
+def test_per_message_values_that_run_code_cannot_pull_texts_away() -> None:
+    """A timestamp whose conversion empties the message list: converted before the scan,
+    which reads its own tuple of the messages (no crash, every message decoded)."""
+    values = [orjson.dumps(_event("m1", i, ts=_DROP)) for i in range(4)]
+
+    class Stamp:
+        def __float__(self) -> float:
+            values.clear()
+            return 5.0
+
+    res = decode_inference(values, timestamps=[Stamp(), 1.0, 2.0, 3.0], scan=True)
+    assert res.events == 4 and res.batches["m1"].ts.tolist() == [5.0, 1.0, 2.0, 3.0]
