@@ -13,8 +13,11 @@ import orjson
 
 
 def machine() -> dict[str, Any]:
-    """What the numbers were measured on."""
+    """What the numbers were measured on (and whether single events were decoded by the
+    compiled scanner)."""
     import numpy as np
+
+    from driftline.schemas.codecs import SCANNER
 
     return {
         "cpu_count": os.cpu_count(),
@@ -23,6 +26,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "numpy": np.__version__,
         "date": time.strftime("%Y-%m-%d"),
+        "single_event_scanner": "compiled" if SCANNER else "python",
     }
 
 
