@@ -22,9 +22,9 @@
  * models, or -1: not taken); each model is (model, keys, numeric, ts, score, latency,
  * rows, partition, offset, event_id, model_version, segment, shadow_of, trace_id, outcome):
  * float64 column bytes (numeric row-major, n x len(keys)), rows int32 message indices,
- * partition and offset int64, segment int32 codes
- * into segments (-1: none), the string columns lists (None when all null). segments are
- * the distinct segment texts as bytes.
+ * partition and offset int64, segment int32 codes into segments (-1: none), event_id and
+ * model_version lists, the other string columns lists or None when all null; None for a
+ * model with no message taken. segments are the distinct segment texts as bytes.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -156,7 +156,9 @@ static void set_free(SpanSet *t) {
     PyMem_Free(t->span);
 }
 
-static inline int span_eq(Span a, const char *p, Py_ssize_t n);
+static inline int span_eq(Span a, const char *p, Py_ssize_t n) {
+    return a.n == n && memcmp(a.p, p, (size_t)n) == 0;
+}
 
 /* The entry of s, added if new (*added set); -1: the set is full. */
 static int32_t set_add(SpanSet *t, Span s, int *added) {
@@ -181,10 +183,6 @@ typedef struct {
     Py_ssize_t cap;
     SpanSet names, segs, keys; /* model names, segment texts, one event's feature keys */
 } Scan;
-
-static inline int span_eq(Span a, const char *p, Py_ssize_t n) {
-    return a.n == n && memcmp(a.p, p, (size_t)n) == 0;
-}
 
 /* ------------------------------------------------------------------ JSON pieces */
 
@@ -383,8 +381,7 @@ static int field_of(Span k) {
 typedef struct {
     Span model, mv, eid, shadow, trace, outcome, seg;
     int has_mv, has_eid, has_shadow, has_trace, has_outcome, has_seg;
-    double ts, score, lat;
-    int has_ts;
+    double ts, score, lat; /* NaN: absent or null (no number taken is NaN) */
     Span *keys;   /* the feature keys and values, in the caller's scratch arrays */
     double *vals;
     Py_ssize_t nf, cap;
@@ -434,8 +431,7 @@ static int parse_event(const char *p, Py_ssize_t n, Event *ev, Py_ssize_t max_st
     ev->keys = keys;
     ev->vals = vals;
     ev->cap = cap;
-    ev->score = NAN;
-    ev->lat = NAN;
+    ev->ts = ev->score = ev->lat = NAN;
     skip_ws(&c);
     if (c.p >= c.end || *c.p != '{') return 0;
     c.p++;
@@ -473,9 +469,7 @@ static int parse_event(const char *p, Py_ssize_t n, Event *ev, Py_ssize_t max_st
                 return 0;
             break;
         case F_TS:
-            if (literal(&c, "null", 4)) break;
-            if (!number(&c, &ev->ts)) return 0;
-            ev->has_ts = 1;
+            if (!opt_number(&c, &ev->ts, NAN)) return 0;
             break;
         case F_PRED:
             if (!opt_number(&c, &ev->score, NAN)) return 0;
@@ -508,6 +502,13 @@ static PyObject *ascii_str(Span s) {
     PyObject *o = PyUnicode_New(s.n, 127);
     if (o) memcpy(PyUnicode_DATA(o), s.p, (size_t)s.n);
     return o;
+}
+
+/* Append a string (has) or a null to a column. -1: error set. */
+static int strcol_put(StrCol *c, int has, Span text, Py_ssize_t row) {
+    PyObject *s = NULL;
+    if (has && !(s = ascii_str(text))) return -1;
+    return strcol_add(c, s, row);
 }
 
 static void model_free(Model *m) {
@@ -592,16 +593,15 @@ static int32_t segment_code(Scan *sc, Span s) {
 static int append(Model *m, const Event *ev, double kts, int64_t part, int64_t off, int32_t seg,
                   int32_t i) {
     Py_ssize_t row = m->rows;
-    double ts = ev->has_ts ? ev->ts : kts;
+    double ts = isnan(ev->ts) ? kts : ev->ts;
     if (buf_put(&m->numeric, ev->vals, (Py_ssize_t)sizeof(double) * m->nkeys) < 0 ||
         buf_put(&m->ts, &ts, sizeof ts) < 0 || buf_put(&m->score, &ev->score, sizeof(double)) < 0 ||
         buf_put(&m->lat, &ev->lat, sizeof(double)) < 0 || buf_put(&m->idx, &i, sizeof i) < 0 ||
         buf_put(&m->part, &part, sizeof part) < 0 || buf_put(&m->off, &off, sizeof off) < 0 ||
         buf_put(&m->seg, &seg, sizeof seg) < 0)
         return -1;
-    PyObject *eid = NULL, *mv = NULL;
-    if (ev->has_eid && !(eid = ascii_str(ev->eid))) return -1;
-    if (strcol_add(&m->eid, eid, row) < 0) return -1;
+    if (strcol_put(&m->eid, ev->has_eid, ev->eid, row) < 0) return -1;
+    PyObject *mv = NULL;
     if (ev->has_mv) {
         if (!m->mv_obj || !span_eq(m->mv_last, ev->mv.p, ev->mv.n)) {
             PyObject *o = ascii_str(ev->mv);
@@ -612,14 +612,11 @@ static int append(Model *m, const Event *ev, double kts, int64_t part, int64_t o
         }
         mv = Py_NewRef(m->mv_obj);
     }
-    if (strcol_add(&m->mv, mv, row) < 0) return -1;
-    PyObject *sh = NULL, *tr = NULL, *oc = NULL;
-    if (ev->has_shadow && !(sh = ascii_str(ev->shadow))) return -1;
-    if (strcol_add(&m->shadow, sh, row) < 0) return -1;
-    if (ev->has_trace && !(tr = ascii_str(ev->trace))) return -1;
-    if (strcol_add(&m->trace, tr, row) < 0) return -1;
-    if (ev->has_outcome && !(oc = ascii_str(ev->outcome))) return -1;
-    if (strcol_add(&m->outcome, oc, row) < 0) return -1;
+    if (strcol_add(&m->mv, mv, row) < 0 ||
+        strcol_put(&m->shadow, ev->has_shadow, ev->shadow, row) < 0 ||
+        strcol_put(&m->trace, ev->has_trace, ev->trace, row) < 0 ||
+        strcol_put(&m->outcome, ev->has_outcome, ev->outcome, row) < 0)
+        return -1;
     m->rows++;
     return 0;
 }
@@ -706,7 +703,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
             m->refused = 1;
             continue;
         }
-        if (append(m, &ev, ev.has_ts ? ev.ts : stamp[i], part[i], off[i], seg, (int32_t)i) < 0)
+        if (append(m, &ev, stamp[i], part[i], off[i], seg, (int32_t)i) < 0)
             goto done;
         code[i] = (int32_t)(m - sc.models);
     }

@@ -767,7 +767,6 @@ def _scanned(
         events = _decode_loop(((i, vals[i], part_list[i], off_list[i], stamp_list[i])
                                for i in slow), accs, rejections, seen, limits, topic)
     segments, bad = _scanned_segments(seg_texts, limits)
-    handed: set[int] = set()  # segment dicts some batch holds (each batch gets its own)
     first: dict[str, int] = {m: ix[0] for m, ix in seen.items()}
     fast_batches: dict[str, EventBatch] = {}
     again: list[int] = []  # messages of the models decoded again in Python
@@ -796,7 +795,7 @@ def _scanned(
             prediction_label=None,
             event_id=_obj(eid),
             model_version=_obj(mv),
-            segment=_own_segments(segments, seg_codes, handed),
+            segment=_own_segments(segments, seg_codes),
             latency_ms=np.frombuffer(lat, dtype=np.float64).copy(),
             partition=np.frombuffer(part, dtype=np.int64).copy(),
             offset=np.frombuffer(off, dtype=np.int64).copy(),
@@ -816,23 +815,16 @@ def _scanned(
     return DecodeResult(batches=ordered, rejections=[r for _, r in rejections], events=events)
 
 
-def _own_segments(segments: ObjectArray, codes: Any, handed: set[int]) -> ObjectArray:
-    """One batch's segment column: its rows with equal segments share one dict, which no
-    other batch holds (as each model's rows get their own in the Python decoder)."""
-    col: ObjectArray = segments[codes]
-    mine: dict[int, dict[str, str]] = {}
+def _own_segments(segments: ObjectArray, codes: Any) -> ObjectArray:
+    """One batch's segment column: rows with equal segments share one dict of this batch's
+    own (as each model's rows get theirs in the Python decoder)."""
+    own = np.empty(len(segments), dtype=object)  # None where no row of the batch points
+    same: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
     for j in np.unique(codes).tolist():
         d = segments[j]
-        if d is None:
-            continue
-        key = id(d)
-        if key in handed:
-            own = mine.setdefault(key, dict(d))
-            for r in np.flatnonzero(codes == j).tolist():
-                col[r] = own
-        else:
-            mine[key] = d
-    handed.update(id(d) for d in mine.values())
+        if d is not None:
+            own[j] = same.setdefault(tuple(d.items()), dict(d))
+    col: ObjectArray = own[codes]
     return col
 
 
@@ -846,20 +838,14 @@ def _keys_ok(model: str, keys: tuple[str, ...], limits: Limits) -> bool:
 
 def _scanned_segments(texts: list[bytes], limits: Limits) -> tuple[ObjectArray, Any]:
     """The scanned segment texts validated (one entry each, then None for "no segment"),
-    and which of them the full checks refuse. Equal segments share one dict, as in
-    :meth:`_Acc.segment`."""
+    and which of them the full checks refuse."""
     out = np.empty(len(texts) + 1, dtype=object)
     bad = np.zeros(len(texts) + 1, dtype=bool)
-    canon: dict[tuple[tuple[str, Any], ...], dict[str, str] | None] = {}
     for j, text in enumerate(texts):
         try:
-            seg = check_segment(_loads(text), limits)
+            out[j] = check_segment(_loads(text), limits)
         except Reject:
             bad[j] = True
-            continue
-        if seg is not None:
-            seg = canon.setdefault(tuple(seg.items()), seg)
-        out[j] = seg
     return out, bad
 
 
