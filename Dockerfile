@@ -9,8 +9,8 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 
 WORKDIR /src
-# a C compiler for the compiled scanner of single events (schemas/_scan.c); the runtime
-# stage gets the built package only
+# a C compiler for the compiled scanner of single events (schemas/_scan.c) and the label
+# join's id index (detectors/_id_index.c); the runtime stage gets the built package only
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/driftline
@@ -19,7 +19,8 @@ COPY detectors/ detectors/
 COPY schemas/ schemas/
 COPY streams/ streams/
 RUN /opt/driftline/bin/pip install --no-cache-dir . \
- && /opt/driftline/bin/python -c "from driftline.schemas.codecs import SCANNER; assert SCANNER"
+ && /opt/driftline/bin/python -c "from driftline.schemas.codecs import SCANNER; assert SCANNER" \
+ && /opt/driftline/bin/python -c "from driftline.detectors.join_index import COMPILED; assert COMPILED"
 
 FROM python:3.11.11-slim-bookworm
 

@@ -32,6 +32,8 @@ def main(wheel: str) -> int:
         return 1
     if not any(n.startswith("driftline/schemas/_scan.") and n.endswith(".so") for n in names):
         missing.append("driftline/schemas/_scan.*.so (the compiled scanner)")
+    if not any(n.startswith("driftline/detectors/_id_index.") and n.endswith(".so") for n in names):
+        missing.append("driftline/detectors/_id_index.*.so (the label join's id index)")
     if missing:
         print("wheel is missing:", *missing, sep="\n  ")
         return 1

@@ -17,6 +17,7 @@ def machine() -> dict[str, Any]:
     compiled scanner)."""
     import numpy as np
 
+    from driftline.detectors.join_index import COMPILED
     from driftline.schemas.codecs import SCANNER
 
     return {
@@ -27,6 +28,7 @@ def machine() -> dict[str, Any]:
         "numpy": np.__version__,
         "date": time.strftime("%Y-%m-%d"),
         "single_event_scanner": "compiled" if SCANNER else "python",
+        "label_join_index": "compiled" if COMPILED else "dict",
     }
 
 

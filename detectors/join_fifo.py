@@ -1,5 +1,5 @@
-"""The label join's FIFO: entries in arrival order in a ring of numpy columns, with a
-dict from id to ring slot (see :class:`Fifo`)."""
+"""The label join's FIFO: entries in arrival order in a ring of numpy columns, with an
+index from id to ring slot (see :class:`Fifo`)."""
 
 from __future__ import annotations
 
@@ -10,28 +10,28 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from driftline.detectors.join_index import IdIndex
+
 
 class Fifo:
-    """Entries in arrival order in a ring of numpy columns (ids and values), with a dict
-    from id to ring slot for the entries still in.
+    """Entries in arrival order in a ring of numpy columns (ids and values), with an
+    index from id to ring slot for the entries still in (:mod:`.join_index`).
 
-    Taking a batch in is one slice assignment per column and one ``dict.update`` whose
-    values come from a list of the slot numbers made once (no int object per entry). An
-    entry that leaves (or is taken in again: the newest counts, at the end) only leaves
-    the dict; its slot is skipped when the oldest are dropped, and the ring is rebuilt
-    without such slots when it is full, so it stays within a small multiple of the
-    entries in.
+    Taking a batch in is one slice assignment per column and one ``put`` of the ids and
+    their slots into the index. An entry that leaves (or is taken in again: the newest
+    counts, at the end) only leaves the index; its slot is skipped when the oldest are
+    dropped, and the ring is rebuilt without such slots when it is full, so it stays
+    within a small multiple of the entries in.
     """
 
-    def __init__(self, columns: dict[str, Any], slot_numbers: list[int]) -> None:
-        self.index: dict[str, int] = {}
+    def __init__(self, columns: dict[str, Any]) -> None:
+        self.index = IdIndex()
         self.cap = 0
         self.ids: NDArray[Any] = np.empty(0, dtype=object)
         self.cols: dict[str, NDArray[Any]] = {k: np.empty(0, dtype=dt) for k, dt in
                                               {**columns, "seq": np.int64}.items()}
         self.head = self.tail = 0  # counters; slot = counter % cap; head..tail may hold entries
         self.next_seq = 0  # each entry's "seq": its number, never reused (chunk records)
-        self._slot_numbers = slot_numbers  # [0, 1, 2, ...], as long as needed (may be shared)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -58,9 +58,10 @@ class Fifo:
             self.ids[at:at + b - a] = (ids if id_array is None else id_array)[a:b]
             for name, v in values.items():
                 self.cols[name][at:at + b - a] = v[a:b] if isinstance(v, list | np.ndarray) else v
-        nums = self._slot_numbers
-        self.index.update(zip(ids, nums[s:s + k] + nums[:n - k] if k < n else nums[s:s + n],
-                              strict=True))
+        slots = np.arange(s, s + n, dtype=np.int64)
+        if k < n:
+            slots[k:] -= self.cap
+        self.index.put(ids if isinstance(ids, list | tuple) else list(ids), slots)
         self.tail += n
 
     def _slots(self, start: int, stop: int) -> NDArray[np.intp]:
@@ -80,7 +81,7 @@ class Fifo:
         if not self.index:
             return slots[:0]
         live = np.zeros(self.cap, dtype=bool)
-        live[np.fromiter(self.index.values(), dtype=np.intp, count=len(self.index))] = True
+        live[np.frombuffer(self.index.slots(), dtype=np.int64)] = True
         return slots[live[slots]]
 
     def _room(self, n: int) -> None:
@@ -93,8 +94,7 @@ class Fifo:
             new_cap = max(64, 2 * (live + n))
             self._resize(new_cap, ((pos, slice(0, live)),))
             self.head, self.tail = 0, live
-            self.index.update(zip(self.ids[:live].tolist(), self._slot_numbers[:live],
-                                  strict=True))
+            self.index.put(self.ids[:live].tolist(), np.arange(live, dtype=np.int64))
             return
         new_cap = max(64, 2 * (span + n))
         h = self.head % cap if cap else 0
@@ -107,10 +107,8 @@ class Fifo:
             ids = self.ids[cap:cap + rest].tolist()
             found = np.fromiter(map(self.index.get, ids, repeat(-1, len(ids))), dtype=np.int64,
                                 count=len(ids))
-            kept: list[int] = np.flatnonzero(np.equal(found, np.arange(rest))).tolist()
-            nums = self._slot_numbers
-            self.index.update(zip([ids[i] for i in kept], [nums[cap + i] for i in kept],
-                                  strict=True))
+            kept = np.flatnonzero(np.equal(found, np.arange(rest)))
+            self.index.put([ids[i] for i in kept.tolist()], kept.astype(np.int64) + cap)
 
     def _resize(self, cap: int, moves: tuple[tuple[NDArray[np.intp] | slice, slice], ...]
                 ) -> None:
@@ -124,9 +122,6 @@ class Fifo:
                 for name, col in self.cols.items():
                     cols[name][dst] = col[src]
         self.ids, self.cols, self.cap = ids, cols, cap
-        nums = self._slot_numbers
-        if len(nums) < cap:
-            nums.extend(range(len(nums), cap))
 
     def pop(self, eid: str) -> int:
         """Slot of ``eid``'s entry, which leaves; -1 when it is not in."""
@@ -135,10 +130,7 @@ class Fifo:
 
     def discard(self, ids: Sequence[str]) -> None:
         """Let these entries leave (ids that are not in are ignored)."""
-        index = self.index
-        if index and not index.keys().isdisjoint(ids):
-            for eid in index.keys() & set(ids):
-                del index[eid]
+        self.index.discard(ids if isinstance(ids, list | tuple) else list(ids))
 
     def pop_oldest(self, k: int) -> NDArray[np.intp]:
         """Slots of the ``k`` oldest entries, which leave."""
@@ -183,7 +175,5 @@ class Fifo:
         """Move the head; the entries at the slots ``out`` leave."""
         self.head = head
         res = np.concatenate(out) if out else np.zeros(0, dtype=np.intp)
-        index = self.index
-        for eid in self.ids[res].tolist():
-            del index[eid]
+        self.index.discard(self.ids[res].tolist())
         return res

@@ -151,11 +151,10 @@ class JoinStore:
         self.config = config or JoinConfig()
         self.counts = JoinCounts()
         self.watermark = -math.inf  # newest event time seen on either stream
-        slot_numbers: list[int] = []
-        self._pred = Fifo({"score": np.float64, "ts": np.float64, "cls": object}, slot_numbers)
+        self._pred = Fifo({"score": np.float64, "ts": np.float64, "cls": object})
         # OrderedDict: dropping the oldest entry is O(1) (a plain dict rescans its deleted head)
         self._pending: OrderedDict[str, tuple[str, float]] = OrderedDict()
-        self._gone = Fifo({"why": np.int8}, slot_numbers)  # ids that left the store, and why
+        self._gone = Fifo({"why": np.int8})  # ids that left the store, and why
         # chunk records of both FIFOs (snapshot_records)
         self._books = {"pred": ChunkBook("pred", chunk_entries),
                        "gone": ChunkBook("gone", chunk_entries)}

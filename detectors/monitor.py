@@ -339,8 +339,8 @@ class ModelMonitor:
                 sums: dict[str, NDArray[Any]] = {"hist": self.binner.histogram(bins[r])}
                 if self.mv is not None and self._encoder is not None:
                     sums.update(self._mv_sums(batch, bins, r))
-                if qflags is not None:
-                    sums["quality"] = DataQuality.sums(qflags, r)
+                if qflags is not None and self.quality is not None:
+                    sums["quality"] = self.quality.sums(qflags, r, sums["hist"])
                 if cflags is not None:
                     sums["confidence"] = cflags[r].sum(axis=0).astype(np.int64)
                 self.ring.add(

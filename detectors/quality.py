@@ -163,9 +163,13 @@ class DataQuality:
     def shapes(self) -> dict[str, tuple[tuple[int, ...], str]]:
         return {"quality": ((len(self.names), 4), "<i8")}
 
-    def flags(self, batch: EventBatch, bins: NDArray[np.int64]) -> NDArray[np.bool_]:
-        """``(4, F, n)`` per-row flags of the batch (``bins`` from the monitor's binner);
-        rows last, so that summing a pane's rows is a contiguous reduction."""
+    def flags(self, batch: EventBatch, bins: NDArray[np.int64]) -> RowFlags:
+        """Per-row flags of the batch (``bins`` from the monitor's binner), rows last, so
+        that summing a pane's rows is a contiguous reduction. When no value of the batch
+        can be a type mismatch (no strings in numeric features, no categorical feature
+        whose categories are all text), a row is missing or unseen exactly when its bin is
+        the missing bin or the "other" bin: those two counts are then read off the pane's
+        histogram (:meth:`sums`) and only out-of-range is flagged per row."""
         n, f = len(batch), len(self.names)
         if batch.feature_names != self._names_seen:
             index = {name: i for i, name in enumerate(batch.feature_names)}
@@ -180,34 +184,39 @@ class DataQuality:
         else:
             num = np.full((n, f), np.nan)
             num[:, have] = batch.numeric[:, where[have]]
+        cats = self._cats
+        with np.errstate(invalid="ignore"):  # NaN compares False; lo/hi are +-inf if unused
+            oor = ((num < self.lo) | (num > self.hi)).T
+        if (batch.text is None or not self._any_numeric) and not cats.size:
+            return RowFlags(None, np.ascontiguousarray(oor))  # no mismatch possible
         # computed row-major like the inputs, stored rows-last (one transposing copy each)
         out = np.empty((4, f, n), dtype=bool)
         b = bins[:, :f]
-        cats = self._cats
-        if (batch.text is None or not self._any_numeric) and not cats.size:
-            out[MISMATCH] = False  # no strings in numeric columns, no numbers in categorical
-            out[MISSING] = (b == self.missing_bin).T
-            out[UNSEEN] = (b == self.other).T
-        else:
-            mismatch = np.zeros((n, f), dtype=bool)
-            if batch.text is not None and self._any_numeric:
-                cols = np.flatnonzero(have & self.numeric)
-                mismatch[:, cols] = is_set(batch.text[:, where[cols]])
-            if cats.size:
-                mismatch[:, cats] = np.isfinite(num[:, cats])
-            out[MISMATCH] = mismatch.T
-            out[MISSING] = ((b == self.missing_bin) & ~mismatch).T
-            out[UNSEEN] = ((b == self.other) & ~mismatch).T
-        with np.errstate(invalid="ignore"):  # NaN compares False; lo/hi are +-inf if unused
-            out[OUT_OF_RANGE] = ((num < self.lo) | (num > self.hi)).T
-        return out
+        mismatch = np.zeros((n, f), dtype=bool)
+        if batch.text is not None and self._any_numeric:
+            cols = np.flatnonzero(have & self.numeric)
+            mismatch[:, cols] = is_set(batch.text[:, where[cols]])
+        if cats.size:
+            mismatch[:, cats] = np.isfinite(num[:, cats])
+        out[MISMATCH] = mismatch.T
+        out[MISSING] = ((b == self.missing_bin) & ~mismatch).T
+        out[UNSEEN] = ((b == self.other) & ~mismatch).T
+        out[OUT_OF_RANGE] = oor
+        return RowFlags(out, out[OUT_OF_RANGE])
 
-    @staticmethod
-    def sums(flags: NDArray[np.bool_], rows: NDArray[np.int64]) -> NDArray[np.int64]:
-        """``(F, 4)`` counts of some rows (pane-additive)."""
-        part = flags[:, :, rows[0] : rows[-1] + 1] if rows[-1] - rows[0] + 1 == rows.size \
-            else flags[:, :, rows]
-        return np.asarray(part.view(np.uint8).sum(axis=2, dtype=np.int64).T)
+    def sums(self, flags: RowFlags, rows: NDArray[np.int64],
+             hist: NDArray[np.int64]) -> NDArray[np.int64]:
+        """``(F, 4)`` counts of some rows (pane-additive); ``hist``: those rows' histogram
+        (the monitor's, ``(columns, bins)``, the features first)."""
+        if flags.all is not None:
+            return _row_sums(flags.all, rows).T
+        f = len(self.names)
+        out = np.zeros((f, 4), dtype=np.int64)
+        out[:, OUT_OF_RANGE] = _row_sums(flags.out_of_range, rows)
+        out[:, MISSING] = hist[:f, self.missing_bin]
+        cat = self.other >= 0
+        out[cat, UNSEEN] = hist[:f][cat, self.other[cat]]
+        return out
 
     def evaluate(self, counts: NDArray[Any], n: int) -> QualityEvaluation:
         """Rates and p-values of a window of ``n`` events with these counts."""
@@ -226,6 +235,23 @@ class DataQuality:
         p = np.where(self.applicable, p, np.nan)
         return QualityEvaluation(self.names, rate, ref_rate, p, self.applicable,
                                  np.zeros(self.applicable.shape, dtype=bool))
+
+
+@dataclass(frozen=True)
+class RowFlags:
+    """Per-row quality flags of a batch: all four ``(4, F, n)``, or (when no value can be
+    a type mismatch) None, missing and unseen being counted from the histogram; always
+    out-of-range ``(F, n)``."""
+
+    all: NDArray[np.bool_] | None
+    out_of_range: NDArray[np.bool_]
+
+
+def _row_sums(flags: NDArray[np.bool_], rows: NDArray[np.int64]) -> NDArray[np.int64]:
+    """Sums over the last axis at ``rows`` (a contiguous slice when they are one run)."""
+    part = flags[..., rows[0] : rows[-1] + 1] if rows[-1] - rows[0] + 1 == rows.size \
+        else flags[..., rows]
+    return np.asarray(part.view(np.uint8).sum(axis=-1, dtype=np.int64))
 
 
 def is_set(values: NDArray[Any]) -> NDArray[np.bool_]:

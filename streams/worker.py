@@ -63,6 +63,7 @@ from prometheus_client import CollectorRegistry
 
 from driftline.detectors.concept import preload as preload_concept
 from driftline.detectors.errors import DriftlineError
+from driftline.detectors.join_index import COMPILED as ID_INDEX_COMPILED
 from driftline.detectors.reference import ReferenceProfile
 from driftline.detectors.serialization import sign_record, verify_record
 from driftline.schemas.codecs import SCANNER, encode_alert, encode_dead_letter
@@ -276,6 +277,10 @@ class Worker:
             log.warning("single JSON events are decoded in Python: the compiled scanner "
                         "(driftline.schemas._scan) was not built when driftline was "
                         "installed (no C compiler?); they are decoded about twice as slowly")
+        if not ID_INDEX_COMPILED:
+            log.warning("the label join indexes event ids with a dict: the compiled index "
+                        "(driftline.detectors._id_index) was not built when driftline was "
+                        "installed (no C compiler?); keeping predictions costs more CPU")
         self._admin = AdminClient({k: v for k, v in self._base.items()
                                    if not k.startswith(("fetch.", "enable."))})
         try:

@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.table import Table as RichTable
 
 from driftline.detectors.errors import DriftlineError
+from driftline.detectors.join_index import COMPILED as ID_INDEX_COMPILED
 from driftline.detectors.offline import profile_table
 from driftline.detectors.reference import ReferenceProfile
 from driftline.detectors.serialization import sign_record, verify_record
@@ -475,6 +476,7 @@ def config_show(bootstrap: str | None = BootstrapOpt) -> None:
     data = s.model_dump(mode="json")
     data["kafka"] = redacted(s.kafka())
     data["single_event_scanner"] = "compiled" if SCANNER else "python (not built at install)"
+    data["label_join_index"] = "compiled" if ID_INDEX_COMPILED else "dict (not built at install)"
     typer.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
 
 

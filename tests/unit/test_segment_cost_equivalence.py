@@ -530,9 +530,11 @@ def test_monitor_evaluations_alerts_and_snapshots_match_the_first_written_code(
 
 
 @pytest.mark.parametrize("numbers", [False, True])
-def test_quality_flags_match_the_first_written_code(numbers: bool) -> None:
+def test_quality_counts_match_the_first_written_flags(numbers: bool) -> None:
     """Feature sets in and out of the reference's order, missing and extra features,
-    strings in numeric features, numbers and unseen words in a categorical one."""
+    strings in numeric features, numbers and unseen words in a categorical one: the
+    counts of all rows, of a run of rows and of scattered rows (read off the histogram
+    when no value can be a mismatch) are the sums of the flags as first written."""
     rng = np.random.default_rng(9)
     x = rng.normal(size=(4_000, 4))
     cats = ["1", "2", "3"] if numbers else ["a", "b", "c"]
@@ -546,6 +548,7 @@ def test_quality_flags_match_the_first_written_code(numbers: bool) -> None:
     orders = [("f0", "f1", "f2", "f3", "cat"), ("f0", "f1", "f2", "f3", "cat"),
               ("cat", "f3", "f2", "f1", "f0"), ("f0", "f1", "cat"),
               ("f0", "f1", "f2", "f3", "cat", "extra"), ("f0", "f1", "f2", "f3", "cat")]
+    fast = 0
     for k, names in enumerate(orders * 2):
         n = int(rng.integers(1, 300))
         num = rng.normal(size=(n, len(names))) * 3
@@ -561,7 +564,14 @@ def test_quality_flags_match_the_first_written_code(numbers: bool) -> None:
             num[:, j] = np.where(is_word, np.nan, rng.integers(0, 5, n))
         b = replace(make_batch(num, names=names), text=text)
         bins = mon.binner.bins(b)
-        _same(new.flags(b, bins), old.flags(b, bins), f"batch {k}")
+        flags, first = new.flags(b, bins), old.flags(b, bins)
+        fast += flags.all is None
+        for rows in (np.arange(n), np.arange(n // 3, n), np.flatnonzero(rng.random(n) < 0.5)):
+            if rows.size:
+                counts = new.sums(flags, rows, mon.binner.histogram(bins[rows]))
+                assert counts.dtype == np.int64
+                _same(counts, first[:, :, rows].sum(axis=2, dtype=np.int64).T, f"batch {k}")
+    assert fast == (4 if numbers else 0)  # both ways of counting were compared
 
 
 def test_the_old_grouping_is_really_different_code(profile: ReferenceProfile) -> None:

@@ -1,0 +1,390 @@
+/* Compiled index of the label join's FIFOs: event id (str) -> ring slot (int64).
+ *
+ * IdIndex behaves as a dict from exact str keys to int slots, with the batch operations
+ * the join needs: put(ids, slots) takes a whole batch in (hashes first, then the table
+ * buckets prefetched a few keys ahead, so the cache misses of a large table overlap
+ * instead of adding up), discard(ids) and isdisjoint(ids) take a list of keys, slots()
+ * gives every slot as int64 bytes. One open-addressing table with linear probing; an
+ * entry holds the key's hash, a reference to the key and the slot; deletion shifts the
+ * following entries back (no tombstones); the table doubles past half full.
+ *
+ * Keys are str objects only (put raises TypeError on anything else; get/pop/contains
+ * treat other objects as absent): comparing str runs no Python code, so the table cannot
+ * change under a probe. Equal keys are equal text (same hash, length, kind and bytes).
+ * The Python class of the same name in join_index.py is the reference semantics (a dict).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define MIN_SIZE 64
+#define AHEAD 8 /* keys whose buckets are prefetched before the current one is probed */
+
+typedef struct {
+    Py_hash_t hash;
+    PyObject *key; /* NULL: empty */
+    int64_t slot;
+} Entry;
+
+typedef struct {
+    PyObject_HEAD
+    Entry *table;
+    size_t mask; /* size - 1; size 0 before the first put */
+    Py_ssize_t used;
+} IdIndex;
+
+static inline int same_text(PyObject *a, PyObject *b) {
+    if (a == b) return 1;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(a);
+    if (n != PyUnicode_GET_LENGTH(b)) return 0;
+    int kind = PyUnicode_KIND(a);
+    if (kind != PyUnicode_KIND(b)) return 0;
+    return memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), (size_t)n * (size_t)kind) == 0;
+}
+
+/* The key's hash, or -1 with TypeError set when it is not a str (str hashes are never -1). */
+static inline Py_hash_t key_hash(PyObject *key) {
+    if (!PyUnicode_CheckExact(key)) {
+        PyErr_Format(PyExc_TypeError, "event ids must be str, not %.100s", Py_TYPE(key)->tp_name);
+        return -1;
+    }
+    if (PyUnicode_READY(key) < 0) return -1;
+    return PyObject_Hash(key);
+}
+
+/* Bucket of the key, or of the empty entry where it would go. */
+static inline size_t find(const IdIndex *ix, PyObject *key, Py_hash_t h) {
+    size_t i = (size_t)h & ix->mask;
+    for (;;) {
+        const Entry *e = &ix->table[i];
+        if (e->key == NULL || (e->hash == h && same_text(e->key, key))) return i;
+        i = (i + 1) & ix->mask;
+    }
+}
+
+static int resize(IdIndex *ix, size_t size) {
+    Entry *table = PyMem_Calloc(size, sizeof(Entry));
+    if (table == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    size_t mask = size - 1;
+    if (ix->table != NULL) {
+        for (size_t j = 0; j <= ix->mask; j++) {
+            Entry *e = &ix->table[j];
+            if (e->key == NULL) continue;
+            size_t i = (size_t)e->hash & mask;
+            while (table[i].key != NULL) i = (i + 1) & mask;
+            table[i] = *e;
+        }
+        PyMem_Free(ix->table);
+    }
+    ix->table = table;
+    ix->mask = mask;
+    return 0;
+}
+
+/* Room for ``more`` keys at most half full. */
+static int reserve(IdIndex *ix, Py_ssize_t more) {
+    size_t need = (size_t)(ix->used + more) * 2;
+    size_t size = ix->table == NULL ? 0 : ix->mask + 1;
+    if (need <= size) return 0;
+    if (size < MIN_SIZE) size = MIN_SIZE;
+    while (size < need) size *= 2;
+    return resize(ix, size);
+}
+
+/* Remove the entry at bucket i (it holds a key): later entries of its run shift back. */
+static void remove_at(IdIndex *ix, size_t i) {
+    PyObject *key = ix->table[i].key;
+    size_t mask = ix->mask, j = i;
+    for (;;) {
+        j = (j + 1) & mask;
+        Entry *e = &ix->table[j];
+        if (e->key == NULL) break;
+        size_t home = (size_t)e->hash & mask;
+        /* e may move to i when its home is not in (i, j] (cyclically) */
+        int stays = (i <= j) ? (i < home && home <= j) : (i < home || home <= j);
+        if (stays) continue;
+        ix->table[i] = *e;
+        i = j;
+    }
+    ix->table[i].key = NULL;
+    ix->used--;
+    Py_DECREF(key);
+}
+
+/* Bucket holding the key, or -1 (also for a key that is not a str; no error set). */
+static Py_ssize_t lookup(const IdIndex *ix, PyObject *key) {
+    if (ix->used == 0 || !PyUnicode_CheckExact(key)) return -1;
+    Py_hash_t h;
+    if (PyUnicode_READY(key) < 0 || (h = PyObject_Hash(key)) == -1) {
+        PyErr_Clear();
+        return -1;
+    }
+    size_t i = find(ix, key, h);
+    return ix->table[i].key == NULL ? -1 : (Py_ssize_t)i;
+}
+
+/* The items of a list or tuple (borrowed; an empty list may have none: *n is 0), or -1
+   with TypeError. */
+static int items_of(PyObject *seq, PyObject ***items, Py_ssize_t *n) {
+    if (PyList_CheckExact(seq)) {
+        *n = PyList_GET_SIZE(seq);
+        *items = ((PyListObject *)seq)->ob_item;
+        return 0;
+    }
+    if (PyTuple_CheckExact(seq)) {
+        *n = PyTuple_GET_SIZE(seq);
+        *items = ((PyTupleObject *)seq)->ob_item;
+        return 0;
+    }
+    PyErr_SetString(PyExc_TypeError, "ids must be a list or a tuple");
+    return -1;
+}
+
+static PyObject *IdIndex_put(IdIndex *ix, PyObject *args) {
+    PyObject *ids, *slots_obj;
+    if (!PyArg_ParseTuple(args, "OO:put", &ids, &slots_obj)) return NULL;
+    Py_ssize_t n;
+    PyObject **keys;
+    if (items_of(ids, &keys, &n) < 0) return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(slots_obj, &view, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) return NULL;
+    PyObject *res = NULL;
+    Py_hash_t *hashes = NULL;
+    if (view.itemsize != 8 || view.format == NULL ||
+        !(strcmp(view.format, "q") == 0 || strcmp(view.format, "l") == 0 ||
+          strcmp(view.format, "<q") == 0 || strcmp(view.format, "<l") == 0 ||
+          strcmp(view.format, "=q") == 0 || strcmp(view.format, "=l") == 0)) {
+        PyErr_SetString(PyExc_TypeError, "slots must be a buffer of int64");
+        goto done;
+    }
+    if (view.len / 8 != n) {
+        PyErr_SetString(PyExc_ValueError, "ids and slots differ in length");
+        goto done;
+    }
+    const int64_t *slots = (const int64_t *)view.buf;
+    hashes = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(Py_hash_t));
+    if (hashes == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    /* hash every key first: nothing changes unless all are str; the list's items are
+       held while the table is written (its own references are taken per key) */
+    for (Py_ssize_t k = 0; k < n; k++)
+        if ((hashes[k] = key_hash(keys[k])) == -1) goto done;
+    if (reserve(ix, n) < 0) goto done;
+    Entry *table = ix->table;
+    size_t mask = ix->mask;
+    for (Py_ssize_t k = 0; k < n && k < AHEAD; k++)
+        __builtin_prefetch(&table[(size_t)hashes[k] & mask], 1);
+    for (Py_ssize_t k = 0; k < n; k++) {
+        if (k + AHEAD < n) __builtin_prefetch(&table[(size_t)hashes[k + AHEAD] & mask], 1);
+        size_t i = find(ix, keys[k], hashes[k]);
+        Entry *e = &table[i];
+        if (e->key == NULL) {
+            Py_INCREF(keys[k]);
+            e->key = keys[k];
+            e->hash = hashes[k];
+            ix->used++;
+        }
+        e->slot = slots[k];
+    }
+    res = Py_NewRef(Py_None);
+done:
+    PyMem_Free(hashes);
+    PyBuffer_Release(&view);
+    return res;
+}
+
+static PyObject *IdIndex_get(IdIndex *ix, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "get(key, default=None)");
+        return NULL;
+    }
+    Py_ssize_t i = lookup(ix, args[0]);
+    if (i < 0) return Py_NewRef(nargs == 2 ? args[1] : Py_None);
+    return PyLong_FromLongLong(ix->table[i].slot);
+}
+
+static PyObject *IdIndex_pop(IdIndex *ix, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "pop(key[, default])");
+        return NULL;
+    }
+    Py_ssize_t i = lookup(ix, args[0]);
+    if (i < 0) {
+        if (nargs == 2) return Py_NewRef(args[1]);
+        PyErr_SetObject(PyExc_KeyError, args[0]);
+        return NULL;
+    }
+    PyObject *slot = PyLong_FromLongLong(ix->table[i].slot);
+    if (slot != NULL) remove_at(ix, (size_t)i);
+    return slot;
+}
+
+static PyObject *IdIndex_discard(IdIndex *ix, PyObject *ids) {
+    Py_ssize_t n;
+    PyObject **keys;
+    if (items_of(ids, &keys, &n) < 0) return NULL;
+    for (Py_ssize_t k = 0; k < n && ix->used; k++) {
+        Py_ssize_t i = lookup(ix, keys[k]);
+        if (i >= 0) remove_at(ix, (size_t)i);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *IdIndex_isdisjoint(IdIndex *ix, PyObject *ids) {
+    Py_ssize_t n;
+    PyObject **keys;
+    if (items_of(ids, &keys, &n) < 0) return NULL;
+    for (Py_ssize_t k = 0; k < n && ix->used; k++)
+        if (lookup(ix, keys[k]) >= 0) Py_RETURN_FALSE;
+    Py_RETURN_TRUE;
+}
+
+static PyObject *IdIndex_slots(IdIndex *ix, PyObject *Py_UNUSED(ignored)) {
+    PyObject *out = PyBytes_FromStringAndSize(NULL, ix->used * 8);
+    if (out == NULL) return NULL;
+    int64_t *dst = (int64_t *)PyBytes_AS_STRING(out);
+    if (ix->table != NULL)
+        for (size_t j = 0; j <= ix->mask; j++)
+            if (ix->table[j].key != NULL) *dst++ = ix->table[j].slot;
+    return out;
+}
+
+static PyObject *IdIndex_items(IdIndex *ix, PyObject *Py_UNUSED(ignored)) {
+    PyObject *out = PyList_New(0);
+    if (out == NULL || ix->table == NULL) return out;
+    for (size_t j = 0; j <= ix->mask; j++) {
+        Entry *e = &ix->table[j];
+        if (e->key == NULL) continue;
+        PyObject *item = Py_BuildValue("(OL)", e->key, (long long)e->slot);
+        if (item == NULL || PyList_Append(out, item) < 0) {
+            Py_XDECREF(item);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(item);
+    }
+    return out;
+}
+
+static void clear_table(IdIndex *ix) {
+    Entry *table = ix->table;
+    size_t size = table == NULL ? 0 : ix->mask + 1;
+    ix->table = NULL;
+    ix->mask = 0;
+    ix->used = 0;
+    for (size_t j = 0; j < size; j++) Py_XDECREF(table[j].key);
+    PyMem_Free(table);
+}
+
+static PyObject *IdIndex_clear(IdIndex *ix, PyObject *Py_UNUSED(ignored)) {
+    clear_table(ix);
+    Py_RETURN_NONE;
+}
+
+static Py_ssize_t IdIndex_len(IdIndex *ix) { return ix->used; }
+
+static int IdIndex_contains(IdIndex *ix, PyObject *key) { return lookup(ix, key) >= 0; }
+
+static int IdIndex_ass_sub(IdIndex *ix, PyObject *key, PyObject *value) {
+    if (value != NULL) {
+        PyErr_SetString(PyExc_TypeError, "IdIndex takes keys in with put()");
+        return -1;
+    }
+    Py_ssize_t i = lookup(ix, key);
+    if (i < 0) {
+        PyErr_SetObject(PyExc_KeyError, key);
+        return -1;
+    }
+    remove_at(ix, (size_t)i);
+    return 0;
+}
+
+static PyObject *IdIndex_subscript(IdIndex *ix, PyObject *key) {
+    Py_ssize_t i = lookup(ix, key);
+    if (i < 0) {
+        PyErr_SetObject(PyExc_KeyError, key);
+        return NULL;
+    }
+    return PyLong_FromLongLong(ix->table[i].slot);
+}
+
+static void IdIndex_dealloc(IdIndex *ix) {
+    clear_table(ix);
+    Py_TYPE(ix)->tp_free((PyObject *)ix);
+}
+
+static PyObject *IdIndex_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    if (PyTuple_GET_SIZE(args) || (kwds && PyDict_GET_SIZE(kwds))) {
+        PyErr_SetString(PyExc_TypeError, "IdIndex() takes no arguments");
+        return NULL;
+    }
+    IdIndex *ix = (IdIndex *)type->tp_alloc(type, 0);
+    if (ix != NULL) {
+        ix->table = NULL;
+        ix->mask = 0;
+        ix->used = 0;
+    }
+    return (PyObject *)ix;
+}
+
+static PyMethodDef IdIndex_methods[] = {
+    {"put", (PyCFunction)IdIndex_put, METH_VARARGS,
+     "put(ids, slots): ids (list or tuple of str) -> slots (int64 buffer); the last wins"},
+    {"get", (PyCFunction)(void (*)(void))IdIndex_get, METH_FASTCALL,
+     "get(key, default=None): the key's slot"},
+    {"pop", (PyCFunction)(void (*)(void))IdIndex_pop, METH_FASTCALL,
+     "pop(key[, default]): the key's slot, and the key leaves"},
+    {"discard", (PyCFunction)IdIndex_discard, METH_O, "discard(ids): these keys leave"},
+    {"isdisjoint", (PyCFunction)IdIndex_isdisjoint, METH_O,
+     "isdisjoint(ids): whether none of these keys is in"},
+    {"slots", (PyCFunction)IdIndex_slots, METH_NOARGS, "every slot, as int64 bytes"},
+    {"items", (PyCFunction)IdIndex_items, METH_NOARGS, "(key, slot) pairs"},
+    {"clear", (PyCFunction)IdIndex_clear, METH_NOARGS, "every key leaves"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PySequenceMethods IdIndex_as_sequence = {
+    .sq_contains = (objobjproc)IdIndex_contains,
+};
+
+static PyMappingMethods IdIndex_as_mapping = {
+    .mp_length = (lenfunc)IdIndex_len,
+    .mp_subscript = (binaryfunc)IdIndex_subscript,
+    .mp_ass_subscript = (objobjargproc)IdIndex_ass_sub,
+};
+
+static PyTypeObject IdIndexType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "driftline.detectors._id_index.IdIndex",
+    .tp_basicsize = sizeof(IdIndex),
+    .tp_dealloc = (destructor)IdIndex_dealloc,
+    .tp_as_sequence = &IdIndex_as_sequence,
+    .tp_as_mapping = &IdIndex_as_mapping,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Event id (str) -> ring slot (int), for the label join's FIFOs.",
+    .tp_methods = IdIndex_methods,
+    .tp_new = IdIndex_new,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_id_index", "Compiled index of the label join's FIFOs.", -1, NULL,
+};
+
+PyMODINIT_FUNC PyInit__id_index(void) {
+    if (PyType_Ready(&IdIndexType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    Py_INCREF(&IdIndexType);
+    if (PyModule_AddObject(m, "IdIndex", (PyObject *)&IdIndexType) < 0) {
+        Py_DECREF(&IdIndexType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,51 @@
+"""The label join's index from event id to ring slot: compiled when the package was
+built with a C compiler (``detectors/_id_index.c``), else a dict with the same methods.
+
+Both take a batch of ids in with one call (``put``), let a list of ids leave
+(``discard``), and give every slot as int64 bytes (``slots``). The compiled one keeps
+one flat table and prefetches the buckets of a batch ahead of writing them: a model's
+index is large (up to ``max_entries`` ids) and mostly out of cache between batches, so
+a dict insert per prediction paid a cache miss or two in turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+class DictIdIndex(dict[str, int]):
+    """The index as a dict: the semantics, and the stand-in when the extension is absent."""
+
+    def put(self, ids: Sequence[str], slots: Any) -> None:
+        """Take ``ids`` in at ``slots`` (int64); an id already in takes its new slot."""
+        if not all(type(i) is str for i in ids):
+            raise TypeError("event ids must be str")
+        if len(ids) != len(slots):
+            raise ValueError("ids and slots differ in length")
+        self.update(zip(ids, np.asarray(slots, dtype=np.int64).tolist(), strict=True))
+
+    def discard(self, ids: Sequence[str]) -> None:
+        """Let these ids leave (ids that are not in are ignored)."""
+        if self and not self.keys().isdisjoint(ids):
+            for eid in self.keys() & set(ids):
+                del self[eid]
+
+    def isdisjoint(self, ids: Sequence[str]) -> bool:
+        return self.keys().isdisjoint(ids)
+
+    def slots(self) -> bytes:
+        return np.fromiter(self.values(), dtype=np.int64, count=len(self)).tobytes()
+
+
+try:  # built from detectors/_id_index.c when the package is installed with a C compiler
+    from driftline.detectors._id_index import IdIndex as _CompiledIdIndex
+except ImportError:  # pragma: no cover - exercised by installs without a compiler
+    _CompiledIdIndex = None  # type: ignore[assignment,misc]
+
+#: Whether the compiled index is built (the dict stand-in gives the same results).
+COMPILED = _CompiledIdIndex is not None
+#: The index class the join uses.
+IdIndex: type[Any] = _CompiledIdIndex if _CompiledIdIndex is not None else DictIdIndex

@@ -1,0 +1,157 @@
+"""The label join's id index: the compiled one behaves exactly as a dict.
+
+Random runs of every operation (batches with ids repeated within and across them, gets,
+pops, discards, deletions, clears) on ``IdIndex`` and on a plain dict give the same
+results and contents after every step; large runs with many deletions exercise the
+table's growth and its backward shifts. The dict stand-in (``DictIdIndex``, used when the
+extension is not built) runs the same checks.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from driftline.detectors import join_index
+from driftline.detectors.join_index import DictIdIndex
+
+KINDS: list[Any] = [DictIdIndex]
+if join_index.COMPILED:
+    KINDS.append(join_index.IdIndex)
+
+
+def _ids(rng: np.random.Generator, n: int, pool: int) -> list[str]:
+    """Ids from a pool of ``pool``; some of other string kinds (Latin-1, UCS-2, UCS-4)."""
+    marks = ["", "é", "✓", "\U0001f600"]
+    return [f"e{int(i)}{marks[int(i) % 4]}" for i in rng.integers(0, pool, n)]
+
+
+def _same(ix: Any, ref: dict[str, int]) -> None:
+    assert len(ix) == len(ref)
+    assert sorted(ix.items()) == sorted(ref.items())
+    assert sorted(np.frombuffer(ix.slots(), dtype=np.int64).tolist()) == sorted(ref.values())
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.__name__)
+@pytest.mark.parametrize("seed", range(6))
+def test_random_operations_match_a_dict(kind: Any, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    ix, ref = kind(), {}
+    pool = int(rng.choice([50, 2000, 20000]))
+    slot = 0
+    for _ in range(400):
+        op = rng.random()
+        if op < 0.45:  # a batch in (ids may repeat: the last wins)
+            ids = _ids(rng, int(rng.choice([0, 1, 5, 64, 700])), pool)
+            slots = np.arange(slot, slot + len(ids), dtype=np.int64)
+            slot += len(ids)
+            ix.put(ids, slots)
+            ref.update(zip(ids, slots.tolist(), strict=True))
+        elif op < 0.6:
+            for eid in _ids(rng, 40, pool):
+                assert ix.pop(eid, None) == ref.pop(eid, None)
+        elif op < 0.7:
+            ids = _ids(rng, int(rng.integers(0, 300)), pool)
+            assert ix.isdisjoint(ids) == ref.keys().isdisjoint(ids)
+            ix.discard(ids)
+            for eid in ids:
+                ref.pop(eid, None)
+        elif op < 0.8:
+            for eid in _ids(rng, 40, pool):
+                assert ix.get(eid) == ref.get(eid)
+                assert ix.get(eid, -1) == ref.get(eid, -1)
+                assert (eid in ix) == (eid in ref)
+                if eid in ref:
+                    assert ix[eid] == ref[eid]
+                    del ix[eid]
+                    del ref[eid]
+                    with pytest.raises(KeyError):
+                        del ix[eid]
+        elif op < 0.82:
+            ix.clear()
+            ref.clear()
+        elif ref:  # take out most of what is in: long runs of backward shifts
+            keys = sorted(ref)
+            for eid in rng.choice(keys, int(len(keys) * 0.8), replace=False).tolist():
+                assert ix.pop(eid) == ref.pop(eid)
+        _same(ix, ref)
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.__name__)
+def test_equal_text_is_one_key_whatever_the_object(kind: Any) -> None:
+    ix = kind()
+    a = "".join(["ev", "ent-1"])
+    b = "event-" + str(1)
+    assert a is not b
+    ix.put([a], np.array([3], dtype=np.int64))
+    ix.put([b], np.array([9], dtype=np.int64))
+    assert len(ix) == 1 and ix.get("event-1") == 9
+    assert ix.pop(b) == 9 and len(ix) == 0
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.__name__)
+def test_bad_input_is_refused_and_changes_nothing(kind: Any) -> None:
+    ix = kind()
+    ix.put(["a", "b"], np.array([0, 1], dtype=np.int64))
+    with pytest.raises(TypeError):
+        ix.put(["c", 7], np.array([2, 3], dtype=np.int64))
+    with pytest.raises(ValueError):
+        ix.put(["c"], np.array([2, 3], dtype=np.int64))
+    assert sorted(ix.items()) == [("a", 0), ("b", 1)]
+    assert ix.get(7) is None and ix.get(7, -1) == -1 and 7 not in ix
+    assert ix.pop(7, None) is None
+    with pytest.raises(KeyError):
+        ix.pop("zz")
+    ix.discard([])
+    assert ix.isdisjoint([]) and not ix.isdisjoint(["zz", "a"])
+
+
+@pytest.mark.skipif(not join_index.COMPILED, reason="the compiled index is not built")
+def test_compiled_index_checks_its_arguments_and_holds_its_keys() -> None:
+    ix = join_index.IdIndex()
+    with pytest.raises(TypeError):
+        ix.put(["a"], np.array([0], dtype=np.int32))  # slots are int64
+    with pytest.raises(TypeError):
+        ix.put(iter(["a"]), np.array([0], dtype=np.int64))  # a list or a tuple
+    with pytest.raises(TypeError):
+        ix["a"] = 1  # keys go in with put
+    key = "".join(["held", "-key"])
+    before = sys.getrefcount(key)
+    ix.put((key,), np.array([5], dtype=np.int64))
+    assert sys.getrefcount(key) == before + 1  # the table holds a reference
+    ix.put([key], np.array([6], dtype=np.int64))
+    assert sys.getrefcount(key) == before + 1  # taken in again: no second one
+    ix.discard([key])
+    assert sys.getrefcount(key) == before
+    ix.put([key], np.array([7], dtype=np.int64))
+    del ix
+    gc.collect()
+    assert sys.getrefcount(key) == before  # freed with the index
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["put", "pop", "discard"]),
+                          st.lists(st.text(max_size=6), max_size=30)), max_size=40))
+def test_generated_operations_match_a_dict(ops: list[tuple[str, list[str]]]) -> None:
+    for kind in KINDS:
+        ix, ref, slot = kind(), {}, 0
+        for op, ids in ops:
+            if op == "put":
+                slots = np.arange(slot, slot + len(ids), dtype=np.int64)
+                slot += len(ids)
+                ix.put(ids, slots)
+                ref.update(zip(ids, slots.tolist(), strict=True))
+            elif op == "pop":
+                for eid in ids:
+                    assert ix.pop(eid, None) == ref.pop(eid, None)
+            else:
+                ix.discard(ids)
+                for eid in ids:
+                    ref.pop(eid, None)
+            _same(ix, ref)
