@@ -1,12 +1,15 @@
 /* Compiled index of the label join's FIFOs: event id (str) -> ring slot (int64).
  *
  * IdIndex behaves as a dict from exact str keys to int slots, with the batch operations
- * the join needs: put(ids, slots) takes a whole batch in (hashes first, then the table
- * buckets prefetched a few keys ahead, so the cache misses of a large table overlap
- * instead of adding up), discard(ids) and isdisjoint(ids) take a list of keys, slots()
- * gives every slot as int64 bytes. One open-addressing table with linear probing; an
- * entry holds the key's hash, a reference to the key and the slot; deletion shifts the
- * following entries back (no tombstones); the table doubles past half full.
+ * the join needs: put(ids, slots) takes a whole batch in and discard(ids) lets a list of
+ * keys leave (hashes first, then the table buckets prefetched a few keys ahead, so the
+ * cache misses of a large table overlap instead of adding up); both return the slots
+ * that left (taken over by a key put again, or discarded) as int64 bytes, so the caller
+ * can keep a per-slot flag of the entries in. isdisjoint(ids) tests a list of keys,
+ * slots() gives every slot as int64 bytes. One open-addressing table with linear probing; an
+ * entry (16 bytes) holds the low 32 bits of the key's hash (which also place it), the
+ * slot (below 2**32) and a reference to the key; deletion shifts the following entries
+ * back (no tombstones); the table doubles past half full.
  *
  * Keys are str objects only (put raises TypeError on anything else; get/pop/contains
  * treat other objects as absent): comparing str runs no Python code, so the table cannot
@@ -22,9 +25,9 @@
 #define AHEAD 8 /* keys whose buckets are prefetched before the current one is probed */
 
 typedef struct {
-    Py_hash_t hash;
+    uint32_t hash; /* low bits of the key's hash */
+    uint32_t slot;
     PyObject *key; /* NULL: empty */
-    int64_t slot;
 } Entry;
 
 typedef struct {
@@ -54,7 +57,7 @@ static inline Py_hash_t key_hash(PyObject *key) {
 }
 
 /* Bucket of the key, or of the empty entry where it would go. */
-static inline size_t find(const IdIndex *ix, PyObject *key, Py_hash_t h) {
+static inline size_t find(const IdIndex *ix, PyObject *key, uint32_t h) {
     size_t i = (size_t)h & ix->mask;
     for (;;) {
         const Entry *e = &ix->table[i];
@@ -73,6 +76,8 @@ static int resize(IdIndex *ix, size_t size) {
     if (ix->table != NULL) {
         for (size_t j = 0; j <= ix->mask; j++) {
             Entry *e = &ix->table[j];
+            if (j + AHEAD <= ix->mask && e[AHEAD].key != NULL)
+                __builtin_prefetch(&table[(size_t)e[AHEAD].hash & mask], 1);
             if (e->key == NULL) continue;
             size_t i = (size_t)e->hash & mask;
             while (table[i].key != NULL) i = (i + 1) & mask;
@@ -123,8 +128,27 @@ static Py_ssize_t lookup(const IdIndex *ix, PyObject *key) {
         PyErr_Clear();
         return -1;
     }
-    size_t i = find(ix, key, h);
+    size_t i = find(ix, key, (uint32_t)h);
     return ix->table[i].key == NULL ? -1 : (Py_ssize_t)i;
+}
+
+/* int64 values gathered into a bytes object (at most ``cap`` of them). */
+typedef struct {
+    PyObject *bytes;
+    int64_t *at;
+    Py_ssize_t n;
+} Slots;
+
+static int slots_open(Slots *out, Py_ssize_t cap) {
+    out->bytes = PyBytes_FromStringAndSize(NULL, cap * 8);
+    out->at = out->bytes == NULL ? NULL : (int64_t *)PyBytes_AS_STRING(out->bytes);
+    out->n = 0;
+    return out->bytes == NULL ? -1 : 0;
+}
+
+static PyObject *slots_close(Slots *out) {
+    if (_PyBytes_Resize(&out->bytes, out->n * 8) < 0) return NULL;
+    return out->bytes;
 }
 
 /* The items of a list or tuple (borrowed; an empty list may have none: *n is 0), or -1
@@ -154,6 +178,7 @@ static PyObject *IdIndex_put(IdIndex *ix, PyObject *args) {
     if (PyObject_GetBuffer(slots_obj, &view, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) return NULL;
     PyObject *res = NULL;
     Py_hash_t *hashes = NULL;
+    Slots old = {NULL, NULL, 0};
     if (view.itemsize != 8 || view.format == NULL ||
         !(strcmp(view.format, "q") == 0 || strcmp(view.format, "l") == 0 ||
           strcmp(view.format, "<q") == 0 || strcmp(view.format, "<l") == 0 ||
@@ -166,6 +191,11 @@ static PyObject *IdIndex_put(IdIndex *ix, PyObject *args) {
         goto done;
     }
     const int64_t *slots = (const int64_t *)view.buf;
+    for (Py_ssize_t k = 0; k < n; k++)
+        if (slots[k] < 0 || slots[k] > (int64_t)UINT32_MAX) {
+            PyErr_SetString(PyExc_ValueError, "slots must be in [0, 2**32)");
+            goto done;
+        }
     hashes = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(Py_hash_t));
     if (hashes == NULL) {
         PyErr_NoMemory();
@@ -175,25 +205,31 @@ static PyObject *IdIndex_put(IdIndex *ix, PyObject *args) {
        held while the table is written (its own references are taken per key) */
     for (Py_ssize_t k = 0; k < n; k++)
         if ((hashes[k] = key_hash(keys[k])) == -1) goto done;
-    if (reserve(ix, n) < 0) goto done;
+    if (reserve(ix, n) < 0 || slots_open(&old, n) < 0) goto done;
     Entry *table = ix->table;
     size_t mask = ix->mask;
     for (Py_ssize_t k = 0; k < n && k < AHEAD; k++)
-        __builtin_prefetch(&table[(size_t)hashes[k] & mask], 1);
+        __builtin_prefetch(&table[(size_t)(uint32_t)hashes[k] & mask], 1);
     for (Py_ssize_t k = 0; k < n; k++) {
-        if (k + AHEAD < n) __builtin_prefetch(&table[(size_t)hashes[k + AHEAD] & mask], 1);
-        size_t i = find(ix, keys[k], hashes[k]);
+        if (k + AHEAD < n)
+            __builtin_prefetch(&table[(size_t)(uint32_t)hashes[k + AHEAD] & mask], 1);
+        uint32_t h = (uint32_t)hashes[k];
+        size_t i = find(ix, keys[k], h);
         Entry *e = &table[i];
         if (e->key == NULL) {
             Py_INCREF(keys[k]);
             e->key = keys[k];
-            e->hash = hashes[k];
+            e->hash = h;
             ix->used++;
+        } else {
+            old.at[old.n++] = e->slot;
         }
-        e->slot = slots[k];
+        e->slot = (uint32_t)slots[k];
     }
-    res = Py_NewRef(Py_None);
+    res = slots_close(&old);
+    old.bytes = NULL;
 done:
+    Py_XDECREF(old.bytes);
     PyMem_Free(hashes);
     PyBuffer_Release(&view);
     return res;
@@ -229,11 +265,36 @@ static PyObject *IdIndex_discard(IdIndex *ix, PyObject *ids) {
     Py_ssize_t n;
     PyObject **keys;
     if (items_of(ids, &keys, &n) < 0) return NULL;
-    for (Py_ssize_t k = 0; k < n && ix->used; k++) {
-        Py_ssize_t i = lookup(ix, keys[k]);
-        if (i >= 0) remove_at(ix, (size_t)i);
+    Slots gone;
+    if (slots_open(&gone, ix->used ? n : 0) < 0) return NULL;
+    if (ix->used == 0 || n == 0) return slots_close(&gone);
+    Py_hash_t *hashes = PyMem_Malloc((size_t)n * sizeof(Py_hash_t));
+    if (hashes == NULL) {
+        Py_DECREF(gone.bytes);
+        return PyErr_NoMemory();
     }
-    Py_RETURN_NONE;
+    /* -1: not a str (never in); hashing a str runs no Python code */
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *key = keys[k];
+        hashes[k] = -1;
+        if (PyUnicode_CheckExact(key) && PyUnicode_READY(key) == 0) hashes[k] = PyObject_Hash(key);
+        if (hashes[k] == -1) PyErr_Clear();
+    }
+    Entry *table = ix->table; /* removals never resize the table */
+    size_t mask = ix->mask;
+    for (Py_ssize_t k = 0; k < n && k < AHEAD; k++)
+        if (hashes[k] != -1) __builtin_prefetch(&table[(size_t)(uint32_t)hashes[k] & mask]);
+    for (Py_ssize_t k = 0; k < n && ix->used; k++) {
+        if (k + AHEAD < n && hashes[k + AHEAD] != -1)
+            __builtin_prefetch(&table[(size_t)(uint32_t)hashes[k + AHEAD] & mask]);
+        if (hashes[k] == -1) continue;
+        size_t i = find(ix, keys[k], (uint32_t)hashes[k]);
+        if (table[i].key == NULL) continue;
+        gone.at[gone.n++] = table[i].slot;
+        remove_at(ix, i);
+    }
+    PyMem_Free(hashes);
+    return slots_close(&gone);
 }
 
 static PyObject *IdIndex_isdisjoint(IdIndex *ix, PyObject *ids) {
@@ -335,12 +396,14 @@ static PyObject *IdIndex_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 
 static PyMethodDef IdIndex_methods[] = {
     {"put", (PyCFunction)IdIndex_put, METH_VARARGS,
-     "put(ids, slots): ids (list or tuple of str) -> slots (int64 buffer); the last wins"},
+     "put(ids, slots): ids (list or tuple of str) -> slots (int64 buffer), the last of "
+     "equal ids winning; returns the slots taken over (int64 bytes)"},
     {"get", (PyCFunction)(void (*)(void))IdIndex_get, METH_FASTCALL,
      "get(key, default=None): the key's slot"},
     {"pop", (PyCFunction)(void (*)(void))IdIndex_pop, METH_FASTCALL,
      "pop(key[, default]): the key's slot, and the key leaves"},
-    {"discard", (PyCFunction)IdIndex_discard, METH_O, "discard(ids): these keys leave"},
+    {"discard", (PyCFunction)IdIndex_discard, METH_O,
+     "discard(ids): these keys leave; returns their slots (int64 bytes)"},
     {"isdisjoint", (PyCFunction)IdIndex_isdisjoint, METH_O,
      "isdisjoint(ids): whether none of these keys is in"},
     {"slots", (PyCFunction)IdIndex_slots, METH_NOARGS, "every slot, as int64 bytes"},

@@ -4,7 +4,6 @@ index from id to ring slot (see :class:`Fifo`)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -19,9 +18,10 @@ class Fifo:
 
     Taking a batch in is one slice assignment per column and one ``put`` of the ids and
     their slots into the index. An entry that leaves (or is taken in again: the newest
-    counts, at the end) only leaves the index; its slot is skipped when the oldest are
-    dropped, and the ring is rebuilt without such slots when it is full, so it stays
-    within a small multiple of the entries in.
+    counts, at the end) leaves the index and clears its slot's flag in ``live`` (the
+    index returns the slots that left); a slot without the flag is skipped when the
+    oldest are dropped, and the ring is rebuilt without such slots when it is full, so
+    it stays within a small multiple of the entries in.
     """
 
     def __init__(self, columns: dict[str, Any]) -> None:
@@ -30,6 +30,7 @@ class Fifo:
         self.ids: NDArray[Any] = np.empty(0, dtype=object)
         self.cols: dict[str, NDArray[Any]] = {k: np.empty(0, dtype=dt) for k, dt in
                                               {**columns, "seq": np.int64}.items()}
+        self.live = np.zeros(0, dtype=bool)  # per slot: it holds an entry that is in
         self.head = self.tail = 0  # counters; slot = counter % cap; head..tail may hold entries
         self.next_seq = 0  # each entry's "seq": its number, never reused (chunk records)
 
@@ -61,18 +62,22 @@ class Fifo:
         slots = np.arange(s, s + n, dtype=np.int64)
         if k < n:
             slots[k:] -= self.cap
-        self.index.put(ids if isinstance(ids, list | tuple) else list(ids), slots)
+        self.live[slots] = True
+        # an id already in (or twice in this batch) leaves its former slot: the last wins
+        self._leave(self.index.put(ids if isinstance(ids, list | tuple) else list(ids), slots))
         self.tail += n
+
+    def _leave(self, slots: bytes) -> None:
+        """Clear the flags of these slots (int64 bytes, as the index returns them)."""
+        if slots:
+            self.live[np.frombuffer(slots, dtype=np.int64)] = False
 
     def _slots(self, start: int, stop: int) -> NDArray[np.intp]:
         return np.arange(start, stop) % self.cap
 
     def _live(self, slots: NDArray[np.intp]) -> NDArray[np.bool_]:
         """Which of these slots hold entries that are in."""
-        ids = self.ids[slots].tolist()
-        found = np.fromiter(map(self.index.get, ids, repeat(-1, len(ids))), dtype=np.int64,
-                            count=len(ids))
-        live: NDArray[np.bool_] = found == slots
+        live: NDArray[np.bool_] = self.live[slots]
         return live
 
     def positions(self) -> NDArray[np.intp]:
@@ -80,9 +85,7 @@ class Fifo:
         slots = self._slots(self.head, self.tail)
         if not self.index:
             return slots[:0]
-        live = np.zeros(self.cap, dtype=bool)
-        live[np.frombuffer(self.index.slots(), dtype=np.int64)] = True
-        return slots[live[slots]]
+        return slots[self.live[slots]]
 
     def _room(self, n: int) -> None:
         """A larger ring with room for ``n`` more. Mostly left slots: rebuilt with the
@@ -94,6 +97,7 @@ class Fifo:
             new_cap = max(64, 2 * (live + n))
             self._resize(new_cap, ((pos, slice(0, live)),))
             self.head, self.tail = 0, live
+            # renumbered: the former slots it returns are not slots of the new ring
             self.index.put(self.ids[:live].tolist(), np.arange(live, dtype=np.int64))
             return
         new_cap = max(64, 2 * (span + n))
@@ -103,12 +107,10 @@ class Fifo:
         self._resize(new_cap, ((slice(h, h + first), slice(h, h + first)),
                                (slice(0, rest), slice(cap, cap + rest))))
         self.head, self.tail = h, h + span
-        if rest:  # renumber the entries in among the moved slots
-            ids = self.ids[cap:cap + rest].tolist()
-            found = np.fromiter(map(self.index.get, ids, repeat(-1, len(ids))), dtype=np.int64,
-                                count=len(ids))
-            kept = np.flatnonzero(np.equal(found, np.arange(rest)))
-            self.index.put([ids[i] for i in kept.tolist()], kept.astype(np.int64) + cap)
+        if rest:  # renumber the entries in among the moved slots (their flags moved along;
+            # the former slots put returns are outside the new ring's head..tail)
+            kept = np.flatnonzero(self.live[cap:cap + rest]) + cap
+            self.index.put(self.ids[kept].tolist(), kept.astype(np.int64))
 
     def _resize(self, cap: int, moves: tuple[tuple[NDArray[np.intp] | slice, slice], ...]
                 ) -> None:
@@ -116,21 +118,26 @@ class Fifo:
         them or a range, as a slice) to a range of as many."""
         ids = np.empty(cap, dtype=object)
         cols = {name: np.empty(cap, dtype=col.dtype) for name, col in self.cols.items()}
+        live = np.zeros(cap, dtype=bool)
         for src, dst in moves:
             if dst.stop > dst.start:
                 ids[dst] = self.ids[src]
+                live[dst] = self.live[src]
                 for name, col in self.cols.items():
                     cols[name][dst] = col[src]
-        self.ids, self.cols, self.cap = ids, cols, cap
+        self.ids, self.cols, self.cap, self.live = ids, cols, cap, live
 
     def pop(self, eid: str) -> int:
         """Slot of ``eid``'s entry, which leaves; -1 when it is not in."""
         slot = self.index.pop(eid, None)
-        return -1 if slot is None else slot
+        if slot is None:
+            return -1
+        self.live[slot] = False
+        return int(slot)
 
     def discard(self, ids: Sequence[str]) -> None:
         """Let these entries leave (ids that are not in are ignored)."""
-        self.index.discard(ids if isinstance(ids, list | tuple) else list(ids))
+        self._leave(self.index.discard(ids if isinstance(ids, list | tuple) else list(ids)))
 
     def pop_oldest(self, k: int) -> NDArray[np.intp]:
         """Slots of the ``k`` oldest entries, which leave."""
@@ -152,7 +159,7 @@ class Fifo:
         pos, col = self.head, self.cols[column]
         if pos < self.tail:  # the common case: the oldest slot holds an entry in time
             i = pos % self.cap
-            if self.index.get(self.ids[i]) == i and col[i] >= cutoff:
+            if self.live[i] and col[i] >= cutoff:
                 return np.zeros(0, dtype=np.intp)
         out: list[NDArray[np.intp]] = []
         block = 16
@@ -175,5 +182,6 @@ class Fifo:
         """Move the head; the entries at the slots ``out`` leave."""
         self.head = head
         res = np.concatenate(out) if out else np.zeros(0, dtype=np.intp)
+        self.live[res] = False
         self.index.discard(self.ids[res].tolist())
         return res

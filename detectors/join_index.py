@@ -1,8 +1,10 @@
 """The label join's index from event id to ring slot: compiled when the package was
 built with a C compiler (``detectors/_id_index.c``), else a dict with the same methods.
 
-Both take a batch of ids in with one call (``put``), let a list of ids leave
-(``discard``), and give every slot as int64 bytes (``slots``). The compiled one keeps
+Both take a batch of ids in with one call (``put``) and let a list of ids leave
+(``discard``), each returning the slots that left as int64 bytes (so the FIFO keeps a
+per-slot flag of its entries instead of asking the index), and give every slot as
+int64 bytes (``slots``). The compiled one keeps
 one flat table and prefetches the buckets of a batch ahead of writing them: a model's
 index is large (up to ``max_entries`` ids) and mostly out of cache between batches, so
 a dict insert per prediction paid a cache miss or two in turn.
@@ -19,19 +21,34 @@ import numpy as np
 class DictIdIndex(dict[str, int]):
     """The index as a dict: the semantics, and the stand-in when the extension is absent."""
 
-    def put(self, ids: Sequence[str], slots: Any) -> None:
-        """Take ``ids`` in at ``slots`` (int64); an id already in takes its new slot."""
+    def put(self, ids: Sequence[str], slots: Any) -> bytes:
+        """Take ``ids`` in at ``slots`` (int64); an id already in takes its new slot.
+        Returns the slots taken over (int64 bytes), in order."""
         if not all(type(i) is str for i in ids):
             raise TypeError("event ids must be str")
         if len(ids) != len(slots):
             raise ValueError("ids and slots differ in length")
-        self.update(zip(ids, np.asarray(slots, dtype=np.int64).tolist(), strict=True))
+        at = np.asarray(slots, dtype=np.int64)
+        if at.size and (at.min() < 0 or at.max() >= 2**32):
+            raise ValueError("slots must be in [0, 2**32)")
+        old: list[int] = []
+        for eid, slot in zip(ids, at.tolist(), strict=True):
+            was = self.get(eid)
+            if was is not None:
+                old.append(was)
+            self[eid] = slot
+        return np.asarray(old, dtype=np.int64).tobytes()
 
-    def discard(self, ids: Sequence[str]) -> None:
-        """Let these ids leave (ids that are not in are ignored)."""
+    def discard(self, ids: Sequence[str]) -> bytes:
+        """Let these ids leave (ids that are not in are ignored); returns their slots
+        (int64 bytes), in order."""
+        gone: list[int] = []
         if self and not self.keys().isdisjoint(ids):
-            for eid in self.keys() & set(ids):
-                del self[eid]
+            for eid in ids:
+                slot = self.pop(eid, None) if type(eid) is str else None
+                if slot is not None:
+                    gone.append(slot)
+        return np.asarray(gone, dtype=np.int64).tobytes()
 
     def isdisjoint(self, ids: Sequence[str]) -> bool:
         return self.keys().isdisjoint(ids)

@@ -262,6 +262,7 @@ class JoinStore:
         hits = np.flatnonzero(hit)
         pos = np.fromiter((s for s in seqs if s is not None), dtype=np.int64,
                           count=hits.size)
+        pred.live[pos] = False
         pt = pred.cols["ts"][pos]
         late = lt[hits] - pt > self.config.ttl_seconds
         nlate = int(late.sum())

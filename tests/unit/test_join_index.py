@@ -51,17 +51,20 @@ def test_random_operations_match_a_dict(kind: Any, seed: int) -> None:
             ids = _ids(rng, int(rng.choice([0, 1, 5, 64, 700])), pool)
             slots = np.arange(slot, slot + len(ids), dtype=np.int64)
             slot += len(ids)
-            ix.put(ids, slots)
-            ref.update(zip(ids, slots.tolist(), strict=True))
+            old = []  # the slots taken over, in order (an id twice in the batch too)
+            for eid, at in zip(ids, slots.tolist(), strict=True):
+                if eid in ref:
+                    old.append(ref[eid])
+                ref[eid] = at
+            assert np.frombuffer(ix.put(ids, slots), dtype=np.int64).tolist() == old
         elif op < 0.6:
             for eid in _ids(rng, 40, pool):
                 assert ix.pop(eid, None) == ref.pop(eid, None)
         elif op < 0.7:
             ids = _ids(rng, int(rng.integers(0, 300)), pool)
             assert ix.isdisjoint(ids) == ref.keys().isdisjoint(ids)
-            ix.discard(ids)
-            for eid in ids:
-                ref.pop(eid, None)
+            gone = [s for s in (ref.pop(eid, None) for eid in ids) if s is not None]
+            assert np.frombuffer(ix.discard(ids), dtype=np.int64).tolist() == gone
         elif op < 0.8:
             for eid in _ids(rng, 40, pool):
                 assert ix.get(eid) == ref.get(eid)
@@ -103,12 +106,17 @@ def test_bad_input_is_refused_and_changes_nothing(kind: Any) -> None:
         ix.put(["c", 7], np.array([2, 3], dtype=np.int64))
     with pytest.raises(ValueError):
         ix.put(["c"], np.array([2, 3], dtype=np.int64))
+    for bad in (-1, 2**32):  # slots of a ring: below 2**32
+        with pytest.raises(ValueError):
+            ix.put(["c"], np.array([bad], dtype=np.int64))
+    ix.put(["c"], np.array([2**32 - 1], dtype=np.int64))
+    assert ix.pop("c") == 2**32 - 1
     assert sorted(ix.items()) == [("a", 0), ("b", 1)]
     assert ix.get(7) is None and ix.get(7, -1) == -1 and 7 not in ix
     assert ix.pop(7, None) is None
     with pytest.raises(KeyError):
         ix.pop("zz")
-    ix.discard([])
+    assert ix.discard([]) == b"" and ix.discard([7, None, "zz"]) == b""
     assert ix.isdisjoint([]) and not ix.isdisjoint(["zz", "a"])
 
 
@@ -151,7 +159,6 @@ def test_generated_operations_match_a_dict(ops: list[tuple[str, list[str]]]) -> 
                 for eid in ids:
                     assert ix.pop(eid, None) == ref.pop(eid, None)
             else:
-                ix.discard(ids)
-                for eid in ids:
-                    ref.pop(eid, None)
+                gone = [s for s in (ref.pop(eid, None) for eid in ids) if s is not None]
+                assert np.frombuffer(ix.discard(ids), dtype=np.int64).tolist() == gone
             _same(ix, ref)

@@ -343,12 +343,14 @@ class _PreviousFifo(Fifo):
                     ) -> None:
         ids = np.empty(cap, dtype=object)
         cols = {name: np.empty(cap, dtype=col.dtype) for name, col in self.cols.items()}
+        live = np.zeros(cap, dtype=bool)
         for src, dst in moves:
             if src.size:
                 ids[dst] = self.ids[src]
+                live[dst] = self.live[src]
                 for name, col in self.cols.items():
                     cols[name][dst] = col[src]
-        self.ids, self.cols, self.cap = ids, cols, cap
+        self.ids, self.cols, self.cap, self.live = ids, cols, cap, live
 
 
 def _same_fifo(a: Fifo, b: Fifo, where: str) -> None:
@@ -357,6 +359,10 @@ def _same_fifo(a: Fifo, b: Fifo, where: str) -> None:
     assert len(a.index) == len(b.index), where
     used = a.positions()
     np.testing.assert_array_equal(used, b.positions(), err_msg=where)
+    # the flags of the entries in are the index's slots
+    slots = np.sort(np.frombuffer(a.index.slots(), dtype=np.int64))
+    np.testing.assert_array_equal(np.flatnonzero(a.live), slots, err_msg=where)
+    np.testing.assert_array_equal(np.sort(used), slots, err_msg=where)
     assert a.ids[used].tolist() == b.ids[used].tolist(), where
     for name in a.cols:
         assert a.cols[name][used].tobytes() == b.cols[name][used].tobytes(), where
