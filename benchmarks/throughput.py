@@ -31,6 +31,11 @@ worker twice more, with every optional check off (segments, data quality, confid
 label join: ``envelope_checks_off_eps``) and with every prediction kept for the label
 join (``envelope_labels_eps``, no labels arrive); ``envelope_checks_cost`` and
 ``envelope_labels_cost`` are the checks-off rate over each (the end-to-end slowdown).
+Also, on the envelopes plus two models' shadow candidates (their events in the same
+envelopes form): every check on, predictions kept and candidates paired with their live
+model (``envelope_all_checks_eps``), against the same events with every check off and
+the candidates as models of their own (``envelope_candidates_checks_off_eps``):
+``envelope_all_checks_cost``.
 ``profile``: the driftline workers run under py-spy; their stacks and a per-function
 summary (``profiles``) are written.
 
@@ -83,7 +88,9 @@ _RATIOS = {"envelope_vs_raw": ("envelope", "raw"), "envelope_vs_faust": ("envelo
            "single_decode_process_vs_bytewax": ("single_decode_process", "bytewax"),
            # slowdown of the envelope path by its checks (checks off over on)
            "envelope_checks_cost": ("envelope_checks_off", "envelope"),
-           "envelope_labels_cost": ("envelope_checks_off", "envelope_labels")}
+           "envelope_labels_cost": ("envelope_checks_off", "envelope_labels"),
+           # every check: segments, quality, confidence, labels kept, shadow pairing
+           "envelope_all_checks_cost": ("envelope_candidates_checks_off", "envelope_all_checks")}
 #: Settings of the envelope worker with every optional check off (``checks`` runs).
 CHECKS_OFF = {"segments": False, "quality_enabled": False, "confidence_enabled": False,
               "label_join": "off"}
@@ -115,7 +122,9 @@ def run(events: int = 300_000, json_out: Path | None = None, *, bootstrap: str |
     eps: dict[str, float | None] = {"raw": None, "faust": None, "quix": None, "bytewax": None,
                                     "envelope": None, "columns": None, "rows": None,
                                     "single": None, "single_decode_process": None,
-                                    "envelope_checks_off": None, "envelope_labels": None}
+                                    "envelope_checks_off": None, "envelope_labels": None,
+                                    "envelope_candidates_checks_off": None,
+                                    "envelope_all_checks": None}
     steady: dict[str, float | None] = {}
     details: dict[str, Any] = {}
     skipped: dict[str, str] = {}
@@ -134,7 +143,7 @@ def run(events: int = 300_000, json_out: Path | None = None, *, bootstrap: str |
     with broker(bootstrap) as bs, progress_bar() as progress:
         r = Run(bs)
         try:
-            data = produce_data(r, events, columns=columns, progress=progress)
+            data = produce_data(r, events, columns=columns, shadow=checks, progress=progress)
 
             def one(label: str, argv: list[str], total: int, *, tmo: float = timeout,
                     stdin: bool = False) -> dict[str, Any]:
@@ -153,20 +162,26 @@ def run(events: int = 300_000, json_out: Path | None = None, *, bootstrap: str |
 
             # single events as a worker runs by default (decoding in its process) and
             # with a decode process (a second core)
-            workers = [("driftline envelopes", r.envelope_topic, "envelope", {}),
-                       ("driftline single events", r.single_topic, "single", {}),
-                       ("driftline single events, decode process", r.single_topic,
-                        "single_decode_process", {"decode_process": "on"})]
+            workers: list[tuple[str, str, str, dict[str, Any], int]] = [
+                ("driftline envelopes", r.envelope_topic, "envelope", {}, events),
+                ("driftline single events", r.single_topic, "single", {}, events),
+                ("driftline single events, decode process", r.single_topic,
+                 "single_decode_process", {"decode_process": "on"}, events)]
             if checks:
+                both = int(data["shadow_events"])  # the events plus the candidates'
                 workers[1:1] = [
                     ("driftline envelopes, checks off", r.envelope_topic, "envelope_checks_off",
-                     CHECKS_OFF),
+                     CHECKS_OFF, events),
                     ("driftline envelopes, predictions kept for labels", r.envelope_topic,
-                     "envelope_labels", {"label_join": "all"})]
+                     "envelope_labels", {"label_join": "all"}, events),
+                    ("driftline envelopes and candidates, checks off", r.candidates_topic,
+                     "envelope_candidates_checks_off", CHECKS_OFF, both),
+                    ("driftline envelopes, shadow candidates, every check", r.shadow_topic,
+                     "envelope_all_checks", {"label_join": "all"}, both)]
             if columns:
                 workers[1:1] = [
-                    ("driftline JSON columns envelopes", r.columns_topic, "columns", {}),
-                    ("driftline rows envelopes", r.rows_topic, "rows", {})]
+                    ("driftline JSON columns envelopes", r.columns_topic, "columns", {}, events),
+                    ("driftline rows envelopes", r.rows_topic, "rows", {}, events)]
 
             def keep(key: str, res: dict[str, Any]) -> None:
                 rounds.setdefault(key, []).append(res)
@@ -179,14 +194,14 @@ def run(events: int = 300_000, json_out: Path | None = None, *, bootstrap: str |
                     keep("raw", one("raw confluent-kafka" + tag, module_argv(
                         "raw", "--bootstrap", bs, "--topic", r.single_topic, "--events", events,
                         "--group", r.name("raw" + sfx)), events))
-                for label, topic, key, extra in workers:
+                for label, topic, key, extra, total in workers:
                     settings = r.worker_settings(key + sfx, topic, **extra)
                     res = one(label + tag, module_argv(
-                        "driftline_worker", "--settings", _json(settings), "--events", events),
-                        events, stdin=True)
+                        "driftline_worker", "--settings", _json(settings), "--events", total),
+                        total, stdin=True)
                     r.created += r.worker_topics(key + sfx)
                     if not res.get("reached_target"):
-                        raise BenchError(f"{label}: applied {res['n']:,} of {events:,} events")
+                        raise BenchError(f"{label}: applied {res['n']:,} of {total:,} events")
                     keep(key, res)
                 if "bytewax" not in skipped:
                     keep("bytewax", one("bytewax (1 worker)" + tag, module_argv(
@@ -233,6 +248,8 @@ def run(events: int = 300_000, json_out: Path | None = None, *, bootstrap: str |
         "rows_envelope_eps": eps["rows"],
         "envelope_checks_off_eps": eps["envelope_checks_off"],
         "envelope_labels_eps": eps["envelope_labels"],
+        "envelope_candidates_checks_off_eps": eps["envelope_candidates_checks_off"],
+        "envelope_all_checks_eps": eps["envelope_all_checks"],
         **{name: _ratio(eps[a], eps[b]) for name, (a, b) in _RATIOS.items()},
         "repeats": repeats,
         "rounds": per_round,
@@ -273,7 +290,13 @@ def run(events: int = 300_000, json_out: Path | None = None, *, bootstrap: str |
         rows[5:5] = [("driftline worker, SDK envelopes, optional checks off",
                       eps["envelope_checks_off"], _ratio(eps["envelope_checks_off"], eps["raw"])),
                      ("driftline worker, SDK envelopes, every prediction kept for labels",
-                      eps["envelope_labels"], _ratio(eps["envelope_labels"], eps["raw"]))]
+                      eps["envelope_labels"], _ratio(eps["envelope_labels"], eps["raw"])),
+                     ("driftline worker, SDK envelopes + 2 shadow candidates' events, "
+                      "checks off", eps["envelope_candidates_checks_off"],
+                      _ratio(eps["envelope_candidates_checks_off"], eps["raw"])),
+                     ("driftline worker, SDK envelopes + 2 shadow candidates, every check "
+                      "(predictions kept, shadow pairing)", eps["envelope_all_checks"],
+                      _ratio(eps["envelope_all_checks"], eps["raw"]))]
     table = [(name, v if v else "skipped", x if x else "") for name, v, x in rows]
     table += [(f"ratio {k}", out[k] if out[k] else "n/a", f"target ≥ {t:g}" + (
         "; rounds " + " / ".join(f"{x:.2f}" if x else "n/a" for x in round_ratios[k])
@@ -283,7 +306,11 @@ def run(events: int = 300_000, json_out: Path | None = None, *, bootstrap: str |
                   "no target; the worker uses two cores, Bytewax one"))
     if checks:
         table += [(f"ratio {k}", out[k] or "n/a", "checks off ÷ on: the checks' end-to-end "
-                   "cost (1.0 = free)") for k in ("envelope_checks_cost", "envelope_labels_cost")]
+                   "cost (1.0 = free)" + (
+                       "; rounds " + " / ".join(f"{x:.2f}" if x else "n/a" for x in round_ratios[k])
+                       if repeats > 1 else ""))
+                  for k in ("envelope_checks_cost", "envelope_labels_cost",
+                            "envelope_all_checks_cost")]
     plotted = [(n.strip("*"), v) for n, v, _ in rows if v]
     write("throughput", out, table, ("path (20 features, 10 models, 8 partitions)", "events/s",
                                      "× raw"),

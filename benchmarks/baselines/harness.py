@@ -46,6 +46,8 @@ from driftline.streams.synthetic import SyntheticModels
 console = Console(stderr=True)
 PYTHON = sys.executable
 _ENVELOPE_KEYS = ("model", "model_version")  # envelope-wide fields, not repeated per event
+#: Models of the benchmark's data with a shadow candidate (``produce_data(shadow=True)``).
+SHADOWED = 2
 
 
 class BenchError(RuntimeError):
@@ -96,6 +98,16 @@ class Run:
         return self.name("columns")
 
     @property
+    def shadow_topic(self) -> str:
+        """The envelopes plus shadow candidates of some models (``shadow_of`` set)."""
+        return self.name("envelope-shadow")
+
+    @property
+    def candidates_topic(self) -> str:
+        """The same candidates' events without ``shadow_of``: models of their own."""
+        return self.name("envelope-candidates")
+
+    @property
     def rows_topic(self) -> str:
         return self.name("rows")
 
@@ -134,13 +146,17 @@ class Run:
 
 
 def produce_data(run: Run, events: int, *, models: int = 10, features: int = 20,
-                 envelopes: bool = True, columns: bool = False,
+                 envelopes: bool = True, columns: bool = False, shadow: bool = False,
                  progress: Progress | None = None, seed: int = 0) -> dict[str, Any]:
     """Pre-produce ``events`` single events (and, with ``envelopes``, the same events as
     batch envelopes of 500, encoded as the producer SDK encodes them: packed columns)
     plus one reference profile per model; returns what was written. ``columns``: the same
     events once more as JSON columns envelopes and as rows envelopes (the other forms of
-    the envelope contract, which other producers may write)."""
+    the envelope contract, which other producers may write). ``shadow``: the envelopes
+    once more with a shadow candidate for the first ``SHADOWED`` models (the same event
+    ids, scores close to the live ones, ``shadow_of`` the live model, keyed by it), and
+    once more with the same candidates' events as models of their own (no ``shadow_of``):
+    the same events with and without shadow pairing."""
     specs = [TopicSpec(run.single_topic, run.partitions),
              TopicSpec(run.references_topic, 1, compact=True)]
     if envelopes:
@@ -148,8 +164,13 @@ def produce_data(run: Run, events: int, *, models: int = 10, features: int = 20,
     if columns:
         specs += [TopicSpec(run.columns_topic, run.partitions),
                   TopicSpec(run.rows_topic, run.partitions)]
+    if shadow:
+        specs += [TopicSpec(run.shadow_topic, run.partitions),
+                  TopicSpec(run.candidates_topic, run.partitions)]
     run.create(specs)
     gen = SyntheticModels(models, features, seed=seed)
+    shadowed = gen.models[:SHADOWED] if shadow else []
+    noise = np.random.default_rng(seed + 1)
     base = run.kafka()
     prod = Producer(producer_config(base, **{
         "client.id": "driftline-bench", "linger.ms": 20, "batch.num.messages": 10000,
@@ -162,9 +183,14 @@ def produce_data(run: Run, events: int, *, models: int = 10, features: int = 20,
         prof = build_profile(m, cols, prediction=[e["prediction"] for e in ref_events],
                              model_version="v1", source="bench")
         prod.produce(run.references_topic, prof.to_json(), key=m.encode())
+        if m in shadowed:  # the candidate's reference: its scores on the same events
+            scores = _candidate_scores([e["prediction"] for e in ref_events], noise)
+            cand = build_profile(candidate(m), cols, prediction=scores, model_version="v1",
+                                 source="bench")
+            prod.produce(run.references_topic, cand.to_json(), key=candidate(m).encode())
     task = progress.add_task("pre-produce", total=events, rate="") if progress else None
     chunk = 500  # the SDK's default batch_size: one envelope per chunk
-    sent = nbytes = n_env = 0
+    sent = nbytes = n_env = n_cand = 0
     t0 = time.monotonic()
 
     def send(topic: str, value: bytes, key: bytes) -> None:
@@ -185,10 +211,21 @@ def produce_data(run: Run, events: int, *, models: int = 10, features: int = 20,
         rows = [{k: v for k, v in ev.items() if k not in _ENVELOPE_KEYS} for ev in take]
         if envelopes and take:
             # exactly what DriftlineProducer.emit_event() + its background thread write
-            send(run.envelope_topic, encode_batch(model, rows, "v1"), key)
+            env = encode_batch(model, rows, "v1")
+            send(run.envelope_topic, env, key)
             n_env += 1
             if columns:
                 send(run.rows_topic, encode_envelope_rows(model, rows, model_version="v1"), key)
+            if shadow:
+                send(run.shadow_topic, env, key)
+                send(run.candidates_topic, env, key)
+            if model in shadowed:
+                scores = _candidate_scores([r["prediction"] for r in rows], noise)
+                cand = [{**r, "prediction": v} for r, v in zip(rows, scores, strict=True)]
+                send(run.shadow_topic, encode_batch(
+                    candidate(model), [{**r, "shadow_of": model} for r in cand], "v1"), key)
+                send(run.candidates_topic, encode_batch(candidate(model), cand, "v1"), key)
+                n_cand += len(cand)
         if columns and take:
             cols = event_columns(rows)
             assert cols is not None  # synthetic events share their fields
@@ -209,8 +246,23 @@ def produce_data(run: Run, events: int, *, models: int = 10, features: int = 20,
     if envelopes:
         out["envelopes"] = n_env
         out["events_per_envelope"] = sent / max(n_env, 1)
+    if shadow:
+        out["shadow_models"] = len(shadowed)
+        out["shadow_events"] = sent + n_cand  # on each of the two shadow topics
     out["produce_seconds"] = time.monotonic() - t0
     return out
+
+
+def candidate(model: str) -> str:
+    """The model id of ``model``'s shadow candidate in the benchmark's data."""
+    return f"{model}-candidate"
+
+
+def _candidate_scores(scores: list[float], rng: np.random.Generator) -> list[float]:
+    """A candidate's scores: the live ones moved a little (it mostly agrees)."""
+    moved = np.clip(np.asarray(scores, dtype=np.float64) + rng.normal(0, 0.02, len(scores)),
+                    0.0, 1.0)
+    return [round(float(v), 5) for v in moved]
 
 
 class Child:
