@@ -11,14 +11,14 @@ distributions (Jensen-Shannon and PSI), and raises a ``shadow`` alert when the a
 over at least ``min_pairs`` comparable pairs falls below ``min_agreement``; the alert
 resolves after ``clear_after`` evaluations back above it.
 
-Pairing is batched: id lookups and index updates run as C-level ``map`` calls over a
-dict of the pending ids, the per-pair statistics as numpy on whole batches.
+Pairing is batched: the pending ids are in the label join's id index
+(:mod:`.join_index`, a batch taken in or let go with one call), lookups are C-level
+``map`` calls over it, the per-pair statistics numpy on whole batches.
 """
 
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import asdict, dataclass, field, replace
 from itertools import repeat
 from typing import Any
@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from driftline.detectors.join_index import IdIndex
 from driftline.detectors.monitor import alert_id
 from driftline.detectors.policy import AlertPolicy, PolicyConfig
 from driftline.detectors.quality import is_set
@@ -71,10 +72,6 @@ class ShadowConfig:
         return asdict(self)
 
 
-def _drain(it: Any) -> None:
-    deque(it, maxlen=0)
-
-
 class PendingSide:
     """Unpaired predictions of one side, in arrival order, indexed by event id."""
 
@@ -86,7 +83,7 @@ class PendingSide:
         self.alive = np.empty(0, dtype=bool)
         self.size = 0  # used slots
         self.n_alive = 0
-        self.index: dict[Any, int] = {}  # event id -> slot (the newest prediction of that id)
+        self.index = IdIndex()  # event id -> slot (the newest prediction of that id)
 
     def take(self, ids: ObjectArray) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         """Pair ``ids`` with pending entries: (rows of ``ids``, slots), each slot used once."""
@@ -98,7 +95,7 @@ class PendingSide:
         rows = rows[first]
         order = np.argsort(rows, kind="stable")
         rows, slots = rows[order], slots[order]
-        _drain(map(self.index.pop, self.ids[slots]))
+        self.index.discard(self.ids[slots].tolist())
         self.alive[slots] = False
         self.n_alive -= int(slots.size)
         return rows, slots
@@ -115,7 +112,7 @@ class PendingSide:
         s = slice(self.size, self.size + k)
         self.ids[s], self.ts[s], self.score[s], self.label[s] = ids, ts, score, label
         self.alive[s] = True
-        self.index.update(zip(ids.tolist(), range(self.size, self.size + k), strict=True))
+        self.index.put(ids.tolist(), np.arange(self.size, self.size + k, dtype=np.int64))
         self.size += k
         self.n_alive += k
 
@@ -136,7 +133,7 @@ class PendingSide:
             ids = self.ids[slots]
             cur = np.fromiter(map(self.index.get, ids, repeat(-1)), dtype=np.int64,
                               count=slots.size)
-            _drain(map(self.index.pop, ids[cur == slots]))
+            self.index.discard(ids[cur == slots].tolist())
             self.alive[slots] = False
             self.n_alive -= int(slots.size)
         self._compact()
@@ -165,8 +162,7 @@ class PendingSide:
             if a.dtype == object:
                 a[k : self.size] = None
         self.size = k
-        self.index.update(zip(self.ids[:k][indexed].tolist(),
-                              np.flatnonzero(indexed).tolist(), strict=True))
+        self.index.put(self.ids[:k][indexed].tolist(), np.flatnonzero(indexed).astype(np.int64))
 
     def _indexed(self, slots: NDArray[np.int64]) -> NDArray[np.bool_]:
         """Which of these slots the index points to (an older duplicate id is not)."""
@@ -195,8 +191,9 @@ class PendingSide:
             raise ValueError("pending ids and labels must be strings")
         side = cls()
         side.put(_obj(ids), ts.astype(np.float64), score.astype(np.float64), _obj(labels))
-        side.index = {i: s for s, (i, ok) in enumerate(zip(ids, indexed.tolist(), strict=True))
-                      if ok}
+        side.index = IdIndex()
+        at = np.flatnonzero(indexed.astype(bool))
+        side.index.put([ids[s] for s in at.tolist()], at.astype(np.int64))
         return side
 
 
