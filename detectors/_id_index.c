@@ -151,6 +151,14 @@ static PyObject *slots_close(Slots *out) {
     return out->bytes;
 }
 
+static void key_error(PyObject *key) {
+    PyObject *arg = PyTuple_Pack(1, key);
+    if (arg != NULL) {
+        PyErr_SetObject(PyExc_KeyError, arg);
+        Py_DECREF(arg);
+    }
+}
+
 /* The items of a list or tuple (borrowed; an empty list may have none: *n is 0), or -1
    with TypeError. */
 static int items_of(PyObject *seq, PyObject ***items, Py_ssize_t *n) {
@@ -171,11 +179,16 @@ static int items_of(PyObject *seq, PyObject ***items, Py_ssize_t *n) {
 static PyObject *IdIndex_put(IdIndex *ix, PyObject *args) {
     PyObject *ids, *slots_obj;
     if (!PyArg_ParseTuple(args, "OO:put", &ids, &slots_obj)) return NULL;
-    Py_ssize_t n;
-    PyObject **keys;
-    if (items_of(ids, &keys, &n) < 0) return NULL;
+    /* the buffer first: exporting it may run Python code (__buffer__, 3.12+), which
+       could change the list; nothing after items_of() can */
     Py_buffer view;
     if (PyObject_GetBuffer(slots_obj, &view, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) return NULL;
+    Py_ssize_t n;
+    PyObject **keys;
+    if (items_of(ids, &keys, &n) < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
     PyObject *res = NULL;
     Py_hash_t *hashes = NULL;
     Slots old = {NULL, NULL, 0};
@@ -253,7 +266,7 @@ static PyObject *IdIndex_pop(IdIndex *ix, PyObject *const *args, Py_ssize_t narg
     Py_ssize_t i = lookup(ix, args[0]);
     if (i < 0) {
         if (nargs == 2) return Py_NewRef(args[1]);
-        PyErr_SetObject(PyExc_KeyError, args[0]);
+        key_error(args[0]);
         return NULL;
     }
     PyObject *slot = PyLong_FromLongLong(ix->table[i].slot);
@@ -317,19 +330,32 @@ static PyObject *IdIndex_slots(IdIndex *ix, PyObject *Py_UNUSED(ignored)) {
 }
 
 static PyObject *IdIndex_items(IdIndex *ix, PyObject *Py_UNUSED(ignored)) {
-    PyObject *out = PyList_New(0);
-    if (out == NULL || ix->table == NULL) return out;
-    for (size_t j = 0; j <= ix->mask; j++) {
-        Entry *e = &ix->table[j];
-        if (e->key == NULL) continue;
-        PyObject *item = Py_BuildValue("(OL)", e->key, (long long)e->slot);
-        if (item == NULL || PyList_Append(out, item) < 0) {
-            Py_XDECREF(item);
-            Py_DECREF(out);
-            return NULL;
-        }
-        Py_DECREF(item);
+    /* a snapshot first (nothing the garbage collector tracks is allocated while the
+       table is read: a collection could run finalizers that change the index) */
+    Py_ssize_t n = ix->used, k = 0;
+    PyObject **keys = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(PyObject *));
+    int64_t *slots = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(int64_t));
+    PyObject *out = NULL;
+    if (keys == NULL || slots == NULL) {
+        PyErr_NoMemory();
+        goto done;
     }
+    if (ix->table != NULL)
+        for (size_t j = 0; j <= ix->mask; j++)
+            if (ix->table[j].key != NULL) {
+                keys[k] = Py_NewRef(ix->table[j].key);
+                slots[k++] = ix->table[j].slot;
+            }
+    out = PyList_New(k);
+    for (Py_ssize_t i = 0; out != NULL && i < k; i++) {
+        PyObject *item = Py_BuildValue("(OL)", keys[i], (long long)slots[i]);
+        if (item == NULL) Py_CLEAR(out);
+        else PyList_SET_ITEM(out, i, item);
+    }
+    for (Py_ssize_t i = 0; i < k; i++) Py_DECREF(keys[i]);
+done:
+    PyMem_Free(keys);
+    PyMem_Free(slots);
     return out;
 }
 
@@ -359,7 +385,7 @@ static int IdIndex_ass_sub(IdIndex *ix, PyObject *key, PyObject *value) {
     }
     Py_ssize_t i = lookup(ix, key);
     if (i < 0) {
-        PyErr_SetObject(PyExc_KeyError, key);
+        key_error(key);
         return -1;
     }
     remove_at(ix, (size_t)i);
@@ -369,7 +395,7 @@ static int IdIndex_ass_sub(IdIndex *ix, PyObject *key, PyObject *value) {
 static PyObject *IdIndex_subscript(IdIndex *ix, PyObject *key) {
     Py_ssize_t i = lookup(ix, key);
     if (i < 0) {
-        PyErr_SetObject(PyExc_KeyError, key);
+        key_error(key);
         return NULL;
     }
     return PyLong_FromLongLong(ix->table[i].slot);
@@ -437,6 +463,7 @@ static PyTypeObject IdIndexType = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_id_index", "Compiled index of the label join's FIFOs.", -1, NULL,
+    NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__id_index(void) {

@@ -97,7 +97,8 @@ class Fifo:
             new_cap = max(64, 2 * (live + n))
             self._resize(new_cap, ((pos, slice(0, live)),))
             self.head, self.tail = 0, live
-            # renumbered: the former slots it returns are not slots of the new ring
+            # every entry in is renumbered: a fresh index (sized for them, not twice)
+            self.index.clear()
             self.index.put(self.ids[:live].tolist(), np.arange(live, dtype=np.int64))
             return
         new_cap = max(64, 2 * (span + n))

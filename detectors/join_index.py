@@ -19,7 +19,13 @@ import numpy as np
 
 
 class DictIdIndex(dict[str, int]):
-    """The index as a dict: the semantics, and the stand-in when the extension is absent."""
+    """The index as a dict: the semantics, and the stand-in when the extension is absent.
+
+    The join only ever passes ``str`` ids in lists; beyond that the two differ: the
+    compiled index treats any key that is not exactly ``str`` as absent (a dict also
+    finds ``str`` subclasses and raises on unhashable keys), takes ids as a list or
+    tuple only and slots as a contiguous int64 buffer only, and cannot be copied or
+    pickled."""
 
     def put(self, ids: Sequence[str], slots: Any) -> bytes:
         """Take ``ids`` in at ``slots`` (int64); an id already in takes its new slot.
@@ -43,6 +49,7 @@ class DictIdIndex(dict[str, int]):
         """Let these ids leave (ids that are not in are ignored); returns their slots
         (int64 bytes), in order."""
         gone: list[int] = []
+        ids = ids if isinstance(ids, list | tuple) else list(ids)
         if self and not self.keys().isdisjoint(ids):
             for eid in ids:
                 slot = self.pop(eid, None) if type(eid) is str else None

@@ -162,6 +162,7 @@ class PendingSide:
             if a.dtype == object:
                 a[k : self.size] = None
         self.size = k
+        self.index.clear()  # every indexed entry is renumbered: a fresh index
         self.index.put(self.ids[:k][indexed].tolist(), np.flatnonzero(indexed).astype(np.int64))
 
     def _indexed(self, slots: NDArray[np.int64]) -> NDArray[np.bool_]:

@@ -162,3 +162,64 @@ def test_generated_operations_match_a_dict(ops: list[tuple[str, list[str]]]) -> 
                 gone = [s for s in (ref.pop(eid, None) for eid in ids) if s is not None]
                 assert np.frombuffer(ix.discard(ids), dtype=np.int64).tolist() == gone
             _same(ix, ref)
+
+
+@pytest.mark.skipif(not join_index.COMPILED, reason="the compiled index is not built")
+def test_items_survive_a_collection_that_changes_the_index() -> None:
+    """A garbage collection during ``items()`` may run a finalizer that empties the
+    index: the pairs handed out stay valid (the table is read into a snapshot first)."""
+    ix = join_index.IdIndex()
+    keys = [f"k{i}-" for i in range(200)]  # made at run time, freed with the index
+    ix.put(keys, np.arange(200, dtype=np.int64))
+    del keys
+
+    class Finalizer:
+        def __del__(self) -> None:
+            ix.clear()
+
+    gc.collect()
+    gc.disable()
+    f = Finalizer()
+    f.self = f  # type: ignore[attr-defined]  # a cycle: only a collection frees it
+    del f
+    before = gc.get_threshold()
+    gc.set_threshold(30)
+    gc.enable()
+    try:
+        items = ix.items()
+    finally:
+        gc.set_threshold(*before)
+    gc.collect()
+    assert len(ix) == 0
+    assert sorted(items) == sorted((f"k{i}-", i) for i in range(200))
+
+
+@pytest.mark.skipif(not join_index.COMPILED or sys.version_info < (3, 12),
+                    reason="Python code runs while exporting a buffer from 3.12 on")
+def test_put_reads_the_ids_after_exporting_the_slots() -> None:
+    ids = [f"key-{i}" + "!" * 40 for i in range(1000)]
+
+    class Slots:
+        def __buffer__(self, flags: int) -> memoryview:
+            ids.clear()  # the list changes while put() asks for the slots
+            return memoryview(np.arange(1000, dtype=np.int64))
+
+    ix = join_index.IdIndex()
+    with pytest.raises(ValueError):  # read after the export: 0 ids, 1000 slots
+        ix.put(ids, Slots())
+    assert len(ix) == 0
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.__name__)
+def test_missing_key_errors_and_discard_of_an_iterator(kind: Any) -> None:
+    ix = kind()
+    ix.put(["a", "b"], np.array([0, 1], dtype=np.int64))
+    with pytest.raises(KeyError) as err:
+        ix.pop("zz")
+    assert err.value.args == ("zz",)
+    with pytest.raises(KeyError) as err:  # the key is the one argument, even a tuple
+        del ix[(1, 2)]
+    assert err.value.args == ((1, 2),)
+    ids = iter(["a"]) if kind is DictIdIndex else ["a"]  # the compiled one takes lists
+    assert np.frombuffer(ix.discard(ids), dtype=np.int64).tolist() == [0]
+    assert sorted(ix.items()) == [("b", 1)]
