@@ -5,16 +5,15 @@
  * keys leave (hashes first, then the table buckets prefetched a few keys ahead, so the
  * cache misses of a large table overlap instead of adding up); both return the slots
  * that left (taken over by a key put again, or discarded) as int64 bytes, so the caller
- * can keep a per-slot flag of the entries in. isdisjoint(ids) tests a list of keys,
- * slots() gives every slot as int64 bytes. One open-addressing table with linear probing; an
- * entry (16 bytes) holds the low 32 bits of the key's hash (which also place it), the
- * slot (below 2**32) and a reference to the key; deletion shifts the following entries
- * back (no tombstones); the table doubles past half full.
+ * can keep a per-slot flag of the entries in. One open-addressing table with linear
+ * probing; an entry (16 bytes) holds the low 32 bits of the key's hash (which also place
+ * it), the slot (below 2**32) and a reference to the key; deletion shifts the following
+ * entries back (no tombstones); the table doubles past half full.
  *
  * Keys are str objects only (put raises TypeError on anything else; get/pop/contains
  * treat other objects as absent): comparing str runs no Python code, so the table cannot
  * change under a probe. Equal keys are equal text (same hash, length, kind and bytes).
- * The Python class of the same name in join_index.py is the reference semantics (a dict).
+ * DictIdIndex in join_index.py is the reference semantics (a dict).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -120,14 +119,19 @@ static void remove_at(IdIndex *ix, size_t i) {
     Py_DECREF(key);
 }
 
+/* The hash of a key that may be in, or -1 for one that cannot (not a str; no error set). */
+static inline Py_hash_t probe_hash(PyObject *key) {
+    Py_hash_t h = -1;
+    if (PyUnicode_CheckExact(key) && PyUnicode_READY(key) == 0) h = PyObject_Hash(key);
+    if (h == -1) PyErr_Clear();
+    return h;
+}
+
 /* Bucket holding the key, or -1 (also for a key that is not a str; no error set). */
 static Py_ssize_t lookup(const IdIndex *ix, PyObject *key) {
-    if (ix->used == 0 || !PyUnicode_CheckExact(key)) return -1;
-    Py_hash_t h;
-    if (PyUnicode_READY(key) < 0 || (h = PyObject_Hash(key)) == -1) {
-        PyErr_Clear();
-        return -1;
-    }
+    if (ix->used == 0) return -1;
+    Py_hash_t h = probe_hash(key);
+    if (h == -1) return -1;
     size_t i = find(ix, key, (uint32_t)h);
     return ix->table[i].key == NULL ? -1 : (Py_ssize_t)i;
 }
@@ -287,12 +291,7 @@ static PyObject *IdIndex_discard(IdIndex *ix, PyObject *ids) {
         return PyErr_NoMemory();
     }
     /* -1: not a str (never in); hashing a str runs no Python code */
-    for (Py_ssize_t k = 0; k < n; k++) {
-        PyObject *key = keys[k];
-        hashes[k] = -1;
-        if (PyUnicode_CheckExact(key) && PyUnicode_READY(key) == 0) hashes[k] = PyObject_Hash(key);
-        if (hashes[k] == -1) PyErr_Clear();
-    }
+    for (Py_ssize_t k = 0; k < n; k++) hashes[k] = probe_hash(keys[k]);
     Entry *table = ix->table; /* removals never resize the table */
     size_t mask = ix->mask;
     for (Py_ssize_t k = 0; k < n && k < AHEAD; k++)
@@ -308,25 +307,6 @@ static PyObject *IdIndex_discard(IdIndex *ix, PyObject *ids) {
     }
     PyMem_Free(hashes);
     return slots_close(&gone);
-}
-
-static PyObject *IdIndex_isdisjoint(IdIndex *ix, PyObject *ids) {
-    Py_ssize_t n;
-    PyObject **keys;
-    if (items_of(ids, &keys, &n) < 0) return NULL;
-    for (Py_ssize_t k = 0; k < n && ix->used; k++)
-        if (lookup(ix, keys[k]) >= 0) Py_RETURN_FALSE;
-    Py_RETURN_TRUE;
-}
-
-static PyObject *IdIndex_slots(IdIndex *ix, PyObject *Py_UNUSED(ignored)) {
-    PyObject *out = PyBytes_FromStringAndSize(NULL, ix->used * 8);
-    if (out == NULL) return NULL;
-    int64_t *dst = (int64_t *)PyBytes_AS_STRING(out);
-    if (ix->table != NULL)
-        for (size_t j = 0; j <= ix->mask; j++)
-            if (ix->table[j].key != NULL) *dst++ = ix->table[j].slot;
-    return out;
 }
 
 static PyObject *IdIndex_items(IdIndex *ix, PyObject *Py_UNUSED(ignored)) {
@@ -430,9 +410,6 @@ static PyMethodDef IdIndex_methods[] = {
      "pop(key[, default]): the key's slot, and the key leaves"},
     {"discard", (PyCFunction)IdIndex_discard, METH_O,
      "discard(ids): these keys leave; returns their slots (int64 bytes)"},
-    {"isdisjoint", (PyCFunction)IdIndex_isdisjoint, METH_O,
-     "isdisjoint(ids): whether none of these keys is in"},
-    {"slots", (PyCFunction)IdIndex_slots, METH_NOARGS, "every slot, as int64 bytes"},
     {"items", (PyCFunction)IdIndex_items, METH_NOARGS, "(key, slot) pairs"},
     {"clear", (PyCFunction)IdIndex_clear, METH_NOARGS, "every key leaves"},
     {NULL, NULL, 0, NULL},

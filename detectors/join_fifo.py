@@ -4,6 +4,7 @@ index from id to ring slot (see :class:`Fifo`)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -130,11 +131,18 @@ class Fifo:
 
     def pop(self, eid: str) -> int:
         """Slot of ``eid``'s entry, which leaves; -1 when it is not in."""
-        slot = self.index.pop(eid, None)
-        if slot is None:
-            return -1
-        self.live[slot] = False
-        return int(slot)
+        hit, slots = self.pop_many([eid])
+        return int(slots[0]) if hit[0] else -1
+
+    def pop_many(self, ids: Sequence[str]) -> tuple[NDArray[np.bool_], NDArray[np.int64]]:
+        """Which of ``ids`` are in, and the slots of those, which leave (an id given twice
+        is in the first time only)."""
+        found = list(map(self.index.pop, ids, repeat(None, len(ids))))
+        hit = np.fromiter((s is not None for s in found), dtype=bool, count=len(found))
+        slots = np.fromiter((s for s in found if s is not None), dtype=np.int64,
+                            count=int(hit.sum()))
+        self.live[slots] = False
+        return hit, slots
 
     def discard(self, ids: Sequence[str]) -> None:
         """Let these entries leave (ids that are not in are ignored)."""

@@ -3,11 +3,10 @@ built with a C compiler (``detectors/_id_index.c``), else a dict with the same m
 
 Both take a batch of ids in with one call (``put``) and let a list of ids leave
 (``discard``), each returning the slots that left as int64 bytes (so the FIFO keeps a
-per-slot flag of its entries instead of asking the index), and give every slot as
-int64 bytes (``slots``). The compiled one keeps
-one flat table and prefetches the buckets of a batch ahead of writing them: a model's
-index is large (up to ``max_entries`` ids) and mostly out of cache between batches, so
-a dict insert per prediction paid a cache miss or two in turn.
+per-slot flag of its entries instead of asking the index). The compiled one keeps one
+flat table and prefetches the buckets of a batch ahead of writing them: a model's index
+is large (up to ``max_entries`` ids) and mostly out of cache between batches, so a dict
+insert per prediction paid a cache miss or two in turn.
 """
 
 from __future__ import annotations
@@ -57,11 +56,6 @@ class DictIdIndex(dict[str, int]):
                     gone.append(slot)
         return np.asarray(gone, dtype=np.int64).tobytes()
 
-    def isdisjoint(self, ids: Sequence[str]) -> bool:
-        return self.keys().isdisjoint(ids)
-
-    def slots(self) -> bytes:
-        return np.fromiter(self.values(), dtype=np.int64, count=len(self)).tobytes()
 
 
 try:  # built from detectors/_id_index.c when the package is installed with a C compiler

@@ -26,7 +26,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -257,12 +256,8 @@ class JoinStore:
             lt[bad] = self.watermark if math.isfinite(self.watermark) else math.nan
         self.counts.labels += n
         pred = self._pred
-        seqs = list(map(pred.index.pop, ids, repeat(None, n)))
-        hit = np.fromiter((s is not None for s in seqs), dtype=bool, count=n)
+        hit, pos = pred.pop_many(ids)
         hits = np.flatnonzero(hit)
-        pos = np.fromiter((s for s in seqs if s is not None), dtype=np.int64,
-                          count=hits.size)
-        pred.live[pos] = False
         pt = pred.cols["ts"][pos]
         late = lt[hits] - pt > self.config.ttl_seconds
         nlate = int(late.sum())

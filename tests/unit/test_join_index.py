@@ -35,7 +35,6 @@ def _ids(rng: np.random.Generator, n: int, pool: int) -> list[str]:
 def _same(ix: Any, ref: dict[str, int]) -> None:
     assert len(ix) == len(ref)
     assert sorted(ix.items()) == sorted(ref.items())
-    assert sorted(np.frombuffer(ix.slots(), dtype=np.int64).tolist()) == sorted(ref.values())
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.__name__)
@@ -62,7 +61,6 @@ def test_random_operations_match_a_dict(kind: Any, seed: int) -> None:
                 assert ix.pop(eid, None) == ref.pop(eid, None)
         elif op < 0.7:
             ids = _ids(rng, int(rng.integers(0, 300)), pool)
-            assert ix.isdisjoint(ids) == ref.keys().isdisjoint(ids)
             gone = [s for s in (ref.pop(eid, None) for eid in ids) if s is not None]
             assert np.frombuffer(ix.discard(ids), dtype=np.int64).tolist() == gone
         elif op < 0.8:
@@ -117,7 +115,6 @@ def test_bad_input_is_refused_and_changes_nothing(kind: Any) -> None:
     with pytest.raises(KeyError):
         ix.pop("zz")
     assert ix.discard([]) == b"" and ix.discard([7, None, "zz"]) == b""
-    assert ix.isdisjoint([]) and not ix.isdisjoint(["zz", "a"])
 
 
 @pytest.mark.skipif(not join_index.COMPILED, reason="the compiled index is not built")

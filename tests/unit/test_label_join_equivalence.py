@@ -360,7 +360,7 @@ def _same_fifo(a: Fifo, b: Fifo, where: str) -> None:
     used = a.positions()
     np.testing.assert_array_equal(used, b.positions(), err_msg=where)
     # the flags of the entries in are the index's slots
-    slots = np.sort(np.frombuffer(a.index.slots(), dtype=np.int64))
+    slots = np.sort(np.asarray([slot for _, slot in a.index.items()], dtype=np.int64))
     np.testing.assert_array_equal(np.flatnonzero(a.live), slots, err_msg=where)
     np.testing.assert_array_equal(np.sort(used), slots, err_msg=where)
     assert a.ids[used].tolist() == b.ids[used].tolist(), where
