@@ -15,8 +15,11 @@ for each busy model. Written as records, each entry is written about once:
   once a store record that does not name it is acknowledged.
 
 The caller writes the new chunk records, and has them acknowledged, before the store
-record that names them. Restoring reads the store record, then each chunk it names: the
-entries whose bit is set, in sequence order, then the open ones.
+record that names them. A chunk's record may be written as soon as it is sealed
+(:meth:`ChunkBook.seal`), between store records: the next store record then names it,
+and the wait for acknowledgements before that record finds most of them done. Restoring
+reads the store record, then each chunk it names: the entries whose bit is set, in
+sequence order, then the open ones.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class ChunkBook:
     writes: int = 0  # records written (the next name's last part)
     stale: list[str] = field(default_factory=list)  # names to drop with the next records
     dropping: list[str] = field(default_factory=list)  # dropped by the last records
+    sealed: int = 0  # chunks before this one were sealed when last written (seal, records)
 
     def rewrite(self) -> None:
         """Write every chunk again, under new names, with the next records (those written
@@ -63,6 +67,43 @@ class ChunkBook:
         self.stale += self.dropping + [name for name, _ in self.written.values()]
         self.dropping = []
         self.written = {}
+
+    def due(self, next_seq: int) -> tuple[int, int] | None:
+        """The numbers ``[lo, hi)`` of the entries of chunks sealed since the last records
+        written (None when no chunk was sealed since)."""
+        upto = next_seq // self.size
+        return None if upto <= self.sealed else (self.sealed * self.size, upto * self.size)
+
+    def seal(self, seq: NDArray[np.int64], next_seq: int, encode: Callable[[Any], Arrays],
+             key: bytes | None, owner: str = "") -> dict[str, bytes]:
+        """Records of the chunks sealed since the last records written, by name
+        (``seq``: the numbers of their entries still in, oldest first, within
+        :meth:`due`'s range; ``encode`` as for :meth:`records`). The next store record
+        names them; they must be acknowledged before it is written."""
+        new: dict[str, bytes] = {}
+        if seq.size:
+            cnum = seq // self.size
+            starts = np.flatnonzero(np.concatenate(([True], cnum[1:] != cnum[:-1])))
+            for a, b in zip(starts.tolist(), [*starts[1:].tolist(), seq.size], strict=True):
+                c = int(cnum[a])
+                if c < self.sealed or c in self.written or (c + 1) * self.size > next_seq:
+                    raise RuntimeError(f"{self.fifo} chunk {c} is not newly sealed")
+                name, blob = self._write(c, seq[a:b], encode(np.arange(a, b)), key, owner)
+                new[name] = blob
+        self.sealed = max(self.sealed, next_seq // self.size)
+        return new
+
+    def _write(self, c: int, live: NDArray[np.int64], arrays: Arrays, key: bytes | None,
+               owner: str) -> tuple[str, bytes]:
+        """The record of sealed chunk ``c`` (``live``: its entries' numbers, ``arrays``:
+        their columns) under the next name, noted as written."""
+        name = f"{self.fifo}/{c}/{self.writes}"
+        self.writes += 1
+        arrays["seq"] = live
+        blob = pack(CHUNK_KIND, {"fifo": self.fifo, "chunk": c, "name": name,
+                                 "owner": owner}, arrays, key=key)
+        self.written[c] = (name, live.copy())
+        return name, blob
 
     def records(self, seq: NDArray[np.int64], next_seq: int, encode: Callable[[Any], Arrays],
                 key: bytes | None, owner: str = ""
@@ -92,14 +133,9 @@ class ChunkBook:
                     on = np.zeros(rec.size, dtype=bool)
                     on[at] = True
                 else:
-                    name = f"{self.fifo}/{c}/{self.writes}"
-                    self.writes += 1
-                    arrays = encode(np.arange(a, b))
-                    arrays["seq"] = live
-                    new[name] = pack(CHUNK_KIND, {"fifo": self.fifo, "chunk": c, "name": name,
-                                                  "owner": owner}, arrays, key=key)
-                    rec = live.copy()
-                    self.written[c] = (name, rec)
+                    name, blob = self._write(c, live, encode(np.arange(a, b)), key, owner)
+                    new[name] = blob
+                    rec = live
                     on = np.ones(rec.size, dtype=bool)
                 used.add(c)
                 names.append(name)
@@ -108,6 +144,7 @@ class ChunkBook:
         dropped = self.stale + [self.written.pop(c)[0] for c in list(self.written)
                                 if c not in used]
         self.stale, self.dropping = [], dropped
+        self.sealed = max(self.sealed, next_seq // size)
         meta = {"size": size, "chunks": names, "sizes": sizes, "next_seq": int(next_seq),
                 "writes": self.writes}
         arrays = encode(np.arange(k, seq.size))
@@ -135,7 +172,7 @@ class ChunkBook:
         if bits.dtype != np.uint8 or bits.size != -(-total // 8):
             raise ValueError("chunk bits do not match the chunk sizes")
         on = np.unpackbits(bits, count=total).astype(bool)
-        book = cls(fifo, size, writes=writes)
+        book = cls(fifo, size, writes=writes, sealed=next_seq // size)
         parts: list[dict[str, Any]] = []
         seqs: list[NDArray[np.int64]] = []
         at = 0

@@ -88,6 +88,23 @@ class Fifo:
             return slots[:0]
         return slots[self.live[slots]]
 
+    def positions_in(self, lo: int, hi: int) -> NDArray[np.intp]:
+        """Slots of the entries in numbered ``lo`` to ``hi - 1``, oldest first (numbers
+        increase along the ring from its head: two binary searches, not a scan)."""
+        span = self.tail - self.head
+        if not self.index or not span or hi <= lo:
+            return np.zeros(0, dtype=np.intp)
+        h = self.head % self.cap
+        first = min(span, self.cap - h)  # head .. the ring's end, then its start
+        seq = self.cols["seq"]
+        parts = []
+        for start, stop in ((h, h + first), (0, span - first)):
+            piece = seq[start:stop]
+            a, b = np.searchsorted(piece, (lo, hi)).tolist()
+            parts.append(np.arange(start + a, start + b, dtype=np.intp))
+        slots: NDArray[np.intp] = np.concatenate(parts)
+        return slots[self.live[slots]]
+
     def _room(self, n: int) -> None:
         """A larger ring with room for ``n`` more. Mostly left slots: rebuilt with the
         entries in only, renumbered; else the slots keep their numbers, but for the part

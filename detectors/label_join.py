@@ -398,6 +398,28 @@ class JoinStore:
             dropped += drop
         return StoreRecords(pack(RECORDS_KIND, meta, arrays), new, dropped)
 
+    def chunks_due(self) -> bool:
+        """Whether a chunk was sealed since the last chunk records (cheap: two compares)."""
+        return any(self._books[name].due(fifo.next_seq) is not None
+                   for name, fifo in (("pred", self._pred), ("gone", self._gone)))
+
+    def sealed_chunk_records(self, *, key: bytes | None = None, owner: str = ""
+                             ) -> dict[str, bytes]:
+        """Records of the chunks sealed since the last ones, by name, to write now: the
+        next :meth:`snapshot_records` names them instead of writing them (they must be
+        acknowledged before its store record), so the wait for acknowledgements before
+        that record finds most of them done. Arguments as for :meth:`snapshot_records`."""
+        new: dict[str, bytes] = {}
+        for name, fifo, enc in (("pred", self._pred, _pred_arrays),
+                                ("gone", self._gone, _gone_arrays)):
+            book = self._books[name]
+            span = book.due(fifo.next_seq)
+            if span is not None:
+                pos = fifo.positions_in(*span)
+                new.update(book.seal(fifo.cols["seq"][pos], fifo.next_seq,
+                                     partial(_encode_at, enc, fifo, pos), key, owner))
+        return new
+
     def chunk_names(self) -> list[str]:
         """Names of the chunk records the next records may name (written, not dropped)."""
         return [name for b in self._books.values() for name, _ in b.written.values()]

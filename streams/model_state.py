@@ -145,6 +145,14 @@ class ModelState:
             dropped = [join_record_key(self.key, n) for n in recs.dropped]
         return SnapshotRecords(pack(SNAPSHOT_KIND, meta, arrays, key=key), chunks, dropped)
 
+    def sealed_chunk_records(self, *, key: bytes | None = None) -> dict[str, bytes]:
+        """Label-join chunk records sealed since the last ones, by state-topic key
+        (:meth:`JoinStore.sealed_chunk_records`): written between snapshots."""
+        if self.joins is None or not self.joins.chunks_due():
+            return {}
+        recs = self.joins.sealed_chunk_records(key=key, owner=self.key)
+        return {join_record_key(self.key, n): b for n, b in recs.items()}
+
     def _parts(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         meta: dict[str, Any] = {
             "model": self.model,

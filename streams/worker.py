@@ -359,6 +359,8 @@ class Worker:
             self._check_cluster()
         if now - self._last_snapshot >= s.snapshot_interval_s:
             self.checkpoint()
+        else:
+            self._write_sealed_chunks()
 
     # -- a broker that lost its data ---------------------------------------------------
     def _check_cluster(self) -> None:
@@ -767,6 +769,10 @@ class Worker:
                 raise ClusterChanged(cid)
         if self._delivery_errors:
             errors, self._delivery_errors = self._delivery_errors, []
+            if any(topic == self.settings.state_topic for topic, _ in errors):
+                # maybe a chunk record written between checkpoints: no snapshot may name
+                # one, so every model's go out again (a worker goes on after this error)
+                self._rewrite_all_chunks()
             refs = self.settings.references_topic
             for topic, err in errors:
                 if topic == refs:
@@ -780,6 +786,35 @@ class Worker:
             self._delivery_errors.append((str(msg.topic()), str(err)))
 
     # -- state -------------------------------------------------------------------------
+    def _write_sealed_chunks(self) -> None:
+        """Write the label-join chunks sealed since the last checkpoint now, without
+        waiting: the checkpoint waits for their acknowledgements before the snapshots
+        naming them, and finds most of them done (rather than ~100 MB to write and wait
+        for at once when every model keeps 100,000 predictions). Not while the cluster
+        is in doubt: nothing of a model's state goes to a cluster that may be another."""
+        if self._watch.suspect.is_set():
+            return
+        topic = self.settings.state_topic
+        for st in self.processor.models.values():
+            try:
+                for k, b in st.sealed_chunk_records(key=self._key).items():
+                    self._producer.produce(topic, b, key=k.encode(),
+                                           on_delivery=self._on_delivery)
+                    self._snapshots[k] = b
+                    self.metrics.snapshot_bytes.labels(st.model).inc(len(b))
+            except BaseException:  # noted as written but maybe not produced: all again
+                self._rewrite_all_chunks()
+                raise
+
+    def _rewrite_all_chunks(self) -> None:
+        """Every model's label-join chunks go out again, under new names, with its next
+        snapshot (a chunk record's write failed or may not have happened: which model's
+        is not known here)."""
+        for st in self.processor.models.values():
+            if st.joins is not None:
+                st.dirty = True
+                st.joins.rewrite_chunks()
+
     def checkpoint(self, models: list[str] | None = None) -> None:
         """Snapshot dirty models (acknowledged), then commit the consumed offsets."""
         s = self.settings
@@ -823,11 +858,11 @@ class Worker:
                 self._flush_acknowledged()
         except BaseException:
             # not known to be on the state topic: written again at the next checkpoint,
-            # with every label-join chunk again (under new names)
+            # with every label-join chunk again (under new names; chunks written between
+            # checkpoints may be any model's)
             for st in touched:
                 st.dirty = True
-                if st.joins is not None:
-                    st.joins.rewrite_chunks()
+            self._rewrite_all_chunks()
             raise
         for _, st, recs in written:  # chunk records no acknowledged snapshot names any more
             for i, k in enumerate(recs.dropped):

@@ -401,6 +401,11 @@ def test_ring_growth_and_compaction_match_the_index_array_copies(seed: int) -> N
             np.testing.assert_array_equal(new.pop_before("ts", t - 30.0),
                                           old.pop_before("ts", t - 30.0))
         _same_fifo(new, old, f"step {step}")
+        pos = new.positions()
+        seq = new.cols["seq"][pos]
+        for lo, hi in ((0, new.next_seq), *np.sort(rng.integers(0, new.next_seq + 2, (3, 2)))):
+            np.testing.assert_array_equal(new.positions_in(int(lo), int(hi)),
+                                          pos[(seq >= lo) & (seq < hi)])
     assert new.cap > 64
 
 
@@ -412,9 +417,29 @@ class _StateTopic:
         self.records: dict[str, bytes] = {}
         self.acked: bytes | None = None  # the whole store as of the acknowledged record
         self.written = 0
+        self.lost = False  # a chunk written between checkpoints failed (not yet reported)
+        self.chunks = 0  # chunk records the last store record came with
+
+    def between(self, store: JoinStore, rng: np.random.Generator) -> int:
+        """Chunks sealed since the last records, written between checkpoints; a failed
+        write is reported by the wait before the next store record."""
+        recs = store.sealed_chunk_records()
+        for name, blob in recs.items():
+            if rng.random() < 0.05:
+                self.lost = True
+            else:
+                self.records[name] = blob
+                self.written += len(blob)
+        return len(recs)
 
     def checkpoint(self, store: JoinStore, rng: np.random.Generator) -> bool:
         recs = store.snapshot_records()
+        self.chunks = len(recs.chunks)
+        if self.lost:  # the wait for the chunks reports the failure: no store record
+            self.lost = False
+            self.records.update(recs.chunks)
+            store.rewrite_chunks()
+            return False
         fail = rng.random()
         if fail < 0.1:  # the chunks' write fails (some of them may be on the topic)
             for name, blob in recs.chunks.items():
@@ -438,12 +463,15 @@ class _StateTopic:
 
 
 @pytest.mark.parametrize("seed", range(12))
-def test_records_restore_the_store_through_failed_writes(seed: int) -> None:
+@pytest.mark.parametrize("early", [False, True])
+def test_records_restore_the_store_through_failed_writes(seed: int, early: bool) -> None:
     # the same random streams; every few steps the store is written as records (chunks of
-    # 8 entries) with some writes failing; the records on the topic always restore the
+    # 8 entries) with some writes failing (early: and chunks written as they seal, between
+    # store records, some of them failing); the records on the topic always restore the
     # store as it was at the last acknowledged store record, and a restored store goes on
     # exactly as the reference (and writes records of its own that restore as well)
     rng = np.random.default_rng(100 + seed)
+    sealed = 0
     cfg = JoinConfig(ttl_seconds=float(rng.choice([5.0, 40.0, 1e6])),
                      max_entries=int(rng.choice([7, 60, 1000])), max_pending=int(rng.choice([3, 50])))
     new, ref = JoinStore(cfg, chunk_entries=8), ReferenceStore(cfg)
@@ -463,6 +491,8 @@ def test_records_restore_the_store_through_failed_writes(seed: int) -> None:
         else:
             labs = [str(int(r * 2)) for r in rng.random(n)]
             same(new.add_labels(ids, labs, ts), ref.add_labels(ids, labs, ts))
+        if early and rng.random() < 0.6:
+            sealed += topic.between(new, rng)
         if step % 4 == 0:
             ok = topic.checkpoint(new, rng)
             if topic.acked is not None:
@@ -473,15 +503,18 @@ def test_records_restore_the_store_through_failed_writes(seed: int) -> None:
                     new, restores = back, restores + 1
         assert new.counts == ref.counts and new.snapshot() == ref.snapshot()
     assert restores > 20
+    assert sealed > 20 if early else sealed == 0
     assert set(topic.records) <= {"store"} | {n for b in (new, topic.restore())
                                               for bk in b._books.values()
                                               for n, _ in bk.written.values()} | \
         {n for bk in new._books.values() for n in bk.stale}
 
 
-def test_records_write_what_came_in_not_the_whole_store() -> None:
+@pytest.mark.parametrize("early", [False, True])
+def test_records_write_what_came_in_not_the_whole_store(early: bool) -> None:
     # a store kept near its bound (50,000 predictions, half joined by labels): whole
-    # snapshots write it all every time, records about each entry once
+    # snapshots write it all every time, records about each entry once (early: chunks
+    # written as they seal, between store records, which then write none of their own)
     store = JoinStore(JoinConfig(ttl_seconds=1e9, max_entries=50_000), chunk_entries=1024)
     topic = _StateTopic()
     rng = np.random.default_rng(0)
@@ -489,11 +522,19 @@ def test_records_write_what_came_in_not_the_whole_store() -> None:
     for k in range(60):
         ids = [f"p{k}-{i:05d}" for i in range(2000)]
         store.add_predictions(ids, rng.random(2000), None, [float(k)] * 2000)
+        if early:
+            assert topic.between(store, _NoFail()) >= 1
+            assert not store.chunks_due() and not store.sealed_chunk_records()
         store.add_labels(ids[::2], ["1"] * 1000, [float(k)] * 1000)
+        if early and k % 3 == 2:  # the ids that left seal chunks of their own
+            topic.between(store, _NoFail())
         assert topic.checkpoint(store, _NoFail())
+        if early and k % 3 == 2:  # every sealed chunk was written: none in the checkpoint
+            assert topic.chunks == 0
         whole += len(store.snapshot())
     assert len(store) == 49_000  # full, less the last batch's joined half
-    assert topic.written < whole / 8, (topic.written, whole)
+    # early: each chunk holds the entries labels join later (right after, here)
+    assert topic.written < whole / (5 if early else 8), (topic.written, whole)
     back = topic.restore()
     assert back.snapshot() == store.snapshot()
 
