@@ -61,6 +61,10 @@ class WorkerMetrics:
         self.batch_duration = Histogram("driftline_worker_batch_duration_seconds",
                                         "Processing time of one consumed batch",
                                         buckets=_DURATION_BUCKETS, registry=r)
+        self.checkpoint_duration = Histogram(
+            "driftline_worker_checkpoint_duration_seconds",
+            "One checkpoint: snapshots written and acknowledged, offsets committed (the "
+            "worker consumes nothing meanwhile)", buckets=_DURATION_BUCKETS, registry=r)
         self.models_tracked = Gauge("driftline_worker_models_tracked",
                                     "Models whose state this worker holds", registry=r)
         self.event_time_lag = Gauge("driftline_worker_event_time_lag_seconds",

@@ -818,6 +818,7 @@ class Worker:
     def checkpoint(self, models: list[str] | None = None) -> None:
         """Snapshot dirty models (acknowledged), then commit the consumed offsets."""
         s = self.settings
+        started = time.perf_counter()
         names = models if models is not None else [
             m for m, st in self.processor.models.items() if st.dirty]
         positions = dict(self._positions)
@@ -889,6 +890,7 @@ class Worker:
                     self.stats.commits += 1
                 except KafkaException as exc:
                     log.warning("commit failed (will retry at the next checkpoint): %s", exc)
+        self.metrics.checkpoint_duration.observe(time.perf_counter() - started)
 
     def _state_keys(self, prefix: str) -> list[str]:
         """Keys of the state records read or written, with this prefix."""

@@ -79,6 +79,10 @@ def test_rising_fpr_alerts_a_steady_model_stays_silent_and_late_labels_count(
         written = w.registry.get_sample_value("driftline_worker_snapshot_bytes_total",
                                               {"model": "fraud"})
         assert written is not None and written >= fraud_snapshot() > 16 * N
+        checkpoints = w.registry.get_sample_value(
+            "driftline_worker_checkpoint_duration_seconds_count")
+        took = w.registry.get_sample_value("driftline_worker_checkpoint_duration_seconds_sum")
+        assert checkpoints is not None and checkpoints >= 1 and took is not None and took > 0
         # the waiting predictions survive a restart: the labels join on the next worker
         w.stop()
         w = start_worker(s)
