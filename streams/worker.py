@@ -572,6 +572,7 @@ class Worker:
             if unsaved:  # the cluster could not be confirmed: checkpoint wrote nothing
                 log.error("no snapshot of %d models after the cluster change; they restart "
                           "from their last snapshot on the new cluster (if any)", len(unsaved))
+        self._settle_writes()
         self.processor.drop(leaving)
 
     def _abandon_consumer(self) -> None:
@@ -781,6 +782,16 @@ class Worker:
             if failed:
                 raise KafkaException(f"delivery failed: {failed[:3]}")
 
+    def _settle_writes(self) -> None:
+        """Wait until every record produced is acknowledged or failed (until stopping),
+        before states are dropped, however their checkpoint ended: a label-join chunk
+        record written between checkpoints and still in flight could land after the next
+        owner of the model wrote a record of the same name (failures are raised by the
+        next wait, which has every store's chunks written again)."""
+        while (remaining := self._producer.flush(5.0)) and not self._stop.is_set():
+            log.warning("waiting for the broker to settle %d messages before dropping "
+                        "models", remaining)
+
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             self._delivery_errors.append((str(msg.topic()), str(err)))
@@ -838,12 +849,13 @@ class Worker:
                     continue
                 touched.append(st)
                 written.append((m, st, st.snapshot_records(key=self._key)))
-            chunks = [(k, b) for _, _, recs in written for k, b in recs.chunks.items()]
-            if chunks:  # label-join chunk records: acknowledged before the snapshots naming them
-                for k, b in chunks:
+            for _, _, recs in written:  # label-join chunk records
+                for k, b in recs.chunks.items():
                     self._producer.produce(s.state_topic, b, key=k.encode(),
                                            on_delivery=self._on_delivery)
                     self._snapshots[k] = b
+            if written:  # these and the ones written since the last checkpoint (which the
+                # snapshots name too): acknowledged before the snapshots naming them
                 self._flush_acknowledged()
             for m, st, recs in written:
                 self._producer.produce(s.state_topic, recs.snapshot, key=m.encode(),
@@ -974,6 +986,7 @@ class Worker:
         except ClusterChanged as change:  # handled after this callback returns
             self._pending_cluster = change.cluster_id
             return
+        self._settle_writes()
         self.processor.drop(leaving)
         for p in gone:
             self._positions.pop((topic, p), None)
