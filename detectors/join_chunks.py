@@ -25,7 +25,7 @@ sequence order, then the open ones.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,15 +81,11 @@ class ChunkBook:
         :meth:`due`'s range; ``encode`` as for :meth:`records`). The next store record
         names them; they must be acknowledged before it is written."""
         new: dict[str, bytes] = {}
-        if seq.size:
-            cnum = seq // self.size
-            starts = np.flatnonzero(np.concatenate(([True], cnum[1:] != cnum[:-1])))
-            for a, b in zip(starts.tolist(), [*starts[1:].tolist(), seq.size], strict=True):
-                c = int(cnum[a])
-                if c < self.sealed or c in self.written or (c + 1) * self.size > next_seq:
-                    raise RuntimeError(f"{self.fifo} chunk {c} is not newly sealed")
-                name, blob = self._write(c, seq[a:b], encode(np.arange(a, b)), key, owner)
-                new[name] = blob
+        for c, a, b in _chunk_runs(seq, self.size):
+            if c < self.sealed or c in self.written or (c + 1) * self.size > next_seq:
+                raise RuntimeError(f"{self.fifo} chunk {c} is not newly sealed")
+            name, blob = self._write(c, seq[a:b], encode(np.arange(a, b)), key, owner)
+            new[name] = blob
         self.sealed = max(self.sealed, next_seq // self.size)
         return new
 
@@ -119,28 +115,24 @@ class ChunkBook:
         bits: list[NDArray[np.bool_]] = []
         new: dict[str, bytes] = {}
         used: set[int] = set()
-        if k:
-            cnum = seq[:k] // size
-            starts = np.flatnonzero(np.concatenate(([True], cnum[1:] != cnum[:-1])))
-            for a, b in zip(starts.tolist(), [*starts[1:].tolist(), k], strict=True):
-                c = int(cnum[a])
-                live = seq[a:b]
-                if c in self.written:
-                    name, rec = self.written[c]
-                    at = np.searchsorted(rec, live)
-                    if at.size and (int(at[-1]) >= rec.size or not np.array_equal(rec[at], live)):
-                        raise RuntimeError(f"entries joined sealed chunk {name}")
-                    on = np.zeros(rec.size, dtype=bool)
-                    on[at] = True
-                else:
-                    name, blob = self._write(c, live, encode(np.arange(a, b)), key, owner)
-                    new[name] = blob
-                    rec = live
-                    on = np.ones(rec.size, dtype=bool)
-                used.add(c)
-                names.append(name)
-                sizes.append(int(rec.size))
-                bits.append(on)
+        for c, a, b in _chunk_runs(seq[:k], size):
+            live = seq[a:b]
+            if c in self.written:
+                name, rec = self.written[c]
+                at = np.searchsorted(rec, live)
+                if at.size and (int(at[-1]) >= rec.size or not np.array_equal(rec[at], live)):
+                    raise RuntimeError(f"entries joined sealed chunk {name}")
+                on = np.zeros(rec.size, dtype=bool)
+                on[at] = True
+            else:
+                name, blob = self._write(c, live, encode(np.arange(a, b)), key, owner)
+                new[name] = blob
+                rec = live
+                on = np.ones(rec.size, dtype=bool)
+            used.add(c)
+            names.append(name)
+            sizes.append(int(rec.size))
+            bits.append(on)
         dropped = self.stale + [self.written.pop(c)[0] for c in list(self.written)
                                 if c not in used]
         self.stale, self.dropping = [], dropped
@@ -219,6 +211,17 @@ class ChunkBook:
         if opened.size and int(opened[0]) < next_seq - next_seq % size:
             raise ValueError("sealed entries in the open chunk")
         return book, parts, seq, next_seq
+
+
+def _chunk_runs(seq: NDArray[np.int64], size: int) -> Iterator[tuple[int, int, int]]:
+    """``(chunk, a, b)`` for each run ``seq[a:b]`` of increasing entry numbers that
+    belong to one chunk of ``size`` entries."""
+    if not seq.size:
+        return
+    cnum = seq // size
+    starts = np.flatnonzero(np.concatenate(([True], cnum[1:] != cnum[:-1])))
+    for a, b in zip(starts.tolist(), [*starts[1:].tolist(), seq.size], strict=True):
+        yield int(cnum[a]), a, b
 
 
 def _take(v: Any, idx: NDArray[np.intp]) -> Any:

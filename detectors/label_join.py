@@ -386,8 +386,7 @@ class JoinStore:
         meta, arrays = self._common()
         new: dict[str, bytes] = {}
         dropped: list[str] = []
-        for name, fifo, enc in (("pred", self._pred, _pred_arrays),
-                                ("gone", self._gone, _gone_arrays)):
+        for name, fifo, enc in self._fifos():
             pos = fifo.positions()
             m, a, recs, drop = self._books[name].records(
                 fifo.cols["seq"][pos], fifo.next_seq, partial(_encode_at, enc, fifo, pos), key,
@@ -398,10 +397,15 @@ class JoinStore:
             dropped += drop
         return StoreRecords(pack(RECORDS_KIND, meta, arrays), new, dropped)
 
+    def _fifos(self) -> tuple[tuple[str, Fifo, Callable[[Fifo, NDArray[np.intp], str],
+                                                       dict[str, NDArray[Any]]]], ...]:
+        """Each FIFO written as chunk records: its name in them, itself, its encoder."""
+        return (("pred", self._pred, _pred_arrays), ("gone", self._gone, _gone_arrays))
+
     def chunks_due(self) -> bool:
         """Whether a chunk was sealed since the last chunk records (cheap: two compares)."""
         return any(self._books[name].due(fifo.next_seq) is not None
-                   for name, fifo in (("pred", self._pred), ("gone", self._gone)))
+                   for name, fifo, _ in self._fifos())
 
     def sealed_chunk_records(self, *, key: bytes | None = None, owner: str = ""
                              ) -> dict[str, bytes]:
@@ -410,8 +414,7 @@ class JoinStore:
         acknowledged before its store record), so the wait for acknowledgements before
         that record finds most of them done. Arguments as for :meth:`snapshot_records`."""
         new: dict[str, bytes] = {}
-        for name, fifo, enc in (("pred", self._pred, _pred_arrays),
-                                ("gone", self._gone, _gone_arrays)):
+        for name, fifo, enc in self._fifos():
             book = self._books[name]
             span = book.due(fifo.next_seq)
             if span is not None:
