@@ -9,8 +9,9 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 
 WORKDIR /src
-# a C compiler for the compiled scanner of single events (schemas/_scan.c) and the label
-# join's id index (detectors/_id_index.c); the runtime stage gets the built package only
+# a C compiler for the compiled scanner of single events (schemas/_scan.c), the label
+# join's id index (detectors/_id_index.c) and the window and segment kernels
+# (detectors/_kernels.c); the runtime stage gets the built package only
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/driftline

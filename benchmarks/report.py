@@ -18,6 +18,7 @@ def machine() -> dict[str, Any]:
     import numpy as np
 
     from driftline.detectors.join_index import COMPILED
+    from driftline.detectors.stats import KERNELS
     from driftline.schemas.codecs import SCANNER
 
     return {
@@ -29,6 +30,7 @@ def machine() -> dict[str, Any]:
         "date": time.strftime("%Y-%m-%d"),
         "single_event_scanner": "compiled" if SCANNER else "python",
         "label_join_index": "compiled" if COMPILED else "dict",
+        "window_kernels": "compiled" if KERNELS else "numpy",
     }
 
 

@@ -35,6 +35,11 @@ from numpy.typing import NDArray
 
 from driftline.detectors.windows import Pane, PaneRing
 
+try:  # built from detectors/_kernels.c when the package is installed with a C compiler
+    from driftline.detectors import _kernels
+except ImportError:  # pragma: no cover - exercised by installs without a compiler
+    _kernels = None  # type: ignore[assignment]
+
 #: Label of the ring that pools the segment values beyond ``max_segments``.
 OTHER = "other"
 #: The segment object alerts of the pooled ring carry.
@@ -344,10 +349,16 @@ def _addresses(col: NDArray[np.object_]) -> NDArray[np.uintp]:
 
 def _factorise(keys: NDArray[np.uintp]) -> tuple[NDArray[np.intp], NDArray[np.int64]]:
     """``(first, inverse)``: the row of each distinct key's first sight, in order of first
-    sight, and each row's index into ``first``."""
+    sight, and each row's index into ``first`` (a hash table when the kernels are built,
+    else a sort)."""
     n = keys.size
     if n == 0:
         return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.int64)
+    if _kernels is not None and keys.itemsize == 8:
+        first_rows = np.empty(n, dtype=np.intp)
+        inverse = np.empty(n, dtype=np.int64)
+        k = _kernels.factorise(np.ascontiguousarray(keys), first_rows, inverse)
+        return first_rows[:k], inverse
     order = np.argsort(keys, kind="stable")  # equal keys: rows in order, the first first
     s = keys[order]
     new = np.empty(n, dtype=bool)

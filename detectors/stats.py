@@ -14,9 +14,17 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import special
 
+try:  # built from detectors/_kernels.c when the package is installed with a C compiler
+    from driftline.detectors import _kernels
+except ImportError:  # pragma: no cover - exercised by installs without a compiler
+    _kernels = None  # type: ignore[assignment]
+
 Counts = NDArray[np.int64] | NDArray[np.float64]
 Vec = NDArray[np.float64]
-_EPS = 1e-4
+_EPS = 1e-4  # also in _kernels.c
+#: Whether the compiled window scores are built (numpy computes the same values, to the
+#: last bits or so: its sums run in another order).
+KERNELS = _kernels is not None
 
 
 def _proportions(counts: Counts) -> Vec:
@@ -45,7 +53,7 @@ class ReferenceTerms:
     """
 
     def __init__(self, ref: Counts) -> None:
-        r = np.asarray(ref, dtype=np.float64)
+        r = np.ascontiguousarray(ref, dtype=np.float64)
         self.counts = r
         self.total = r.sum(axis=-1, keepdims=True)  # (columns, 1)
         self._proportions: Vec | None = None
@@ -89,8 +97,14 @@ class ReferenceTerms:
     def scores(self, win: Counts) -> tuple[Vec, Vec, Vec, Vec]:
         """Chi-square statistic and degrees of freedom (as :meth:`chi_square`, without
         the asymptotic p-value: a caller that calibrates takes its own), PSI and
-        Jensen-Shannon of one window, sharing its proportions."""
+        Jensen-Shannon of one window, sharing its proportions (in one compiled pass per
+        column when the kernels are built)."""
         w = np.asarray(win, dtype=np.float64)
+        if _kernels is not None and w.shape == self.counts.shape and w.ndim == 2:
+            out = np.empty((4, w.shape[0]))
+            _kernels.window_scores(self.counts, self.smoothed, self.proportions, self.total,
+                                   np.ascontiguousarray(w), out, *w.shape)
+            return out[0], out[1], out[2], out[3]
         nw = w.sum(axis=-1, keepdims=True)
         q: Vec = np.divide(w, nw, out=np.zeros_like(w), where=nw > 0)  # _proportions(win)
         stat, df, _ = self._chi_square(w, nw, p_value=False)

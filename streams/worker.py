@@ -66,6 +66,7 @@ from driftline.detectors.errors import DriftlineError
 from driftline.detectors.join_index import COMPILED as ID_INDEX_COMPILED
 from driftline.detectors.reference import ReferenceProfile
 from driftline.detectors.serialization import sign_record, verify_record
+from driftline.detectors.stats import KERNELS
 from driftline.schemas.codecs import SCANNER, encode_alert, encode_dead_letter
 from driftline.schemas.models import DriftAlert, Rejection
 from driftline.streams.admin import (
@@ -281,6 +282,10 @@ class Worker:
             log.warning("the label join indexes event ids with a dict: the compiled index "
                         "(driftline.detectors._id_index) was not built when driftline was "
                         "installed (no C compiler?); keeping predictions costs more CPU")
+        if not KERNELS:
+            log.warning("window tests and segment grouping run on numpy alone: the compiled "
+                        "kernels (driftline.detectors._kernels) were not built when "
+                        "driftline was installed (no C compiler?); evaluations cost more CPU")
         self._admin = AdminClient({k: v for k, v in self._base.items()
                                    if not k.startswith(("fetch.", "enable."))})
         try:

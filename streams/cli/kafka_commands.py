@@ -32,6 +32,7 @@ from driftline.detectors.join_index import COMPILED as ID_INDEX_COMPILED
 from driftline.detectors.offline import profile_table
 from driftline.detectors.reference import ReferenceProfile
 from driftline.detectors.serialization import sign_record, verify_record
+from driftline.detectors.stats import KERNELS
 from driftline.detectors.tables import read_table
 from driftline.schemas.codecs import SCANNER, alert_to_dict, encode_event
 from driftline.streams.admin import (
@@ -477,6 +478,7 @@ def config_show(bootstrap: str | None = BootstrapOpt) -> None:
     data["kafka"] = redacted(s.kafka())
     data["single_event_scanner"] = "compiled" if SCANNER else "python (not built at install)"
     data["label_join_index"] = "compiled" if ID_INDEX_COMPILED else "dict (not built at install)"
+    data["window_kernels"] = "compiled" if KERNELS else "numpy (not built at install)"
     typer.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
 
 

@@ -82,6 +82,7 @@ def test_throughput_quick_raw_and_driftline(kafka_bootstrap: str, tmp_path: Path
     assert data["details"]["single"]["dead_letters"] == 0
     assert data["machine"]["cpu_count"] >= 1
     assert data["machine"]["single_event_scanner"] == "compiled"  # CI builds it
+    assert data["machine"]["window_kernels"] == "compiled"  # and the kernels
     assert (results / "throughput.md").read_text().count("|") > 10
     assert (results / "throughput.png").exists()
     assert _leftovers(data["run_id"]) == []

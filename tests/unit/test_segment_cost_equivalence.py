@@ -3,7 +3,11 @@ computed once per monitor (stats.ReferenceTerms) against the statistics computed
 scratch per call, and the segment grouping (factorisation by object ids, histograms of
 the batch's bins by row block) against the per-row dicts and gathered bins. Random
 streams (count and event-time panes, pooled values, rows without a segment, late rows,
-tiny histogram blocks) give the same panes, evaluations, alerts and snapshot bytes."""
+tiny histogram blocks) give the same panes, evaluations, alerts and snapshot bytes.
+
+The window statistics run on numpy here (the same operations as first written, so the
+same bits); the compiled scores agree with them to ~1e-13 (test_kernels.py). The
+factorisation runs compiled when built: its codes are exact either way."""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from scipy import special
 from synth import make_batch
 
 from driftline.detectors import segments as seg_mod
+from driftline.detectors import stats as stats_mod
 from driftline.detectors.monitor import Evaluation, ModelMonitor, MonitorConfig
 from driftline.detectors.quality import MISMATCH, MISSING, OUT_OF_RANGE, UNSEEN, DataQuality, is_set
 from driftline.detectors.reference import ReferenceProfile, build_profile
@@ -32,6 +37,12 @@ from driftline.detectors.stats import (
     wasserstein_binned,
 )
 from driftline.detectors.windows import CountRule, Pane, PaneRing, TimeRule
+
+
+@pytest.fixture(autouse=True)
+def _numpy_statistics(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stats_mod, "_kernels", None)
+
 
 # -- the statistics as first written ------------------------------------------------------
 _EPS = 1e-4

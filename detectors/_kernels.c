@@ -1,0 +1,225 @@
+/* Compiled inner loops of the window tests and the segment grouping.
+ *
+ * window_scores(ref, smoothed, props, ref_n, win, out, columns, width) computes, per
+ * column of a (columns, width) window histogram against its reference, what
+ * ReferenceTerms.scores in stats.py computes with numpy: the chi-square homogeneity
+ * statistic and its degrees of freedom, PSI (window proportions floored per bin, against
+ * the reference's floored proportions) and the Jensen-Shannon distance (base 2). One pass
+ * per column instead of some fifty numpy calls over the whole array; sums run left to
+ * right, so results can differ from numpy's (pairwise) sums in the last bits.
+ *
+ * factorise(keys, first, inverse) numbers the distinct 64-bit keys of an array in order of
+ * first sight: first[j] is the row of key j's first sight, inverse[i] the number of row i's
+ * key; returns how many distinct keys there are. One open-addressing table, no sort.
+ *
+ * Arrays are passed as C-contiguous buffers (numpy arrays); the callers check dtypes
+ * and shapes, the functions check sizes.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define EPS 1e-4 /* PSI's floor per bin (stats._EPS) */
+
+/* A read-only (or writable) C-contiguous buffer of exactly `size` bytes. */
+static int get_buffer(PyObject *obj, Py_buffer *view, Py_ssize_t size, int writable,
+                      const char *name) {
+    int flags = PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, view, flags) < 0) return -1;
+    if (view->len != size) {
+        PyErr_Format(PyExc_ValueError, "%s holds %zd bytes, not %zd", name, view->len, size);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+/* x * log(x / y) as scipy.special.rel_entr. */
+static inline double rel_entr(double x, double y) {
+    if (isnan(x) || isnan(y)) return NAN;
+    if (x > 0 && y > 0) return x * log(x / y);
+    if (x == 0 && y >= 0) return 0.0;
+    return INFINITY;
+}
+
+static void column_scores(const double *r, const double *ps, const double *p, double nr,
+                          const double *w, Py_ssize_t width, double *chi2, double *df,
+                          double *psi, double *js) {
+    double nw = 0.0;
+    for (Py_ssize_t b = 0; b < width; b++) nw += w[b];
+    double k1 = nr > 0 ? sqrt(nw / nr) : 0.0;
+    double k2 = nw > 0 ? sqrt(nr / nw) : 0.0;
+    double stat = 0.0, floored = 0.0;
+    Py_ssize_t used = 0;
+    for (Py_ssize_t b = 0; b < width; b++) {
+        double both = r[b] + w[b];
+        if (both > 0) {
+            double t = k1 * r[b] - k2 * w[b];
+            stat += t * t / both;
+            used++;
+        }
+        floored += (nw > 0 ? w[b] / nw : 0.0) + EPS;
+    }
+    double d = used > 1 ? (double)(used - 1) : 0.0;
+    *df = d;
+    *chi2 = (d > 0 && nr > 0 && nw > 0) ? stat : 0.0;
+    double s_psi = 0.0, s_p = 0.0, s_q = 0.0;
+    for (Py_ssize_t b = 0; b < width; b++) {
+        double q = nw > 0 ? w[b] / nw : 0.0;
+        double qf = (q + EPS) / floored;
+        s_psi += (qf - ps[b]) * log(qf / ps[b]);
+        double m = 0.5 * (p[b] + q);
+        s_p += rel_entr(p[b], m);
+        s_q += rel_entr(q, m);
+    }
+    *psi = s_psi;
+    double v = (0.5 * s_p + 0.5 * s_q) / log(2.0);
+    if (isnan(v)) {
+        *js = NAN;
+    } else {
+        v = v < 0.0 ? 0.0 : (v > 1.0 ? 1.0 : v);
+        *js = sqrt(v);
+    }
+}
+
+static PyObject *window_scores(PyObject *self, PyObject *args) {
+    PyObject *o_ref, *o_ps, *o_p, *o_nr, *o_win, *o_out;
+    Py_ssize_t columns, width;
+    if (!PyArg_ParseTuple(args, "OOOOOOnn", &o_ref, &o_ps, &o_p, &o_nr, &o_win, &o_out,
+                          &columns, &width))
+        return NULL;
+    if (columns < 0 || width < 0 || (width && columns > PY_SSIZE_T_MAX / 8 / width)) {
+        PyErr_SetString(PyExc_ValueError, "bad shape");
+        return NULL;
+    }
+    Py_ssize_t cells = columns * width * (Py_ssize_t)sizeof(double);
+    Py_buffer ref, ps, p, nr, win, out;
+    if (get_buffer(o_ref, &ref, cells, 0, "ref") < 0) return NULL;
+    if (get_buffer(o_ps, &ps, cells, 0, "smoothed") < 0) goto fail_ref;
+    if (get_buffer(o_p, &p, cells, 0, "props") < 0) goto fail_ps;
+    if (get_buffer(o_nr, &nr, columns * (Py_ssize_t)sizeof(double), 0, "ref_n") < 0)
+        goto fail_p;
+    if (get_buffer(o_win, &win, cells, 0, "win") < 0) goto fail_nr;
+    if (get_buffer(o_out, &out, 4 * columns * (Py_ssize_t)sizeof(double), 1, "out") < 0)
+        goto fail_win;
+    const double *R = ref.buf, *PS = ps.buf, *P = p.buf, *NR = nr.buf, *W = win.buf;
+    double *O = out.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t c = 0; c < columns; c++) {
+        Py_ssize_t at = c * width;
+        column_scores(R + at, PS + at, P + at, NR[c], W + at, width, O + c,
+                      O + columns + c, O + 2 * columns + c, O + 3 * columns + c);
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&out);
+    PyBuffer_Release(&win);
+    PyBuffer_Release(&nr);
+    PyBuffer_Release(&p);
+    PyBuffer_Release(&ps);
+    PyBuffer_Release(&ref);
+    Py_RETURN_NONE;
+fail_win:
+    PyBuffer_Release(&win);
+fail_nr:
+    PyBuffer_Release(&nr);
+fail_p:
+    PyBuffer_Release(&p);
+fail_ps:
+    PyBuffer_Release(&ps);
+fail_ref:
+    PyBuffer_Release(&ref);
+    return NULL;
+}
+
+static inline uint64_t mix(uint64_t k) {
+    k ^= k >> 33;
+    k *= 0xff51afd7ed558ccdULL;
+    k ^= k >> 33;
+    return k;
+}
+
+static PyObject *factorise(PyObject *self, PyObject *args) {
+    PyObject *o_keys, *o_first, *o_inv;
+    if (!PyArg_ParseTuple(args, "OOO", &o_keys, &o_first, &o_inv)) return NULL;
+    Py_buffer keys, first, inv;
+    if (PyObject_GetBuffer(o_keys, &keys, PyBUF_C_CONTIGUOUS) < 0) return NULL;
+    if (keys.len % 8) {
+        PyErr_SetString(PyExc_ValueError, "keys must be 64-bit");
+        PyBuffer_Release(&keys);
+        return NULL;
+    }
+    if (get_buffer(o_first, &first, keys.len, 1, "first") < 0) {
+        PyBuffer_Release(&keys);
+        return NULL;
+    }
+    if (get_buffer(o_inv, &inv, keys.len, 1, "inverse") < 0) {
+        PyBuffer_Release(&first);
+        PyBuffer_Release(&keys);
+        return NULL;
+    }
+    Py_ssize_t n = keys.len / 8, k = 0;
+    const uint64_t *K = keys.buf;
+    int64_t *F = first.buf, *I = inv.buf;
+    size_t size = 64;
+    while (size < 2 * (size_t)n && size < ((size_t)1 << 12)) size *= 2; /* grows as needed */
+    int64_t *table = PyMem_Malloc(size * sizeof(int64_t)); /* code of the key, -1: empty */
+    if (table == NULL) goto nomem;
+    memset(table, 0xff, size * sizeof(int64_t));
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint64_t key = K[i];
+        size_t mask = size - 1, j = (size_t)mix(key) & mask;
+        int64_t code;
+        while ((code = table[j]) >= 0 && K[F[code]] != key) j = (j + 1) & mask;
+        if (code < 0) {
+            code = k++;
+            F[code] = i;
+            table[j] = code;
+            if ((size_t)k * 2 > size) { /* rehash into a table twice the size */
+                size_t bigger = size * 2;
+                int64_t *t = PyMem_Malloc(bigger * sizeof(int64_t));
+                if (t == NULL) goto nomem;
+                memset(t, 0xff, bigger * sizeof(int64_t));
+                for (int64_t c = 0; c < k; c++) {
+                    size_t h = (size_t)mix(K[F[c]]) & (bigger - 1);
+                    while (t[h] >= 0) h = (h + 1) & (bigger - 1);
+                    t[h] = c;
+                }
+                PyMem_Free(table);
+                table = t;
+                size = bigger;
+            }
+        }
+        I[i] = code;
+    }
+    PyMem_Free(table);
+    PyBuffer_Release(&inv);
+    PyBuffer_Release(&first);
+    PyBuffer_Release(&keys);
+    return PyLong_FromSsize_t(k);
+nomem:
+    PyMem_Free(table);
+    PyBuffer_Release(&inv);
+    PyBuffer_Release(&first);
+    PyBuffer_Release(&keys);
+    return PyErr_NoMemory();
+}
+
+static PyMethodDef methods[] = {
+    {"window_scores", window_scores, METH_VARARGS,
+     "window_scores(ref, smoothed, props, ref_n, win, out, columns, width): chi-square, "
+     "degrees of freedom, PSI and Jensen-Shannon of each column into out (4, columns)."},
+    {"factorise", factorise, METH_VARARGS,
+     "factorise(keys, first, inverse) -> k: the distinct 64-bit keys in order of first "
+     "sight (first[:k]: their first rows; inverse: each row's number)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_kernels",
+    "Compiled inner loops of the window tests and the segment grouping.", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&module); }

@@ -1,0 +1,157 @@
+"""The compiled kernels (detectors/_kernels.c) against the numpy code they stand in for:
+window scores to ~1e-13 (sums in another order), factorisation exactly, and a monitor
+with segments deciding the same on a drifting stream either way."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from synth import make_batch
+
+from driftline.detectors import segments as seg_mod
+from driftline.detectors import stats as stats_mod
+from driftline.detectors.monitor import ModelMonitor, MonitorConfig
+from driftline.detectors.reference import build_profile
+from driftline.detectors.stats import ReferenceTerms
+
+pytestmark = pytest.mark.skipif(not stats_mod.KERNELS, reason="kernels not built")
+
+
+def _numpy_scores(ref: np.ndarray, win: np.ndarray, monkeypatch: pytest.MonkeyPatch
+                  ) -> tuple[np.ndarray, ...]:
+    with monkeypatch.context() as m:
+        m.setattr(stats_mod, "_kernels", None)
+        return ReferenceTerms(ref).scores(win)
+
+
+def _close(got: np.ndarray, want: np.ndarray, where: str) -> None:
+    assert got.dtype == want.dtype == np.float64 and got.shape == want.shape, where
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=where)
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want), err_msg=where)
+    ok = np.isfinite(want)
+    np.testing.assert_allclose(got[ok], want[ok], rtol=1e-12, atol=1e-15, err_msg=where)
+
+
+def test_compiled_window_scores_agree_with_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chi-square, degrees of freedom, PSI and Jensen-Shannon of random windows: empty
+    reference and window columns, all-empty windows, float counts, large counts, one
+    column, wide histograms."""
+    rng = np.random.default_rng(0)
+    for trial in range(400):
+        c, w = int(rng.integers(1, 12)), int(rng.integers(2, 70))
+        scale = 10 ** int(rng.integers(1, 7))
+        ref = rng.integers(0, scale, (c, w)) * (rng.random((c, w)) < 0.7)
+        win = rng.integers(0, scale, (c, w)) * (rng.random((c, w)) < 0.6)
+        if trial % 5 == 0:
+            ref[0] = 0
+        if trial % 7 == 0:
+            win[-1] = 0
+        if trial % 13 == 0:
+            win[:] = 0
+        if trial % 3 == 0:
+            win = win.astype(np.float64)
+        got = ReferenceTerms(ref).scores(win)
+        want = _numpy_scores(ref, win, monkeypatch)
+        assert len(got) == len(want) == 4
+        for i, (g, v) in enumerate(zip(got, want, strict=True)):
+            _close(g, v, f"trial {trial} statistic {i}")
+        np.testing.assert_array_equal(got[1], want[1])  # degrees of freedom: counts
+
+
+def test_compiled_scores_check_their_buffers() -> None:
+    from driftline.detectors import _kernels
+
+    ref = np.ones((3, 4))
+    out = np.empty((4, 3))
+    with pytest.raises(ValueError, match="win holds"):
+        _kernels.window_scores(ref, ref, ref, np.ones(3), np.ones((3, 3)), out, 3, 4)
+    with pytest.raises(ValueError, match="out holds"):
+        _kernels.window_scores(ref, ref, ref, np.ones(3), ref, np.empty(3), 3, 4)
+    with pytest.raises((ValueError, BufferError)):
+        _kernels.window_scores(ref, ref, ref, np.ones(3), ref, np.empty((3, 4))[:, :2], 3, 4)
+
+
+@pytest.mark.parametrize("distinct", [1, 3, 18, 200, 3000, 9000])
+def test_compiled_factorisation_is_the_sorted_one(distinct: int,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows numbered by key in order of first sight, exactly as the sort numbers them:
+    few and many distinct keys (past the first table's size), keys differing in high
+    bits only and in low bits only (as addresses of objects allocated together do), one
+    row, strided input."""
+    rng = np.random.default_rng(distinct)
+    pool = rng.integers(0, 2**63, distinct, dtype=np.int64).astype(np.uint64)
+    half, quarter = distinct // 2, distinct // 4
+    pool[:quarter] = (pool[:quarter] >> np.uint64(40)) << np.uint64(40)
+    pool[quarter:half] = 0x7F0000001000 + np.arange(half - quarter, dtype=np.uint64)
+    for n in (1, 2, 5000, 20000):
+        keys = pool[rng.integers(0, distinct, n)]
+        for arr in (keys, np.repeat(keys, 2)[::2]):
+            got = seg_mod._factorise(arr)
+            with monkeypatch.context() as m:
+                m.setattr(seg_mod, "_kernels", None)
+                want = seg_mod._factorise(arr)
+            for g, v in zip(got, want, strict=True):
+                np.testing.assert_array_equal(g, v)
+            assert got[1].dtype == np.int64
+            assert sorted(set(arr.tolist())) == sorted(arr[got[0]].tolist())
+
+
+def test_monitor_with_segments_decides_the_same_either_way(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drifting stream with three segments, one of which drifts alone: the same panes
+    are evaluated and the same alerts fire with the kernels and with numpy."""
+    rng = np.random.default_rng(5)
+    ref = rng.normal(size=(8_000, 6))
+    prof = build_profile("m", {f"f{i}": ref[:, i] for i in range(6)}, created_at=0.0,
+                         prediction=rng.uniform(0, 1, 8_000))
+    cfg = MonitorConfig(pane_size=200, panes=4, min_samples=400, segment_max=3,
+                        calibration_rounds=20)
+    seg_pool = [{"region": r} for r in ("eu", "us", "apac")]
+    batches = []
+    for k in range(40):
+        n = 300
+        x = rng.normal(size=(n, 6))
+        which = rng.integers(0, 3, n)
+        if k >= 15:
+            x[which == 2, 3] += 1.0  # one segment's feature drifts
+        if k >= 30:
+            x[:, 1] += 0.5  # then a feature of every segment
+        seg = np.empty(n, dtype=object)
+        seg[:] = [seg_pool[i] for i in which.tolist()]
+        batches.append(replace(make_batch(x, offset0=k * n), segment=seg))
+
+    def run() -> list[tuple[str, str, str | None, tuple[bool, ...], tuple[float, ...]]]:
+        mon = ModelMonitor(prof, cfg)
+        out = []
+        for b in batches:
+            for ev in mon.update(b):
+                out.append((ev.segment, ",".join(a.alert_id for a in ev.alerts),
+                            None if ev.insufficient else "tested",
+                            tuple(ev.drift.tolist()), tuple(ev.chi2.tolist())))
+        return out
+
+    compiled = run()
+    with monkeypatch.context() as m:
+        m.setattr(stats_mod, "_kernels", None)
+        plain = run()
+    assert [e[:4] for e in compiled] == [e[:4] for e in plain]
+    np.testing.assert_allclose([e[4] for e in compiled], [e[4] for e in plain], rtol=1e-12)
+    fired = [e for e in compiled if e[1]]
+    assert any(e[0] == "region=apac" for e in fired)  # the segment's drift was found
+    assert any(e[0] == "" for e in fired)
+
+
+def test_driftline_config_tells_whether_the_kernels_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    import orjson
+    from typer.testing import CliRunner
+
+    from driftline.streams.cli import kafka_commands
+    from driftline.streams.cli.main import app
+
+    out = CliRunner().invoke(app, ["config"], catch_exceptions=False).output
+    assert orjson.loads(out)["window_kernels"] == "compiled"
+    monkeypatch.setattr(kafka_commands, "KERNELS", False)
+    out = CliRunner().invoke(app, ["config"], catch_exceptions=False).output
+    assert orjson.loads(out)["window_kernels"].startswith("numpy")
