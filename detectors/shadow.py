@@ -31,7 +31,7 @@ from driftline.detectors.monitor import alert_id
 from driftline.detectors.policy import AlertPolicy, PolicyConfig
 from driftline.detectors.quality import is_set
 from driftline.detectors.serialization import pack, unpack
-from driftline.detectors.stats import jensen_shannon, psi
+from driftline.detectors.stats import ReferenceTerms
 from driftline.detectors.windows import CountRule, PaneRing
 from driftline.schemas.models import DriftAlert, EventBatch, FeatureScore, WindowInfo
 
@@ -363,8 +363,8 @@ class ShadowPairs:
         nb = self.edges.size + 1
         live, cand = ring.totals["live"], ring.totals["cand"]
         part = slice(nb, None) if live[nb:].sum() and cand[nb:].sum() else slice(0, nb)
-        js = float(jensen_shannon(live[None, part], cand[None, part])[0])
-        ps = float(psi(live[None, part], cand[None, part])[0])
+        _, _, psi_, js_ = ReferenceTerms(live[None, part]).scores(cand[None, part])
+        js, ps = float(js_[0]), float(psi_[0])
         start, end, _, _ = ring.window_bounds()
         window = WindowInfo(None if math.isnan(start) else start,
                             None if math.isnan(end) else end, pairs, pane=pane)

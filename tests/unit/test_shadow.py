@@ -12,6 +12,7 @@ from synth import make_batch
 
 from driftline.detectors.monitor import MonitorConfig
 from driftline.detectors.shadow import PendingSide, ShadowBook, ShadowConfig
+from driftline.detectors.stats import jensen_shannon, psi
 from driftline.schemas.codecs import encode_envelope_rows
 from driftline.schemas.limits import Limits
 from driftline.schemas.models import EventBatch
@@ -112,6 +113,13 @@ def test_labels_compare_by_equality_and_distance_reported() -> None:
     # labels flip where s in (0.3, 0.5]: about 20% disagree, whatever the score tolerance
     assert 0.75 < last.agreement < 0.85
     assert last.js > 0.05  # the label distributions differ
+    # the distances are the statistics module's, of the window's label histograms
+    ring = book.candidates["cand"].ring
+    nb = book.edges.size + 1
+    live, cand = ring.totals["live"][None, nb:], ring.totals["cand"][None, nb:]
+    assert last.js == pytest.approx(float(jensen_shannon(live, cand)[0]), rel=1e-12)
+    assert last.psi == pytest.approx(float(psi(live, cand)[0]), rel=1e-12)
+    assert last.psi > 0.01
 
 
 def test_unpaired_predictions_expire_by_event_time_and_are_counted() -> None:
