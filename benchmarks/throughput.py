@@ -35,7 +35,10 @@ Also, on the envelopes plus two models' shadow candidates (their events in the s
 envelopes form): every check on, predictions kept and candidates paired with their live
 model (``envelope_all_checks_eps``), against the same events with every check off and
 the candidates as models of their own (``envelope_candidates_checks_off_eps``):
-``envelope_all_checks_cost``.
+``envelope_all_checks_cost``. The same pairs once more with only the label join (every
+prediction kept), segments and shadow pairing on (data quality and confidence off):
+``envelope_labels_segments_shadow_eps`` and ``envelope_labels_segments_shadow_cost``, the
+cost of those three checks alone.
 ``profile``: the driftline workers run under py-spy; their stacks and a per-function
 summary (``profiles``) are written.
 
@@ -90,10 +93,15 @@ _RATIOS = {"envelope_vs_raw": ("envelope", "raw"), "envelope_vs_faust": ("envelo
            "envelope_checks_cost": ("envelope_checks_off", "envelope"),
            "envelope_labels_cost": ("envelope_checks_off", "envelope_labels"),
            # every check: segments, quality, confidence, labels kept, shadow pairing
-           "envelope_all_checks_cost": ("envelope_candidates_checks_off", "envelope_all_checks")}
+           "envelope_all_checks_cost": ("envelope_candidates_checks_off", "envelope_all_checks"),
+           # the label join, segments and shadow pairing alone (quality and confidence off)
+           "envelope_labels_segments_shadow_cost": ("envelope_candidates_checks_off",
+                                                    "envelope_labels_segments_shadow")}
 #: Settings of the envelope worker with every optional check off (``checks`` runs).
 CHECKS_OFF = {"segments": False, "quality_enabled": False, "confidence_enabled": False,
               "label_join": "off"}
+#: The label join (every prediction kept), segments and shadow pairing, no other check.
+LABELS_SEGMENTS_SHADOW = {**CHECKS_OFF, "segments": True, "label_join": "all"}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -124,7 +132,8 @@ def run(events: int = 300_000, json_out: Path | None = None, *, bootstrap: str |
                                     "single": None, "single_decode_process": None,
                                     "envelope_checks_off": None, "envelope_labels": None,
                                     "envelope_candidates_checks_off": None,
-                                    "envelope_all_checks": None}
+                                    "envelope_all_checks": None,
+                                    "envelope_labels_segments_shadow": None}
     steady: dict[str, float | None] = {}
     details: dict[str, Any] = {}
     skipped: dict[str, str] = {}
@@ -177,7 +186,10 @@ def run(events: int = 300_000, json_out: Path | None = None, *, bootstrap: str |
                     ("driftline envelopes and candidates, checks off", r.candidates_topic,
                      "envelope_candidates_checks_off", CHECKS_OFF, both),
                     ("driftline envelopes, shadow candidates, every check", r.shadow_topic,
-                     "envelope_all_checks", {"label_join": "all"}, both)]
+                     "envelope_all_checks", {"label_join": "all"}, both),
+                    ("driftline envelopes, shadow candidates, labels + segments + shadow",
+                     r.shadow_topic, "envelope_labels_segments_shadow", LABELS_SEGMENTS_SHADOW,
+                     both)]
             if columns:
                 workers[1:1] = [
                     ("driftline JSON columns envelopes", r.columns_topic, "columns", {}, events),
@@ -250,6 +262,7 @@ def run(events: int = 300_000, json_out: Path | None = None, *, bootstrap: str |
         "envelope_labels_eps": eps["envelope_labels"],
         "envelope_candidates_checks_off_eps": eps["envelope_candidates_checks_off"],
         "envelope_all_checks_eps": eps["envelope_all_checks"],
+        "envelope_labels_segments_shadow_eps": eps["envelope_labels_segments_shadow"],
         **{name: _ratio(eps[a], eps[b]) for name, (a, b) in _RATIOS.items()},
         "repeats": repeats,
         "rounds": per_round,
@@ -296,7 +309,10 @@ def run(events: int = 300_000, json_out: Path | None = None, *, bootstrap: str |
                       _ratio(eps["envelope_candidates_checks_off"], eps["raw"])),
                      ("driftline worker, SDK envelopes + 2 shadow candidates, every check "
                       "(predictions kept, shadow pairing)", eps["envelope_all_checks"],
-                      _ratio(eps["envelope_all_checks"], eps["raw"]))]
+                      _ratio(eps["envelope_all_checks"], eps["raw"])),
+                     ("driftline worker, SDK envelopes + 2 shadow candidates, labels + "
+                      "segments + shadow only", eps["envelope_labels_segments_shadow"],
+                      _ratio(eps["envelope_labels_segments_shadow"], eps["raw"]))]
     table = [(name, v if v else "skipped", x if x else "") for name, v, x in rows]
     table += [(f"ratio {k}", out[k] if out[k] else "n/a", f"target ≥ {t:g}" + (
         "; rounds " + " / ".join(f"{x:.2f}" if x else "n/a" for x in round_ratios[k])
@@ -310,7 +326,7 @@ def run(events: int = 300_000, json_out: Path | None = None, *, bootstrap: str |
                        "; rounds " + " / ".join(f"{x:.2f}" if x else "n/a" for x in round_ratios[k])
                        if repeats > 1 else ""))
                   for k in ("envelope_checks_cost", "envelope_labels_cost",
-                            "envelope_all_checks_cost")]
+                            "envelope_all_checks_cost", "envelope_labels_segments_shadow_cost")]
     plotted = [(n.strip("*"), v) for n, v, _ in rows if v]
     write("throughput", out, table, ("path (20 features, 10 models, 8 partitions)", "events/s",
                                      "× raw"),

@@ -68,11 +68,15 @@ def test_throughput_quick_raw_and_driftline(kafka_bootstrap: str, tmp_path: Path
     # and every check with shadow candidates, against the same events with none
     both = data["data"]["shadow_events"]
     assert both > 20_000 and data["data"]["shadow_models"] == 2
-    for key in ("envelope_candidates_checks_off", "envelope_all_checks"):
+    for key in ("envelope_candidates_checks_off", "envelope_all_checks",
+                "envelope_labels_segments_shadow"):
         assert _number(data[f"{key}_eps"]), key
         assert data["details"][key]["n"] == both and data["details"][key]["dead_letters"] == 0
     assert data["envelope_all_checks_cost"] == pytest.approx(
         data["envelope_candidates_checks_off_eps"] / data["envelope_all_checks_eps"])
+    # and the label join, segments and shadow pairing alone, against the same events
+    assert data["envelope_labels_segments_shadow_cost"] == pytest.approx(
+        data["envelope_candidates_checks_off_eps"] / data["envelope_labels_segments_shadow_eps"])
     for name in ("faust", "quix", "bytewax"):  # not requested: skipped, with the reason
         assert data[f"{name}_eps"] is None
         assert "not requested" in data["skipped"][name]
