@@ -59,8 +59,9 @@ def throughput(
     columns: bool = typer.Option(
         False, help="also run the worker on the other envelope forms (JSON columns, rows)"),
     checks: bool = typer.Option(
-        False, help="also run the envelope worker with the optional checks off, and with "
-        "every prediction kept for labels: what the checks cost end to end"),
+        False, help="also run the envelope worker with the optional checks off, with "
+        "every prediction kept for labels, and with two models' shadow candidates (every "
+        "check; labels + segments + shadow only): what the checks cost end to end"),
     repeats: int = typer.Option(3, min=1, help="rounds of every consumer; each counts with its "
                                 "fastest round (quick: 1)"),
     quick: bool = typer.Option(False, help="small data set (CI smoke run)"),
