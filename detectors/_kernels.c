@@ -6,7 +6,9 @@
  * statistic and its degrees of freedom, PSI (window proportions floored per bin, against
  * the reference's floored proportions) and the Jensen-Shannon distance (base 2). One pass
  * per column instead of some fifty numpy calls over the whole array; sums run left to
- * right, so results can differ from numpy's (pairwise) sums in the last bits.
+ * right, so results can differ from numpy's (pairwise) sums in the last bits (and the
+ * Jensen-Shannon distance of two nearly equal histograms, the square root of rounding
+ * noise, by ~1e-8).
  *
  * factorise(keys, first, inverse) numbers the distinct 64-bit keys of an array in order of
  * first sight: first[j] is the row of key j's first sight, inverse[i] the number of row i's
@@ -90,7 +92,9 @@ static PyObject *window_scores(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOOOOOnn", &o_ref, &o_ps, &o_p, &o_nr, &o_win, &o_out,
                           &columns, &width))
         return NULL;
-    if (columns < 0 || width < 0 || (width && columns > PY_SSIZE_T_MAX / 8 / width)) {
+    /* every size below (columns * width * 8, 4 * columns * 8) without overflow */
+    if (columns < 0 || width < 0 || columns > PY_SSIZE_T_MAX / 32 ||
+        (width && columns > PY_SSIZE_T_MAX / 8 / width)) {
         PyErr_SetString(PyExc_ValueError, "bad shape");
         return NULL;
     }
@@ -178,6 +182,7 @@ static PyObject *factorise(PyObject *self, PyObject *args) {
             table[j] = code;
             if ((size_t)k * 2 > size) { /* rehash into a table twice the size */
                 size_t bigger = size * 2;
+                if (bigger > (size_t)PY_SSIZE_T_MAX / sizeof(int64_t)) goto nomem;
                 int64_t *t = PyMem_Malloc(bigger * sizeof(int64_t));
                 if (t == NULL) goto nomem;
                 memset(t, 0xff, bigger * sizeof(int64_t));

@@ -71,6 +71,9 @@ def test_compiled_scores_check_their_buffers() -> None:
         _kernels.window_scores(ref, ref, ref, np.ones(3), ref, np.empty(3), 3, 4)
     with pytest.raises((ValueError, BufferError)):
         _kernels.window_scores(ref, ref, ref, np.ones(3), ref, np.empty((3, 4))[:, :2], 3, 4)
+    empty = np.empty(0)  # sizes that would overflow are refused before any buffer is read
+    with pytest.raises(ValueError, match="bad shape"):
+        _kernels.window_scores(empty, empty, empty, np.zeros(1), empty, np.zeros(4), 2**61 + 1, 0)
 
 
 @pytest.mark.parametrize("distinct", [1, 3, 18, 200, 3000, 9000])
