@@ -22,10 +22,13 @@ class Fifo:
     counts, at the end) leaves the index and clears its slot's flag in ``live`` (the
     index returns the slots that left); a slot without the flag is skipped when the
     oldest are dropped, and the ring is rebuilt without such slots when it is full, so
-    it stays within a small multiple of the entries in.
+    it stays within a small multiple of the entries in. ``bound``: the most entries the
+    owner keeps (it drops the oldest past it); the ring grows by doubling while it fills,
+    and the growth that passes the bound stops a little past it, not at twice the entries.
     """
 
-    def __init__(self, columns: dict[str, Any]) -> None:
+    def __init__(self, columns: dict[str, Any], bound: int | None = None) -> None:
+        self.bound = bound
         self.index = IdIndex()
         self.cap = 0
         self.ids: NDArray[Any] = np.empty(0, dtype=object)
@@ -120,6 +123,10 @@ class Fifo:
             self.index.put(self.ids[:live].tolist(), np.arange(live, dtype=np.int64))
             return
         new_cap = max(64, 2 * (span + n))
+        bound = self.bound
+        if bound is not None and cap < bound < new_cap:  # filling: up to the bound and a
+            # few batches' room (the owner drops the oldest past it), not twice past it
+            new_cap = max(span + n, bound + max(n, bound // 16, 64))
         h = self.head % cap if cap else 0
         first = min(span, cap - h)
         rest = span - first  # at the ring's start; moves to cap..

@@ -150,10 +150,11 @@ class JoinStore:
         self.config = config or JoinConfig()
         self.counts = JoinCounts()
         self.watermark = -math.inf  # newest event time seen on either stream
-        self._pred = Fifo({"score": np.float64, "ts": np.float64, "cls": object})
+        bound = self.config.max_entries
+        self._pred = Fifo({"score": np.float64, "ts": np.float64, "cls": object}, bound)
         # OrderedDict: dropping the oldest entry is O(1) (a plain dict rescans its deleted head)
         self._pending: OrderedDict[str, tuple[str, float]] = OrderedDict()
-        self._gone = Fifo({"why": np.int8})  # ids that left the store, and why
+        self._gone = Fifo({"why": np.int8}, bound)  # ids that left the store, and why
         # chunk records of both FIFOs (snapshot_records)
         self._books = {"pred": ChunkBook("pred", chunk_entries),
                        "gone": ChunkBook("gone", chunk_entries)}
@@ -356,6 +357,7 @@ class JoinStore:
     def reconfigure(self, config: JoinConfig) -> None:
         """New bounds; entries beyond them leave as evicted / unmatched."""
         self.config = config
+        self._pred.bound = self._gone.bound = config.max_entries
         extra = len(self._pred) - config.max_entries
         if extra > 0:
             self._leave(self._pred.pop_oldest(extra), _EVICTED)

@@ -287,6 +287,24 @@ def test_compaction_keeps_the_arrays_bounded() -> None:
     assert s.add_labels(["keep"], ["0"], [300.0]).event_id == ("keep",)
 
 
+def test_a_full_store_keeps_its_rings_a_little_past_the_bound() -> None:
+    """Filling past ``max_entries`` in batches of 500: the rings grow by doubling while
+    they fill and stop a little past the bound (here 10,000 + 625 slots, not 15,000),
+    however long the store keeps dropping its oldest; a new bound applies to the next
+    growth."""
+    s = JoinStore(JoinConfig(ttl_seconds=1e9, max_entries=10_000))
+    for k in range(80):
+        ids = [f"b{k}-{i}" for i in range(500)]
+        s.add_predictions(ids, [0.5] * 500, None, [float(k)] * 500)
+    assert len(s) == 10_000 and s.counts.evicted == 30_000 and len(s._gone) == 10_000
+    assert s._pred.cap == s._gone.cap == 10_625
+    s.reconfigure(JoinConfig(ttl_seconds=1e9, max_entries=40_000))
+    for k in range(80, 200):
+        ids = [f"b{k}-{i}" for i in range(500)]
+        s.add_predictions(ids, [0.5] * 500, None, [float(k)] * 500)
+    assert len(s) == 40_000 and s._pred.cap == 40_000 + 40_000 // 16
+
+
 @pytest.mark.parametrize("positive", ["1", "true", "fraud"])
 def test_binary_outcomes_match_the_row_by_row_rule(positive: str) -> None:
     """Outcome code 2*actual + predicted; the predicted class when given, else the score
