@@ -1,4 +1,5 @@
-/* Compiled inner loops of the window tests and the segment grouping.
+/* Compiled inner loops of the window tests, the segment grouping and the string columns of
+ * state records.
  *
  * window_scores(ref, smoothed, props, ref_n, win, out, columns, width) computes, per
  * column of a (columns, width) window histogram against its reference, what
@@ -13,6 +14,10 @@
  * factorise(keys, first, inverse) numbers the distinct 64-bit keys of an array in order of
  * first sight: first[j] is the row of key j's first sight, inverse[i] the number of row i's
  * key; returns how many distinct keys there are. One open-addressing table, no sort.
+ *
+ * ascii_column(values) writes a list of str (or None) as serialization.put_strs does: the
+ * strings' bytes one after another and each one's length (-1 for None), in one pass over
+ * the list; None when a value is neither None nor an ASCII str (the caller encodes those).
  *
  * Arrays are passed as C-contiguous buffers (numpy arrays); the callers check dtypes
  * and shapes, the functions check sizes.
@@ -211,6 +216,45 @@ nomem:
     return PyErr_NoMemory();
 }
 
+static PyObject *ascii_column(PyObject *self, PyObject *values) {
+    if (!PyList_CheckExact(values)) {
+        PyErr_SetString(PyExc_TypeError, "values must be a list");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(values), total = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *v = PyList_GET_ITEM(values, i);
+        if (v == Py_None) continue;
+        if (!PyUnicode_CheckExact(v) || PyUnicode_READY(v) < 0 || !PyUnicode_IS_ASCII(v)) {
+            PyErr_Clear();
+            Py_RETURN_NONE;
+        }
+        total += PyUnicode_GET_LENGTH(v);
+    }
+    if (n > PY_SSIZE_T_MAX / 8) return PyErr_NoMemory();
+    PyObject *raw = PyBytes_FromStringAndSize(NULL, total);
+    if (raw == NULL) return NULL;
+    PyObject *lens = PyBytes_FromStringAndSize(NULL, n * 8);
+    if (lens == NULL) {
+        Py_DECREF(raw);
+        return NULL;
+    }
+    char *out = PyBytes_AS_STRING(raw);
+    int64_t *len = (int64_t *)PyBytes_AS_STRING(lens);
+    for (Py_ssize_t i = 0; i < n; i++) { /* no Python code runs: the list is as counted */
+        PyObject *v = PyList_GET_ITEM(values, i);
+        if (v == Py_None) {
+            len[i] = -1;
+            continue;
+        }
+        Py_ssize_t k = PyUnicode_GET_LENGTH(v);
+        memcpy(out, PyUnicode_DATA(v), (size_t)k);
+        out += k;
+        len[i] = k;
+    }
+    return Py_BuildValue("(NN)", raw, lens);
+}
+
 static PyMethodDef methods[] = {
     {"window_scores", window_scores, METH_VARARGS,
      "window_scores(ref, smoothed, props, ref_n, win, out, columns, width): chi-square, "
@@ -218,12 +262,16 @@ static PyMethodDef methods[] = {
     {"factorise", factorise, METH_VARARGS,
      "factorise(keys, first, inverse) -> k: the distinct 64-bit keys in order of first "
      "sight (first[:k]: their first rows; inverse: each row's number)."},
+    {"ascii_column", ascii_column, METH_O,
+     "ascii_column(values: list) -> (bytes, int64 lengths as bytes) | None: a list of "
+     "ASCII str or None as one byte string and the lengths (-1: None)."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_kernels",
-    "Compiled inner loops of the window tests and the segment grouping.", -1, methods,
+    "Compiled inner loops of the window tests, the segment grouping and the string columns "
+    "of state records.", -1, methods,
     NULL, NULL, NULL, NULL,
 };
 

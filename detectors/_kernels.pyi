@@ -1,7 +1,9 @@
-"""Compiled inner loops of the window tests and the segment grouping (detectors/_kernels.c)."""
+"""Compiled inner loops of the window tests, the segment grouping and the string columns of
+state records (detectors/_kernels.c)."""
 
 from typing import Any
 
 def window_scores(ref: Any, smoothed: Any, props: Any, ref_n: Any, win: Any, out: Any,
                   columns: int, width: int, /) -> None: ...
 def factorise(keys: Any, first: Any, inverse: Any, /) -> int: ...
+def ascii_column(values: list[str | None], /) -> tuple[bytes, bytes] | None: ...

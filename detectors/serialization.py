@@ -18,6 +18,11 @@ import orjson
 
 from driftline.detectors.errors import SnapshotError
 
+try:  # built from detectors/_kernels.c when the package is installed with a C compiler
+    from driftline.detectors import _kernels
+except ImportError:  # pragma: no cover - exercised by installs without a compiler
+    _kernels = None  # type: ignore[assignment]
+
 MAGIC = b"DLS1"
 _SIGNED = b"DLH1"
 _ALLOWED_DTYPES = frozenset(
@@ -169,8 +174,15 @@ def put_strs(arrays: dict[str, np.ndarray], name: str, values: Sequence[str | No
 
     Event ids and class labels are ASCII almost always: then the strings are joined and
     encoded once and their lengths are their character counts (no bytes object per
-    string); otherwise each is encoded (``surrogatepass``: any ``str`` round-trips)."""
+    string; one compiled pass over the list when the kernels are built); otherwise each
+    is encoded (``surrogatepass``: any ``str`` round-trips)."""
     vals = values if isinstance(values, list) else list(values)
+    if _kernels is not None:
+        packed = _kernels.ascii_column(vals)
+        if packed is not None:  # every value None or an ASCII str
+            arrays[f"{name}.bytes"] = np.frombuffer(packed[0], dtype=np.uint8)
+            arrays[f"{name}.len"] = np.frombuffer(packed[1], dtype=np.int64)
+            return
     nones = vals.count(None)
     if nones == len(vals):  # e.g. the predicted class of a score model
         arrays[f"{name}.bytes"] = np.zeros(0, dtype=np.uint8)

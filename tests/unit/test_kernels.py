@@ -158,3 +158,37 @@ def test_driftline_config_tells_whether_the_kernels_run(monkeypatch: pytest.Monk
     monkeypatch.setattr(kafka_commands, "KERNELS", False)
     out = CliRunner().invoke(app, ["config"], catch_exceptions=False).output
     assert orjson.loads(out)["window_kernels"].startswith("numpy")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_compiled_string_columns_are_the_python_ones(seed: int,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """put_strs writes the same arrays (and records the same bytes) with the compiled pass
+    as without it: ASCII ids, None among them, all None, empty strings, an empty list; a
+    non-ASCII or non-str value sends the whole column to the Python encoding."""
+    from driftline.detectors import serialization as ser
+
+    rng = np.random.default_rng(seed)
+    ids = [f"{int(v):x}" * int(k) for v, k in zip(rng.integers(0, 2**60, 300),
+                                                  rng.integers(0, 4, 300), strict=True)]
+    cases: list[list[str | None]] = [
+        ids, [None if rng.random() < 0.3 else v for v in ids], [None] * 50, [], ["", ""],
+        [*ids[:10], "é", None], [*ids[:5], "\udc80"]]
+    for values in cases:
+        got: dict[str, np.ndarray] = {}
+        ser.put_strs(got, "c", list(values))
+        want: dict[str, np.ndarray] = {}
+        with monkeypatch.context() as m:
+            m.setattr(ser, "_kernels", None)
+            ser.put_strs(want, "c", list(values))
+        assert got.keys() == want.keys()
+        for k in got:
+            assert got[k].dtype == want[k].dtype and got[k].shape == want[k].shape, k
+            np.testing.assert_array_equal(got[k], want[k])
+        assert ser.pack("t", {}, got) == ser.pack("t", {}, want)
+        assert ser.get_strs(got, "c") == values
+    from driftline.detectors import _kernels
+
+    assert _kernels.ascii_column(["a", 1]) is None and _kernels.ascii_column(["é"]) is None
+    with pytest.raises(TypeError):
+        _kernels.ascii_column(("a",))  # type: ignore[arg-type]
