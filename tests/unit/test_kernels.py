@@ -146,20 +146,6 @@ def test_monitor_with_segments_decides_the_same_either_way(
     assert any(e[0] == "" for e in fired)
 
 
-def test_driftline_config_tells_whether_the_kernels_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    import orjson
-    from typer.testing import CliRunner
-
-    from driftline.streams.cli import kafka_commands
-    from driftline.streams.cli.main import app
-
-    out = CliRunner().invoke(app, ["config"], catch_exceptions=False).output
-    assert orjson.loads(out)["window_kernels"] == "compiled"
-    monkeypatch.setattr(kafka_commands, "KERNELS", False)
-    out = CliRunner().invoke(app, ["config"], catch_exceptions=False).output
-    assert orjson.loads(out)["window_kernels"].startswith("numpy")
-
-
 @pytest.mark.parametrize("seed", range(4))
 def test_compiled_string_columns_are_the_python_ones(seed: int,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:

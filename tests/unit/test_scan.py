@@ -246,17 +246,21 @@ def test_generated_message_lists_decode_as_in_python(values: list[bytes]) -> Non
 
 
 
-def test_driftline_config_tells_which_decoder_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("flag", "key", "fallback"), [
+    ("SCANNER", "single_event_scanner", "python"), ("ID_INDEX_COMPILED", "label_join_index", "dict"),
+    ("KERNELS", "window_kernels", "numpy")])
+def test_driftline_config_tells_which_compiled_parts_run(
+        flag: str, key: str, fallback: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
     from driftline.streams.cli import kafka_commands
     from driftline.streams.cli.main import app
 
     out = CliRunner().invoke(app, ["config"], catch_exceptions=False).output
-    assert orjson.loads(out)["single_event_scanner"] == "compiled"
-    monkeypatch.setattr(kafka_commands, "SCANNER", False)
+    assert orjson.loads(out)[key] == "compiled"
+    monkeypatch.setattr(kafka_commands, flag, False)
     out = CliRunner().invoke(app, ["config"], catch_exceptions=False).output
-    assert orjson.loads(out)["single_event_scanner"].startswith("python")
+    assert orjson.loads(out)[key].startswith(fallback)
 
 
 def test_every_prefix_and_byte_change_of_an_event_decodes_as_in_python() -> None:
