@@ -122,14 +122,14 @@ class Fifo:
             self.index.clear()
             self.index.put(self.ids[:live].tolist(), np.arange(live, dtype=np.int64))
             return
+        h = self.head % cap if cap else 0
+        first = min(span, cap - h)
+        rest = span - first  # at the ring's start; moves to cap.. (so h + span slots at least)
         new_cap = max(64, 2 * (span + n))
         bound = self.bound
         if bound is not None and cap < bound < new_cap:  # filling: up to the bound and a
             # few batches' room (the owner drops the oldest past it), not twice past it
-            new_cap = max(span + n, bound + max(n, bound // 16, 64))
-        h = self.head % cap if cap else 0
-        first = min(span, cap - h)
-        rest = span - first  # at the ring's start; moves to cap..
+            new_cap = max(span + n, h + span, bound + max(n, bound // 16, 64))
         self._resize(new_cap, ((slice(h, h + first), slice(h, h + first)),
                                (slice(0, rest), slice(cap, cap + rest))))
         self.head, self.tail = h, h + span

@@ -305,6 +305,69 @@ def test_a_full_store_keeps_its_rings_a_little_past_the_bound() -> None:
     assert len(s) == 40_000 and s._pred.cap == 40_000 + 40_000 // 16
 
 
+def test_a_bounded_ring_grows_past_its_wrapped_part() -> None:
+    """A ring that wrapped moves its start behind the rest when it grows: the bounded
+    growth leaves room for that too (it made the ring too small, and every batch after
+    failed). Directly, and through a store whose bound is raised."""
+    f = Fifo({"why": np.int8}, bound=1000)
+    f.append([f"a{i}" for i in range(450)], {"why": 0})
+    f.pop_oldest(449)
+    f.append([f"b{i}" for i in range(800)], {"why": 0})
+    f.append([f"c{i}" for i in range(200)], {"why": 0})
+    assert len(f) == 1001 and f.ids[f.positions()].tolist()[:2] == ["a449", "b0"]
+    s = JoinStore(JoinConfig(ttl_seconds=1e9, max_entries=1000))
+    for k in range(200):
+        s.add_predictions([f"p{k}-{i}" for i in range(20)], [0.5] * 20, None, [float(k)] * 20)
+    s.reconfigure(JoinConfig(ttl_seconds=1e9, max_entries=1500))
+    for k in range(200, 300):
+        s.add_predictions([f"p{k}-{i}" for i in range(20)], [0.5] * 20, None, [float(k)] * 20)
+    assert len(s) == 1500 and len(s._gone) == 1500
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_bounded_ring_holds_what_an_unbounded_one_holds(seed: int) -> None:
+    """The same random appends (ids taken in again among them), pops of single, many,
+    oldest and timed-out entries, and changes of the bound: a ring with a bound holds the
+    same entries in the same order with the same values and index as one without."""
+    rng = np.random.default_rng(seed)
+    cols: dict[str, Any] = {"score": np.float64, "ts": np.float64, "cls": object}
+    bounded, free = Fifo(cols, bound=int(rng.integers(50, 2000))), Fifo(cols)
+    t = 0.0
+    for step in range(400):
+        n = int(rng.choice([0, 1, 3, 17, 64, 200, 700]))
+        ids = list(dict.fromkeys(f"e{int(i)}" for i in rng.integers(0, 5000, n)))
+        vals = {"score": rng.normal(size=len(ids)), "ts": t + rng.uniform(0, 5, len(ids)),
+                "cls": [None if rng.random() < 0.5 else "a" for _ in ids]}
+        t += 2.0
+        for f in (bounded, free):
+            f.discard(ids)
+            f.append(ids, vals)
+        op = rng.random()
+        if op < 0.15 and len(free):
+            keys = sorted(eid for eid, _ in free.index.items())
+            some = rng.choice(keys, int(rng.integers(1, len(keys) + 1)), replace=False).tolist()
+            (hit_a, pos_a), (hit_b, pos_b) = bounded.pop_many(some), free.pop_many(some)
+            np.testing.assert_array_equal(hit_a, hit_b)
+            np.testing.assert_array_equal(bounded.cols["seq"][pos_a],
+                                          free.cols["seq"][pos_b])
+        elif op < 0.5:
+            k = max(0, len(free) - int(bounded.bound or 0)) if rng.random() < 0.7 else \
+                int(rng.integers(0, 300))
+            assert bounded.pop_oldest(k).size == free.pop_oldest(k).size
+        elif op < 0.65:
+            assert bounded.pop_before("ts", t - 60.0).size == free.pop_before("ts", t - 60.0).size
+        elif op < 0.7:
+            bounded.bound = int(rng.integers(50, 3000))
+        pa, pb = bounded.positions(), free.positions()
+        assert bounded.ids[pa].tolist() == free.ids[pb].tolist(), f"step {step}"
+        for name in cols:
+            assert bounded.cols[name][pa].tolist() == free.cols[name][pb].tolist(), step
+        assert bounded.cols["seq"][pa].tolist() == free.cols["seq"][pb].tolist()
+        assert {e: int(bounded.cols["seq"][s]) for e, s in bounded.index.items()} == \
+            {e: int(free.cols["seq"][s]) for e, s in free.index.items()}
+        assert bounded.tail - bounded.head <= bounded.cap
+
+
 @pytest.mark.parametrize("positive", ["1", "true", "fraud"])
 def test_binary_outcomes_match_the_row_by_row_rule(positive: str) -> None:
     """Outcome code 2*actual + predicted; the predicted class when given, else the score
