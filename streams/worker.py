@@ -577,8 +577,7 @@ class Worker:
             if unsaved:  # the cluster could not be confirmed: checkpoint wrote nothing
                 log.error("no snapshot of %d models after the cluster change; they restart "
                           "from their last snapshot on the new cluster (if any)", len(unsaved))
-        self._settle_writes()
-        self.processor.drop(leaving)
+        self._drop_states(leaving)
 
     def _abandon_consumer(self) -> None:
         """Drop the group consumer without leaving the group: no LeaveGroup, no revoke.
@@ -787,15 +786,16 @@ class Worker:
             if failed:
                 raise KafkaException(f"delivery failed: {failed[:3]}")
 
-    def _settle_writes(self) -> None:
-        """Wait until every record produced is acknowledged or failed (until stopping),
-        before states are dropped, however their checkpoint ended: a label-join chunk
-        record written between checkpoints and still in flight could land after the next
-        owner of the model wrote a record of the same name (failures are raised by the
-        next wait, which has every store's chunks written again)."""
+    def _drop_states(self, leaving: list[str]) -> None:
+        """Drop the states of models that leave this worker, once every record produced
+        is acknowledged or failed (until stopping), however their checkpoint ended: a
+        label-join chunk record written between checkpoints and still in flight could
+        land after the next owner of the model wrote a record of the same name (failures
+        are raised by the next wait, which has every store's chunks written again)."""
         while (remaining := self._producer.flush(5.0)) and not self._stop.is_set():
             log.warning("waiting for the broker to settle %d messages before dropping "
                         "models", remaining)
+        self.processor.drop(leaving)
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
@@ -991,8 +991,7 @@ class Worker:
         except ClusterChanged as change:  # handled after this callback returns
             self._pending_cluster = change.cluster_id
             return
-        self._settle_writes()
-        self.processor.drop(leaving)
+        self._drop_states(leaving)
         for p in gone:
             self._positions.pop((topic, p), None)
         self._assigned -= gone
