@@ -95,7 +95,9 @@ class ChunkBook:
         their columns) under the next name, noted as written."""
         name = f"{self.fifo}/{c}/{self.writes}"
         self.writes += 1
-        arrays["seq"] = live
+        on = np.zeros(self.size, dtype=bool)
+        on[live - c * self.size] = True
+        arrays["seq.bits"] = np.packbits(on)  # 1 bit per entry of the chunk, not 64
         blob = pack(CHUNK_KIND, {"fifo": self.fifo, "chunk": c, "name": name,
                                  "owner": owner}, arrays, key=key)
         self.written[c] = (name, live.copy())
@@ -178,7 +180,7 @@ class ChunkBook:
             if blob is None:
                 raise SnapshotError(f"chunk record {name!r} is missing")
             cmeta, carrays, _ = unpack(blob, CHUNK_KIND, key=key)
-            seq = carrays["seq"]
+            seq = _chunk_seq(carrays, int(c), size)
             if cmeta.get("fifo") != fifo or cmeta.get("chunk") != int(c) or \
                     cmeta.get("name") != name or cmeta.get("owner") != owner or \
                     seq.dtype != np.int64 or seq.shape != (n,) or n == 0 or \
@@ -211,6 +213,17 @@ class ChunkBook:
         if opened.size and int(opened[0]) < next_seq - next_seq % size:
             raise ValueError("sealed entries in the open chunk")
         return book, parts, seq, next_seq
+
+
+def _chunk_seq(arrays: Arrays, c: int, size: int) -> NDArray[np.int64]:
+    """The numbers of the entries in chunk record ``c``: from one bit per entry of the
+    chunk (``seq.bits``) or, as older records hold them, the numbers themselves."""
+    bits = arrays.get("seq.bits")
+    if bits is None:
+        return arrays["seq"]
+    if bits.dtype != np.uint8 or bits.shape != (-(-size // 8),):
+        raise ValueError(f"chunk {c}: entry bits do not match the chunk size")
+    return np.flatnonzero(np.unpackbits(bits, count=size)).astype(np.int64) + c * size
 
 
 def _chunk_runs(seq: NDArray[np.int64], size: int) -> Iterator[tuple[int, int, int]]:

@@ -170,24 +170,54 @@ def unpack(
 
 
 def put_strs(arrays: dict[str, np.ndarray], name: str, values: Sequence[str | None]) -> None:
-    """Strings (or None) as one UTF-8 byte array plus lengths (-1 = None).
+    """Strings (or None) as arrays, in the smallest of two forms :func:`get_strs` reads:
+
+    - ``<name>.hex``: strings of one even length in lowercase hex digits (``uuid4().hex``
+      event ids), as their bytes, one row each: half the size;
+    - ``<name>.bytes`` + ``<name>.len``: the UTF-8 bytes one after another and each
+      string's length (-1 = None) in the narrowest signed integer that holds them.
 
     Event ids and class labels are ASCII almost always: then the strings are joined and
     encoded once and their lengths are their character counts (no bytes object per
     string; one compiled pass over the list when the kernels are built); otherwise each
     is encoded (``surrogatepass``: any ``str`` round-trips)."""
     vals = values if isinstance(values, list) else list(values)
+    hexed = _hex_bytes(vals)
+    if hexed is not None:
+        arrays[f"{name}.hex"] = np.frombuffer(hexed, dtype=np.uint8).reshape(len(vals), -1)
+        return
+    raw, lens = _text_bytes(vals)
+    arrays[f"{name}.bytes"] = np.frombuffer(raw, dtype=np.uint8)
+    arrays[f"{name}.len"] = _narrowest(lens)
+
+
+def _hex_bytes(vals: list[str | None]) -> bytes | None:
+    """The bytes of strings of one even length in lowercase hex digits, else None."""
+    if _kernels is not None:
+        return _kernels.hex_column(vals)
+    if not vals or not all(type(v) is str for v in vals):
+        return None
+    width = len(cast(str, vals[0]))
+    text = "".join(cast(list[str], vals))
+    if width == 0 or width % 2 or not text.isascii() or \
+            any(len(v) != width for v in cast(list[str], vals)):
+        return None
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        return None
+    return raw if raw.hex() == text else None  # fromhex takes upper case and spaces too
+
+
+def _text_bytes(vals: list[str | None]) -> tuple[bytes, np.ndarray]:
+    """The strings' UTF-8 bytes one after another, and their int64 lengths (-1 = None)."""
     if _kernels is not None:
         packed = _kernels.ascii_column(vals)
         if packed is not None:  # every value None or an ASCII str
-            arrays[f"{name}.bytes"] = np.frombuffer(packed[0], dtype=np.uint8)
-            arrays[f"{name}.len"] = np.frombuffer(packed[1], dtype=np.int64)
-            return
+            return packed[0], np.frombuffer(packed[1], dtype=np.int64)
     nones = vals.count(None)
     if nones == len(vals):  # e.g. the predicted class of a score model
-        arrays[f"{name}.bytes"] = np.zeros(0, dtype=np.uint8)
-        arrays[f"{name}.len"] = np.full(len(vals), -1, dtype=np.int64)
-        return
+        return b"", np.full(len(vals), -1, dtype=np.int64)
     present: list[str] = [v for v in vals if v is not None] if nones else cast(list[str], vals)
     text = "".join(present)
     if text.isascii():
@@ -197,20 +227,40 @@ def put_strs(arrays: dict[str, np.ndarray], name: str, values: Sequence[str | No
         enc = [v.encode("utf-8", "surrogatepass") for v in present]
         raw = b"".join(enc)
         sizes = np.fromiter(map(len, enc), dtype=np.int64, count=len(enc))
-    if nones:
-        lens = np.full(len(vals), -1, dtype=np.int64)
-        lens[np.fromiter((v is not None for v in vals), dtype=bool, count=len(vals))] = sizes
-    else:
-        lens = sizes
-    arrays[f"{name}.bytes"] = np.frombuffer(raw, dtype=np.uint8)
-    arrays[f"{name}.len"] = lens
+    if not nones:
+        return raw, sizes
+    lens = np.full(len(vals), -1, dtype=np.int64)
+    lens[np.fromiter((v is not None for v in vals), dtype=bool, count=len(vals))] = sizes
+    return raw, lens
+
+
+_LENGTH_TYPES = (np.int8, np.int16, np.int32)
+
+
+def _narrowest(lens: np.ndarray) -> np.ndarray:
+    """``lens`` (int64, >= -1) in the narrowest signed integer type that holds them."""
+    top = int(lens.max()) if lens.size else 0
+    for dt in _LENGTH_TYPES:
+        if top <= np.iinfo(dt).max:
+            return lens.astype(dt)
+    return lens
 
 
 def get_strs(arrays: dict[str, np.ndarray], name: str) -> list[Any]:
+    """The strings :func:`put_strs` wrote (either form; int64 lengths as older records
+    hold them, or narrower)."""
+    hexed = arrays.get(f"{name}.hex")
+    if hexed is not None:
+        if hexed.dtype != np.uint8 or hexed.ndim != 2 or hexed.shape[1] == 0:
+            raise ValueError(f"bad hex string array {name!r}")
+        width = 2 * hexed.shape[1]
+        text = hexed.tobytes().hex()
+        return [text[i:i + width] for i in range(0, len(text), width)]
     raw = arrays[f"{name}.bytes"]
     lens = arrays[f"{name}.len"]
-    if raw.dtype != np.uint8 or lens.dtype != np.int64 or raw.ndim != 1 or lens.ndim != 1:
+    if raw.dtype != np.uint8 or lens.dtype.kind != "i" or raw.ndim != 1 or lens.ndim != 1:
         raise ValueError(f"bad string arrays {name!r}")
+    lens = lens.astype(np.int64, copy=False)
     if (lens < -1).any() or int(lens[lens > 0].sum()) != raw.size:
         raise ValueError(f"string lengths of {name!r} do not match their bytes")
     data = raw.tobytes()

@@ -665,11 +665,18 @@ def test_chunk_records_are_bound_to_their_store_and_checked_whole() -> None:
     with pytest.raises(SnapshotError):  # another store's chunk under the same name
         JoinStore.from_records(recs.store, topic.get, owner="m@2")
     meta, arrays, _ = unpack(topic["pred/0/0"], CHUNK_KIND)
-    seq = arrays["seq"]
-    assert seq.size == 6  # 8 numbered, 2 joined before the chunk was written
-    unsorted = {**arrays, "seq": seq[[0, 2, 1, 3, 4, 5]]}
+    on = np.unpackbits(arrays["seq.bits"], count=8)
+    assert on.tolist() == [1, 0, 1, 0, 1, 1, 1, 1]  # 8 numbered, a1 and a3 joined before
+    older = {k: v for k, v in arrays.items() if k != "seq.bits"}  # entry numbers, not bits
+    older["seq"] = np.flatnonzero(on).astype(np.int64)
+    topic_older = {**topic, "pred/0/0": pack(CHUNK_KIND, meta, older)}
+    assert JoinStore.from_records(recs.store, topic_older.get, owner="m@1").snapshot() == \
+        store.snapshot()
+    unsorted = {**older, "seq": older["seq"][[0, 2, 1, 3, 4, 5]]}
     short = {**arrays, "score": arrays["score"][:-1]}
-    for bad in (unsorted, short):  # the entries left in would still look fine
+    bits_short = {**arrays, "seq.bits": np.packbits(np.arange(8) % 2 == 0)}  # 4 of 6 entries
+    bits_wide = {**arrays, "seq.bits": np.zeros(2, dtype=np.uint8)}  # a chunk of 16
+    for bad in (unsorted, short, bits_short, bits_wide):  # the entries left would look fine
         with pytest.raises(SnapshotError):
             JoinStore.from_records(recs.store, {**topic, "pred/0/0": pack(CHUNK_KIND, meta, bad)}.get,
                                    owner="m@1")

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from pydantic import ValidationError
@@ -121,15 +121,58 @@ def _strs_oracle(values: list[str | None]) -> tuple[bytes, list[int]]:
 @given(st.lists(st.one_of(st.none(), st.text(max_size=6),
                           st.text(alphabet=st.characters(codec="ascii"), max_size=40)),
                 max_size=30))
+@example(["ab", "0f"]).via("hex ids")
+@example(["ab", "0F"]).via("upper case: not hex")
 def test_snapshot_string_columns_are_the_per_string_encoding(values: list[str | None]) -> None:
     # the joined ASCII fast path writes what encoding each string on its own writes
     # (lone surrogates, empty strings, None, all-None and mixed columns), and reads it back
     arrays: dict[str, np.ndarray] = {}
     put_strs(arrays, "c", values)
     raw, lens = _strs_oracle(values)
-    assert arrays["c.bytes"].tobytes() == raw and arrays["c.len"].tolist() == lens
-    assert arrays["c.bytes"].dtype == np.uint8 and arrays["c.len"].dtype == np.int64
+    if "c.hex" in arrays:  # one even length of lowercase hex digits: their bytes instead
+        assert arrays["c.hex"].tobytes().hex() == raw.decode() and -1 not in lens
+        assert len(set(lens)) == 1 and arrays["c.hex"].shape == (len(values), lens[0] // 2)
+    else:
+        assert arrays["c.bytes"].tobytes() == raw and arrays["c.len"].tolist() == lens
+        assert arrays["c.bytes"].dtype == np.uint8 and arrays["c.len"].dtype == np.int8
     assert get_strs(arrays, "c") == values
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_string_columns_take_the_smallest_form(compiled: bool,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import uuid
+
+    from driftline.detectors import serialization
+    if compiled and serialization._kernels is None:
+        pytest.skip("detectors/_kernels was not built")
+    if not compiled:
+        monkeypatch.setattr(serialization, "_kernels", None)
+    ids = [uuid.uuid4().hex for _ in range(50)]
+    arrays: dict[str, np.ndarray] = {}
+    put_strs(arrays, "id", ids)  # uuid4().hex: 16 bytes each, no lengths
+    assert set(arrays) == {"id.hex"} and arrays["id.hex"].shape == (50, 16)
+    assert bytes(arrays["id.hex"][7]) == bytes.fromhex(ids[7])
+    assert get_strs(arrays, "id") == ids
+    a, b, c = ids[:3]
+    not_hex = [[a, b, c.upper()], [a, b, c[:-2]], [a, b, None], [a, b, c[:-1] + "g"],
+               [a, b, " " + c[1:]], ["abc"], [""], [], [a, b, c[:-1] + "é"]]
+    for values in not_hex:  # another length, a None, upper case, a non-hex character
+        arrays = {}
+        put_strs(arrays, "id", values)
+        assert "id.hex" not in arrays and get_strs(arrays, "id") == values
+    for size, dtype in ((127, np.int8), (128, np.int16), (40_000, np.int32)):
+        arrays = {}
+        put_strs(arrays, "c", ["x" * size, None])  # lengths in the narrowest type
+        assert arrays["c.len"].dtype == dtype and get_strs(arrays, "c") == ["x" * size, None]
+    older = {"c.bytes": np.frombuffer(b"abcd", dtype=np.uint8),  # int64 lengths: older records
+             "c.len": np.array([1, -1, 3], dtype=np.int64)}
+    assert get_strs(older, "c") == ["a", None, "bcd"]
+    for bad in ({"c.hex": np.zeros((2, 0), dtype=np.uint8)}, {"c.hex": np.zeros(4, np.uint8)},
+                {"c.hex": np.zeros((2, 2), dtype=np.int8)},
+                {**older, "c.len": np.array([1, -1, 3], dtype=np.float64)}):
+        with pytest.raises(ValueError):
+            get_strs(bad, "c")
 
 
 def test_canonical_labels_agree_across_types() -> None:
