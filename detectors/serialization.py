@@ -42,7 +42,7 @@ def pack(
     """Serialise ``meta`` (JSON-able) and named numeric ``arrays`` into snapshot bytes.
 
     The arrays' buffers are copied once, into the result (a chunk record of the label
-    join is ~300 kB: each extra copy of it costs more than building its header)."""
+    join is ~135 kB: each extra copy of it costs more than building its header)."""
     arrays = arrays or {}
     layout: dict[str, Any] = {}
     parts: list[Any] = []
