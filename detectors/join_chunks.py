@@ -180,7 +180,7 @@ class ChunkBook:
             if blob is None:
                 raise SnapshotError(f"chunk record {name!r} is missing")
             cmeta, carrays, _ = unpack(blob, CHUNK_KIND, key=key)
-            seq = _chunk_seq(carrays, int(c), size)
+            seq = _chunk_seq(carrays, int(c), size, n)
             if cmeta.get("fifo") != fifo or cmeta.get("chunk") != int(c) or \
                     cmeta.get("name") != name or cmeta.get("owner") != owner or \
                     seq.dtype != np.int64 or seq.shape != (n,) or n == 0 or \
@@ -215,15 +215,26 @@ class ChunkBook:
         return book, parts, seq, next_seq
 
 
-def _chunk_seq(arrays: Arrays, c: int, size: int) -> NDArray[np.int64]:
-    """The numbers of the entries in chunk record ``c``: from one bit per entry of the
-    chunk (``seq.bits``) or, as older records hold them, the numbers themselves."""
+def _chunk_seq(arrays: Arrays, c: int, size: int, n: int) -> NDArray[np.int64]:
+    """The numbers of the ``n`` entries in chunk record ``c``: from one bit per entry of
+    the chunk (``seq.bits``) or, as older records hold them, the numbers themselves.
+    Checked before anything of the chunk's size is allocated (the size is the store
+    record's word)."""
     bits = arrays.get("seq.bits")
     if bits is None:
         return arrays["seq"]
+    if not 0 < n <= size or (c + 1) * size > 2**62:
+        raise ValueError(f"chunk {c} of {size} entries cannot hold {n}")
     if bits.dtype != np.uint8 or bits.shape != (-(-size // 8),):
         raise ValueError(f"chunk {c}: entry bits do not match the chunk size")
-    return np.flatnonzero(np.unpackbits(bits, count=size)).astype(np.int64) + c * size
+    if int(np.count_nonzero(bits)) > n:  # each byte with a bit set holds an entry
+        raise ValueError(f"chunk {c}: more entries than {n}")
+    at = np.flatnonzero(bits)  # only the bytes with entries are unpacked: memory ~ n
+    byte, bit = np.nonzero(np.unpackbits(bits[at, None], axis=1))
+    seq = at[byte] * 8 + bit  # in order: a byte's first bit is its first entry
+    if seq.size != n or int(seq[-1]) >= size:
+        raise ValueError(f"chunk {c}: entry bits do not match its {n} entries")
+    return seq.astype(np.int64, copy=False) + c * size
 
 
 def _chunk_runs(seq: NDArray[np.int64], size: int) -> Iterator[tuple[int, int, int]]:

@@ -502,9 +502,9 @@ class JoinStore:
                                or not math.isfinite(wm)):
             raise ValueError("bad watermark")
         store.watermark = -math.inf if wm is None else float(wm)
-        pids = get_strs(arrays, "pending.id")
-        labels = get_strs(arrays, "pending.label")
         pts = arrays["pending.ts"]
+        pids = get_strs(arrays, "pending.id", len(pts))
+        labels = get_strs(arrays, "pending.label", len(pts))
         _same_length(pids, labels, pts)
         if any(lab is None for lab in labels) or any(i is None for i in pids):
             raise ValueError("pending ids and labels cannot be null")
@@ -585,8 +585,9 @@ def _gone_arrays(fifo: Fifo, pos: NDArray[np.intp], prefix: str) -> dict[str, ND
 
 
 def _pred_columns(arrays: dict[str, NDArray[Any]], prefix: str) -> dict[str, Any]:
-    ids, cls_ = get_strs(arrays, f"{prefix}id"), get_strs(arrays, f"{prefix}class")
     score, ts = arrays[f"{prefix}score"], arrays[f"{prefix}ts"]
+    n = len(score)
+    ids, cls_ = get_strs(arrays, f"{prefix}id", n), get_strs(arrays, f"{prefix}class", n)
     _same_length(ids, cls_, score, ts)
     if score.dtype != np.float64 or ts.dtype != np.float64:
         raise ValueError("scores and times must be float64")
@@ -594,7 +595,8 @@ def _pred_columns(arrays: dict[str, NDArray[Any]], prefix: str) -> dict[str, Any
 
 
 def _gone_columns(arrays: dict[str, NDArray[Any]], prefix: str) -> dict[str, Any]:
-    ids, why = get_strs(arrays, f"{prefix}id"), arrays[f"{prefix}why"]
+    why = arrays[f"{prefix}why"]
+    ids = get_strs(arrays, f"{prefix}id", len(why))
     _same_length(ids, why)
     if not np.isin(why, (_EXPIRED, _EVICTED, _JOINED)).all():
         raise ValueError("bad reason codes")

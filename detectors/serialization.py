@@ -246,13 +246,16 @@ def _narrowest(lens: np.ndarray) -> np.ndarray:
     return lens
 
 
-def get_strs(arrays: dict[str, np.ndarray], name: str) -> list[Any]:
+def get_strs(arrays: dict[str, np.ndarray], name: str, count: int | None = None) -> list[Any]:
     """The strings :func:`put_strs` wrote (either form; int64 lengths as older records
-    hold them, or narrower)."""
+    hold them, or narrower). ``count``: how many there must be, checked before any is
+    made (a record's few bytes can stand for many short strings)."""
     hexed = arrays.get(f"{name}.hex")
     if hexed is not None:
         if hexed.dtype != np.uint8 or hexed.ndim != 2 or hexed.shape[1] == 0:
             raise ValueError(f"bad hex string array {name!r}")
+        if count is not None and hexed.shape[0] != count:
+            raise ValueError(f"{name!r} holds {hexed.shape[0]} strings, not {count}")
         width = 2 * hexed.shape[1]
         text = hexed.tobytes().hex()
         return [text[i:i + width] for i in range(0, len(text), width)]
@@ -260,8 +263,12 @@ def get_strs(arrays: dict[str, np.ndarray], name: str) -> list[Any]:
     lens = arrays[f"{name}.len"]
     if raw.dtype != np.uint8 or lens.dtype.kind != "i" or raw.ndim != 1 or lens.ndim != 1:
         raise ValueError(f"bad string arrays {name!r}")
+    if count is not None and lens.size != count:
+        raise ValueError(f"{name!r} holds {lens.size} strings, not {count}")
     lens = lens.astype(np.int64, copy=False)
-    if (lens < -1).any() or int(lens[lens > 0].sum()) != raw.size:
+    # each length within the bytes first: then their sum cannot wrap around
+    if (lens.size and (int(lens.min()) < -1 or int(lens.max()) > raw.size)) or \
+            int(lens[lens > 0].sum()) != raw.size:
         raise ValueError(f"string lengths of {name!r} do not match their bytes")
     data = raw.tobytes()
     if data.isascii():  # one decode, then slices of the text (ASCII: bytes = characters)

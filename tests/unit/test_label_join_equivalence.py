@@ -676,7 +676,38 @@ def test_chunk_records_are_bound_to_their_store_and_checked_whole() -> None:
     short = {**arrays, "score": arrays["score"][:-1]}
     bits_short = {**arrays, "seq.bits": np.packbits(np.arange(8) % 2 == 0)}  # 4 of 6 entries
     bits_wide = {**arrays, "seq.bits": np.zeros(2, dtype=np.uint8)}  # a chunk of 16
-    for bad in (unsorted, short, bits_short, bits_wide):  # the entries left would look fine
+    bits_all = {**arrays, "seq.bits": np.full(1, 0xFF, dtype=np.uint8)}  # 8 of 6 entries
+    for bad in (unsorted, short, bits_short, bits_wide, bits_all):  # the rest looks fine
         with pytest.raises(SnapshotError):
             JoinStore.from_records(recs.store, {**topic, "pred/0/0": pack(CHUNK_KIND, meta, bad)}.get,
                                    owner="m@1")
+
+
+def test_hostile_chunk_records_are_refused_before_their_size_is_allocated() -> None:
+    import tracemalloc
+
+    from driftline.detectors.label_join import RECORDS_KIND
+    store = JoinStore(JoinConfig(), chunk_entries=8)
+    store.add_predictions([f"a{i}" for i in range(10)], [0.5] * 10, None, [1.0] * 10)
+    recs = store.snapshot_records(owner="m@1")
+    topic = dict(recs.chunks)
+    meta, arrays, _ = unpack(recs.store, RECORDS_KIND)
+    far = "pred/99999999999999999999/0"  # a chunk number past int64
+    data = pack(RECORDS_KIND, {**meta, "pred": {**meta["pred"], "chunks": [far]}}, arrays)
+    with pytest.raises(SnapshotError):
+        JoinStore.from_records(data, {**topic, far: topic["pred/0/0"]}.get, owner="m@1")
+    # a chunk the store calls 2**27 entries wide: 16 MiB of bits, all set, for its 8
+    size = 2**27
+    cmeta, carrays, _ = unpack(topic["pred/0/0"], CHUNK_KIND)
+    carrays["seq.bits"] = np.full(size // 8, 0xFF, dtype=np.uint8)
+    wide = pack(RECORDS_KIND, {**meta, "pred": {**meta["pred"], "size": size,
+                                                "next_seq": 2 * size}}, arrays)
+    load = {**topic, "pred/0/0": pack(CHUNK_KIND, cmeta, carrays)}.get
+    tracemalloc.start()  # numpy's buffers are traced too
+    try:
+        with pytest.raises(SnapshotError):
+            JoinStore.from_records(wide, load, owner="m@1")
+        peak_mib = tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+    assert peak_mib < 100  # copies of the 16 MiB record, not a byte (or int64) per entry

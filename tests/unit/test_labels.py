@@ -170,9 +170,17 @@ def test_string_columns_take_the_smallest_form(compiled: bool,
     assert get_strs(older, "c") == ["a", None, "bcd"]
     for bad in ({"c.hex": np.zeros((2, 0), dtype=np.uint8)}, {"c.hex": np.zeros(4, np.uint8)},
                 {"c.hex": np.zeros((2, 2), dtype=np.int8)},
-                {**older, "c.len": np.array([1, -1, 3], dtype=np.float64)}):
+                {**older, "c.len": np.array([1, -1, 3], dtype=np.float64)},
+                # lengths whose int64 sum wraps around to the bytes' size
+                {"c.bytes": np.frombuffer(b"ab", dtype=np.uint8),
+                 "c.len": np.array([2**63 - 1, 2**63 - 1, 4], dtype=np.int64)}):
         with pytest.raises(ValueError):
             get_strs(bad, "c")
+    with pytest.raises(ValueError):  # not as many as the record's other columns
+        get_strs({"c.hex": np.zeros((5, 16), dtype=np.uint8)}, "c", 4)
+    with pytest.raises(ValueError):
+        get_strs(older, "c", 2)
+    assert get_strs(older, "c", 3) == ["a", None, "bcd"]
 
 
 def test_canonical_labels_agree_across_types() -> None:
