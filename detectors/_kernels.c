@@ -19,6 +19,13 @@
  * strings' bytes one after another and each one's length (-1 for None), in one pass over
  * the list; None when a value is neither None nor an ASCII str (the caller encodes those).
  *
+ * bin_counts(bins, block, out, rows, columns, width, first, blocks) counts a batch's bin
+ * indices, (rows, columns), into out, (blocks, columns, width): out[b, c, bins[i, c]] for
+ * every row i whose block[i] - first is b in [0, blocks) (block None: every row, in block
+ * 0). What binning.block_histograms computes with numpy (a bincount over
+ * shifted indices), in one pass and no temporary arrays; exact. A bin index outside
+ * [0, width) raises ValueError (out is then partly counted).
+ *
  * hex_column(values) packs a list of str of one even length, lowercase hex digits only
  * (uuid4().hex ids), as their bytes: half the size; None for anything else (an empty list,
  * a None, another length, an upper-case or non-hex character: such a column is written as
@@ -260,6 +267,64 @@ static PyObject *ascii_column(PyObject *self, PyObject *values) {
     return Py_BuildValue("(NN)", raw, lens);
 }
 
+static PyObject *bin_counts(PyObject *self, PyObject *args) {
+    PyObject *o_bins, *o_block, *o_out;
+    Py_ssize_t rows, columns, width, first, blocks;
+    if (!PyArg_ParseTuple(args, "OOOnnnnn", &o_bins, &o_block, &o_out, &rows, &columns,
+                          &width, &first, &blocks))
+        return NULL;
+    /* every size below (rows * columns * 8, rows * 8, blocks * columns * width * 8)
+       without overflow */
+    if (rows < 0 || columns < 0 || width < 0 || blocks < 0 || rows > PY_SSIZE_T_MAX / 8 ||
+        (columns && rows > PY_SSIZE_T_MAX / 8 / columns) ||
+        (width && columns > PY_SSIZE_T_MAX / 8 / width) ||
+        (columns * width && blocks > PY_SSIZE_T_MAX / 8 / (columns * width))) {
+        PyErr_SetString(PyExc_ValueError, "bad shape");
+        return NULL;
+    }
+    Py_ssize_t cells = columns * width;
+    Py_buffer bins, block, out;
+    int has_block = o_block != Py_None;
+    if (get_buffer(o_bins, &bins, rows * columns * 8, 0, "bins") < 0) return NULL;
+    if (has_block && get_buffer(o_block, &block, rows * 8, 0, "block") < 0) {
+        PyBuffer_Release(&bins);
+        return NULL;
+    }
+    if (get_buffer(o_out, &out, blocks * cells * 8, 1, "out") < 0) {
+        if (has_block) PyBuffer_Release(&block);
+        PyBuffer_Release(&bins);
+        return NULL;
+    }
+    const int64_t *X = bins.buf, *B = has_block ? block.buf : NULL;
+    int64_t *O = out.buf;
+    int bad = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < rows && !bad; i++) {
+        /* unsigned: a block before first wraps past blocks, and nothing overflows */
+        uint64_t b = B ? (uint64_t)B[i] - (uint64_t)first : 0;
+        if (b >= (uint64_t)blocks) continue;
+        const int64_t *x = X + i * columns;
+        int64_t *o = O + (Py_ssize_t)b * cells;
+        for (Py_ssize_t c = 0; c < columns; c++) {
+            uint64_t v = (uint64_t)x[c];
+            if (v >= (uint64_t)width) {
+                bad = 1;
+                break;
+            }
+            o[c * width + (Py_ssize_t)v]++;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&out);
+    if (has_block) PyBuffer_Release(&block);
+    PyBuffer_Release(&bins);
+    if (bad) {
+        PyErr_SetString(PyExc_ValueError, "a bin index outside [0, width)");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 /* 0-15 for '0'-'9' and 'a'-'f', 0xff for every other byte. */
 static unsigned char hex_value[256];
 
@@ -316,6 +381,9 @@ static PyMethodDef methods[] = {
     {"ascii_column", ascii_column, METH_O,
      "ascii_column(values: list) -> (bytes, int64 lengths as bytes) | None: a list of "
      "ASCII str or None as one byte string and the lengths (-1: None)."},
+    {"bin_counts", bin_counts, METH_VARARGS,
+     "bin_counts(bins, block, out, rows, columns, width, first, blocks): counts of each "
+     "column's bin indices per block of rows into out (blocks, columns, width)."},
     {"hex_column", hex_column, METH_O,
      "hex_column(values: list) -> bytes | None: a list of str of one even length, "
      "lowercase hex digits only, as their bytes (half the size)."},

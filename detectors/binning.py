@@ -12,6 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+try:  # built from detectors/_kernels.c when the package is installed with a C compiler
+    from driftline.detectors import _kernels
+except ImportError:  # pragma: no cover - exercised by installs without a compiler
+    _kernels = None  # type: ignore[assignment]
+
 from driftline.detectors.reference import (
     CategoricalProfile,
     ColumnProfile,
@@ -199,7 +204,30 @@ class Binner:
         return res
 
     def histogram(self, bins: NDArray[np.int64]) -> NDArray[np.int64]:
-        """``(C, width)`` counts of a block of bin indices, one bincount for all columns."""
-        c, w = len(self._columns), self.layout.width
-        flat = bins + np.arange(c, dtype=np.int64) * w
-        return np.bincount(flat.ravel(), minlength=c * w).reshape(c, w)
+        """``(C, width)`` counts of a block of bin indices."""
+        return block_histograms(bins, None, 0, 1, len(self._columns), self.layout.width)[0]
+
+
+def block_histograms(bins: NDArray[np.int64], block: NDArray[np.int64] | None, first: int,
+                     blocks: int, columns: int, width: int) -> NDArray[np.int64]:
+    """``(blocks, columns, width)`` counts of each column's bin indices (``bins``:
+    ``(n, columns)``, each in ``[0, width)``) over the rows whose ``block - first`` is a
+    block in ``[0, blocks)`` (``block`` None: every row, in block 0). One compiled pass
+    when the kernels are built, else one ``bincount`` over shifted indices (rows of no
+    block go to a spare block)."""
+    if _kernels is not None and bins.dtype == np.int64 and \
+            (block is None or block.dtype == np.int64):
+        out = np.zeros((blocks, columns, width), dtype=np.int64)
+        _kernels.bin_counts(np.ascontiguousarray(bins),
+                            None if block is None else np.ascontiguousarray(block), out,
+                            bins.shape[0], columns, width, first, blocks)
+        return out
+    cells = columns * width
+    flat = bins + np.arange(0, cells, width, dtype=np.int64)
+    if block is None:
+        return np.bincount(flat.ravel(), minlength=cells).reshape(1, columns, width)
+    b = block - first
+    b[(b < 0) | (b > blocks)] = blocks
+    flat += (b * cells)[:, None]
+    return np.bincount(flat.ravel(), minlength=(blocks + 1) * cells)[: blocks * cells] \
+        .reshape(blocks, columns, width)

@@ -11,7 +11,8 @@ Grouping is columnar: rows are factorised by segment object (decoders share one 
 among a batch's equal segments), and only the distinct objects are looked at in Python
 (when there are many, per key ``dict.get`` is mapped over them and the per-key codes
 are combined with ``np.unique``). Rows are then sorted by segment and pane once, and
-one ``bincount`` gives the histograms of every (segment, pane) block of the batch.
+one count over the batch (`binning.block_histograms`) gives the histograms of every
+(segment, pane) block of the batch.
 
 False alarms: segment rings hold only the per-column histograms and are tested against
 the same reference with the same calibration. Once a model has segments, the model's
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from driftline.detectors.binning import block_histograms
 from driftline.detectors.windows import Pane, PaneRing
 
 try:  # built from detectors/_kernels.c when the package is installed with a C compiler
@@ -54,7 +56,7 @@ _FEW = 32
 #: the longest such value (``repr`` of its items): a segment may hold 16 keys and values of
 #: 1,024 characters each, so the memo is bounded in size, not only in count.
 _KNOWN, _KNOWN_CHARS = 64, 512
-#: Largest histogram block (cells) one ``bincount`` fills.
+#: Largest histogram block (cells) one count over the batch fills.
 _HIST_CELLS = 1 << 20
 
 
@@ -140,7 +142,7 @@ class Segments:
         ``pane_of``: event-time pane of every batch row (None for count panes, which
         count each segment's own events); ``max_ts``: the model's newest event time
         (event-time segment panes close when the model's do). Columnar: one
-        factorisation, one sort and one ``bincount`` for all segments' histograms.
+        factorisation, one sort and one count over the batch for all segments' histograms.
         """
         self.last_events = {}
         if rows.size:
@@ -214,14 +216,13 @@ class Segments:
         n_at = n_blocks.tolist()
         code_at, pid_at = code[starts].tolist(), pid[starts].tolist()
         (c, w), _ = self.rings[self.labels[code_at[0]]].shapes["hist"]
-        step = max(1, _HIST_CELLS // (c * w))  # blocks per bincount (bounded memory)
+        step = max(1, _HIST_CELLS // (c * w))  # blocks per count (bounded memory)
         block = np.full(bins.shape[0], starts.size, dtype=np.int64)  # each row's (or none)
         block[r] = np.repeat(np.arange(starts.size, dtype=np.int64), n_blocks)
         hist = np.zeros((0, c, w), dtype=np.int64)
         for g in range(starts.size):
             if g % step == 0:
-                hist = _histograms(bins, block, g, min(g + step, starts.size), starts.size,
-                                   c, w)
+                hist = block_histograms(bins, block, g, min(g + step, starts.size) - g, c, w)
             label = self.labels[code_at[g]]
             ring = self.rings[label]
             n = n_at[g]
@@ -371,18 +372,3 @@ def _factorise(keys: NDArray[np.uintp]) -> tuple[NDArray[np.intp], NDArray[np.in
     inverse = np.empty(n, dtype=np.int64)
     inverse[order] = rank[np.cumsum(new) - 1]
     return first[sight], inverse
-
-
-def _histograms(bins: NDArray[np.int64], block: NDArray[np.int64], g0: int, g1: int,
-                blocks: int, c: int, w: int) -> NDArray[np.int64]:
-    """``(g1 - g0, c, w)`` per-column bin counts of the row blocks ``g0 .. g1 - 1``
-    (``block``: each batch row's block of ``blocks``, ``blocks`` for rows of none), in
-    one ``bincount`` over the batch: rows of other blocks go to a spare block."""
-    k = g1 - g0
-    cells = c * w
-    if k != blocks:
-        block = block - g0
-        block[(block < 0) | (block > k)] = k
-    flat = bins + np.arange(0, cells, w, dtype=np.int64)
-    flat += (block * cells)[:, None]
-    return np.bincount(flat.ravel(), minlength=(k + 1) * cells)[: k * cells].reshape(k, c, w)

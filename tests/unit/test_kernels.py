@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from synth import make_batch
 
+from driftline.detectors import binning as bin_mod
 from driftline.detectors import segments as seg_mod
 from driftline.detectors import stats as stats_mod
 from driftline.detectors.monitor import ModelMonitor, MonitorConfig
@@ -76,6 +77,60 @@ def test_compiled_scores_check_their_buffers() -> None:
         _kernels.window_scores(empty, empty, empty, np.zeros(1), empty, np.zeros(4), 2**61 + 1, 0)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_compiled_block_histograms_are_the_bincount_ones(seed: int,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(seed)
+    n, c, w = int(rng.integers(0, 400)), int(rng.integers(1, 25)), int(rng.integers(1, 20))
+    bins = rng.integers(0, w, (n, c)).astype(np.int64)
+    bins[:, 0] = w - 1  # the last bin (missing values) used too
+    blocks = int(rng.integers(1, 12))
+    block = rng.integers(0, blocks + 1, n).astype(np.int64)  # blocks: rows of none
+    for args in ((None, 0, 1), (block, 0, blocks), (block, 2, 3), (block, blocks, 1),
+                 (bins[:, 1].copy(), 1, w)):
+        got = bin_mod.block_histograms(bins, *args, c, w)
+        with monkeypatch.context() as m:
+            m.setattr(bin_mod, "_kernels", None)
+            want = bin_mod.block_histograms(bins, *args, c, w)
+        assert got.dtype == np.int64 and got.shape == (args[2], c, w)
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(  # strided rows (a column slice) are read as values
+        bin_mod.block_histograms(bins[::2], None, 0, 1, c, w)[0],
+        bin_mod.block_histograms(np.ascontiguousarray(bins[::2]), None, 0, 1, c, w)[0])
+
+
+def test_compiled_block_histograms_check_their_input() -> None:
+    from driftline.detectors import _kernels
+
+    bins = np.zeros((4, 3), dtype=np.int64)
+    out = np.zeros((2, 3, 5), dtype=np.int64)
+    for bad in (5, -1, 2**63 - 1):  # a bin index outside [0, width): refused, not written
+        b = bins.copy()
+        b[2, 1] = bad
+        with pytest.raises(ValueError, match="bin index"):
+            _kernels.bin_counts(b, None, out, 4, 3, 5, 0, 2)
+    with pytest.raises(ValueError, match="bins holds"):
+        _kernels.bin_counts(bins, None, out, 4, 4, 5, 0, 2)  # 4 columns of 3
+    with pytest.raises(ValueError, match="block holds"):
+        _kernels.bin_counts(bins, np.zeros(3, dtype=np.int64), out, 4, 3, 5, 0, 2)
+    with pytest.raises(ValueError, match="out holds"):
+        _kernels.bin_counts(bins, None, np.zeros(30, dtype=np.int64), 4, 3, 5, 0, 3)
+    read_only = np.zeros((2, 3, 5), dtype=np.int64)
+    read_only.flags.writeable = False
+    with pytest.raises((ValueError, BufferError)):
+        _kernels.bin_counts(bins, None, read_only, 4, 3, 5, 0, 2)
+    empty = np.empty(0, dtype=np.int64)  # sizes that would overflow: refused first
+    for shape in ((2**61, 2**3, 1, 1), (1, 2**61, 2**4, 1), (1, 1, 2**61, 2**4),
+                  (-1, 1, 1, 1)):
+        rows, columns, width, blocks = shape
+        with pytest.raises(ValueError, match="bad shape"):
+            _kernels.bin_counts(empty, None, empty, rows, columns, width, 0, blocks)
+    block = np.array([-5, 2**62, 1, 0], dtype=np.int64)  # far outside first..: skipped
+    out = np.zeros((1, 3, 5), dtype=np.int64)
+    _kernels.bin_counts(bins, block, out, 4, 3, 5, 1, 1)
+    assert out.sum() == 3 and out[0, :, 0].tolist() == [1, 1, 1]
+
+
 @pytest.mark.parametrize("distinct", [1, 3, 18, 200, 3000, 9000])
 def test_compiled_factorisation_is_the_sorted_one(distinct: int,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
@@ -138,6 +193,7 @@ def test_monitor_with_segments_decides_the_same_either_way(
     compiled = run()
     with monkeypatch.context() as m:
         m.setattr(stats_mod, "_kernels", None)
+        m.setattr(bin_mod, "_kernels", None)
         plain = run()
     assert [e[:4] for e in compiled] == [e[:4] for e in plain]
     np.testing.assert_allclose([e[4] for e in compiled], [e[4] for e in plain], rtol=1e-12)
