@@ -205,7 +205,9 @@ class Binner:
 
     def histogram(self, bins: NDArray[np.int64]) -> NDArray[np.int64]:
         """``(C, width)`` counts of a block of bin indices."""
-        return block_histograms(bins, None, 0, 1, len(self._columns), self.layout.width)[0]
+        counts: NDArray[np.int64] = block_histograms(bins, None, 0, 1, len(self._columns),
+                                                     self.layout.width)[0]
+        return counts
 
 
 def block_histograms(bins: NDArray[np.int64], block: NDArray[np.int64] | None, first: int,
