@@ -283,6 +283,7 @@ static PyObject *bin_counts(PyObject *self, PyObject *args) {
         return NULL;
     }
     Py_ssize_t cells = columns * width;
+    if (columns == 0) rows = 0; /* nothing to count (and no buffer bounds rows) */
     Py_buffer bins, block, out;
     int has_block = o_block != Py_None;
     if (get_buffer(o_bins, &bins, rows * columns * 8, 0, "bins") < 0) return NULL;

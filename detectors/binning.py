@@ -227,7 +227,10 @@ def block_histograms(bins: NDArray[np.int64], block: NDArray[np.int64] | None, f
     cells = columns * width
     flat = bins + np.arange(0, cells, width, dtype=np.int64)
     if block is None:
-        return np.bincount(flat.ravel(), minlength=cells).reshape(1, columns, width)
+        out = np.zeros((blocks, columns, width), dtype=np.int64)
+        if blocks:
+            out[0] = np.bincount(flat.ravel(), minlength=cells).reshape(columns, width)
+        return out
     b = block - first
     b[(b < 0) | (b > blocks)] = blocks
     flat += (b * cells)[:, None]

@@ -94,6 +94,15 @@ def test_compiled_block_histograms_are_the_bincount_ones(seed: int,
             want = bin_mod.block_histograms(bins, *args, c, w)
         assert got.dtype == np.int64 and got.shape == (args[2], c, w)
         np.testing.assert_array_equal(got, want)
+    for blocks in (0, 1, 3):  # every row in block 0, the others empty: either way
+        got = bin_mod.block_histograms(bins, None, 0, blocks, c, w)
+        with monkeypatch.context() as m:
+            m.setattr(bin_mod, "_kernels", None)
+            np.testing.assert_array_equal(got, bin_mod.block_histograms(bins, None, 0, blocks,
+                                                                        c, w))
+    # no columns: nothing to count, however many rows (no buffer bounds them)
+    assert bin_mod.block_histograms(np.empty((2**60 - 1, 0), np.int64), None, 0, 1, 0, 4).shape \
+        == (1, 0, 4)
     np.testing.assert_array_equal(  # strided rows (a column slice) are read as values
         bin_mod.block_histograms(bins[::2], None, 0, 1, c, w)[0],
         bin_mod.block_histograms(np.ascontiguousarray(bins[::2]), None, 0, 1, c, w)[0])
