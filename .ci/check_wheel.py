@@ -35,7 +35,8 @@ def main(wheel: str) -> int:
     if not any(n.startswith("driftline/detectors/_id_index.") and n.endswith(".so") for n in names):
         missing.append("driftline/detectors/_id_index.*.so (the label join's id index)")
     if not any(n.startswith("driftline/detectors/_kernels.") and n.endswith(".so") for n in names):
-        missing.append("driftline/detectors/_kernels.*.so (the window and segment kernels)")
+        missing.append("driftline/detectors/_kernels.*.so (the window, histogram and segment "
+                       "kernels)")
     if missing:
         print("wheel is missing:", *missing, sep="\n  ")
         return 1

@@ -1,5 +1,5 @@
-/* Compiled inner loops of the window tests, the segment grouping and the string columns of
- * state records.
+/* Compiled inner loops of the window tests, the histograms, the segment grouping and the
+ * string columns of state records.
  *
  * window_scores(ref, smoothed, props, ref_n, win, out, columns, width) computes, per
  * column of a (columns, width) window histogram against its reference, what
@@ -393,8 +393,8 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_kernels",
-    "Compiled inner loops of the window tests, the segment grouping and the string columns "
-    "of state records.", -1, methods,
+    "Compiled inner loops of the window tests, the histograms, the segment grouping and the "
+    "string columns of state records.", -1, methods,
     NULL, NULL, NULL, NULL,
 };
 

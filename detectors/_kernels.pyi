@@ -1,5 +1,5 @@
-"""Compiled inner loops of the window tests, the segment grouping and the string columns of
-state records (detectors/_kernels.c)."""
+"""Compiled inner loops of the window tests, the histograms, the segment grouping and the
+string columns of state records (detectors/_kernels.c)."""
 
 from typing import Any
 

@@ -283,8 +283,8 @@ class Worker:
                         "(driftline.detectors._id_index) was not built when driftline was "
                         "installed (no C compiler?); keeping predictions costs more CPU")
         if not KERNELS:
-            log.warning("window tests and segment grouping run on numpy alone: the compiled "
-                        "kernels (driftline.detectors._kernels) were not built when "
+            log.warning("window tests, histograms and segment grouping run on numpy alone: the "
+                        "compiled kernels (driftline.detectors._kernels) were not built when "
                         "driftline was installed (no C compiler?); evaluations cost more CPU")
         self._admin = AdminClient({k: v for k, v in self._base.items()
                                    if not k.startswith(("fetch.", "enable."))})
