@@ -438,18 +438,363 @@ static PyTypeObject IdIndexType = {
     .tp_new = IdIndex_new,
 };
 
+/* ---- KeyIndex: fixed-width byte keys (hex event ids as their bytes) -> ring slot ----
+ *
+ * The label join keeps ids that are lowercase hex of one even length (uuid4().hex) as
+ * their bytes, ``width`` (1..16) per id, in a uint8 column of its ring; this index maps
+ * such keys to slots. Keys are stored in the table itself (no Python objects, no
+ * reference counts, nothing to collect): an entry is the key zero-padded to 16 bytes and
+ * its slot and hash (24 bytes). The hash is keyed by 32 random bytes given to the constructor
+ * (so ids chosen to collide cannot be aimed at one run of the table); linear probing,
+ * deletion by backward shift; past half full the table grows four times while under 2**18
+ * entries (a filling store rehashes less), then doubles; a few keys are prefetched ahead.
+ * Every method takes keys as one C-contiguous uint8 buffer of n * width bytes.
+ */
+
+typedef struct {
+    uint64_t a, b; /* the key, zero-padded */
+    uint32_t slot;
+    uint32_t hash; /* the key's hash (never 0), which also places it; 0: empty */
+} KEntry;
+
+typedef struct {
+    PyObject_HEAD
+    KEntry *table;
+    size_t mask; /* size - 1; size 0 before the first put */
+    Py_ssize_t used;
+    Py_ssize_t width;
+    uint64_t seed[4];
+} KeyIndex;
+
+static inline uint64_t mum(uint64_t x, uint64_t y) {
+    __uint128_t m = (__uint128_t)x * y;
+    return (uint64_t)m ^ (uint64_t)(m >> 64);
+}
+
+static inline uint32_t khash(const KeyIndex *ix, uint64_t a, uint64_t b) {
+    uint64_t h = mum(a ^ ix->seed[0], b ^ ix->seed[1]);
+    uint32_t h32 = (uint32_t)mum(h ^ ix->seed[2], a ^ b ^ ix->seed[3]);
+    return h32 ? h32 : 1;
+}
+
+static inline void key_at(const KeyIndex *ix, const uint8_t *p, uint64_t *a, uint64_t *b) {
+    uint8_t buf[16] = {0};
+    memcpy(buf, p, (size_t)ix->width);
+    memcpy(a, buf, 8);
+    memcpy(b, buf + 8, 8);
+}
+
+static inline size_t kfind(const KeyIndex *ix, uint64_t a, uint64_t b, uint32_t h) {
+    size_t i = (size_t)h & ix->mask;
+    for (;;) {
+        const KEntry *e = &ix->table[i];
+        if (!e->hash || (e->hash == h && e->a == a && e->b == b)) return i;
+        i = (i + 1) & ix->mask;
+    }
+}
+
+static int kresize(KeyIndex *ix, size_t size) {
+    KEntry *table = PyMem_Calloc(size, sizeof(KEntry));
+    if (table == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    size_t mask = size - 1;
+    if (ix->table != NULL) {
+        for (size_t j = 0; j <= ix->mask; j++) {
+            KEntry *e = &ix->table[j];
+            if (j + AHEAD <= ix->mask && e[AHEAD].hash)
+                __builtin_prefetch(&table[(size_t)e[AHEAD].hash & mask], 1);
+            if (!e->hash) continue;
+            size_t i = (size_t)e->hash & mask;
+            while (table[i].hash) i = (i + 1) & mask;
+            table[i] = *e;
+        }
+        PyMem_Free(ix->table);
+    }
+    ix->table = table;
+    ix->mask = mask;
+    return 0;
+}
+
+static int kreserve(KeyIndex *ix, Py_ssize_t more) {
+    size_t need = (size_t)(ix->used + more) * 2;
+    size_t size = ix->table == NULL ? 0 : ix->mask + 1;
+    if (need <= size) return 0;
+    if (size < MIN_SIZE) size = MIN_SIZE;
+    while (size < need) size *= size < ((size_t)1 << 18) ? 4 : 2; /* fewer rehashes while filling */
+    return kresize(ix, size);
+}
+
+static void kremove_at(KeyIndex *ix, size_t i) {
+    size_t mask = ix->mask, j = i;
+    for (;;) {
+        j = (j + 1) & mask;
+        KEntry *e = &ix->table[j];
+        if (!e->hash) break;
+        size_t home = (size_t)e->hash & mask;
+        int stays = (i <= j) ? (i < home && home <= j) : (i < home || home <= j);
+        if (stays) continue;
+        ix->table[i] = *e;
+        i = j;
+    }
+    ix->table[i].hash = 0;
+    ix->used--;
+}
+
+/* The keys buffer: C-contiguous bytes, a multiple of the width; *n keys. */
+static int keys_view(KeyIndex *ix, PyObject *obj, Py_buffer *view, Py_ssize_t *n) {
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS) < 0) return -1;
+    if (view->len % ix->width) {
+        PyBuffer_Release(view);
+        PyErr_Format(PyExc_ValueError, "keys must be a buffer of n * %zd bytes", ix->width);
+        return -1;
+    }
+    *n = view->len / ix->width;
+    return 0;
+}
+
+/* Hashes of n keys (a PyMem buffer the caller frees), or NULL with MemoryError. */
+static uint32_t *khashes(const KeyIndex *ix, const uint8_t *p, Py_ssize_t n) {
+    uint32_t *h = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(uint32_t));
+    if (h == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        uint64_t a, b;
+        key_at(ix, p + k * ix->width, &a, &b);
+        h[k] = khash(ix, a, b);
+    }
+    return h;
+}
+
+static PyObject *KeyIndex_put(KeyIndex *ix, PyObject *args) {
+    PyObject *keys_obj, *slots_obj;
+    if (!PyArg_ParseTuple(args, "OO:put", &keys_obj, &slots_obj)) return NULL;
+    Py_buffer kv, sv;
+    Py_ssize_t n;
+    if (keys_view(ix, keys_obj, &kv, &n) < 0) return NULL;
+    if (PyObject_GetBuffer(slots_obj, &sv, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&kv);
+        return NULL;
+    }
+    PyObject *res = NULL;
+    uint32_t *hashes = NULL;
+    Slots old = {NULL, NULL, 0};
+    if (sv.itemsize != 8 || sv.format == NULL ||
+        !(strcmp(sv.format, "q") == 0 || strcmp(sv.format, "l") == 0 ||
+          strcmp(sv.format, "<q") == 0 || strcmp(sv.format, "<l") == 0 ||
+          strcmp(sv.format, "=q") == 0 || strcmp(sv.format, "=l") == 0)) {
+        PyErr_SetString(PyExc_TypeError, "slots must be a buffer of int64");
+        goto done;
+    }
+    if (sv.len / 8 != n) {
+        PyErr_SetString(PyExc_ValueError, "keys and slots differ in length");
+        goto done;
+    }
+    const int64_t *slots = (const int64_t *)sv.buf;
+    for (Py_ssize_t k = 0; k < n; k++)
+        if (slots[k] < 0 || slots[k] > (int64_t)UINT32_MAX) {
+            PyErr_SetString(PyExc_ValueError, "slots must be in [0, 2**32)");
+            goto done;
+        }
+    const uint8_t *p = (const uint8_t *)kv.buf;
+    if ((hashes = khashes(ix, p, n)) == NULL) goto done;
+    if (kreserve(ix, n) < 0 || slots_open(&old, n) < 0) goto done;
+    KEntry *table = ix->table;
+    size_t mask = ix->mask;
+    for (Py_ssize_t k = 0; k < n && k < AHEAD; k++)
+        __builtin_prefetch(&table[(size_t)hashes[k] & mask], 1);
+    for (Py_ssize_t k = 0; k < n; k++) {
+        if (k + AHEAD < n) __builtin_prefetch(&table[(size_t)hashes[k + AHEAD] & mask], 1);
+        uint64_t a, b;
+        key_at(ix, p + k * ix->width, &a, &b);
+        KEntry *e = &table[kfind(ix, a, b, hashes[k])];
+        if (!e->hash) {
+            e->a = a;
+            e->b = b;
+            e->hash = hashes[k];
+            ix->used++;
+        } else {
+            old.at[old.n++] = e->slot;
+        }
+        e->slot = (uint32_t)slots[k];
+    }
+    res = slots_close(&old);
+    old.bytes = NULL;
+done:
+    Py_XDECREF(old.bytes);
+    PyMem_Free(hashes);
+    PyBuffer_Release(&sv);
+    PyBuffer_Release(&kv);
+    return res;
+}
+
+/* Shared by discard, pop and get: each key's slot; ``remove``: keys found leave;
+   ``all``: one int64 per key (-1: not in), else only the slots found. */
+static PyObject *kslots(KeyIndex *ix, PyObject *keys_obj, int remove, int all) {
+    Py_buffer kv;
+    Py_ssize_t n;
+    if (keys_view(ix, keys_obj, &kv, &n) < 0) return NULL;
+    Slots out;
+    PyObject *res = NULL;
+    if (slots_open(&out, (ix->used || all) ? n : 0) < 0) goto release;
+    if (ix->used == 0 || n == 0) {
+        for (Py_ssize_t k = 0; all && k < n; k++) out.at[out.n++] = -1;
+        res = slots_close(&out);
+        goto release;
+    }
+    const uint8_t *p = (const uint8_t *)kv.buf;
+    uint32_t *hashes = khashes(ix, p, n);
+    if (hashes == NULL) {
+        Py_DECREF(out.bytes);
+        goto release;
+    }
+    KEntry *table = ix->table; /* removals never resize the table */
+    size_t mask = ix->mask;
+    for (Py_ssize_t k = 0; k < n && k < AHEAD; k++)
+        __builtin_prefetch(&table[(size_t)hashes[k] & mask]);
+    for (Py_ssize_t k = 0; k < n; k++) {
+        if (k + AHEAD < n) __builtin_prefetch(&table[(size_t)hashes[k + AHEAD] & mask]);
+        size_t i = 0;
+        int hit = 0;
+        if (ix->used) {
+            uint64_t a, b;
+            key_at(ix, p + k * ix->width, &a, &b);
+            i = kfind(ix, a, b, hashes[k]);
+            hit = table[i].hash != 0;
+        }
+        if (hit) {
+            out.at[out.n++] = table[i].slot;
+            if (remove) kremove_at(ix, i);
+        } else if (all) {
+            out.at[out.n++] = -1;
+        }
+    }
+    PyMem_Free(hashes);
+    res = slots_close(&out);
+release:
+    PyBuffer_Release(&kv);
+    return res;
+}
+
+static PyObject *KeyIndex_discard(KeyIndex *ix, PyObject *keys) { return kslots(ix, keys, 1, 0); }
+static PyObject *KeyIndex_pop(KeyIndex *ix, PyObject *keys) { return kslots(ix, keys, 1, 1); }
+static PyObject *KeyIndex_get(KeyIndex *ix, PyObject *keys) { return kslots(ix, keys, 0, 1); }
+
+static PyObject *KeyIndex_items(KeyIndex *ix, PyObject *Py_UNUSED(ignored)) {
+    PyObject *out = PyList_New(0);
+    if (out == NULL || ix->table == NULL) return out;
+    for (size_t j = 0; j <= ix->mask; j++) {
+        const KEntry *e = &ix->table[j];
+        if (!e->hash) continue;
+        uint8_t buf[16];
+        memcpy(buf, &e->a, 8);
+        memcpy(buf + 8, &e->b, 8);
+        PyObject *item = Py_BuildValue("(y#L)", (const char *)buf, ix->width,
+                                       (long long)e->slot);
+        if (item == NULL || PyList_Append(out, item) < 0) {
+            Py_XDECREF(item);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(item);
+    }
+    return out;
+}
+
+static PyObject *KeyIndex_clear(KeyIndex *ix, PyObject *Py_UNUSED(ignored)) {
+    PyMem_Free(ix->table);
+    ix->table = NULL;
+    ix->mask = 0;
+    ix->used = 0;
+    Py_RETURN_NONE;
+}
+
+static Py_ssize_t KeyIndex_len(KeyIndex *ix) { return ix->used; }
+
+static PyObject *KeyIndex_get_width(KeyIndex *ix, void *Py_UNUSED(closure)) {
+    return PyLong_FromSsize_t(ix->width);
+}
+
+static void KeyIndex_dealloc(KeyIndex *ix) {
+    PyMem_Free(ix->table);
+    Py_TYPE(ix)->tp_free((PyObject *)ix);
+}
+
+static PyObject *KeyIndex_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"width", "seed", NULL};
+    Py_ssize_t width;
+    Py_buffer seed;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "ny*:KeyIndex", kwlist, &width, &seed))
+        return NULL;
+    if (width < 1 || width > 16 || seed.len != 32) {
+        PyBuffer_Release(&seed);
+        PyErr_SetString(PyExc_ValueError, "KeyIndex(width in 1..16, seed of 32 bytes)");
+        return NULL;
+    }
+    KeyIndex *ix = (KeyIndex *)type->tp_alloc(type, 0);
+    if (ix != NULL) {
+        ix->table = NULL;
+        ix->mask = 0;
+        ix->used = 0;
+        ix->width = width;
+        memcpy(ix->seed, seed.buf, 32);
+    }
+    PyBuffer_Release(&seed);
+    return (PyObject *)ix;
+}
+
+static PyMethodDef KeyIndex_methods[] = {
+    {"put", (PyCFunction)KeyIndex_put, METH_VARARGS,
+     "put(keys, slots): keys (n * width bytes) -> slots (int64 buffer), the last of equal "
+     "keys winning; returns the slots taken over (int64 bytes)"},
+    {"discard", (PyCFunction)KeyIndex_discard, METH_O,
+     "discard(keys): these keys leave; returns the slots of those that were in (int64 bytes)"},
+    {"pop_slots", (PyCFunction)KeyIndex_pop, METH_O,
+     "pop_slots(keys): each key's slot, -1 when not in (int64 bytes); the keys found leave"},
+    {"get_slots", (PyCFunction)KeyIndex_get, METH_O,
+     "get_slots(keys): each key's slot, -1 when not in (int64 bytes)"},
+    {"items", (PyCFunction)KeyIndex_items, METH_NOARGS, "(key bytes, slot) pairs"},
+    {"clear", (PyCFunction)KeyIndex_clear, METH_NOARGS, "every key leaves"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef KeyIndex_getset[] = {
+    {"width", (getter)KeyIndex_get_width, NULL, "bytes per key", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMappingMethods KeyIndex_as_mapping = {
+    .mp_length = (lenfunc)KeyIndex_len,
+};
+
+static PyTypeObject KeyIndexType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "driftline.detectors._id_index.KeyIndex",
+    .tp_basicsize = sizeof(KeyIndex),
+    .tp_dealloc = (destructor)KeyIndex_dealloc,
+    .tp_as_mapping = &KeyIndex_as_mapping,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Fixed-width byte key (a hex event id's bytes) -> ring slot, for the label "
+              "join's FIFOs.",
+    .tp_methods = KeyIndex_methods,
+    .tp_getset = KeyIndex_getset,
+    .tp_new = KeyIndex_new,
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_id_index", "Compiled index of the label join's FIFOs.", -1, NULL,
     NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__id_index(void) {
-    if (PyType_Ready(&IdIndexType) < 0) return NULL;
+    if (PyType_Ready(&IdIndexType) < 0 || PyType_Ready(&KeyIndexType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
-    Py_INCREF(&IdIndexType);
-    if (PyModule_AddObject(m, "IdIndex", (PyObject *)&IdIndexType) < 0) {
-        Py_DECREF(&IdIndexType);
+    if (PyModule_AddObjectRef(m, "IdIndex", (PyObject *)&IdIndexType) < 0 ||
+        PyModule_AddObjectRef(m, "KeyIndex", (PyObject *)&KeyIndexType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -4,18 +4,18 @@ index from id to ring slot (see :class:`Fifo`)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import repeat
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from driftline.detectors.join_index import IdIndex
+from driftline.detectors.join_ids import HexColumn, HexIds, Ids, StrColumn, as_strs, hex_ids
 
 
 class Fifo:
     """Entries in arrival order in a ring of numpy columns (ids and values), with an
-    index from id to ring slot for the entries still in (:mod:`.join_index`).
+    index from id to ring slot for the entries still in (:mod:`.join_index`). The ids are
+    kept as their bytes while all are hex, else as strings (:mod:`.join_ids`).
 
     Taking a batch in is one slice assignment per column and one ``put`` of the ids and
     their slots into the index. An entry that leaves (or is taken in again: the newest
@@ -29,9 +29,8 @@ class Fifo:
 
     def __init__(self, columns: dict[str, Any], bound: int | None = None) -> None:
         self.bound = bound
-        self.index = IdIndex()
+        self.idcol: HexColumn | StrColumn | None = None  # the first entries choose the form
         self.cap = 0
-        self.ids: NDArray[Any] = np.empty(0, dtype=object)
         self.cols: dict[str, NDArray[Any]] = {k: np.empty(0, dtype=dt) for k, dt in
                                               {**columns, "seq": np.int64}.items()}
         self.live = np.zeros(0, dtype=bool)  # per slot: it holds an entry that is in
@@ -39,17 +38,42 @@ class Fifo:
         self.next_seq = 0  # each entry's "seq": its number, never reused (chunk records)
 
     def __len__(self) -> int:
-        return len(self.index)
+        return 0 if self.idcol is None else len(self.idcol)
 
-    def append(self, ids: Sequence[str], values: dict[str, Any],
+    def _column(self, ids: Ids) -> tuple[HexColumn | StrColumn, Ids]:
+        """The id column for a batch, and the batch in its form: the first batch chooses
+        the form; one that is not hex of the column's width turns it to strings."""
+        col = self.idcol
+        if isinstance(col, StrColumn):
+            return col, ids
+        hexed = ids if isinstance(ids, HexIds) else hex_ids(ids)
+        if col is None:
+            col = HexColumn(self.cap, hexed.width) if hexed is not None else StrColumn(self.cap)
+        elif hexed is None or hexed.width != col.width:
+            col = self._to_strs(col)
+        self.idcol = col
+        return col, (hexed if isinstance(col, HexColumn) and hexed is not None else
+                     as_strs(ids))
+
+    def _to_strs(self, col: HexColumn) -> StrColumn:
+        """The entries' ids as strings, indexed afresh."""
+        new = StrColumn(self.cap)
+        slots = np.flatnonzero(self.live).astype(np.int64)
+        new.ids[slots] = col.at(slots)
+        new.put_at(slots)
+        return new
+
+    def append(self, ids: Ids, values: dict[str, Any],
                id_array: NDArray[Any] | None = None,
                seqs: NDArray[np.int64] | None = None) -> None:
-        """Take entries in at the end (an id already in moves to the end); ``id_array``:
-        the same ids as an object array, when there is one (faster to store); ``seqs``:
-        their numbers (increasing, from ``next_seq`` on; default: the next ones)."""
+        """Take entries in at the end (an id already in moves to the end); ``ids``: strings,
+        or hex ids as their bytes; ``id_array``: the same ids as an object array, when
+        there is one (faster to store as strings); ``seqs``: their numbers (increasing,
+        from ``next_seq`` on; default: the next ones)."""
         n = len(ids)
         if not n:
             return
+        col, ids = self._column(ids)
         if seqs is None:
             seqs = np.arange(self.next_seq, self.next_seq + n, dtype=np.int64)
         self.next_seq = max(self.next_seq, int(seqs[-1]) + 1)
@@ -59,8 +83,10 @@ class Fifo:
         s = self.tail % self.cap
         k = min(n, self.cap - s)  # before the end of the ring; the rest wraps to its start
         pieces = ((s, 0, k), (0, k, n)) if k < n else ((s, 0, n),)
+        col = self.idcol  # (the ring may have grown)
+        assert col is not None
         for at, a, b in pieces:
-            self.ids[at:at + b - a] = (ids if id_array is None else id_array)[a:b]
+            col.write(at, ids, a, b, id_array)
             for name, v in values.items():
                 self.cols[name][at:at + b - a] = v[a:b] if isinstance(v, list | np.ndarray) else v
         slots = np.arange(s, s + n, dtype=np.int64)
@@ -68,7 +94,7 @@ class Fifo:
             slots[k:] -= self.cap
         self.live[slots] = True
         # an id already in (or twice in this batch) leaves its former slot: the last wins
-        self._leave(self.index.put(ids if isinstance(ids, list | tuple) else list(ids), slots))
+        self._leave(col.put(ids, slots))
         self.tail += n
 
     def _leave(self, slots: bytes) -> None:
@@ -87,7 +113,7 @@ class Fifo:
     def positions(self) -> NDArray[np.intp]:
         """Slots of the entries in, oldest first (the index's slots, in ring order)."""
         slots = self._slots(self.head, self.tail)
-        if not self.index:
+        if not len(self):
             return slots[:0]
         return slots[self.live[slots]]
 
@@ -95,7 +121,7 @@ class Fifo:
         """Slots of the entries in numbered ``lo`` to ``hi - 1``, oldest first (numbers
         increase along the ring from its head: two binary searches, not a scan)."""
         span = self.tail - self.head
-        if not self.index or not span or hi <= lo:
+        if not len(self) or not span or hi <= lo:
             return np.zeros(0, dtype=np.intp)
         h = self.head % self.cap
         first = min(span, self.cap - h)  # head .. the ring's end, then its start
@@ -112,15 +138,16 @@ class Fifo:
         """A larger ring with room for ``n`` more. Mostly left slots: rebuilt with the
         entries in only, renumbered; else the slots keep their numbers, but for the part
         that wrapped around to the ring's start, which moves behind the rest."""
-        live, span, cap = len(self.index), self.tail - self.head, self.cap
+        live, span, cap = len(self), self.tail - self.head, self.cap
         if cap and span > 2 * live + 64:
             pos = self.positions()
             new_cap = max(64, 2 * (live + n))
             self._resize(new_cap, ((pos, slice(0, live)),))
             self.head, self.tail = 0, live
             # every entry in is renumbered: a fresh index (sized for them, not twice)
-            self.index.clear()
-            self.index.put(self.ids[:live].tolist(), np.arange(live, dtype=np.int64))
+            assert self.idcol is not None
+            self.idcol.clear()
+            self.idcol.put_at(np.arange(live, dtype=np.int64))
             return
         h = self.head % cap if cap else 0
         first = min(span, cap - h)
@@ -136,22 +163,23 @@ class Fifo:
         if rest:  # renumber the entries in among the moved slots (their flags moved along;
             # the former slots put returns are outside the new ring's head..tail)
             kept = np.flatnonzero(self.live[cap:cap + rest]) + cap
-            self.index.put(self.ids[kept].tolist(), kept.astype(np.int64))
+            assert self.idcol is not None
+            self.idcol.put_at(kept.astype(np.int64))
 
     def _resize(self, cap: int, moves: tuple[tuple[NDArray[np.intp] | slice, slice], ...]
                 ) -> None:
         """New arrays of ``cap`` slots; each (from, to) pair is copied: slots (an array of
         them or a range, as a slice) to a range of as many."""
-        ids = np.empty(cap, dtype=object)
         cols = {name: np.empty(cap, dtype=col.dtype) for name, col in self.cols.items()}
         live = np.zeros(cap, dtype=bool)
         for src, dst in moves:
             if dst.stop > dst.start:
-                ids[dst] = self.ids[src]
                 live[dst] = self.live[src]
                 for name, col in self.cols.items():
                     cols[name][dst] = col[src]
-        self.ids, self.cols, self.cap, self.live = ids, cols, cap, live
+        if self.idcol is not None:
+            self.idcol.resize(cap, moves)
+        self.cols, self.cap, self.live = cols, cap, live
 
     def pop(self, eid: str) -> int:
         """Slot of ``eid``'s entry, which leaves; -1 when it is not in."""
@@ -161,16 +189,34 @@ class Fifo:
     def pop_many(self, ids: Sequence[str]) -> tuple[NDArray[np.bool_], NDArray[np.int64]]:
         """Which of ``ids`` are in, and the slots of those, which leave (an id given twice
         is in the first time only)."""
-        found = list(map(self.index.pop, ids, repeat(None, len(ids))))
-        hit = np.fromiter((s is not None for s in found), dtype=bool, count=len(found))
-        slots = np.fromiter((s for s in found if s is not None), dtype=np.int64,
-                            count=int(hit.sum()))
+        if self.idcol is None or not len(ids):
+            return np.zeros(len(ids), dtype=bool), np.zeros(0, dtype=np.int64)
+        found = self.idcol.pop(ids if isinstance(ids, list) else list(ids))
+        hit = found >= 0
+        slots = found[hit]
         self.live[slots] = False
         return hit, slots
 
-    def discard(self, ids: Sequence[str]) -> None:
+    def get(self, eid: str) -> int | None:
+        """Slot of ``eid``'s entry, None when it is not in."""
+        return None if self.idcol is None else self.idcol.get(eid)
+
+    def discard(self, ids: Ids) -> None:
         """Let these entries leave (ids that are not in are ignored)."""
-        self._leave(self.index.discard(ids if isinstance(ids, list | tuple) else list(ids)))
+        if self.idcol is not None and len(self.idcol) and len(ids):
+            self._leave(self.idcol.discard(ids if isinstance(ids, HexIds | list) else list(ids)))
+
+    def ids_at(self, slots: NDArray[np.intp]) -> list[str]:
+        """The ids held at these slots, as strings."""
+        return [] if self.idcol is None else self.idcol.at(slots)
+
+    def batch_at(self, slots: NDArray[np.intp]) -> Ids:
+        """The ids held at these slots, in the column's form (to append elsewhere)."""
+        return [] if self.idcol is None else self.idcol.batch_at(slots)
+
+    def items(self) -> list[tuple[str, int]]:
+        """(id, slot) of the entries in, in no order."""
+        return [] if self.idcol is None else self.idcol.items()
 
     def pop_oldest(self, k: int) -> NDArray[np.intp]:
         """Slots of the ``k`` oldest entries, which leave."""
@@ -216,5 +262,6 @@ class Fifo:
         self.head = head
         res = np.concatenate(out) if out else np.zeros(0, dtype=np.intp)
         self.live[res] = False
-        self.index.discard(self.ids[res].tolist())
+        if self.idcol is not None and res.size:
+            self.idcol.discard_at(res)
         return res

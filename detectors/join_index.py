@@ -57,13 +57,67 @@ class DictIdIndex(dict[str, int]):
         return np.asarray(gone, dtype=np.int64).tobytes()
 
 
+class DictKeyIndex(dict[bytes, int]):
+    """The key index (fixed-width byte keys: hex event ids as their bytes) as a dict:
+    the semantics of the compiled ``KeyIndex``, and its stand-in. Keys come as one
+    buffer of ``n * width`` bytes; slots go out as int64 bytes."""
+
+    def __init__(self, width: int, seed: bytes) -> None:
+        super().__init__()
+        if not 1 <= width <= 16 or len(seed) != 32:
+            raise ValueError("KeyIndex(width in 1..16, seed of 32 bytes)")
+        self.width = width
+
+    def _keys(self, keys: Any) -> list[bytes]:
+        view = memoryview(keys)
+        if not view.c_contiguous:
+            raise ValueError("keys must be a C-contiguous buffer")
+        raw = view.tobytes()
+        w = self.width
+        if len(raw) % w:
+            raise ValueError(f"keys must be a buffer of n * {w} bytes")
+        return [raw[i:i + w] for i in range(0, len(raw), w)]
+
+    def put(self, keys: Any, slots: Any) -> bytes:
+        """Take ``keys`` in at ``slots`` (int64); returns the slots taken over."""
+        ks = self._keys(keys)
+        at = np.asarray(slots, dtype=np.int64)
+        if len(ks) != at.size:
+            raise ValueError("keys and slots differ in length")
+        if at.size and (at.min() < 0 or at.max() >= 2**32):
+            raise ValueError("slots must be in [0, 2**32)")
+        old: list[int] = []
+        for k, s in zip(ks, at.tolist(), strict=True):
+            was = self.get(k)
+            if was is not None:
+                old.append(was)
+            self[k] = s
+        return np.asarray(old, dtype=np.int64).tobytes()
+
+    def discard(self, keys: Any) -> bytes:
+        """These keys leave; returns the slots of those that were in."""
+        return np.asarray([s for k in self._keys(keys) if (s := self.pop(k, None)) is not None],
+                          dtype=np.int64).tobytes()
+
+    def pop_slots(self, keys: Any) -> bytes:
+        """Each key's slot (-1: not in); the keys found leave."""
+        return np.asarray([self.pop(k, -1) for k in self._keys(keys)], dtype=np.int64).tobytes()
+
+    def get_slots(self, keys: Any) -> bytes:
+        """Each key's slot (-1: not in)."""
+        return np.asarray([self.get(k, -1) for k in self._keys(keys)],
+                          dtype=np.int64).tobytes()
+
 
 try:  # built from detectors/_id_index.c when the package is installed with a C compiler
     from driftline.detectors._id_index import IdIndex as _CompiledIdIndex
+    from driftline.detectors._id_index import KeyIndex as _CompiledKeyIndex
 except ImportError:  # pragma: no cover - exercised by installs without a compiler
     _CompiledIdIndex = None  # type: ignore[assignment,misc]
+    _CompiledKeyIndex = None  # type: ignore[assignment,misc]
 
-#: Whether the compiled index is built (the dict stand-in gives the same results).
+#: Whether the compiled indexes are built (the dict stand-ins give the same results).
 COMPILED = _CompiledIdIndex is not None
-#: The index class the join uses.
+#: The index classes the join uses.
 IdIndex: type[Any] = _CompiledIdIndex if _CompiledIdIndex is not None else DictIdIndex
+KeyIndex: type[Any] = _CompiledKeyIndex if _CompiledKeyIndex is not None else DictKeyIndex

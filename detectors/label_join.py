@@ -34,6 +34,7 @@ from numpy.typing import NDArray
 from driftline.detectors.errors import SnapshotError
 from driftline.detectors.join_chunks import CHUNK_ENTRIES, ChunkBook
 from driftline.detectors.join_fifo import Fifo
+from driftline.detectors.join_ids import HexIds, Ids, hex_ids
 from driftline.detectors.serialization import get_strs, pack, put_strs, unpack
 
 FloatArray = NDArray[np.float64]
@@ -184,7 +185,8 @@ class JoinStore:
         cls: list[Any] | None = None if predicted is None else list(predicted)
         if not n == score.size == t.size == (n if cls is None else len(cls)):
             raise ValueError("columns of different lengths")
-        if set(map(type, ids)) != {str}:
+        hexed = hex_ids(ids)  # all hex ids (so all str): kept as their bytes
+        if hexed is None and set(map(type, ids)) != {str}:
             keep = [i for i, e in enumerate(ids) if type(e) is str]
             ids = [ids[i] for i in keep]
             arr = None if arr is None else arr[keep]
@@ -196,10 +198,11 @@ class JoinStore:
             t[nan] = self.watermark if math.isfinite(self.watermark) else math.nan
         pending = self._pending
         rows: Joined | None = None
+        batch: Ids = ids if hexed is None else hexed
         if not pending or pending.keys().isdisjoint(ids):
-            self._store(ids, arr, score, cls, t, 0, n)
+            self._store(batch, arr, score, cls, t, 0, n)
         else:  # labels that arrived first: join them, store the other rows around them
-            rows = self._join_pending(ids, arr, score, cls, t)
+            rows = self._join_pending(ids, batch, arr, score, cls, t)
         self.counts.predictions += n
         extra = len(self._pred) - self.config.max_entries
         if extra > 0:
@@ -207,7 +210,7 @@ class JoinStore:
         self._advance(ts)
         return rows if rows is not None else Joined()
 
-    def _store(self, ids: list[str], arr: NDArray[Any] | None, score: NDArray[np.float64],
+    def _store(self, ids: Ids, arr: NDArray[Any] | None, score: NDArray[np.float64],
                cls: list[Any] | None, t: NDArray[np.float64], a: int, b: int) -> None:
         """Keep rows ``a..b`` (a prediction taken in again is no longer gone)."""
         if a >= b:
@@ -218,16 +221,18 @@ class JoinStore:
                                  "cls": None if cls is None else cls[a:b]},
                           None if arr is None else arr[a:b])
 
-    def _join_pending(self, ids: list[str], arr: NDArray[Any] | None,
+    def _join_pending(self, ids: list[str], batch: Ids, arr: NDArray[Any] | None,
                       score: NDArray[np.float64], cls: list[Any] | None,
                       t: NDArray[np.float64]) -> Joined:
+        """Join the rows whose labels are pending; store the others (``batch``: the
+        ids in the form they are stored)."""
         pending, ttl, c = self._pending, self.config.ttl_seconds, self.counts
         out: list[tuple[str, float, str | None, str, float, float]] = []
         start = 0
         for i, eid in enumerate(ids):
             if eid not in pending:
                 continue
-            self._store(ids, arr, score, cls, t, start, i)
+            self._store(batch, arr, score, cls, t, start, i)
             start = i + 1
             label, lt = pending.pop(eid)
             ti = float(t[i])
@@ -237,7 +242,7 @@ class JoinStore:
                 c.joined += 1
                 out.append((eid, float(score[i]), None if cls is None else cls[i], label, ti, lt))
             self._forget([eid], _JOINED)
-        self._store(ids, arr, score, cls, t, start, len(ids))
+        self._store(batch, arr, score, cls, t, start, len(ids))
         if not out:
             return Joined()
         e, s, p, lab, pt, lt_ = zip(*out, strict=True)
@@ -293,7 +298,7 @@ class JoinStore:
                 self._forget([ids[j] for j in range(start, i)], _JOINED)
             start = i + 1
             eid = ids[i]
-            g = gone.index.get(eid)
+            g = gone.get(eid)
             if g is not None:
                 if gone.cols["why"][g] == _EXPIRED:
                     c.late += 1
@@ -344,9 +349,9 @@ class JoinStore:
             self.counts.evicted += pos.size
         else:
             self.counts.expired += pos.size
-        self._forget(self._pred.ids[pos].tolist(), why)
+        self._forget(self._pred.batch_at(pos), why)
 
-    def _forget(self, ids: Sequence[str], why: int) -> None:
+    def _forget(self, ids: Ids, why: int) -> None:
         """Remember why these ids left (the newest reason counts; at most max_entries)."""
         gone = self._gone
         gone.append(ids, {"why": why})
@@ -570,7 +575,7 @@ def _encode_at(enc: Callable[[Fifo, NDArray[np.intp], str], dict[str, NDArray[An
 
 def _pred_arrays(fifo: Fifo, pos: NDArray[np.intp], prefix: str) -> dict[str, NDArray[Any]]:
     arrays: dict[str, NDArray[Any]] = {}
-    put_strs(arrays, f"{prefix}id", fifo.ids[pos].tolist())
+    _put_ids(arrays, f"{prefix}id", fifo, pos)
     put_strs(arrays, f"{prefix}class", fifo.cols["cls"][pos].tolist())
     arrays[f"{prefix}score"] = fifo.cols["score"][pos]
     arrays[f"{prefix}ts"] = fifo.cols["ts"][pos]
@@ -579,9 +584,18 @@ def _pred_arrays(fifo: Fifo, pos: NDArray[np.intp], prefix: str) -> dict[str, ND
 
 def _gone_arrays(fifo: Fifo, pos: NDArray[np.intp], prefix: str) -> dict[str, NDArray[Any]]:
     arrays: dict[str, NDArray[Any]] = {}
-    put_strs(arrays, f"{prefix}id", fifo.ids[pos].tolist())
+    _put_ids(arrays, f"{prefix}id", fifo, pos)
     arrays[f"{prefix}why"] = fifo.cols["why"][pos]
     return arrays
+
+
+def _put_ids(arrays: dict[str, NDArray[Any]], name: str, fifo: Fifo,
+             pos: NDArray[np.intp]) -> None:
+    """The ids at ``pos`` as :func:`put_strs` writes them (hex ids straight from their bytes)."""
+    if fifo.idcol is None:
+        put_strs(arrays, name, [])
+    else:
+        fifo.idcol.put_strs(arrays, name, pos)
 
 
 def _pred_columns(arrays: dict[str, NDArray[Any]], prefix: str) -> dict[str, Any]:

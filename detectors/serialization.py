@@ -182,7 +182,7 @@ def put_strs(arrays: dict[str, np.ndarray], name: str, values: Sequence[str | No
     string; one compiled pass over the list when the kernels are built); otherwise each
     is encoded (``surrogatepass``: any ``str`` round-trips)."""
     vals = values if isinstance(values, list) else list(values)
-    hexed = _hex_bytes(vals)
+    hexed = hex_bytes(vals)
     if hexed is not None:
         arrays[f"{name}.hex"] = np.frombuffer(hexed, dtype=np.uint8).reshape(len(vals), -1)
         return
@@ -191,7 +191,7 @@ def put_strs(arrays: dict[str, np.ndarray], name: str, values: Sequence[str | No
     arrays[f"{name}.len"] = _narrowest(lens)
 
 
-def _hex_bytes(vals: list[str | None]) -> bytes | None:
+def hex_bytes(vals: list[str | None]) -> bytes | None:
     """The bytes of strings of one even length in lowercase hex digits, else None."""
     if _kernels is not None:
         return _kernels.hex_column(vals)

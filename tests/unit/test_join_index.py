@@ -220,3 +220,112 @@ def test_missing_key_errors_and_discard_of_an_iterator(kind: Any) -> None:
     ids = iter(["a"]) if kind is DictIdIndex else ["a"]  # the compiled one takes lists
     assert np.frombuffer(ix.discard(ids), dtype=np.int64).tolist() == [0]
     assert sorted(ix.items()) == [("b", 1)]
+
+
+# -- the key index: hex ids as their bytes ---------------------------------------------
+KEY_KINDS: list[Any] = [join_index.DictKeyIndex]
+if join_index.COMPILED:
+    KEY_KINDS.append(join_index.KeyIndex)
+
+
+def _keys(rng: np.random.Generator, n: int, pool: int, width: int) -> np.ndarray:
+    """``n`` keys of ``width`` bytes from a pool of ``pool`` (zero bytes among them)."""
+    raw = rng.integers(0, pool, n).astype(">u8").view(np.uint8).reshape(n, 8)
+    keys = np.zeros((n, width), dtype=np.uint8)
+    keys[:, -min(8, width):] = raw[:, -min(8, width):]
+    return keys
+
+
+def _slots(b: bytes) -> list[int]:
+    return np.frombuffer(b, dtype=np.int64).tolist()
+
+
+@pytest.mark.parametrize("kind", KEY_KINDS, ids=lambda k: k.__name__)
+@pytest.mark.parametrize("width", [1, 7, 8, 16])
+@pytest.mark.parametrize("seed", range(4))
+def test_key_index_random_operations_match_a_dict(kind: Any, width: int, seed: int) -> None:
+    """Batches in (keys repeated within and across them), pops, discards, gets, clears and
+    mass removals: the same slots out and the same contents as a dict of bytes."""
+    rng = np.random.default_rng(seed)
+    ix, ref = kind(width, bytes(range(32))), {}
+    pool = int(rng.choice([50, 2000, 20000])) if width > 1 else 256
+    slot = 0
+    for _ in range(300):
+        op = rng.random()
+        if op < 0.45:
+            keys = _keys(rng, int(rng.choice([0, 1, 5, 64, 700])), pool, width)
+            slots = np.arange(slot, slot + len(keys), dtype=np.int64)
+            slot += len(keys)
+            old = []
+            for k, at in zip((r.tobytes() for r in keys), slots.tolist(), strict=True):
+                if k in ref:
+                    old.append(ref[k])
+                ref[k] = at
+            assert _slots(ix.put(keys, slots)) == old
+        elif op < 0.6:
+            keys = _keys(rng, 40, pool, width)
+            assert _slots(ix.pop_slots(keys)) == [ref.pop(r.tobytes(), -1) for r in keys]
+        elif op < 0.7:
+            keys = _keys(rng, int(rng.integers(0, 300)), pool, width)
+            gone = [s for s in (ref.pop(r.tobytes(), None) for r in keys) if s is not None]
+            assert _slots(ix.discard(keys)) == gone
+        elif op < 0.8:
+            keys = _keys(rng, 40, pool, width)
+            assert _slots(ix.get_slots(keys)) == [ref.get(r.tobytes(), -1) for r in keys]
+        elif op < 0.82:
+            ix.clear()
+            ref.clear()
+        elif ref:  # most of what is in leaves: long runs of backward shifts
+            keys = sorted(ref)
+            out = [keys[i] for i in rng.choice(len(keys), int(len(keys) * 0.8), replace=False)]
+            assert _slots(ix.discard(b"".join(out))) == [ref.pop(k) for k in out]
+        assert len(ix) == len(ref)
+        assert sorted(ix.items()) == sorted(ref.items())
+
+
+@pytest.mark.parametrize("kind", KEY_KINDS, ids=lambda k: k.__name__)
+def test_key_index_refuses_bad_input_and_changes_nothing(kind: Any) -> None:
+    for width, seed in ((0, bytes(32)), (17, bytes(32)), (16, bytes(31))):
+        with pytest.raises(ValueError):
+            kind(width, seed)
+    ix = kind(4, bytes(32))
+    ix.put(b"abcdwxyz", np.array([0, 1], dtype=np.int64))
+    for keys, slots in ((b"abc", [2]), (b"efgh", [2, 3]), (b"efgh", [-1]), (b"efgh", [2**32])):
+        with pytest.raises(ValueError):
+            ix.put(keys, np.array(slots, dtype=np.int64))
+    for call in (ix.discard, ix.pop_slots, ix.get_slots):
+        with pytest.raises(ValueError):
+            call(b"abcde")
+    assert sorted(ix.items()) == [(b"abcd", 0), (b"wxyz", 1)]
+    ix.put(b"efgh", np.array([2**32 - 1], dtype=np.int64))
+    assert _slots(ix.pop_slots(b"efghefgh")) == [2**32 - 1, -1]  # twice: in the first time only
+    assert ix.discard(b"") == b"" and ix.get_slots(b"") == b""
+
+
+@pytest.mark.skipif(not join_index.COMPILED, reason="the compiled index is not built")
+def test_compiled_key_index_checks_its_arguments() -> None:
+    ix = join_index.KeyIndex(16, bytes(32))
+    assert ix.width == 16
+    with pytest.raises(TypeError):
+        ix.put(bytes(16), np.array([0], dtype=np.int32))  # slots are int64
+    with pytest.raises(TypeError):
+        ix.put("0" * 16, np.array([0], dtype=np.int64))  # keys are a buffer
+    with pytest.raises(ValueError):
+        ix.put(np.zeros((4, 8), dtype=np.uint8)[:, ::2], np.array([0], dtype=np.int64))
+
+
+@pytest.mark.skipif(not join_index.COMPILED, reason="the compiled index is not built")
+def test_key_index_keeps_its_slots_through_growth_and_many_removals() -> None:
+    """100,000 keys in and out in batches (the table grows past 2**18 entries, and most
+    keys leave again): every slot found is the one put."""
+    rng = np.random.default_rng(3)
+    ix = join_index.KeyIndex(16, rng.bytes(32))
+    keys = rng.integers(0, 256, (100_000, 16), dtype=np.uint8)
+    for a in range(0, 100_000, 3000):
+        ix.put(keys[a:a + 3000], np.arange(a, min(a + 3000, 100_000), dtype=np.int64))
+    assert len(ix) == 100_000
+    assert _slots(ix.get_slots(keys[::7])) == list(range(0, 100_000, 7))
+    out = rng.permutation(100_000)[:90_000]
+    assert sorted(_slots(ix.discard(keys[out]))) == sorted(out.tolist())
+    rest = np.setdiff1d(np.arange(100_000), out)
+    assert _slots(ix.get_slots(keys[rest])) == rest.tolist() and len(ix) == 10_000

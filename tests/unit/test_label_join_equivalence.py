@@ -20,6 +20,7 @@ from driftline.detectors.concept import ConceptConfig, ConceptMonitor
 from driftline.detectors.errors import SnapshotError
 from driftline.detectors.join_chunks import CHUNK_KIND
 from driftline.detectors.join_fifo import Fifo
+from driftline.detectors.join_ids import HexColumn, StrColumn
 from driftline.detectors.label_join import (
     _EVICTED,
     _EXPIRED,
@@ -232,15 +233,24 @@ def same(a: Joined, b: Joined) -> None:
         assert np.array_equal(x, y, equal_nan=True)
 
 
+@pytest.mark.parametrize("form", ["text", "hex", "hex_then_text"])
 @pytest.mark.parametrize("seed", range(12))
-def test_same_rows_counts_and_snapshots_as_the_reference(seed: int) -> None:
+def test_same_rows_counts_and_snapshots_as_the_reference(seed: int, form: str) -> None:
+    """Random predictions, labels and new bounds against the dict-based reference. Ids:
+    ``text`` (some happen to be hex: the FIFOs turn to strings at some point), ``hex``
+    (uuid4().hex-like: kept as their bytes throughout), ``hex_then_text`` (text ids from
+    step 100 on: the FIFOs turn to strings with entries in)."""
     rng = np.random.default_rng(seed)
     cfg = JoinConfig(ttl_seconds=float(rng.choice([5.0, 40.0, 1e6])),
                      max_entries=int(rng.choice([7, 60, 1000])), max_pending=int(rng.choice([3, 50])))
     new, ref = JoinStore(cfg), ReferenceStore(cfg)
-    universe = [f"e{i}" for i in range(int(rng.choice([40, 400])))]
+    size = int(rng.choice([40, 400]))
+    universe = [f"e{i}" for i in range(size)] if form == "text" else \
+        [f"{i * 7919:032x}" for i in range(size)]
     now = 0.0
     for step in range(150):
+        if form == "hex_then_text" and step == 100:
+            universe[::3] = [f"t{i}" for i in range(len(universe[::3]))]
         now += float(rng.exponential(1.0))
         n = int(rng.integers(0, 40))
         ids = [universe[i] for i in rng.integers(0, len(universe), n)]
@@ -272,6 +282,8 @@ def test_same_rows_counts_and_snapshots_as_the_reference(seed: int) -> None:
             new = JoinStore.from_snapshot(blob)
             assert new.snapshot() == blob
     assert isinstance(new.counts, JoinCounts)
+    kept = {type(f.idcol).__name__ for f in (new._pred, new._gone) if f.idcol is not None}
+    assert kept <= ({"HexColumn"} if form == "hex" else {"HexColumn", "StrColumn"})
 
 
 def test_compaction_keeps_the_arrays_bounded() -> None:
@@ -283,7 +295,7 @@ def test_compaction_keeps_the_arrays_bounded() -> None:
         s.add_predictions(ids, [0.5] * 100, None, [float(k)] * 100)
         assert len(s.add_labels(ids, ["1"] * 100, [float(k)] * 100)) == 100
     assert len(s) == 1 and s.counts.joined == 20_000
-    assert s._pred.ids.size <= 1000 and s._gone.ids.size <= 4 * 1000 + 200
+    assert s._pred.cap <= 1000 and s._gone.cap <= 4 * 1000 + 200
     assert s.add_labels(["keep"], ["0"], [300.0]).event_id == ("keep",)
 
 
@@ -314,7 +326,7 @@ def test_a_bounded_ring_grows_past_its_wrapped_part() -> None:
     f.pop_oldest(449)
     f.append([f"b{i}" for i in range(800)], {"why": 0})
     f.append([f"c{i}" for i in range(200)], {"why": 0})
-    assert len(f) == 1001 and f.ids[f.positions()].tolist()[:2] == ["a449", "b0"]
+    assert len(f) == 1001 and f.ids_at(f.positions())[:2] == ["a449", "b0"]
     s = JoinStore(JoinConfig(ttl_seconds=1e9, max_entries=1000))
     for k in range(200):
         s.add_predictions([f"p{k}-{i}" for i in range(20)], [0.5] * 20, None, [float(k)] * 20)
@@ -324,8 +336,9 @@ def test_a_bounded_ring_grows_past_its_wrapped_part() -> None:
     assert len(s) == 1500 and len(s._gone) == 1500
 
 
+@pytest.mark.parametrize("fmt", ["e{}", "{:08x}"], ids=["text", "hex"])
 @pytest.mark.parametrize("seed", range(10))
-def test_a_bounded_ring_holds_what_an_unbounded_one_holds(seed: int) -> None:
+def test_a_bounded_ring_holds_what_an_unbounded_one_holds(seed: int, fmt: str) -> None:
     """The same random appends (ids taken in again among them), pops of single, many,
     oldest and timed-out entries, and changes of the bound: a ring with a bound holds the
     same entries in the same order with the same values and index as one without."""
@@ -335,7 +348,7 @@ def test_a_bounded_ring_holds_what_an_unbounded_one_holds(seed: int) -> None:
     t = 0.0
     for step in range(400):
         n = int(rng.choice([0, 1, 3, 17, 64, 200, 700]))
-        ids = list(dict.fromkeys(f"e{int(i)}" for i in rng.integers(0, 5000, n)))
+        ids = list(dict.fromkeys(fmt.format(int(i)) for i in rng.integers(0, 5000, n)))
         vals = {"score": rng.normal(size=len(ids)), "ts": t + rng.uniform(0, 5, len(ids)),
                 "cls": [None if rng.random() < 0.5 else "a" for _ in ids]}
         t += 2.0
@@ -344,7 +357,7 @@ def test_a_bounded_ring_holds_what_an_unbounded_one_holds(seed: int) -> None:
             f.append(ids, vals)
         op = rng.random()
         if op < 0.15 and len(free):
-            keys = sorted(eid for eid, _ in free.index.items())
+            keys = sorted(eid for eid, _ in free.items())
             some = rng.choice(keys, int(rng.integers(1, len(keys) + 1)), replace=False).tolist()
             (hit_a, pos_a), (hit_b, pos_b) = bounded.pop_many(some), free.pop_many(some)
             np.testing.assert_array_equal(hit_a, hit_b)
@@ -359,13 +372,15 @@ def test_a_bounded_ring_holds_what_an_unbounded_one_holds(seed: int) -> None:
         elif op < 0.7:
             bounded.bound = int(rng.integers(50, 3000))
         pa, pb = bounded.positions(), free.positions()
-        assert bounded.ids[pa].tolist() == free.ids[pb].tolist(), f"step {step}"
+        assert bounded.ids_at(pa) == free.ids_at(pb), f"step {step}"
         for name in cols:
             assert bounded.cols[name][pa].tolist() == free.cols[name][pb].tolist(), step
         assert bounded.cols["seq"][pa].tolist() == free.cols["seq"][pb].tolist()
-        assert {e: int(bounded.cols["seq"][s]) for e, s in bounded.index.items()} == \
-            {e: int(free.cols["seq"][s]) for e, s in free.index.items()}
+        assert {e: int(bounded.cols["seq"][s]) for e, s in bounded.items()} == \
+            {e: int(free.cols["seq"][s]) for e, s in free.items()}
         assert bounded.tail - bounded.head <= bounded.cap
+    if fmt != "e{}":  # hex ids of one width: kept as their bytes throughout
+        assert isinstance(bounded.idcol, HexColumn) and isinstance(free.idcol, HexColumn)
 
 
 @pytest.mark.parametrize("positive", ["1", "true", "fraud"])
@@ -395,7 +410,13 @@ def test_binary_outcomes_match_the_row_by_row_rule(positive: str) -> None:
 
 
 class _PreviousFifo(Fifo):
-    """Fifo with ``_room``/``_resize`` as before the copies were slices (index arrays)."""
+    """Fifo with ``_room``/``_resize`` as before the copies were slices (index arrays),
+    its ids as strings."""
+
+    def __init__(self, columns: dict[str, Any]) -> None:
+        super().__init__(columns)
+        self.idcol = StrColumn(0)
+        self.index, self.ids = self.idcol.index, self.idcol.ids
 
     def _room(self, n: int) -> None:
         live, span, cap = len(self.index), self.tail - self.head, self.cap
@@ -432,25 +453,27 @@ class _PreviousFifo(Fifo):
                 for name, col in self.cols.items():
                     cols[name][dst] = col[src]
         self.ids, self.cols, self.cap, self.live = ids, cols, cap, live
+        self.idcol.ids = ids
 
 
 def _same_fifo(a: Fifo, b: Fifo, where: str) -> None:
     assert (a.head, a.tail, a.cap) == (b.head, b.tail, b.cap), where
-    assert sorted(a.index.items()) == sorted(b.index.items()), where
-    assert len(a.index) == len(b.index), where
+    assert sorted(a.items()) == sorted(b.items()), where
+    assert len(a) == len(b), where
     used = a.positions()
     np.testing.assert_array_equal(used, b.positions(), err_msg=where)
     # the flags of the entries in are the index's slots
-    slots = np.sort(np.asarray([slot for _, slot in a.index.items()], dtype=np.int64))
+    slots = np.sort(np.asarray([slot for _, slot in a.items()], dtype=np.int64))
     np.testing.assert_array_equal(np.flatnonzero(a.live), slots, err_msg=where)
     np.testing.assert_array_equal(np.sort(used), slots, err_msg=where)
-    assert a.ids[used].tolist() == b.ids[used].tolist(), where
+    assert a.ids_at(used) == b.ids_at(used), where
     for name in a.cols:
         assert a.cols[name][used].tobytes() == b.cols[name][used].tobytes(), where
 
 
+@pytest.mark.parametrize("fmt", ["e{}", "{:08x}"], ids=["text", "hex"])
 @pytest.mark.parametrize("seed", range(8))
-def test_ring_growth_and_compaction_match_the_index_array_copies(seed: int) -> None:
+def test_ring_growth_and_compaction_match_the_index_array_copies(seed: int, fmt: str) -> None:
     """Random appends (ids taken in again among them), pops of single, oldest and timed-out
     entries: both rings hold the same entries at the same slots after every step, through
     growth with and without a wrapped part and compaction."""
@@ -460,7 +483,7 @@ def test_ring_growth_and_compaction_match_the_index_array_copies(seed: int) -> N
     t = 0.0
     for step in range(300):
         n = int(rng.choice([0, 1, 3, 17, 64, 200]))
-        ids = [f"e{int(i)}" for i in rng.integers(0, 3000, n)]
+        ids = [fmt.format(int(i)) for i in rng.integers(0, 3000, n)]
         ids = list(dict.fromkeys(ids))  # one batch takes an id in once
         ts = t + rng.uniform(0, 5, len(ids))
         t += 2.0
@@ -472,7 +495,7 @@ def test_ring_growth_and_compaction_match_the_index_array_copies(seed: int) -> N
         op = rng.random()
         if op < 0.3 and len(new):
             k = int(len(new) * rng.uniform(0, 0.9)) + 1  # mostly left slots: compaction
-            keys = sorted(eid for eid, _ in new.index.items())
+            keys = sorted(eid for eid, _ in new.items())
             for eid in rng.choice(keys, k, replace=False).tolist():
                 assert new.pop(eid) == old.pop(eid)
         elif op < 0.5:

@@ -1,0 +1,221 @@
+"""The ids of a label-join FIFO, in one of two forms: as their bytes, when they are hex,
+or as strings.
+
+Event ids are mostly ``uuid4().hex``: lowercase hex of one even length. While every id a
+FIFO took in is of that kind (and at most 32 characters), it keeps them as their bytes
+(:class:`HexColumn`: 16 per uuid, a uint8 column of its ring) indexed by a ``KeyIndex``:
+no str object per entry is kept (~90 bytes each) and hashing and comparing them touch no
+Python object. The first id of another kind (another length, upper case, any other
+string) turns the FIFO to strings for good (:class:`StrColumn`: an object column indexed
+by an ``IdIndex``). Both columns have the same methods; the FIFO holds one.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+from numpy.typing import NDArray
+
+from driftline.detectors.join_index import IdIndex, KeyIndex
+from driftline.detectors.serialization import hex_bytes, put_strs
+
+Moves = tuple[tuple[NDArray[np.intp] | slice, slice], ...]
+MAX_WIDTH = 16  # bytes of a hex id kept as bytes (32 hex characters: uuid4().hex)
+
+
+@dataclass(frozen=True, slots=True)
+class HexIds:
+    """Ids that are lowercase hex of one even length, as their bytes: one row each."""
+
+    keys: NDArray[np.uint8]  # (n, width), C-contiguous
+
+    @property
+    def width(self) -> int:
+        return int(self.keys.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.keys.shape[0])
+
+    def __getitem__(self, part: slice) -> HexIds:
+        return HexIds(self.keys[part])
+
+    def strs(self) -> list[str]:
+        """The ids as strings."""
+        text, w = self.keys.tobytes().hex(), 2 * self.width
+        return [text[i:i + w] for i in range(0, len(text), w)]
+
+
+#: A batch of ids: strings, or hex ids as their bytes.
+Ids = list[str] | HexIds
+
+
+def hex_ids(ids: Sequence[Any]) -> HexIds | None:
+    """``ids`` as :class:`HexIds` when all are lowercase hex strings of one even length
+    of at most 32 characters (else None; also for no ids)."""
+    vals = ids if isinstance(ids, list) else list(ids)
+    raw = hex_bytes(vals) if vals else None
+    if raw is None or not raw or len(raw) > MAX_WIDTH * len(vals):
+        return None
+    return HexIds(np.frombuffer(raw, dtype=np.uint8).reshape(len(vals), -1))
+
+
+def as_strs(ids: Ids) -> list[str]:
+    return ids.strs() if isinstance(ids, HexIds) else ids
+
+
+class StrColumn:
+    """Ids as str objects in an object column, indexed by an ``IdIndex``."""
+
+    width = None
+
+    def __init__(self, cap: int) -> None:
+        self.ids: NDArray[Any] = np.empty(cap, dtype=object)
+        self.index = IdIndex()
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def resize(self, cap: int, moves: Moves) -> None:
+        ids = np.empty(cap, dtype=object)
+        for src, dst in moves:
+            if dst.stop > dst.start:
+                ids[dst] = self.ids[src]
+        self.ids = ids
+
+    def write(self, at: int, ids: Ids, a: int, b: int, id_array: NDArray[Any] | None) -> None:
+        """Ids ``a..b`` of the batch into slots ``at..`` (``id_array``: the same ids as an
+        object array, faster to copy)."""
+        src: Any = id_array if id_array is not None else as_strs(ids)
+        self.ids[at:at + b - a] = src[a:b]
+
+    def put(self, ids: Ids, slots: NDArray[np.int64]) -> bytes:
+        return cast(bytes, self.index.put(as_strs(ids), slots))
+
+    def put_at(self, slots: NDArray[np.int64]) -> bytes:
+        """Index the ids held at these slots."""
+        return cast(bytes, self.index.put(self.ids[slots].tolist(), slots))
+
+    def discard(self, ids: Ids) -> bytes:
+        return cast(bytes, self.index.discard(as_strs(ids)))
+
+    def discard_at(self, slots: NDArray[np.intp]) -> None:
+        self.index.discard(self.ids[slots].tolist())
+
+    def pop(self, ids: list[str]) -> NDArray[np.int64]:
+        """Each id's slot, -1 when it is not in; those found leave."""
+        pop = self.index.pop
+        return np.fromiter((pop(i, -1) for i in ids), dtype=np.int64, count=len(ids))
+
+    def get(self, eid: str) -> int | None:
+        return cast("int | None", self.index.get(eid))
+
+    def at(self, slots: NDArray[np.intp]) -> list[str]:
+        return cast(list[str], self.ids[slots].tolist())
+
+    def batch_at(self, slots: NDArray[np.intp]) -> Ids:
+        return self.at(slots)
+
+    def put_strs(self, arrays: dict[str, NDArray[Any]], name: str,
+                 slots: NDArray[np.intp]) -> None:
+        put_strs(arrays, name, self.at(slots))
+
+    def clear(self) -> None:
+        self.index.clear()
+
+    def items(self) -> list[tuple[str, int]]:
+        return list(self.index.items())
+
+
+class HexColumn:
+    """Hex ids of one width as their bytes in a uint8 column, indexed by a ``KeyIndex``."""
+
+    def __init__(self, cap: int, width: int) -> None:
+        self.width = width
+        self.keys: NDArray[np.uint8] = np.empty((cap, width), dtype=np.uint8)
+        self.index = KeyIndex(width, secrets.token_bytes(32))
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def resize(self, cap: int, moves: Moves) -> None:
+        keys = np.empty((cap, self.width), dtype=np.uint8)
+        for src, dst in moves:
+            if dst.stop > dst.start:
+                keys[dst] = self.keys[src]
+        self.keys = keys
+
+    def write(self, at: int, ids: Ids, a: int, b: int, id_array: NDArray[Any] | None) -> None:
+        assert isinstance(ids, HexIds)
+        self.keys[at:at + b - a] = ids.keys[a:b]
+
+    def put(self, ids: Ids, slots: NDArray[np.int64]) -> bytes:
+        assert isinstance(ids, HexIds)
+        return cast(bytes, self.index.put(ids.keys, slots))
+
+    def put_at(self, slots: NDArray[np.int64]) -> bytes:
+        return cast(bytes, self.index.put(self.keys[slots], slots))
+
+    def _ours(self, ids: Ids) -> tuple[NDArray[np.uint8], NDArray[np.intp] | None]:
+        """The keys of those ``ids`` that can be in (hex of this width) and their
+        positions (None: all of them)."""
+        if not isinstance(ids, HexIds):
+            hexed = hex_ids(ids)
+            if hexed is None:  # some are not hex ids (or of other widths): one by one
+                return self._some(ids)
+            ids = hexed
+        if ids.width != self.width:
+            return np.empty((0, self.width), dtype=np.uint8), np.zeros(0, dtype=np.intp)
+        return ids.keys, None
+
+    def _some(self, ids: list[str]) -> tuple[NDArray[np.uint8], NDArray[np.intp]]:
+        keep = [i for i, e in enumerate(ids)
+                if type(e) is str and len(e) == 2 * self.width and hex_bytes([e]) is not None]
+        raw = b"".join(bytes.fromhex(ids[i]) for i in keep)
+        return (np.frombuffer(raw, dtype=np.uint8).reshape(len(keep), self.width),
+                np.asarray(keep, dtype=np.intp))
+
+    def discard(self, ids: Ids) -> bytes:
+        keys, _ = self._ours(ids)
+        return cast(bytes, self.index.discard(keys))
+
+    def discard_at(self, slots: NDArray[np.intp]) -> None:
+        self.index.discard(self.keys[slots])
+
+    def pop(self, ids: list[str]) -> NDArray[np.int64]:
+        keys, where = self._ours(ids)
+        found = np.frombuffer(self.index.pop_slots(keys), dtype=np.int64)
+        if where is None:
+            return found
+        out = np.full(len(ids), -1, dtype=np.int64)
+        out[where] = found
+        return out
+
+    def get(self, eid: str) -> int | None:
+        keys, _ = self._ours([eid])
+        slot = int(np.frombuffer(self.index.get_slots(keys), dtype=np.int64)[0]) \
+            if len(keys) else -1
+        return None if slot < 0 else slot
+
+    def at(self, slots: NDArray[np.intp]) -> list[str]:
+        return HexIds(self.keys[slots]).strs()
+
+    def batch_at(self, slots: NDArray[np.intp]) -> Ids:
+        return HexIds(self.keys[slots])
+
+    def put_strs(self, arrays: dict[str, NDArray[Any]], name: str,
+                 slots: NDArray[np.intp]) -> None:
+        """As :func:`put_strs` writes these ids (their bytes: the ``.hex`` form)."""
+        if slots.size:
+            arrays[f"{name}.hex"] = self.keys[slots]
+        else:
+            put_strs(arrays, name, [])
+
+    def clear(self) -> None:
+        self.index.clear()
+
+    def items(self) -> list[tuple[str, int]]:
+        return [(k.hex(), s) for k, s in self.index.items()]
