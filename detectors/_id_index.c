@@ -1,4 +1,5 @@
-/* Compiled index of the label join's FIFOs: event id (str) -> ring slot (int64).
+/* Compiled indexes of the label join's FIFOs: event id -> ring slot (int64). IdIndex
+ * takes ids as str objects; KeyIndex (below) takes hex ids as their bytes.
  *
  * IdIndex behaves as a dict from exact str keys to int slots, with the batch operations
  * the join needs: put(ids, slots) takes a whole batch in and discard(ids) lets a list of

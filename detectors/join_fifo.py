@@ -83,9 +83,7 @@ class Fifo:
         s = self.tail % self.cap
         k = min(n, self.cap - s)  # before the end of the ring; the rest wraps to its start
         pieces = ((s, 0, k), (0, k, n)) if k < n else ((s, 0, n),)
-        col = self.idcol  # (the ring may have grown)
-        assert col is not None
-        for at, a, b in pieces:
+        for at, a, b in pieces:  # (growing the ring resized the id column in place)
             col.write(at, ids, a, b, id_array)
             for name, v in values.items():
                 self.cols[name][at:at + b - a] = v[a:b] if isinstance(v, list | np.ndarray) else v

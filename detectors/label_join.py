@@ -34,7 +34,7 @@ from numpy.typing import NDArray
 from driftline.detectors.errors import SnapshotError
 from driftline.detectors.join_chunks import CHUNK_ENTRIES, ChunkBook
 from driftline.detectors.join_fifo import Fifo
-from driftline.detectors.join_ids import HexIds, Ids, hex_ids
+from driftline.detectors.join_ids import Ids, hex_ids
 from driftline.detectors.serialization import get_strs, pack, put_strs, unpack
 
 FloatArray = NDArray[np.float64]
