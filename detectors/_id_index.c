@@ -279,13 +279,18 @@ static PyObject *IdIndex_pop(IdIndex *ix, PyObject *const *args, Py_ssize_t narg
     return slot;
 }
 
-static PyObject *IdIndex_discard(IdIndex *ix, PyObject *ids) {
+/* Shared by discard and get_slots: ``remove``: the keys found leave and only their
+   slots are returned; else one slot per key (-1: not in). */
+static PyObject *id_slots(IdIndex *ix, PyObject *ids, int remove) {
     Py_ssize_t n;
     PyObject **keys;
     if (items_of(ids, &keys, &n) < 0) return NULL;
     Slots gone;
-    if (slots_open(&gone, ix->used ? n : 0) < 0) return NULL;
-    if (ix->used == 0 || n == 0) return slots_close(&gone);
+    if (slots_open(&gone, (ix->used || !remove) ? n : 0) < 0) return NULL;
+    if (ix->used == 0 || n == 0) {
+        for (Py_ssize_t k = 0; !remove && k < n; k++) gone.at[gone.n++] = -1;
+        return slots_close(&gone);
+    }
     Py_hash_t *hashes = PyMem_Malloc((size_t)n * sizeof(Py_hash_t));
     if (hashes == NULL) {
         Py_DECREF(gone.bytes);
@@ -297,18 +302,28 @@ static PyObject *IdIndex_discard(IdIndex *ix, PyObject *ids) {
     size_t mask = ix->mask;
     for (Py_ssize_t k = 0; k < n && k < AHEAD; k++)
         if (hashes[k] != -1) __builtin_prefetch(&table[(size_t)(uint32_t)hashes[k] & mask]);
-    for (Py_ssize_t k = 0; k < n && ix->used; k++) {
+    for (Py_ssize_t k = 0; k < n; k++) {
         if (k + AHEAD < n && hashes[k + AHEAD] != -1)
             __builtin_prefetch(&table[(size_t)(uint32_t)hashes[k + AHEAD] & mask]);
-        if (hashes[k] == -1) continue;
-        size_t i = find(ix, keys[k], (uint32_t)hashes[k]);
-        if (table[i].key == NULL) continue;
-        gone.at[gone.n++] = table[i].slot;
-        remove_at(ix, i);
+        size_t i = 0;
+        int hit = 0;
+        if (hashes[k] != -1 && ix->used) {
+            i = find(ix, keys[k], (uint32_t)hashes[k]);
+            hit = table[i].key != NULL;
+        }
+        if (hit) {
+            gone.at[gone.n++] = table[i].slot;
+            if (remove) remove_at(ix, i);
+        } else if (!remove) {
+            gone.at[gone.n++] = -1;
+        }
     }
     PyMem_Free(hashes);
     return slots_close(&gone);
 }
+
+static PyObject *IdIndex_discard(IdIndex *ix, PyObject *ids) { return id_slots(ix, ids, 1); }
+static PyObject *IdIndex_get_slots(IdIndex *ix, PyObject *ids) { return id_slots(ix, ids, 0); }
 
 static PyObject *IdIndex_items(IdIndex *ix, PyObject *Py_UNUSED(ignored)) {
     /* a snapshot first (nothing the garbage collector tracks is allocated while the
@@ -411,6 +426,8 @@ static PyMethodDef IdIndex_methods[] = {
      "pop(key[, default]): the key's slot, and the key leaves"},
     {"discard", (PyCFunction)IdIndex_discard, METH_O,
      "discard(ids): these keys leave; returns their slots (int64 bytes)"},
+    {"get_slots", (PyCFunction)IdIndex_get_slots, METH_O,
+     "get_slots(ids): each key's slot, -1 when not in (int64 bytes)"},
     {"items", (PyCFunction)IdIndex_items, METH_NOARGS, "(key, slot) pairs"},
     {"clear", (PyCFunction)IdIndex_clear, METH_NOARGS, "every key leaves"},
     {NULL, NULL, 0, NULL},

@@ -56,6 +56,13 @@ class DictIdIndex(dict[str, int]):
                     gone.append(slot)
         return np.asarray(gone, dtype=np.int64).tobytes()
 
+    def get_slots(self, ids: Sequence[str]) -> bytes:
+        """Each id's slot, -1 when it is not in (int64 bytes)."""
+        if not isinstance(ids, list | tuple):
+            raise TypeError("ids must be a list or a tuple")
+        return np.asarray([self.get(i, -1) if type(i) is str else -1 for i in ids],
+                          dtype=np.int64).tobytes()
+
 
 class DictKeyIndex(dict[bytes, int]):
     """The key index (fixed-width byte keys: hex event ids as their bytes) as a dict:

@@ -89,7 +89,7 @@ class PendingSide:
         """Pair ``ids`` with pending entries: (rows of ``ids``, slots), each slot used once."""
         if not self.index or ids.size == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        pos = np.fromiter(map(self.index.get, ids, repeat(-1)), dtype=np.int64, count=ids.size)
+        pos = self._slots(ids)
         rows = np.flatnonzero(pos >= 0)
         slots, first = np.unique(pos[rows], return_index=True)
         rows = rows[first]
@@ -131,9 +131,7 @@ class PendingSide:
         slots = np.flatnonzero(gone)
         if slots.size:
             ids = self.ids[slots]
-            cur = np.fromiter(map(self.index.get, ids, repeat(-1)), dtype=np.int64,
-                              count=slots.size)
-            self.index.discard(ids[cur == slots].tolist())
+            self.index.discard(ids[self._slots(ids) == slots].tolist())
             self.alive[slots] = False
             self.n_alive -= int(slots.size)
         self._compact()
@@ -167,9 +165,11 @@ class PendingSide:
 
     def _indexed(self, slots: NDArray[np.int64]) -> NDArray[np.bool_]:
         """Which of these slots the index points to (an older duplicate id is not)."""
-        cur = np.fromiter(map(self.index.get, self.ids[slots], repeat(-1)), dtype=np.int64,
-                          count=slots.size)
-        return np.asarray(cur == slots)
+        return np.asarray(self._slots(self.ids[slots]) == slots)
+
+    def _slots(self, ids: ObjectArray) -> NDArray[np.int64]:
+        """The slot of each id, -1 when it is not pending (one call to the index)."""
+        return np.frombuffer(self.index.get_slots(ids.tolist()), dtype=np.int64)
 
     # -- state: the live entries only, in order (a canonical form) -----------------------
     def state(self) -> tuple[dict[str, Any], dict[str, NDArray[Any]]]:

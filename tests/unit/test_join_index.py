@@ -64,6 +64,9 @@ def test_random_operations_match_a_dict(kind: Any, seed: int) -> None:
             gone = [s for s in (ref.pop(eid, None) for eid in ids) if s is not None]
             assert np.frombuffer(ix.discard(ids), dtype=np.int64).tolist() == gone
         elif op < 0.8:
+            some = _ids(rng, int(rng.choice([0, 1, 40, 300])), pool)
+            assert np.frombuffer(ix.get_slots(some), dtype=np.int64).tolist() == \
+                [ref.get(eid, -1) for eid in some]
             for eid in _ids(rng, 40, pool):
                 assert ix.get(eid) == ref.get(eid)
                 assert ix.get(eid, -1) == ref.get(eid, -1)
@@ -115,6 +118,10 @@ def test_bad_input_is_refused_and_changes_nothing(kind: Any) -> None:
     with pytest.raises(KeyError):
         ix.pop("zz")
     assert ix.discard([]) == b"" and ix.discard([7, None, "zz"]) == b""
+    assert np.frombuffer(ix.get_slots([7, None, "zz", "b"]), dtype=np.int64).tolist() == \
+        [-1, -1, -1, 1]
+    with pytest.raises(TypeError):
+        ix.get_slots(iter(["a"]))
 
 
 @pytest.mark.skipif(not join_index.COMPILED, reason="the compiled index is not built")
