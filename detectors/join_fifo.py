@@ -48,8 +48,8 @@ class Fifo:
             return col, ids
         hexed = ids if isinstance(ids, HexIds) else hex_ids(ids)
         if col is None:
-            col = HexColumn(self.cap, hexed.width) if hexed is not None else StrColumn(self.cap)
-        elif hexed is None or hexed.width != col.width:
+            col = HexColumn(self.cap, *hexed.form) if hexed is not None else StrColumn(self.cap)
+        elif hexed is None or hexed.form != col.form:
             col = self._to_strs(col)
         self.idcol = col
         return col, (hexed if isinstance(col, HexColumn) and hexed is not None else

@@ -1,13 +1,15 @@
-"""The ids of a label-join FIFO, in one of two forms: as their bytes, when they are hex,
-or as strings.
+"""The ids of a label-join FIFO, in one of two forms: as their bytes, when they are hex
+or UUIDs, or as strings.
 
-Event ids are mostly ``uuid4().hex``: lowercase hex of one even length. While every id a
-FIFO took in is of that kind (and at most 32 characters), it keeps them as their bytes
-(:class:`HexColumn`: 16 per uuid, a uint8 column of its ring) indexed by a ``KeyIndex``:
-no str object per entry is kept (~90 bytes each) and hashing and comparing them touch no
-Python object. The first id of another kind (another length, upper case, any other
-string) turns the FIFO to strings for good (:class:`StrColumn`: an object column indexed
-by an ``IdIndex``). Both columns have the same methods; the FIFO holds one.
+Event ids are mostly ``uuid4().hex`` (lowercase hex of one even length) or
+``str(uuid4())`` (the canonical lowercase UUID form, with dashes). While every id a FIFO
+took in is of one such kind (hex of one width of at most 32 characters, or UUIDs), it
+keeps them as their bytes (:class:`HexColumn`: 16 per uuid, a uint8 column of its ring)
+indexed by a ``KeyIndex``: no str object per entry is kept (~90 bytes each) and hashing
+and comparing them touch no Python object. The first id of another kind (another length,
+upper case, any other string) turns the FIFO to strings for good (:class:`StrColumn`: an
+object column indexed by an ``IdIndex``). Both columns have the same methods; the FIFO
+holds one.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from driftline.detectors.join_index import IdIndex, KeyIndex
-from driftline.detectors.serialization import hex_bytes, put_strs
+from driftline.detectors.serialization import hex_bytes, put_strs, uuid_bytes
 
 Moves = tuple[tuple[NDArray[np.intp] | slice, slice], ...]
 MAX_WIDTH = 16  # bytes of a hex id kept as bytes (32 hex characters: uuid4().hex)
@@ -29,23 +31,33 @@ MAX_WIDTH = 16  # bytes of a hex id kept as bytes (32 hex characters: uuid4().he
 
 @dataclass(frozen=True, slots=True)
 class HexIds:
-    """Ids that are lowercase hex of one even length, as their bytes: one row each."""
+    """Ids that are lowercase hex of one even length (or canonical UUID strings:
+    ``dashed``), as their bytes: one row each."""
 
     keys: NDArray[np.uint8]  # (n, width), C-contiguous
+    dashed: bool = False
 
     @property
     def width(self) -> int:
         return int(self.keys.shape[1])
 
+    @property
+    def form(self) -> tuple[int, bool]:
+        """What ids of another batch must share to be compared by their bytes."""
+        return int(self.keys.shape[1]), self.dashed
+
     def __len__(self) -> int:
         return int(self.keys.shape[0])
 
     def __getitem__(self, part: slice) -> HexIds:
-        return HexIds(self.keys[part])
+        return HexIds(self.keys[part], self.dashed)
 
     def strs(self) -> list[str]:
         """The ids as strings."""
         text, w = self.keys.tobytes().hex(), 2 * self.width
+        if self.dashed:
+            return [f"{text[i:i + 8]}-{text[i + 8:i + 12]}-{text[i + 12:i + 16]}-"
+                    f"{text[i + 16:i + 20]}-{text[i + 20:i + 32]}" for i in range(0, len(text), w)]
         return [text[i:i + w] for i in range(0, len(text), w)]
 
 
@@ -55,12 +67,18 @@ Ids = list[str] | HexIds
 
 def hex_ids(ids: Sequence[Any]) -> HexIds | None:
     """``ids`` as :class:`HexIds` when all are lowercase hex strings of one even length
-    of at most 32 characters (else None; also for no ids)."""
+    of at most 32 characters, or all canonical lowercase UUID strings (else None; also
+    for no ids)."""
     vals = ids if isinstance(ids, list) else list(ids)
-    raw = hex_bytes(vals) if vals else None
-    if raw is None or not raw or len(raw) > MAX_WIDTH * len(vals):
+    if not vals:
         return None
-    return HexIds(np.frombuffer(raw, dtype=np.uint8).reshape(len(vals), -1))
+    raw = hex_bytes(vals)
+    if raw is not None and len(raw) <= MAX_WIDTH * len(vals):
+        return HexIds(np.frombuffer(raw, dtype=np.uint8).reshape(len(vals), -1))
+    raw = uuid_bytes(vals) if raw is None else None
+    if raw is not None:
+        return HexIds(np.frombuffer(raw, dtype=np.uint8).reshape(len(vals), 16), True)
+    return None
 
 
 def as_strs(ids: Ids) -> list[str]:
@@ -131,10 +149,12 @@ class StrColumn:
 
 
 class HexColumn:
-    """Hex ids of one width as their bytes in a uint8 column, indexed by a ``KeyIndex``."""
+    """Hex ids of one width (or UUIDs: ``dashed``) as their bytes in a uint8 column,
+    indexed by a ``KeyIndex``."""
 
-    def __init__(self, cap: int, width: int) -> None:
-        self.width = width
+    def __init__(self, cap: int, width: int, dashed: bool = False) -> None:
+        self.width, self.dashed = width, dashed
+        self.form = (width, dashed)
         self.keys: NDArray[np.uint8] = np.empty((cap, width), dtype=np.uint8)
         self.index = KeyIndex(width, secrets.token_bytes(32))
 
@@ -160,22 +180,25 @@ class HexColumn:
         return cast(bytes, self.index.put(self.keys[slots], slots))
 
     def _ours(self, ids: Ids) -> tuple[NDArray[np.uint8], NDArray[np.intp] | None]:
-        """The keys of those ``ids`` that can be in (hex of this width) and their
+        """The keys of those ``ids`` that can be in (of this column's form) and their
         positions (None: all of them)."""
         if not isinstance(ids, HexIds):
             hexed = hex_ids(ids)
-            if hexed is None:  # some are not hex ids (or of other widths): one by one
+            if hexed is None:  # some are not of one such form: one by one
                 return self._some(ids)
             ids = hexed
-        if ids.width != self.width:
+        if ids.form != self.form:
             return np.empty((0, self.width), dtype=np.uint8), np.zeros(0, dtype=np.intp)
         return ids.keys, None
 
     def _some(self, ids: list[str]) -> tuple[NDArray[np.uint8], NDArray[np.intp]]:
-        keep = [i for i, e in enumerate(ids)
-                if type(e) is str and len(e) == 2 * self.width and hex_bytes([e]) is not None]
-        raw = b"".join(bytes.fromhex(ids[i]) for i in keep)
-        return (np.frombuffer(raw, dtype=np.uint8).reshape(len(keep), self.width),
+        keep, raw = [], []
+        for i, e in enumerate(ids):
+            one = hex_ids([e]) if type(e) is str else None
+            if one is not None and one.form == self.form:
+                keep.append(i)
+                raw.append(one.keys.tobytes())
+        return (np.frombuffer(b"".join(raw), dtype=np.uint8).reshape(len(keep), self.width),
                 np.asarray(keep, dtype=np.intp))
 
     def discard(self, ids: Ids) -> bytes:
@@ -201,21 +224,24 @@ class HexColumn:
         return None if slot < 0 else slot
 
     def at(self, slots: NDArray[np.intp]) -> list[str]:
-        return HexIds(self.keys[slots]).strs()
+        return HexIds(self.keys[slots], self.dashed).strs()
 
     def batch_at(self, slots: NDArray[np.intp]) -> Ids:
-        return HexIds(self.keys[slots])
+        return HexIds(self.keys[slots], self.dashed)
 
     def put_strs(self, arrays: dict[str, NDArray[Any]], name: str,
                  slots: NDArray[np.intp]) -> None:
-        """As :func:`put_strs` writes these ids (their bytes: the ``.hex`` form)."""
-        if slots.size:
+        """As :func:`put_strs` writes these ids (hex ids: their bytes, the ``.hex`` form)."""
+        if slots.size and not self.dashed:
             arrays[f"{name}.hex"] = self.keys[slots]
         else:
-            put_strs(arrays, name, [])
+            put_strs(arrays, name, self.at(slots))
 
     def clear(self) -> None:
         self.index.clear()
 
     def items(self) -> list[tuple[str, int]]:
-        return [(k.hex(), s) for k, s in self.index.items()]
+        pairs = self.index.items()
+        keys = np.frombuffer(b"".join(k for k, _ in pairs), dtype=np.uint8)
+        strs = HexIds(keys.reshape(len(pairs), self.width), self.dashed).strs()
+        return list(zip(strs, (s for _, s in pairs), strict=True))

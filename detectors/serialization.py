@@ -209,6 +209,26 @@ def hex_bytes(vals: list[str | None]) -> bytes | None:
     return raw if raw.hex() == text else None  # fromhex takes upper case and spaces too
 
 
+def uuid_bytes(vals: list[str | None]) -> bytes | None:
+    """The 16 bytes of each of canonical lowercase UUID strings (``str(uuid4())``:
+    8-4-4-4-12 hex digits with dashes between), else None."""
+    if _kernels is not None:
+        return _kernels.uuid_column(vals)
+    if not vals or not all(type(v) is str and len(v) == 36 for v in vals):
+        return None
+    text = "".join(cast(list[str], vals))
+    if not text.isascii() or any(text[i::36].count("-") != len(vals) for i in (8, 13, 18, 23)):
+        return None
+    digits = text.replace("-", "")
+    if len(digits) != 32 * len(vals):
+        return None
+    try:
+        raw = bytes.fromhex(digits)
+    except ValueError:
+        return None
+    return raw if raw.hex() == digits else None
+
+
 def _text_bytes(vals: list[str | None]) -> tuple[bytes, np.ndarray]:
     """The strings' UTF-8 bytes one after another, and their int64 lengths (-1 = None)."""
     if _kernels is not None:

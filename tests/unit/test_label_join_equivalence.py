@@ -6,6 +6,7 @@ counts and snapshot bytes."""
 from __future__ import annotations
 
 import math
+import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -233,19 +234,21 @@ def same(a: Joined, b: Joined) -> None:
         assert np.array_equal(x, y, equal_nan=True)
 
 
-@pytest.mark.parametrize("form", ["text", "hex", "hex_then_text"])
+@pytest.mark.parametrize("form", ["text", "hex", "hex_then_text", "uuid"])
 @pytest.mark.parametrize("seed", range(12))
 def test_same_rows_counts_and_snapshots_as_the_reference(seed: int, form: str) -> None:
     """Random predictions, labels and new bounds against the dict-based reference. Ids:
     ``text`` (some happen to be hex: the FIFOs turn to strings at some point), ``hex``
     (uuid4().hex-like: kept as their bytes throughout), ``hex_then_text`` (text ids from
-    step 100 on: the FIFOs turn to strings with entries in)."""
+    step 100 on: the FIFOs turn to strings with entries in), ``uuid`` (str(uuid4())-like:
+    kept as their bytes throughout)."""
     rng = np.random.default_rng(seed)
     cfg = JoinConfig(ttl_seconds=float(rng.choice([5.0, 40.0, 1e6])),
                      max_entries=int(rng.choice([7, 60, 1000])), max_pending=int(rng.choice([3, 50])))
     new, ref = JoinStore(cfg), ReferenceStore(cfg)
     size = int(rng.choice([40, 400]))
     universe = [f"e{i}" for i in range(size)] if form == "text" else \
+        [str(uuid.UUID(int=i * 7919)) for i in range(size)] if form == "uuid" else \
         [f"{i * 7919:032x}" for i in range(size)]
     now = 0.0
     for step in range(150):
@@ -283,7 +286,7 @@ def test_same_rows_counts_and_snapshots_as_the_reference(seed: int, form: str) -
             assert new.snapshot() == blob
     assert isinstance(new.counts, JoinCounts)
     kept = {type(f.idcol).__name__ for f in (new._pred, new._gone) if f.idcol is not None}
-    assert kept <= ({"HexColumn"} if form == "hex" else {"HexColumn", "StrColumn"})
+    assert kept <= ({"HexColumn"} if form in ("hex", "uuid") else {"HexColumn", "StrColumn"})
 
 
 def test_compaction_keeps_the_arrays_bounded() -> None:

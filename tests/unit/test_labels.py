@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+import uuid
 
 import numpy as np
 import orjson
@@ -16,6 +17,7 @@ from pydantic import ValidationError
 
 from driftline.detectors.concept import ConceptConfig, ConceptMonitor, ConceptRule, quality
 from driftline.detectors.errors import SnapshotError
+from driftline.detectors.join_ids import StrColumn
 from driftline.detectors.label_join import (
     JoinConfig,
     Joined,
@@ -141,8 +143,6 @@ def test_snapshot_string_columns_are_the_per_string_encoding(values: list[str | 
 @pytest.mark.parametrize("compiled", [True, False])
 def test_string_columns_take_the_smallest_form(compiled: bool,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    import uuid
-
     from driftline.detectors import serialization
     if compiled and serialization._kernels is None:
         pytest.skip("detectors/_kernels was not built")
@@ -504,3 +504,71 @@ def test_model_state_records_restore_and_drop_chunks_no_snapshot_names() -> None
     assert again.dropped == ["m@3/joins/pred/0/77"]
     # its new chunks are named past the one left behind: never written, then deleted
     assert again.chunks and all(int(k.rsplit("/", 1)[1]) > 77 for k in again.chunks)
+
+
+def _uuid_oracle(values: list[object]) -> bytes | None:
+    """16 bytes per value when every value is a canonical lowercase UUID string."""
+    if not values or not all(type(v) is str and len(v) == 36 for v in values):
+        return None
+    out = b""
+    for v in values:
+        assert isinstance(v, str)
+        if not all(c in "0123456789abcdef-" for c in v) or \
+                [i for i, c in enumerate(v) if c == "-"] != [8, 13, 18, 23]:
+            return None
+        out += bytes.fromhex(v.replace("-", ""))
+    return out
+
+
+_UUID_CHARS = "0123456789abcdefABCDEF-g é٣"
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.one_of(
+    st.uuids().map(str),
+    st.uuids().map(lambda u: str(u).upper()),
+    st.text(alphabet=_UUID_CHARS, min_size=35, max_size=37),
+    st.none()), min_size=0, max_size=8))
+@example([str(uuid.UUID(int=0)), str(uuid.UUID(int=2**128 - 1))]).via("all digits")
+@example(["00000000-0000-0000-0000-00000000000-"]).via("a dash for the last digit")
+@example(["0000000-00000-0000-0000-000000000000"]).via("a dash moved")
+def test_uuid_ids_as_bytes_compiled_and_in_python(values: list[str | None]) -> None:
+    """Canonical lowercase UUID strings (what str(uuid4()) gives) become their 16 bytes,
+    compiled and in Python alike; anything else (upper case, a dash out of place, other
+    lengths and characters, None) gives None. Kept as bytes, they come back as they were."""
+    from driftline.detectors import serialization
+    from driftline.detectors.join_ids import hex_ids
+    want = _uuid_oracle(values)
+    kernels = serialization._kernels
+    if kernels is not None:
+        assert kernels.uuid_column(values) == want
+    serialization._kernels = None
+    try:
+        assert serialization.uuid_bytes(values) == want
+    finally:
+        serialization._kernels = kernels
+    hexed = hex_ids(values)
+    if want is not None:
+        assert hexed is not None and hexed.form == (16, True) and hexed.strs() == values
+
+
+def test_a_store_of_uuid_ids_keeps_their_bytes_and_turns_to_strings_for_other_ids() -> None:
+    """str(uuid4()) ids are kept as their bytes (joined, evicted, snapshot and restored
+    as strings); uuid4().hex ids after them turn the store to strings, the same results."""
+    s = JoinStore(JoinConfig(ttl_seconds=1e9, max_entries=500))
+    ids = [str(uuid.UUID(int=i * 7919 + 1)) for i in range(800)]
+    for k in range(0, 800, 100):
+        s.add_predictions(ids[k:k + 100], [0.5] * 100, None, [float(k)] * 100)
+    assert s._pred.idcol is not None and s._pred.idcol.form == (16, True)
+    assert len(s) == 500 and s.counts.evicted == 300
+    assert s.add_labels(ids[250:260], ["1"] * 10, [900.0] * 10).event_id == ()  # evicted
+    assert s.add_labels(ids[700:705], ["1"] * 5, [900.0] * 5).event_id == tuple(ids[700:705])
+    back = JoinStore.from_snapshot(s.snapshot())
+    assert back.snapshot() == s.snapshot() and back._pred.ids_at(back._pred.positions()) == \
+        s._pred.ids_at(s._pred.positions())
+    hexed = [uuid.UUID(int=10**6 + i).hex for i in range(50)]
+    s.add_predictions(hexed, [0.5] * 50, None, [1000.0] * 50)
+    assert isinstance(s._pred.idcol, StrColumn) and len(s) == 500
+    assert s.add_labels([ids[790], hexed[3]], ["0", "1"], [1001.0] * 2).event_id == \
+        (ids[790], hexed[3])
+    assert s.counts.unmatched == 10 and s.counts.joined == 7
