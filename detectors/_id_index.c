@@ -208,6 +208,10 @@ static PyObject *IdIndex_put(IdIndex *ix, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "ids and slots differ in length");
         goto done;
     }
+    if ((uintptr_t)view.buf % _Alignof(int64_t)) {
+        PyErr_SetString(PyExc_ValueError, "slots must be an aligned buffer");
+        goto done;
+    }
     const int64_t *slots = (const int64_t *)view.buf;
     for (Py_ssize_t k = 0; k < n; k++)
         if (slots[k] < 0 || slots[k] > (int64_t)UINT32_MAX) {
@@ -609,6 +613,10 @@ static PyObject *KeyIndex_put(KeyIndex *ix, PyObject *args) {
     }
     if (sv.len / 8 != n) {
         PyErr_SetString(PyExc_ValueError, "keys and slots differ in length");
+        goto done;
+    }
+    if ((uintptr_t)sv.buf % _Alignof(int64_t)) {
+        PyErr_SetString(PyExc_ValueError, "slots must be an aligned buffer");
         goto done;
     }
     const int64_t *slots = (const int64_t *)sv.buf;

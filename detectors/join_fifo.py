@@ -45,7 +45,11 @@ class Fifo:
         the form; one that is not hex of the column's width turns it to strings."""
         col = self.idcol
         if isinstance(col, StrColumn):
-            return col, ids
+            return col, as_strs(ids)
+        if isinstance(col, HexColumn) and isinstance(ids, list) and len(ids) == 1:
+            key = col.key_of(ids[0])  # one id (a label that joined): no batch conversion
+            if key is not None:
+                return col, HexIds(np.frombuffer(key, dtype=np.uint8).reshape(1, -1), col.dashed)
         hexed = ids if isinstance(ids, HexIds) else hex_ids(ids)
         if col is None:
             col = HexColumn(self.cap, *hexed.form) if hexed is not None else StrColumn(self.cap)
@@ -195,9 +199,20 @@ class Fifo:
         self.live[slots] = False
         return hit, slots
 
+    @property
+    def keeps_bytes(self) -> bool:
+        """Whether hex ids are (or may yet be) kept as their bytes."""
+        return not isinstance(self.idcol, StrColumn)
+
     def get(self, eid: str) -> int | None:
         """Slot of ``eid``'s entry, None when it is not in."""
         return None if self.idcol is None else self.idcol.get(eid)
+
+    def get_many(self, ids: list[str]) -> NDArray[np.int64]:
+        """Slot of each id's entry, -1 when it is not in."""
+        if self.idcol is None or not len(self.idcol) or not ids:
+            return np.full(len(ids), -1, dtype=np.int64)
+        return self.idcol.get_many(ids)
 
     def discard(self, ids: Ids) -> None:
         """Let these entries leave (ids that are not in are ignored)."""

@@ -15,6 +15,7 @@ holds one.
 from __future__ import annotations
 
 import secrets
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -105,9 +106,9 @@ class StrColumn:
         self.ids = ids
 
     def write(self, at: int, ids: Ids, a: int, b: int, id_array: NDArray[Any] | None) -> None:
-        """Ids ``a..b`` of the batch into slots ``at..`` (``id_array``: the same ids as an
-        object array, faster to copy)."""
-        src: Any = id_array if id_array is not None else as_strs(ids)
+        """Ids ``a..b`` of the batch (as strings) into slots ``at..`` (``id_array``: the
+        same ids as an object array, faster to copy)."""
+        src: Any = id_array if id_array is not None else ids
         self.ids[at:at + b - a] = src[a:b]
 
     def put(self, ids: Ids, slots: NDArray[np.int64]) -> bytes:
@@ -130,6 +131,9 @@ class StrColumn:
 
     def get(self, eid: str) -> int | None:
         return cast("int | None", self.index.get(eid))
+
+    def get_many(self, ids: list[str]) -> NDArray[np.int64]:
+        return np.frombuffer(self.index.get_slots(ids), dtype=np.int64)
 
     def at(self, slots: NDArray[np.intp]) -> list[str]:
         return cast(list[str], self.ids[slots].tolist())
@@ -192,12 +196,17 @@ class HexColumn:
         return ids.keys, None
 
     def _some(self, ids: list[str]) -> tuple[NDArray[np.uint8], NDArray[np.intp]]:
+        size = 36 if self.dashed else 2 * self.width
+        keep = [i for i, e in enumerate(ids) if type(e) is str and len(e) == size]
+        hexed = hex_ids([ids[i] for i in keep]) if keep else None
+        if hexed is not None and hexed.form == self.form:  # the others: another length
+            return hexed.keys, np.asarray(keep, dtype=np.intp)
         keep, raw = [], []
         for i, e in enumerate(ids):
-            one = hex_ids([e]) if type(e) is str else None
-            if one is not None and one.form == self.form:
+            key = self.key_of(e)
+            if key is not None:
                 keep.append(i)
-                raw.append(one.keys.tobytes())
+                raw.append(key)
         return (np.frombuffer(b"".join(raw), dtype=np.uint8).reshape(len(keep), self.width),
                 np.asarray(keep, dtype=np.intp))
 
@@ -209,18 +218,44 @@ class HexColumn:
         self.index.discard(self.keys[slots])
 
     def pop(self, ids: list[str]) -> NDArray[np.int64]:
+        return self._slots(ids, self.index.pop_slots)
+
+    def get_many(self, ids: list[str]) -> NDArray[np.int64]:
+        return self._slots(ids, self.index.get_slots)
+
+    def _slots(self, ids: list[str], lookup: Any) -> NDArray[np.int64]:
+        """``lookup``'s slot of each id (-1: not in; ids of another form are not in)."""
         keys, where = self._ours(ids)
-        found = np.frombuffer(self.index.pop_slots(keys), dtype=np.int64)
+        found = np.frombuffer(lookup(keys), dtype=np.int64)
         if where is None:
             return found
         out = np.full(len(ids), -1, dtype=np.int64)
         out[where] = found
         return out
 
+    def key_of(self, eid: object) -> bytes | None:
+        """The bytes of one id of this column's form, else None (no arrays: for one id)."""
+        if type(eid) is not str:
+            return None
+        text = eid
+        if self.dashed:
+            if len(text) != 36 or text[8] != "-" or text[13] != "-" or text[18] != "-" \
+                    or text[23] != "-":
+                return None
+            text = text.replace("-", "")
+        if len(text) != 2 * self.width:
+            return None
+        try:
+            key = bytes.fromhex(text)
+        except ValueError:
+            return None
+        return key if key.hex() == text else None  # fromhex takes upper case and spaces
+
     def get(self, eid: str) -> int | None:
-        keys, _ = self._ours([eid])
-        slot = int(np.frombuffer(self.index.get_slots(keys), dtype=np.int64)[0]) \
-            if len(keys) else -1
+        key = self.key_of(eid)
+        if key is None or not len(self.index):
+            return None
+        slot = int.from_bytes(self.index.get_slots(key), sys.byteorder, signed=True)
         return None if slot < 0 else slot
 
     def at(self, slots: NDArray[np.intp]) -> list[str]:

@@ -67,7 +67,11 @@ class DictIdIndex(dict[str, int]):
 class DictKeyIndex(dict[bytes, int]):
     """The key index (fixed-width byte keys: hex event ids as their bytes) as a dict:
     the semantics of the compiled ``KeyIndex``, and its stand-in. Keys come as one
-    buffer of ``n * width`` bytes; slots go out as int64 bytes."""
+    buffer of ``n * width`` bytes; slots go out as int64 bytes.
+
+    The join passes keys as C-contiguous uint8 arrays and slots as int64 arrays; beyond
+    that the two differ: this one takes slots of any integer array-like (the compiled
+    one an aligned, contiguous int64 buffer only), and errors may differ in type."""
 
     def __init__(self, width: int, seed: bytes) -> None:
         super().__init__()

@@ -34,7 +34,7 @@ from numpy.typing import NDArray
 from driftline.detectors.errors import SnapshotError
 from driftline.detectors.join_chunks import CHUNK_ENTRIES, ChunkBook
 from driftline.detectors.join_fifo import Fifo
-from driftline.detectors.join_ids import Ids, hex_ids
+from driftline.detectors.join_ids import HexIds, Ids, hex_ids
 from driftline.detectors.serialization import get_strs, pack, put_strs, unpack
 
 FloatArray = NDArray[np.float64]
@@ -185,7 +185,8 @@ class JoinStore:
         cls: list[Any] | None = None if predicted is None else list(predicted)
         if not n == score.size == t.size == (n if cls is None else len(cls)):
             raise ValueError("columns of different lengths")
-        hexed = hex_ids(ids)  # all hex ids (so all str): kept as their bytes
+        # all hex ids (so all str): kept as their bytes, unless the store turned to strings
+        hexed = hex_ids(ids) if self._pred.keeps_bytes else None
         if hexed is None and set(map(type, ids)) != {str}:
             keep = [i for i, e in enumerate(ids) if type(e) is str]
             ids = [ids[i] for i in keep]
@@ -228,12 +229,19 @@ class JoinStore:
         ids in the form they are stored)."""
         pending, ttl, c = self._pending, self.config.ttl_seconds, self.counts
         out: list[tuple[str, float, str | None, str, float, float]] = []
+        hits = [i for i, eid in enumerate(ids) if eid in pending]
+        # distinct ids and room in ``gone`` for every joined one: storing the other rows
+        # and forgetting the joined ones, each in one go, is what row by row would do
+        at_once = len(set(ids)) == len(ids) and \
+            len(self._gone) + len(hits) <= self.config.max_entries
         start = 0
-        for i, eid in enumerate(ids):
-            if eid not in pending:
-                continue
-            self._store(batch, arr, score, cls, t, start, i)
-            start = i + 1
+        for i in (hits if at_once else range(len(ids))):
+            eid = ids[i]
+            if not at_once:
+                if eid not in pending:  # (the first of repeated ids takes the label)
+                    continue
+                self._store(batch, arr, score, cls, t, start, i)
+                start = i + 1
             label, lt = pending.pop(eid)
             ti = float(t[i])
             if lt - ti > ttl:
@@ -241,8 +249,18 @@ class JoinStore:
             else:
                 c.joined += 1
                 out.append((eid, float(score[i]), None if cls is None else cls[i], label, ti, lt))
-            self._forget([eid], _JOINED)
-        self._store(batch, arr, score, cls, t, start, len(ids))
+            if not at_once:
+                self._forget([eid], _JOINED)
+        if at_once:
+            rest = np.ones(len(ids), dtype=bool)
+            rest[hits] = False
+            keep = np.flatnonzero(rest)
+            self._store(_rows(batch, keep), None if arr is None else arr[keep], score[keep],
+                        None if cls is None else [cls[i] for i in keep.tolist()], t[keep],
+                        0, keep.size)
+            self._forget(_rows(batch, np.asarray(hits, dtype=np.intp)), _JOINED)
+        else:
+            self._store(batch, arr, score, cls, t, start, len(ids))
         if not out:
             return Joined()
         e, s, p, lab, pt, lt_ = zip(*out, strict=True)
@@ -292,13 +310,17 @@ class JoinStore:
         """Labels without a stored prediction, in order (the joined ones before each are
         forgotten first, as their ids push the oldest out of the bounded ``gone``)."""
         cfg, pending, gone, c = self.config, self._pending, self._gone, self.counts
+        misses = np.flatnonzero(~hit).tolist()
+        # up to the first joined label nothing changes ``gone``: one lookup for those misses
+        first = int(np.argmax(hit)) if hit.any() else len(ids)
+        early = gone.get_many([ids[i] for i in misses if i < first]).tolist()
         start = 0
-        for i in np.flatnonzero(~hit).tolist():
+        for k, i in enumerate(misses):
             if start < i:
                 self._forget([ids[j] for j in range(start, i)], _JOINED)
             start = i + 1
             eid = ids[i]
-            g = gone.get(eid)
+            g = (early[k] if early[k] >= 0 else None) if i < first else gone.get(eid)
             if g is not None:
                 if gone.cols["why"][g] == _EXPIRED:
                     c.late += 1
@@ -543,6 +565,13 @@ class JoinStore:
                 raise ValueError("repeated ids")
             if len(ids) > self.config.max_entries:
                 raise ValueError("more entries than the bounds allow")
+
+
+def _rows(ids: Ids, rows: NDArray[np.intp]) -> Ids:
+    """These rows of a batch of ids, in its form."""
+    if isinstance(ids, HexIds):
+        return HexIds(ids.keys[rows], ids.dashed)
+    return [ids[i] for i in rows.tolist()]
 
 
 @contextmanager
