@@ -230,10 +230,15 @@ class JoinStore:
         pending, ttl, c = self._pending, self.config.ttl_seconds, self.counts
         out: list[tuple[str, float, str | None, str, float, float]] = []
         hits = [i for i, eid in enumerate(ids) if eid in pending]
-        # distinct ids and room in ``gone`` for every joined one: storing the other rows
-        # and forgetting the joined ones, each in one go, is what row by row would do
-        at_once = len(set(ids)) == len(ids) and \
-            len(self._gone) + len(hits) <= self.config.max_entries
+        # distinct ids, and either room in ``gone`` for every joined one or none of the
+        # other rows in ``gone`` (then storing them takes nothing out of it, and its oldest
+        # leave the same whether the joined ones come in one by one or together): storing
+        # the other rows and forgetting the joined ones, each in one go, is what row by
+        # row would do
+        at_once = len(set(ids)) == len(ids) and (
+            len(self._gone) + len(hits) <= self.config.max_entries or not (
+                self._gone.get_many([e for i, e in enumerate(ids) if e not in pending]) >= 0
+            ).any())
         start = 0
         for i in (hits if at_once else range(len(ids))):
             eid = ids[i]

@@ -12,8 +12,8 @@ over at least ``min_pairs`` comparable pairs falls below ``min_agreement``; the 
 resolves after ``clear_after`` evaluations back above it.
 
 Pairing is batched: the pending ids are in the label join's id index
-(:mod:`.join_index`, a batch taken in or let go with one call), lookups are C-level
-``map`` calls over it, the per-pair statistics numpy on whole batches.
+(:mod:`.join_index`, a batch taken in, looked up or let go with one call), the per-pair
+statistics numpy on whole batches.
 """
 
 from __future__ import annotations
