@@ -23,6 +23,7 @@
 
 #define MIN_SIZE 64
 #define AHEAD 8 /* keys whose buckets are prefetched before the current one is probed */
+#define KAHEAD 16 /* the same for KeyIndex (its entries are larger) */
 
 typedef struct {
     uint32_t hash; /* low bits of the key's hash */
@@ -525,8 +526,8 @@ static int kresize(KeyIndex *ix, size_t size) {
     if (ix->table != NULL) {
         for (size_t j = 0; j <= ix->mask; j++) {
             KEntry *e = &ix->table[j];
-            if (j + AHEAD <= ix->mask && e[AHEAD].hash)
-                __builtin_prefetch(&table[(size_t)e[AHEAD].hash & mask], 1);
+            if (j + KAHEAD <= ix->mask && e[KAHEAD].hash)
+                __builtin_prefetch(&table[(size_t)e[KAHEAD].hash & mask], 1);
             if (!e->hash) continue;
             size_t i = (size_t)e->hash & mask;
             while (table[i].hash) i = (i + 1) & mask;
@@ -630,10 +631,10 @@ static PyObject *KeyIndex_put(KeyIndex *ix, PyObject *args) {
     if (kreserve(ix, n) < 0 || slots_open(&old, n) < 0) goto done;
     KEntry *table = ix->table;
     size_t mask = ix->mask;
-    for (Py_ssize_t k = 0; k < n && k < AHEAD; k++)
+    for (Py_ssize_t k = 0; k < n && k < KAHEAD; k++)
         __builtin_prefetch(&table[(size_t)hashes[k] & mask], 1);
     for (Py_ssize_t k = 0; k < n; k++) {
-        if (k + AHEAD < n) __builtin_prefetch(&table[(size_t)hashes[k + AHEAD] & mask], 1);
+        if (k + KAHEAD < n) __builtin_prefetch(&table[(size_t)hashes[k + KAHEAD] & mask], 1);
         uint64_t a, b;
         key_at(ix, p + k * ix->width, &a, &b);
         KEntry *e = &table[kfind(ix, a, b, hashes[k])];
@@ -679,10 +680,10 @@ static PyObject *kslots(KeyIndex *ix, PyObject *keys_obj, int remove, int all) {
     }
     KEntry *table = ix->table; /* removals never resize the table */
     size_t mask = ix->mask;
-    for (Py_ssize_t k = 0; k < n && k < AHEAD; k++)
+    for (Py_ssize_t k = 0; k < n && k < KAHEAD; k++)
         __builtin_prefetch(&table[(size_t)hashes[k] & mask]);
     for (Py_ssize_t k = 0; k < n; k++) {
-        if (k + AHEAD < n) __builtin_prefetch(&table[(size_t)hashes[k + AHEAD] & mask]);
+        if (k + KAHEAD < n) __builtin_prefetch(&table[(size_t)hashes[k + KAHEAD] & mask]);
         size_t i = 0;
         int hit = 0;
         if (ix->used) {
