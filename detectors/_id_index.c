@@ -182,6 +182,33 @@ static int items_of(PyObject *seq, PyObject ***items, Py_ssize_t *n) {
     return -1;
 }
 
+/* The slots of a put: an aligned, contiguous int64 buffer of n values in [0, 2**32),
+   or NULL with TypeError / ValueError. */
+static const int64_t *slot_values(const Py_buffer *view, Py_ssize_t n) {
+    if (view->itemsize != 8 || view->format == NULL ||
+        !(strcmp(view->format, "q") == 0 || strcmp(view->format, "l") == 0 ||
+          strcmp(view->format, "<q") == 0 || strcmp(view->format, "<l") == 0 ||
+          strcmp(view->format, "=q") == 0 || strcmp(view->format, "=l") == 0)) {
+        PyErr_SetString(PyExc_TypeError, "slots must be a buffer of int64");
+        return NULL;
+    }
+    if (view->len / 8 != n) {
+        PyErr_SetString(PyExc_ValueError, "keys and slots differ in length");
+        return NULL;
+    }
+    if ((uintptr_t)view->buf % _Alignof(int64_t)) {
+        PyErr_SetString(PyExc_ValueError, "slots must be an aligned buffer");
+        return NULL;
+    }
+    const int64_t *slots = (const int64_t *)view->buf;
+    for (Py_ssize_t k = 0; k < n; k++)
+        if (slots[k] < 0 || slots[k] > (int64_t)UINT32_MAX) {
+            PyErr_SetString(PyExc_ValueError, "slots must be in [0, 2**32)");
+            return NULL;
+        }
+    return slots;
+}
+
 static PyObject *IdIndex_put(IdIndex *ix, PyObject *args) {
     PyObject *ids, *slots_obj;
     if (!PyArg_ParseTuple(args, "OO:put", &ids, &slots_obj)) return NULL;
@@ -198,27 +225,8 @@ static PyObject *IdIndex_put(IdIndex *ix, PyObject *args) {
     PyObject *res = NULL;
     Py_hash_t *hashes = NULL;
     Slots old = {NULL, NULL, 0};
-    if (view.itemsize != 8 || view.format == NULL ||
-        !(strcmp(view.format, "q") == 0 || strcmp(view.format, "l") == 0 ||
-          strcmp(view.format, "<q") == 0 || strcmp(view.format, "<l") == 0 ||
-          strcmp(view.format, "=q") == 0 || strcmp(view.format, "=l") == 0)) {
-        PyErr_SetString(PyExc_TypeError, "slots must be a buffer of int64");
-        goto done;
-    }
-    if (view.len / 8 != n) {
-        PyErr_SetString(PyExc_ValueError, "ids and slots differ in length");
-        goto done;
-    }
-    if ((uintptr_t)view.buf % _Alignof(int64_t)) {
-        PyErr_SetString(PyExc_ValueError, "slots must be an aligned buffer");
-        goto done;
-    }
-    const int64_t *slots = (const int64_t *)view.buf;
-    for (Py_ssize_t k = 0; k < n; k++)
-        if (slots[k] < 0 || slots[k] > (int64_t)UINT32_MAX) {
-            PyErr_SetString(PyExc_ValueError, "slots must be in [0, 2**32)");
-            goto done;
-        }
+    const int64_t *slots = slot_values(&view, n);
+    if (slots == NULL) goto done;
     hashes = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(Py_hash_t));
     if (hashes == NULL) {
         PyErr_NoMemory();
@@ -605,27 +613,8 @@ static PyObject *KeyIndex_put(KeyIndex *ix, PyObject *args) {
     PyObject *res = NULL;
     uint32_t *hashes = NULL;
     Slots old = {NULL, NULL, 0};
-    if (sv.itemsize != 8 || sv.format == NULL ||
-        !(strcmp(sv.format, "q") == 0 || strcmp(sv.format, "l") == 0 ||
-          strcmp(sv.format, "<q") == 0 || strcmp(sv.format, "<l") == 0 ||
-          strcmp(sv.format, "=q") == 0 || strcmp(sv.format, "=l") == 0)) {
-        PyErr_SetString(PyExc_TypeError, "slots must be a buffer of int64");
-        goto done;
-    }
-    if (sv.len / 8 != n) {
-        PyErr_SetString(PyExc_ValueError, "keys and slots differ in length");
-        goto done;
-    }
-    if ((uintptr_t)sv.buf % _Alignof(int64_t)) {
-        PyErr_SetString(PyExc_ValueError, "slots must be an aligned buffer");
-        goto done;
-    }
-    const int64_t *slots = (const int64_t *)sv.buf;
-    for (Py_ssize_t k = 0; k < n; k++)
-        if (slots[k] < 0 || slots[k] > (int64_t)UINT32_MAX) {
-            PyErr_SetString(PyExc_ValueError, "slots must be in [0, 2**32)");
-            goto done;
-        }
+    const int64_t *slots = slot_values(&sv, n);
+    if (slots == NULL) goto done;
     const uint8_t *p = (const uint8_t *)kv.buf;
     if ((hashes = khashes(ix, p, n)) == NULL) goto done;
     if (kreserve(ix, n) < 0 || slots_open(&old, n) < 0) goto done;
