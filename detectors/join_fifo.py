@@ -15,7 +15,8 @@ from driftline.detectors.join_ids import HexColumn, HexIds, Ids, StrColumn, as_s
 class Fifo:
     """Entries in arrival order in a ring of numpy columns (ids and values), with an
     index from id to ring slot for the entries still in (:mod:`.join_index`). The ids are
-    kept as their bytes while all are hex, else as strings (:mod:`.join_ids`).
+    kept as their bytes while all are hex ids of one width or all UUIDs, else as strings
+    (:mod:`.join_ids`).
 
     Taking a batch in is one slice assignment per column and one ``put`` of the ids and
     their slots into the index. An entry that leaves (or is taken in again: the newest
@@ -42,7 +43,7 @@ class Fifo:
 
     def _column(self, ids: Ids) -> tuple[HexColumn | StrColumn, Ids]:
         """The id column for a batch, and the batch in its form: the first batch chooses
-        the form; one that is not hex of the column's width turns it to strings."""
+        the form; one not of the column's form turns it to strings."""
         col = self.idcol
         if isinstance(col, StrColumn):
             return col, as_strs(ids)
@@ -71,7 +72,7 @@ class Fifo:
                id_array: NDArray[Any] | None = None,
                seqs: NDArray[np.int64] | None = None) -> None:
         """Take entries in at the end (an id already in moves to the end); ``ids``: strings,
-        or hex ids as their bytes; ``id_array``: the same ids as an object array, when
+        or hex ids / UUIDs as their bytes; ``id_array``: the same ids as an object array, when
         there is one (faster to store as strings); ``seqs``: their numbers (increasing,
         from ``next_seq`` on; default: the next ones)."""
         n = len(ids)
