@@ -33,7 +33,7 @@ def main(wheel: str) -> int:
     if not any(n.startswith("driftline/schemas/_scan.") and n.endswith(".so") for n in names):
         missing.append("driftline/schemas/_scan.*.so (the compiled scanner)")
     if not any(n.startswith("driftline/detectors/_id_index.") and n.endswith(".so") for n in names):
-        missing.append("driftline/detectors/_id_index.*.so (the label join's id index)")
+        missing.append("driftline/detectors/_id_index.*.so (the label join's id indexes)")
     if not any(n.startswith("driftline/detectors/_kernels.") and n.endswith(".so") for n in names):
         missing.append("driftline/detectors/_kernels.*.so (the window, histogram and segment "
                        "kernels)")
