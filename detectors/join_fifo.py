@@ -3,7 +3,6 @@ index from id to ring slot (see :class:`Fifo`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -189,12 +188,12 @@ class Fifo:
         hit, slots = self.pop_many([eid])
         return int(slots[0]) if hit[0] else -1
 
-    def pop_many(self, ids: Sequence[str]) -> tuple[NDArray[np.bool_], NDArray[np.int64]]:
+    def pop_many(self, ids: Ids) -> tuple[NDArray[np.bool_], NDArray[np.int64]]:
         """Which of ``ids`` are in, and the slots of those, which leave (an id given twice
         is in the first time only)."""
         if self.idcol is None or not len(ids):
             return np.zeros(len(ids), dtype=bool), np.zeros(0, dtype=np.int64)
-        found = self.idcol.pop(ids if isinstance(ids, list) else list(ids))
+        found = self.idcol.pop(ids if isinstance(ids, HexIds | list) else list(ids))
         hit = found >= 0
         slots = found[hit]
         self.live[slots] = False
@@ -209,7 +208,7 @@ class Fifo:
         """Slot of ``eid``'s entry, None when it is not in."""
         return None if self.idcol is None else self.idcol.get(eid)
 
-    def get_many(self, ids: list[str]) -> NDArray[np.int64]:
+    def get_many(self, ids: Ids) -> NDArray[np.int64]:
         """Slot of each id's entry, -1 when it is not in."""
         if self.idcol is None or not len(self.idcol) or not ids:
             return np.full(len(ids), -1, dtype=np.int64)

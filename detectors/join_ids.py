@@ -89,8 +89,6 @@ def as_strs(ids: Ids) -> list[str]:
 class StrColumn:
     """Ids as str objects in an object column, indexed by an ``IdIndex``."""
 
-    width = None
-
     def __init__(self, cap: int) -> None:
         self.ids: NDArray[Any] = np.empty(cap, dtype=object)
         self.index = IdIndex()
@@ -124,16 +122,16 @@ class StrColumn:
     def discard_at(self, slots: NDArray[np.intp]) -> None:
         self.index.discard(self.ids[slots].tolist())
 
-    def pop(self, ids: list[str]) -> NDArray[np.int64]:
+    def pop(self, ids: Ids) -> NDArray[np.int64]:
         """Each id's slot, -1 when it is not in; those found leave."""
         pop = self.index.pop
-        return np.fromiter((pop(i, -1) for i in ids), dtype=np.int64, count=len(ids))
+        return np.fromiter((pop(i, -1) for i in as_strs(ids)), dtype=np.int64, count=len(ids))
 
     def get(self, eid: str) -> int | None:
         return cast("int | None", self.index.get(eid))
 
-    def get_many(self, ids: list[str]) -> NDArray[np.int64]:
-        return np.frombuffer(self.index.get_slots(ids), dtype=np.int64)
+    def get_many(self, ids: Ids) -> NDArray[np.int64]:
+        return np.frombuffer(self.index.get_slots(as_strs(ids)), dtype=np.int64)
 
     def at(self, slots: NDArray[np.intp]) -> list[str]:
         return cast(list[str], self.ids[slots].tolist())
@@ -158,12 +156,16 @@ class HexColumn:
 
     def __init__(self, cap: int, width: int, dashed: bool = False) -> None:
         self.width, self.dashed = width, dashed
-        self.form = (width, dashed)
         self.keys: NDArray[np.uint8] = np.empty((cap, width), dtype=np.uint8)
         self.index = KeyIndex(width, secrets.token_bytes(32))
 
     def __len__(self) -> int:
         return len(self.index)
+
+    @property
+    def form(self) -> tuple[int, bool]:
+        """What a batch of :class:`HexIds` must share to be kept here."""
+        return self.width, self.dashed
 
     def resize(self, cap: int, moves: Moves) -> None:
         keys = np.empty((cap, self.width), dtype=np.uint8)
@@ -217,13 +219,13 @@ class HexColumn:
     def discard_at(self, slots: NDArray[np.intp]) -> None:
         self.index.discard(self.keys[slots])
 
-    def pop(self, ids: list[str]) -> NDArray[np.int64]:
+    def pop(self, ids: Ids) -> NDArray[np.int64]:
         return self._slots(ids, self.index.pop_slots)
 
-    def get_many(self, ids: list[str]) -> NDArray[np.int64]:
+    def get_many(self, ids: Ids) -> NDArray[np.int64]:
         return self._slots(ids, self.index.get_slots)
 
-    def _slots(self, ids: list[str], lookup: Any) -> NDArray[np.int64]:
+    def _slots(self, ids: Ids, lookup: Any) -> NDArray[np.int64]:
         """``lookup``'s slot of each id (-1: not in; ids of another form are not in)."""
         keys, where = self._ours(ids)
         found = np.frombuffer(lookup(keys), dtype=np.int64)
@@ -235,21 +237,8 @@ class HexColumn:
 
     def key_of(self, eid: object) -> bytes | None:
         """The bytes of one id of this column's form, else None (no arrays: for one id)."""
-        if type(eid) is not str:
-            return None
-        text = eid
-        if self.dashed:
-            if len(text) != 36 or text[8] != "-" or text[13] != "-" or text[18] != "-" \
-                    or text[23] != "-":
-                return None
-            text = text.replace("-", "")
-        if len(text) != 2 * self.width:
-            return None
-        try:
-            key = bytes.fromhex(text)
-        except ValueError:
-            return None
-        return key if key.hex() == text else None  # fromhex takes upper case and spaces
+        raw = (uuid_bytes if self.dashed else hex_bytes)([eid])  # type: ignore[list-item]
+        return raw if raw is not None and len(raw) == self.width else None
 
     def get(self, eid: str) -> int | None:
         key = self.key_of(eid)

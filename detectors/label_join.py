@@ -285,7 +285,10 @@ class JoinStore:
             lt[bad] = self.watermark if math.isfinite(self.watermark) else math.nan
         self.counts.labels += n
         pred = self._pred
-        hit, pos = pred.pop_many(ids)
+        # hex or UUID ids: converted once, for both FIFOs (unless both keep strings)
+        hexed = hex_ids(ids) if pred.keeps_bytes or self._gone.keeps_bytes else None
+        batch: Ids = ids if hexed is None else hexed
+        hit, pos = pred.pop_many(batch)
         hits = np.flatnonzero(hit)
         pt = pred.cols["ts"][pos]
         late = lt[hits] - pt > self.config.ttl_seconds
@@ -293,9 +296,9 @@ class JoinStore:
         self.counts.late += nlate
         self.counts.joined += hits.size - nlate
         if hits.size == n:
-            self._forget(ids, _JOINED)
+            self._forget(batch, _JOINED)
         else:
-            self._misses(ids, labels, lt, hit)
+            self._misses(ids, batch, labels, lt, hit)
         ok = np.flatnonzero(~late)
         if ok.size == hits.size:
             jpos, jrows = pos, hits
@@ -310,19 +313,21 @@ class JoinStore:
         self._advance(ts)
         return out
 
-    def _misses(self, ids: list[str], labels: Sequence[str], lt: NDArray[np.float64],
-                hit: NDArray[np.bool_]) -> None:
+    def _misses(self, ids: list[str], batch: Ids, labels: Sequence[str],
+                lt: NDArray[np.float64], hit: NDArray[np.bool_]) -> None:
         """Labels without a stored prediction, in order (the joined ones before each are
-        forgotten first, as their ids push the oldest out of the bounded ``gone``)."""
+        forgotten first, as their ids push the oldest out of the bounded ``gone``);
+        ``batch``: the ids as :meth:`add_labels` converted them."""
         cfg, pending, gone, c = self.config, self._pending, self._gone, self.counts
         misses = np.flatnonzero(~hit).tolist()
         # up to the first joined label nothing changes ``gone``: one lookup for those misses
         first = int(np.argmax(hit)) if hit.any() else len(ids)
-        early = gone.get_many([ids[i] for i in misses if i < first]).tolist()
+        early = gone.get_many(_rows(batch, np.asarray([i for i in misses if i < first],
+                                                      dtype=np.intp))).tolist()
         start = 0
         for k, i in enumerate(misses):
             if start < i:
-                self._forget([ids[j] for j in range(start, i)], _JOINED)
+                self._forget(batch[start:i], _JOINED)
             start = i + 1
             eid = ids[i]
             g = (early[k] if early[k] >= 0 else None) if i < first else gone.get(eid)
@@ -339,7 +344,7 @@ class JoinStore:
                 pending.popitem(last=False)
                 c.unmatched += 1
         if start < len(ids):
-            self._forget(ids[start:], _JOINED)
+            self._forget(batch[start:], _JOINED)
 
     # -- time --------------------------------------------------------------------------
     def _advance(self, ts: Sequence[float] | FloatArray) -> None:
