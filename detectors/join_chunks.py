@@ -121,11 +121,9 @@ class ChunkBook:
             live = seq[a:b]
             if c in self.written:
                 name, rec = self.written[c]
-                at = np.searchsorted(rec, live)
-                if at.size and (int(at[-1]) >= rec.size or not np.array_equal(rec[at], live)):
+                on = _still_in(rec, live, c * size, size)
+                if on is None:
                     raise RuntimeError(f"entries joined sealed chunk {name}")
-                on = np.zeros(rec.size, dtype=bool)
-                on[at] = True
             else:
                 name, blob = self._write(c, live, encode(np.arange(a, b)), key, owner)
                 new[name] = blob
@@ -238,14 +236,30 @@ def _chunk_seq(arrays: Arrays, c: int, size: int, n: int) -> NDArray[np.int64]:
 
 
 def _chunk_runs(seq: NDArray[np.int64], size: int) -> Iterator[tuple[int, int, int]]:
-    """``(chunk, a, b)`` for each run ``seq[a:b]`` of increasing entry numbers that
-    belong to one chunk of ``size`` entries."""
+    """``(chunk, a, b)`` for each run ``seq[a:b]`` of the (increasing) entry numbers
+    ``seq`` that belong to one chunk of ``size`` entries (one binary search per chunk)."""
     if not seq.size:
         return
-    cnum = seq // size
-    starts = np.flatnonzero(np.concatenate(([True], cnum[1:] != cnum[:-1])))
-    for a, b in zip(starts.tolist(), [*starts[1:].tolist(), seq.size], strict=True):
-        yield int(cnum[a]), a, b
+    first, last = int(seq[0]) // size, int(seq[-1]) // size
+    ends = np.searchsorted(seq, np.arange(first + 1, last + 1, dtype=np.int64) * size).tolist()
+    a = 0
+    for c, b in zip(range(first, last + 1), [*ends, seq.size], strict=True):
+        if b > a:
+            yield c, a, b
+        a = b
+
+
+def _still_in(rec: NDArray[np.int64], live: NDArray[np.int64], base: int,
+              size: int) -> NDArray[np.bool_] | None:
+    """Which entries of a chunk record (numbers ``rec``) are among ``live`` (the chunk's
+    entries still in, numbers from ``base``), or None when ``live`` holds one it does not
+    (entries never join a sealed chunk). Both are increasing."""
+    if live.size == rec.size and np.array_equal(live, rec):
+        return np.ones(rec.size, dtype=bool)  # the chunk as written: nothing left it
+    mask = np.zeros(size, dtype=bool)
+    mask[live - base] = True
+    on: NDArray[np.bool_] = mask[rec - base]
+    return on if int(np.count_nonzero(on)) == live.size else None
 
 
 def _take(v: Any, idx: NDArray[np.intp]) -> Any:

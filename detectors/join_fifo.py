@@ -105,7 +105,12 @@ class Fifo:
             self.live[np.frombuffer(slots, dtype=np.int64)] = False
 
     def _slots(self, start: int, stop: int) -> NDArray[np.intp]:
-        return np.arange(start, stop) % self.cap
+        """Slots of the counters ``start`` to ``stop - 1`` (at most ``cap`` of them)."""
+        s = start % self.cap if self.cap else 0
+        slots = np.arange(s, s + stop - start)
+        if s + stop - start > self.cap:  # wraps to the ring's start
+            slots[self.cap - s:] -= self.cap
+        return slots
 
     def _live(self, slots: NDArray[np.intp]) -> NDArray[np.bool_]:
         """Which of these slots hold entries that are in."""

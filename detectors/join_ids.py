@@ -64,6 +64,8 @@ class HexIds:
 
 #: A batch of ids: strings, or hex ids as their bytes.
 Ids = list[str] | HexIds
+#: Ring slots: an array, or one run of consecutive slots as a slice (read as views).
+Slots = NDArray[np.intp] | slice
 
 
 def hex_ids(ids: Sequence[Any]) -> HexIds | None:
@@ -133,14 +135,13 @@ class StrColumn:
     def get_many(self, ids: Ids) -> NDArray[np.int64]:
         return np.frombuffer(self.index.get_slots(as_strs(ids)), dtype=np.int64)
 
-    def at(self, slots: NDArray[np.intp]) -> list[str]:
+    def at(self, slots: Slots) -> list[str]:
         return cast(list[str], self.ids[slots].tolist())
 
     def batch_at(self, slots: NDArray[np.intp]) -> Ids:
         return self.at(slots)
 
-    def put_strs(self, arrays: dict[str, NDArray[Any]], name: str,
-                 slots: NDArray[np.intp]) -> None:
+    def put_strs(self, arrays: dict[str, NDArray[Any]], name: str, slots: Slots) -> None:
         put_strs(arrays, name, self.at(slots))
 
     def clear(self) -> None:
@@ -247,19 +248,20 @@ class HexColumn:
         slot = int.from_bytes(self.index.get_slots(key), sys.byteorder, signed=True)
         return None if slot < 0 else slot
 
-    def at(self, slots: NDArray[np.intp]) -> list[str]:
+    def at(self, slots: Slots) -> list[str]:
         return HexIds(self.keys[slots], self.dashed).strs()
 
     def batch_at(self, slots: NDArray[np.intp]) -> Ids:
         return HexIds(self.keys[slots], self.dashed)
 
-    def put_strs(self, arrays: dict[str, NDArray[Any]], name: str,
-                 slots: NDArray[np.intp]) -> None:
-        """As :func:`put_strs` writes these ids (hex ids: their bytes, the ``.hex`` form)."""
-        if slots.size and not self.dashed:
-            arrays[f"{name}.hex"] = self.keys[slots]
+    def put_strs(self, arrays: dict[str, NDArray[Any]], name: str, slots: Slots) -> None:
+        """As :func:`put_strs` writes these ids (hex ids: their bytes, the ``.hex`` form;
+        a view of the column for a slice)."""
+        keys = self.keys[slots]
+        if len(keys) and not self.dashed:
+            arrays[f"{name}.hex"] = keys
         else:
-            put_strs(arrays, name, self.at(slots))
+            put_strs(arrays, name, HexIds(keys, self.dashed).strs())
 
     def clear(self) -> None:
         self.index.clear()

@@ -34,7 +34,7 @@ from numpy.typing import NDArray
 from driftline.detectors.errors import SnapshotError
 from driftline.detectors.join_chunks import CHUNK_ENTRIES, ChunkBook
 from driftline.detectors.join_fifo import Fifo
-from driftline.detectors.join_ids import HexIds, Ids, hex_ids
+from driftline.detectors.join_ids import HexIds, Ids, Slots, hex_ids
 from driftline.detectors.serialization import get_strs, pack, put_strs, unpack
 
 FloatArray = NDArray[np.float64]
@@ -436,7 +436,7 @@ class JoinStore:
             dropped += drop
         return StoreRecords(pack(RECORDS_KIND, meta, arrays), new, dropped)
 
-    def _fifos(self) -> tuple[tuple[str, Fifo, Callable[[Fifo, NDArray[np.intp], str],
+    def _fifos(self) -> tuple[tuple[str, Fifo, Callable[[Fifo, Slots, str],
                                                        dict[str, NDArray[Any]]]], ...]:
         """Each FIFO written as chunk records: its name in them, itself, its encoder."""
         return (("pred", self._pred, _pred_arrays), ("gone", self._gone, _gone_arrays))
@@ -606,13 +606,20 @@ class StoreRecords:
     dropped: list[str]
 
 
-def _encode_at(enc: Callable[[Fifo, NDArray[np.intp], str], dict[str, NDArray[Any]]],
+def _encode_at(enc: Callable[[Fifo, Slots, str], dict[str, NDArray[Any]]],
                fifo: Fifo, pos: NDArray[np.intp], i: NDArray[np.intp]) -> dict[str, NDArray[Any]]:
-    """``enc``'s arrays of the entries at ``pos[i]`` (no prefix: a chunk record's own)."""
-    return enc(fifo, pos[i], "")
+    """``enc``'s arrays of the entries at ``pos[i]`` (no prefix: a chunk record's own).
+    A sealed chunk is mostly one run of consecutive slots: then its columns are read as
+    views (the record is packed at once, in one copy)."""
+    at = pos[i]
+    n = at.size
+    # slots are in ring order: a run that wraps ends below its start
+    if n and int(at[-1]) - int(at[0]) == n - 1:
+        return enc(fifo, slice(int(at[0]), int(at[0]) + n), "")
+    return enc(fifo, at, "")
 
 
-def _pred_arrays(fifo: Fifo, pos: NDArray[np.intp], prefix: str) -> dict[str, NDArray[Any]]:
+def _pred_arrays(fifo: Fifo, pos: Slots, prefix: str) -> dict[str, NDArray[Any]]:
     arrays: dict[str, NDArray[Any]] = {}
     _put_ids(arrays, f"{prefix}id", fifo, pos)
     put_strs(arrays, f"{prefix}class", fifo.cols["cls"][pos].tolist())
@@ -621,15 +628,14 @@ def _pred_arrays(fifo: Fifo, pos: NDArray[np.intp], prefix: str) -> dict[str, ND
     return arrays
 
 
-def _gone_arrays(fifo: Fifo, pos: NDArray[np.intp], prefix: str) -> dict[str, NDArray[Any]]:
+def _gone_arrays(fifo: Fifo, pos: Slots, prefix: str) -> dict[str, NDArray[Any]]:
     arrays: dict[str, NDArray[Any]] = {}
     _put_ids(arrays, f"{prefix}id", fifo, pos)
     arrays[f"{prefix}why"] = fifo.cols["why"][pos]
     return arrays
 
 
-def _put_ids(arrays: dict[str, NDArray[Any]], name: str, fifo: Fifo,
-             pos: NDArray[np.intp]) -> None:
+def _put_ids(arrays: dict[str, NDArray[Any]], name: str, fifo: Fifo, pos: Slots) -> None:
     """The ids at ``pos`` as :func:`put_strs` writes them (hex ids straight from their bytes)."""
     if fifo.idcol is None:
         put_strs(arrays, name, [])

@@ -571,19 +571,25 @@ class _StateTopic:
 
 @pytest.mark.parametrize("seed", range(12))
 @pytest.mark.parametrize("early", [False, True])
-def test_records_restore_the_store_through_failed_writes(seed: int, early: bool) -> None:
+@pytest.mark.parametrize("form", ["text", "hex", "uuid"])
+def test_records_restore_the_store_through_failed_writes(seed: int, early: bool,
+                                                          form: str) -> None:
     # the same random streams; every few steps the store is written as records (chunks of
     # 8 entries) with some writes failing (early: and chunks written as they seal, between
     # store records, some of them failing); the records on the topic always restore the
     # store as it was at the last acknowledged store record, and a restored store goes on
-    # exactly as the reference (and writes records of its own that restore as well)
+    # exactly as the reference (and writes records of its own that restore as well); ids
+    # as text, or kept as their bytes (hex, UUIDs: a chunk's run of slots read as views)
     rng = np.random.default_rng(100 + seed)
     sealed = 0
     cfg = JoinConfig(ttl_seconds=float(rng.choice([5.0, 40.0, 1e6])),
                      max_entries=int(rng.choice([7, 60, 1000])), max_pending=int(rng.choice([3, 50])))
     new, ref = JoinStore(cfg, chunk_entries=8), ReferenceStore(cfg)
     topic = _StateTopic()
-    universe = [f"e{i}" for i in range(int(rng.choice([40, 400])))]
+    size = int(rng.choice([40, 400]))
+    universe = [f"e{i}" for i in range(size)] if form == "text" else \
+        [str(uuid.UUID(int=i * 7919)) for i in range(size)] if form == "uuid" else \
+        [f"{i * 7919:032x}" for i in range(size)]
     now = 0.0
     restores = 0
     for step in range(200):
@@ -611,6 +617,8 @@ def test_records_restore_the_store_through_failed_writes(seed: int, early: bool)
         assert new.counts == ref.counts and new.snapshot() == ref.snapshot()
     assert restores > 20
     assert sealed > 20 if early else sealed == 0
+    kept = {type(f.idcol).__name__ for f in (new._pred, new._gone) if f.idcol is not None}
+    assert kept == {"StrColumn" if form == "text" else "HexColumn"}
     assert set(topic.records) <= {"store"} | {n for b in (new, topic.restore())
                                               for bk in b._books.values()
                                               for n, _ in bk.written.values()} | \
