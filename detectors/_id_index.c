@@ -23,7 +23,7 @@
 
 #define MIN_SIZE 64
 #define AHEAD 8 /* keys whose buckets are prefetched before the current one is probed */
-#define KAHEAD 16 /* the same for KeyIndex (its entries are larger) */
+#define KAHEAD 16 /* the same for KeyIndex */
 
 typedef struct {
     uint32_t hash; /* low bits of the key's hash */
@@ -473,17 +473,21 @@ static PyTypeObject IdIndexType = {
  *
  * The label join keeps ids that are lowercase hex of one even length (uuid4().hex) as
  * their bytes, ``width`` (1..16) per id, in a uint8 column of its ring; this index maps
- * such keys to slots. Keys are stored in the table itself (no Python objects, no
- * reference counts, nothing to collect): an entry is the key zero-padded to 16 bytes and
- * its slot and hash (24 bytes). The hash is keyed by 32 random bytes given to the constructor
- * (so ids chosen to collide cannot be aimed at one run of the table); linear probing,
- * deletion by backward shift; past half full the table grows four times while under 2**18
- * entries (a filling store rehashes less), then doubles; a few keys are prefetched ahead.
- * Every method takes keys as one C-contiguous uint8 buffer of n * width bytes.
+ * such keys to slots. The keys stay in that column: the index is bound to it (bind(),
+ * which holds the column's buffer) and an entry is only the slot and the key's hash (8
+ * bytes), so the table is a third of what it would be with the keys in it, and no Python
+ * object or reference count is kept per key. put(slots) takes in the keys the column
+ * holds at those slots (write them first); a key looked up is compared with the column
+ * at the slot of each entry of the same hash. The hash is keyed by 32 random bytes given
+ * to the constructor (so ids chosen to collide cannot be aimed at one run of the table);
+ * linear probing, deletion by backward shift; past half full the table grows four times
+ * while under 2**18 entries (a filling store rehashes less), then doubles; a few keys are
+ * prefetched ahead. Every entry's slot is below the bound column's length (put and bind
+ * check it), so no read leaves the column. Lookups take keys as one C-contiguous uint8
+ * buffer of n * width bytes.
  */
 
 typedef struct {
-    uint64_t a, b; /* the key, zero-padded */
     uint32_t slot;
     uint32_t hash; /* the key's hash (never 0), which also places it; 0: empty */
 } KEntry;
@@ -495,6 +499,9 @@ typedef struct {
     Py_ssize_t used;
     Py_ssize_t width;
     uint64_t seed[4];
+    Py_buffer column; /* the bound key column (column.obj NULL: none) */
+    const uint8_t *keys;
+    Py_ssize_t nslots; /* slots in the column */
 } KeyIndex;
 
 static inline uint64_t mum(uint64_t x, uint64_t y) {
@@ -502,24 +509,25 @@ static inline uint64_t mum(uint64_t x, uint64_t y) {
     return (uint64_t)m ^ (uint64_t)(m >> 64);
 }
 
-static inline uint32_t khash(const KeyIndex *ix, uint64_t a, uint64_t b) {
+static inline uint32_t khash(const KeyIndex *ix, const uint8_t *p) {
+    uint8_t buf[16] = {0};
+    uint64_t a, b;
+    memcpy(buf, p, (size_t)ix->width);
+    memcpy(&a, buf, 8);
+    memcpy(&b, buf + 8, 8);
     uint64_t h = mum(a ^ ix->seed[0], b ^ ix->seed[1]);
     uint32_t h32 = (uint32_t)mum(h ^ ix->seed[2], a ^ b ^ ix->seed[3]);
     return h32 ? h32 : 1;
 }
 
-static inline void key_at(const KeyIndex *ix, const uint8_t *p, uint64_t *a, uint64_t *b) {
-    uint8_t buf[16] = {0};
-    memcpy(buf, p, (size_t)ix->width);
-    memcpy(a, buf, 8);
-    memcpy(b, buf + 8, 8);
-}
-
-static inline size_t kfind(const KeyIndex *ix, uint64_t a, uint64_t b, uint32_t h) {
+/* The bucket of key ``p`` (hash h): its entry, or the empty one where it would go. */
+static inline size_t kfind(const KeyIndex *ix, const uint8_t *p, uint32_t h) {
     size_t i = (size_t)h & ix->mask;
+    size_t w = (size_t)ix->width;
     for (;;) {
         const KEntry *e = &ix->table[i];
-        if (!e->hash || (e->hash == h && e->a == a && e->b == b)) return i;
+        if (!e->hash || (e->hash == h && memcmp(ix->keys + (size_t)e->slot * w, p, w) == 0))
+            return i;
         i = (i + 1) & ix->mask;
     }
 }
@@ -592,31 +600,57 @@ static uint32_t *khashes(const KeyIndex *ix, const uint8_t *p, Py_ssize_t n) {
         PyErr_NoMemory();
         return NULL;
     }
-    for (Py_ssize_t k = 0; k < n; k++) {
-        uint64_t a, b;
-        key_at(ix, p + k * ix->width, &a, &b);
-        h[k] = khash(ix, a, b);
-    }
+    for (Py_ssize_t k = 0; k < n; k++) h[k] = khash(ix, p + k * ix->width);
     return h;
 }
 
-static PyObject *KeyIndex_put(KeyIndex *ix, PyObject *args) {
-    PyObject *keys_obj, *slots_obj;
-    if (!PyArg_ParseTuple(args, "OO:put", &keys_obj, &slots_obj)) return NULL;
-    Py_buffer kv, sv;
-    Py_ssize_t n;
-    if (keys_view(ix, keys_obj, &kv, &n) < 0) return NULL;
-    if (PyObject_GetBuffer(slots_obj, &sv, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) {
-        PyBuffer_Release(&kv);
+static PyObject *KeyIndex_bind(KeyIndex *ix, PyObject *obj) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(obj, &view, PyBUF_C_CONTIGUOUS) < 0) return NULL;
+    Py_ssize_t nslots = view.len / ix->width;
+    const char *why = NULL;
+    if (view.len % ix->width)
+        why = "the key column must be a buffer of n * width bytes";
+    else if (nslots > (Py_ssize_t)UINT32_MAX + 1)
+        why = "the key column holds more than 2**32 slots";
+    for (size_t j = 0; why == NULL && ix->used && j <= ix->mask; j++)
+        if (ix->table[j].hash && (Py_ssize_t)ix->table[j].slot >= nslots)
+            why = "an entry's slot is past the new key column (clear the index first)";
+    if (why != NULL) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, why);
         return NULL;
     }
+    if (ix->column.obj != NULL) PyBuffer_Release(&ix->column);
+    ix->column = view;
+    ix->keys = (const uint8_t *)view.buf;
+    ix->nslots = nslots;
+    Py_RETURN_NONE;
+}
+
+static PyObject *KeyIndex_put(KeyIndex *ix, PyObject *slots_obj) {
+    Py_buffer sv;
+    if (PyObject_GetBuffer(slots_obj, &sv, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) return NULL;
     PyObject *res = NULL;
     uint32_t *hashes = NULL;
     Slots old = {NULL, NULL, 0};
+    Py_ssize_t n = sv.itemsize ? sv.len / sv.itemsize : 0;
     const int64_t *slots = slot_values(&sv, n);
     if (slots == NULL) goto done;
-    const uint8_t *p = (const uint8_t *)kv.buf;
-    if ((hashes = khashes(ix, p, n)) == NULL) goto done;
+    for (Py_ssize_t k = 0; k < n; k++)
+        if (slots[k] >= ix->nslots) {
+            PyErr_SetString(PyExc_ValueError, ix->column.obj == NULL
+                            ? "put needs a key column (bind one first)"
+                            : "slots must be within the key column");
+            goto done;
+        }
+    size_t w = (size_t)ix->width;
+    hashes = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(uint32_t));
+    if (hashes == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t k = 0; k < n; k++) hashes[k] = khash(ix, ix->keys + (size_t)slots[k] * w);
     if (kreserve(ix, n) < 0 || slots_open(&old, n) < 0) goto done;
     KEntry *table = ix->table;
     size_t mask = ix->mask;
@@ -624,12 +658,8 @@ static PyObject *KeyIndex_put(KeyIndex *ix, PyObject *args) {
         __builtin_prefetch(&table[(size_t)hashes[k] & mask], 1);
     for (Py_ssize_t k = 0; k < n; k++) {
         if (k + KAHEAD < n) __builtin_prefetch(&table[(size_t)hashes[k + KAHEAD] & mask], 1);
-        uint64_t a, b;
-        key_at(ix, p + k * ix->width, &a, &b);
-        KEntry *e = &table[kfind(ix, a, b, hashes[k])];
+        KEntry *e = &table[kfind(ix, ix->keys + (size_t)slots[k] * w, hashes[k])];
         if (!e->hash) {
-            e->a = a;
-            e->b = b;
             e->hash = hashes[k];
             ix->used++;
         } else {
@@ -643,7 +673,6 @@ done:
     Py_XDECREF(old.bytes);
     PyMem_Free(hashes);
     PyBuffer_Release(&sv);
-    PyBuffer_Release(&kv);
     return res;
 }
 
@@ -676,9 +705,7 @@ static PyObject *kslots(KeyIndex *ix, PyObject *keys_obj, int remove, int all) {
         size_t i = 0;
         int hit = 0;
         if (ix->used) {
-            uint64_t a, b;
-            key_at(ix, p + k * ix->width, &a, &b);
-            i = kfind(ix, a, b, hashes[k]);
+            i = kfind(ix, p + k * ix->width, hashes[k]);
             hit = table[i].hash != 0;
         }
         if (hit) {
@@ -705,10 +732,8 @@ static PyObject *KeyIndex_items(KeyIndex *ix, PyObject *Py_UNUSED(ignored)) {
     for (size_t j = 0; j <= ix->mask; j++) {
         const KEntry *e = &ix->table[j];
         if (!e->hash) continue;
-        uint8_t buf[16];
-        memcpy(buf, &e->a, 8);
-        memcpy(buf + 8, &e->b, 8);
-        PyObject *item = Py_BuildValue("(y#L)", (const char *)buf, ix->width,
+        PyObject *item = Py_BuildValue("(y#L)", (const char *)ix->keys +
+                                       (size_t)e->slot * (size_t)ix->width, ix->width,
                                        (long long)e->slot);
         if (item == NULL || PyList_Append(out, item) < 0) {
             Py_XDECREF(item);
@@ -736,6 +761,7 @@ static PyObject *KeyIndex_get_width(KeyIndex *ix, void *Py_UNUSED(closure)) {
 
 static void KeyIndex_dealloc(KeyIndex *ix) {
     PyMem_Free(ix->table);
+    if (ix->column.obj != NULL) PyBuffer_Release(&ix->column);
     Py_TYPE(ix)->tp_free((PyObject *)ix);
 }
 
@@ -757,15 +783,21 @@ static PyObject *KeyIndex_new(PyTypeObject *type, PyObject *args, PyObject *kwds
         ix->used = 0;
         ix->width = width;
         memcpy(ix->seed, seed.buf, 32);
+        memset(&ix->column, 0, sizeof(Py_buffer));
+        ix->keys = NULL;
+        ix->nslots = 0;
     }
     PyBuffer_Release(&seed);
     return (PyObject *)ix;
 }
 
 static PyMethodDef KeyIndex_methods[] = {
-    {"put", (PyCFunction)KeyIndex_put, METH_VARARGS,
-     "put(keys, slots): keys (n * width bytes) -> slots (int64 buffer), the last of equal "
-     "keys winning; returns the slots taken over (int64 bytes)"},
+    {"bind", (PyCFunction)KeyIndex_bind, METH_O,
+     "bind(column): the key column (C-contiguous, n * width bytes) the keys are read from "
+     "from now on (held until the next bind); every entry's slot must be within it"},
+    {"put", (PyCFunction)KeyIndex_put, METH_O,
+     "put(slots): the keys the column holds at these slots (int64 buffer) -> those slots, "
+     "the last of equal keys winning; returns the slots taken over (int64 bytes)"},
     {"discard", (PyCFunction)KeyIndex_discard, METH_O,
      "discard(keys): these keys leave; returns the slots of those that were in (int64 bytes)"},
     {"pop_slots", (PyCFunction)KeyIndex_pop, METH_O,
@@ -773,7 +805,7 @@ static PyMethodDef KeyIndex_methods[] = {
     {"get_slots", (PyCFunction)KeyIndex_get, METH_O,
      "get_slots(keys): each key's slot, -1 when not in (int64 bytes)"},
     {"items", (PyCFunction)KeyIndex_items, METH_NOARGS, "(key bytes, slot) pairs"},
-    {"clear", (PyCFunction)KeyIndex_clear, METH_NOARGS, "every key leaves"},
+    {"clear", (PyCFunction)KeyIndex_clear, METH_NOARGS, "every key leaves (the column stays bound)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -159,6 +159,7 @@ class HexColumn:
         self.width, self.dashed = width, dashed
         self.keys: NDArray[np.uint8] = np.empty((cap, width), dtype=np.uint8)
         self.index = KeyIndex(width, secrets.token_bytes(32))
+        self.index.bind(self.keys)  # the index reads its keys here (entries: slot + hash)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -169,22 +170,32 @@ class HexColumn:
         return self.width, self.dashed
 
     def resize(self, cap: int, moves: Moves) -> None:
+        """A column of ``cap`` slots with the keys moved. A larger one also keeps every key
+        at its former slot, where the index finds it until the entry is put at its new
+        slot (the ring puts the moved entries again); a smaller one empties the index."""
+        old = self.keys
         keys = np.empty((cap, self.width), dtype=np.uint8)
+        if cap >= len(old):
+            keys[:len(old)] = old
+        else:
+            self.index.clear()
         for src, dst in moves:
             if dst.stop > dst.start:
-                keys[dst] = self.keys[src]
+                keys[dst] = old[src]
         self.keys = keys
+        self.index.bind(keys)
 
     def write(self, at: int, ids: Ids, a: int, b: int, id_array: NDArray[Any] | None) -> None:
         assert isinstance(ids, HexIds)
         self.keys[at:at + b - a] = ids.keys[a:b]
 
     def put(self, ids: Ids, slots: NDArray[np.int64]) -> bytes:
+        """Index ``ids``, written at ``slots`` (:meth:`write`) first."""
         assert isinstance(ids, HexIds)
-        return cast(bytes, self.index.put(ids.keys, slots))
+        return cast(bytes, self.index.put(slots))
 
     def put_at(self, slots: NDArray[np.int64]) -> bytes:
-        return cast(bytes, self.index.put(self.keys[slots], slots))
+        return cast(bytes, self.index.put(slots))
 
     def _ours(self, ids: Ids) -> tuple[NDArray[np.uint8], NDArray[np.intp] | None]:
         """The keys of those ``ids`` that can be in (of this column's form) and their

@@ -66,18 +66,23 @@ class DictIdIndex(dict[str, int]):
 
 class DictKeyIndex(dict[bytes, int]):
     """The key index (fixed-width byte keys: hex event ids as their bytes) as a dict:
-    the semantics of the compiled ``KeyIndex``, and its stand-in. Keys come as one
-    buffer of ``n * width`` bytes; slots go out as int64 bytes.
+    the semantics of the compiled ``KeyIndex``, and its stand-in. It is bound to the
+    ring's key column (``bind``) and ``put`` takes in the keys the column holds at the
+    slots given; lookups take keys as one buffer of ``n * width`` bytes; slots go out as
+    int64 bytes.
 
     The join passes keys as C-contiguous uint8 arrays and slots as int64 arrays; beyond
     that the two differ: this one takes slots of any integer array-like (the compiled
-    one an aligned, contiguous int64 buffer only), and errors may differ in type."""
+    one an aligned, contiguous int64 buffer only), keeps a copy of each key (the
+    compiled one reads the column: the column must hold an entry's key at its slot while
+    the entry is in), and errors may differ in type."""
 
     def __init__(self, width: int, seed: bytes) -> None:
         super().__init__()
         if not 1 <= width <= 16 or len(seed) != 32:
             raise ValueError("KeyIndex(width in 1..16, seed of 32 bytes)")
         self.width = width
+        self._column: memoryview | None = None
 
     def _keys(self, keys: Any) -> list[bytes]:
         view = memoryview(keys)
@@ -89,16 +94,27 @@ class DictKeyIndex(dict[bytes, int]):
             raise ValueError(f"keys must be a buffer of n * {w} bytes")
         return [raw[i:i + w] for i in range(0, len(raw), w)]
 
-    def put(self, keys: Any, slots: Any) -> bytes:
-        """Take ``keys`` in at ``slots`` (int64); returns the slots taken over."""
-        ks = self._keys(keys)
+    def bind(self, column: Any) -> None:
+        """Read keys from ``column`` (n * width bytes) from now on; every entry's slot
+        must be within it."""
+        view = memoryview(column).cast("B")
+        if len(view) % self.width:
+            raise ValueError("the key column must be a buffer of n * width bytes")
+        if self and max(self.values()) >= len(view) // self.width:
+            raise ValueError("an entry's slot is past the new key column (clear the index first)")
+        self._column = view
+
+    def put(self, slots: Any) -> bytes:
+        """Take in the keys the column holds at ``slots`` (int64); returns the slots
+        taken over."""
         at = np.asarray(slots, dtype=np.int64)
-        if len(ks) != at.size:
-            raise ValueError("keys and slots differ in length")
-        if at.size and (at.min() < 0 or at.max() >= 2**32):
-            raise ValueError("slots must be in [0, 2**32)")
+        col, w = self._column, self.width
+        if at.size and (col is None or at.min() < 0 or at.max() >= len(col) // w):
+            raise ValueError("put needs a key column (bind one first)" if col is None
+                             else "slots must be within the key column")
         old: list[int] = []
-        for k, s in zip(ks, at.tolist(), strict=True):
+        for s in at.tolist():
+            k = bytes(col[s * w:(s + 1) * w])  # type: ignore[index]
             was = self.get(k)
             if was is not None:
                 old.append(was)

@@ -251,10 +251,14 @@ def _slots(b: bytes) -> list[int]:
 @pytest.mark.parametrize("width", [1, 7, 8, 16])
 @pytest.mark.parametrize("seed", range(4))
 def test_key_index_random_operations_match_a_dict(kind: Any, width: int, seed: int) -> None:
-    """Batches in (keys repeated within and across them), pops, discards, gets, clears and
-    mass removals: the same slots out and the same contents as a dict of bytes."""
+    """Batches in (keys repeated within and across them; written to the bound column
+    first), pops, discards, gets, clears, mass removals and new columns (the keys copied
+    over, as a growing ring does): the same slots out and the same contents as a dict of
+    bytes."""
     rng = np.random.default_rng(seed)
     ix, ref = kind(width, bytes(range(32))), {}
+    column = np.zeros((220_000, width), dtype=np.uint8)
+    ix.bind(column)
     pool = int(rng.choice([50, 2000, 20000])) if width > 1 else 256
     slot = 0
     for _ in range(300):
@@ -263,12 +267,13 @@ def test_key_index_random_operations_match_a_dict(kind: Any, width: int, seed: i
             keys = _keys(rng, int(rng.choice([0, 1, 5, 64, 700])), pool, width)
             slots = np.arange(slot, slot + len(keys), dtype=np.int64)
             slot += len(keys)
+            column[slots] = keys
             old = []
             for k, at in zip((r.tobytes() for r in keys), slots.tolist(), strict=True):
                 if k in ref:
                     old.append(ref[k])
                 ref[k] = at
-            assert _slots(ix.put(keys, slots)) == old
+            assert _slots(ix.put(slots)) == old
         elif op < 0.6:
             keys = _keys(rng, 40, pool, width)
             assert _slots(ix.pop_slots(keys)) == [ref.pop(r.tobytes(), -1) for r in keys]
@@ -282,6 +287,10 @@ def test_key_index_random_operations_match_a_dict(kind: Any, width: int, seed: i
         elif op < 0.82:
             ix.clear()
             ref.clear()
+        elif op < 0.85:  # a new column with the same keys: the old one may change freely
+            old_column, column = column, column.copy()
+            ix.bind(column)
+            old_column[:] = 0
         elif ref:  # most of what is in leaves: long runs of backward shifts
             keys = sorted(ref)
             out = [keys[i] for i in rng.choice(len(keys), int(len(keys) * 0.8), replace=False)]
@@ -296,29 +305,44 @@ def test_key_index_refuses_bad_input_and_changes_nothing(kind: Any) -> None:
         with pytest.raises(ValueError):
             kind(width, seed)
     ix = kind(4, bytes(32))
-    ix.put(b"abcdwxyz", np.array([0, 1], dtype=np.int64))
-    for keys, slots in ((b"abc", [2]), (b"efgh", [2, 3]), (b"efgh", [-1]), (b"efgh", [2**32])):
+    with pytest.raises(ValueError):  # no column to read the keys from
+        ix.put(np.array([0], dtype=np.int64))
+    ix.put(np.zeros(0, dtype=np.int64))  # nothing to read
+    column = np.frombuffer(bytearray(b"abcdwxyzefgh"), dtype=np.uint8).reshape(3, 4)
+    with pytest.raises(ValueError):
+        ix.bind(np.zeros(7, dtype=np.uint8))  # not whole keys
+    ix.bind(column)
+    ix.put(np.array([0, 1], dtype=np.int64))
+    for slots in ([3], [2, 3], [-1], [2**32]):  # past the column, negative, too large
         with pytest.raises(ValueError):
-            ix.put(keys, np.array(slots, dtype=np.int64))
+            ix.put(np.array(slots, dtype=np.int64))
     for call in (ix.discard, ix.pop_slots, ix.get_slots):
         with pytest.raises(ValueError):
             call(b"abcde")
+    with pytest.raises(ValueError):  # a column without the slot of an entry in
+        ix.bind(column[:1].copy())
     assert sorted(ix.items()) == [(b"abcd", 0), (b"wxyz", 1)]
-    ix.put(b"efgh", np.array([2**32 - 1], dtype=np.int64))
-    assert _slots(ix.pop_slots(b"efghefgh")) == [2**32 - 1, -1]  # twice: in the first time only
+    ix.put(np.array([2], dtype=np.int64))
+    assert _slots(ix.pop_slots(b"efghefgh")) == [2, -1]  # twice: in the first time only
     assert ix.discard(b"") == b"" and ix.get_slots(b"") == b""
+    ix.clear()
+    ix.bind(column[:1].copy())  # an empty index takes any column
+    assert len(ix) == 0 and not list(ix.items())
 
 
 @pytest.mark.skipif(not join_index.COMPILED, reason="the compiled index is not built")
 def test_compiled_key_index_checks_its_arguments() -> None:
     ix = join_index.KeyIndex(16, bytes(32))
     assert ix.width == 16
+    ix.bind(np.zeros((4, 16), dtype=np.uint8))
     with pytest.raises(TypeError):
-        ix.put(bytes(16), np.array([0], dtype=np.int32))  # slots are int64
+        ix.put(np.array([0], dtype=np.int32))  # slots are int64
     with pytest.raises(TypeError):
-        ix.put("0" * 16, np.array([0], dtype=np.int64))  # keys are a buffer
+        ix.get_slots("0" * 16)  # keys are a buffer
     with pytest.raises(ValueError):
-        ix.put(np.zeros((4, 8), dtype=np.uint8)[:, ::2], np.array([0], dtype=np.int64))
+        ix.get_slots(np.zeros((4, 8), dtype=np.uint8)[:, ::2])
+    with pytest.raises(ValueError):
+        ix.bind(np.zeros((4, 32), dtype=np.uint8)[:, ::2])  # not contiguous
 
 
 @pytest.mark.skipif(not join_index.COMPILED, reason="the compiled index is not built")
@@ -328,8 +352,9 @@ def test_key_index_keeps_its_slots_through_growth_and_many_removals() -> None:
     rng = np.random.default_rng(3)
     ix = join_index.KeyIndex(16, rng.bytes(32))
     keys = rng.integers(0, 256, (100_000, 16), dtype=np.uint8)
+    ix.bind(keys)
     for a in range(0, 100_000, 3000):
-        ix.put(keys[a:a + 3000], np.arange(a, min(a + 3000, 100_000), dtype=np.int64))
+        ix.put(np.arange(a, min(a + 3000, 100_000), dtype=np.int64))
     assert len(ix) == 100_000
     assert _slots(ix.get_slots(np.ascontiguousarray(keys[::7]))) == list(range(0, 100_000, 7))
     out = rng.permutation(100_000)[:90_000]
