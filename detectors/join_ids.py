@@ -5,8 +5,9 @@ Event ids are mostly ``uuid4().hex`` (lowercase hex of one even length) or
 ``str(uuid4())`` (the canonical lowercase UUID form, with dashes). While every id a FIFO
 took in is of one such kind (hex of one width of at most 32 characters, or UUIDs), it
 keeps them as their bytes (:class:`HexColumn`: 16 per uuid, a uint8 column of its ring)
-indexed by a ``KeyIndex``: no str object per entry is kept (~90 bytes each) and hashing
-and comparing them touch no Python object. The first id of another kind (another length,
+indexed by a ``KeyIndex`` bound to that column (its entries are a slot and a hash; keys
+are compared in the column): no str object per entry is kept (~90 bytes each) and
+hashing and comparing them touch no Python object. The first id of another kind (another length,
 upper case, any other string) turns the FIFO to strings for good (:class:`StrColumn`: an
 object column indexed by an ``IdIndex``). Both columns have the same methods; the FIFO
 holds one.
@@ -153,7 +154,9 @@ class StrColumn:
 
 class HexColumn:
     """Hex ids of one width (or UUIDs: ``dashed``) as their bytes in a uint8 column,
-    indexed by a ``KeyIndex``."""
+    indexed by a ``KeyIndex`` that reads them there: an entry's key stays at its slot
+    while the entry is in (the ring writes a batch before it puts it, and reuses only
+    slots whose entries left)."""
 
     def __init__(self, cap: int, width: int, dashed: bool = False) -> None:
         self.width, self.dashed = width, dashed
