@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 
 class DictIdIndex(dict[str, int]):
@@ -82,7 +83,7 @@ class DictKeyIndex(dict[bytes, int]):
         if not 1 <= width <= 16 or len(seed) != 32:
             raise ValueError("KeyIndex(width in 1..16, seed of 32 bytes)")
         self.width = width
-        self._column: memoryview | None = None
+        self._column: NDArray[np.uint8] | None = None
 
     def _keys(self, keys: Any) -> list[bytes]:
         view = memoryview(keys)
@@ -97,12 +98,15 @@ class DictKeyIndex(dict[bytes, int]):
     def bind(self, column: Any) -> None:
         """Read keys from ``column`` (n * width bytes) from now on; every entry's slot
         must be within it."""
-        view = memoryview(column).cast("B")
-        if len(view) % self.width:
+        view = memoryview(column)
+        if not view.c_contiguous:
+            raise ValueError("the key column must be a C-contiguous buffer")
+        flat = np.frombuffer(view, dtype=np.uint8)  # the column's bytes, not a copy
+        if flat.size % self.width:
             raise ValueError("the key column must be a buffer of n * width bytes")
-        if self and max(self.values()) >= len(view) // self.width:
+        if self and max(self.values()) >= flat.size // self.width:
             raise ValueError("an entry's slot is past the new key column (clear the index first)")
-        self._column = view
+        self._column = flat
 
     def put(self, slots: Any) -> bytes:
         """Take in the keys the column holds at ``slots`` (int64); returns the slots
@@ -114,7 +118,7 @@ class DictKeyIndex(dict[bytes, int]):
                              else "slots must be within the key column")
         old: list[int] = []
         for s in at.tolist():
-            k = bytes(col[s * w:(s + 1) * w])  # type: ignore[index]
+            k = col[s * w:(s + 1) * w].tobytes()  # type: ignore[index]
             was = self.get(k)
             if was is not None:
                 old.append(was)

@@ -17,11 +17,13 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
+from driftline.detectors import join_ids
 from driftline.detectors.concept import ConceptConfig, ConceptMonitor
 from driftline.detectors.errors import SnapshotError
 from driftline.detectors.join_chunks import CHUNK_KIND
 from driftline.detectors.join_fifo import Fifo
 from driftline.detectors.join_ids import HexColumn, StrColumn
+from driftline.detectors.join_index import DictKeyIndex
 from driftline.detectors.label_join import (
     _EVICTED,
     _EXPIRED,
@@ -287,6 +289,18 @@ def test_same_rows_counts_and_snapshots_as_the_reference(seed: int, form: str) -
     assert isinstance(new.counts, JoinCounts)
     kept = {type(f.idcol).__name__ for f in (new._pred, new._gone) if f.idcol is not None}
     assert kept <= ({"HexColumn"} if form in ("hex", "uuid") else {"HexColumn", "StrColumn"})
+
+
+@pytest.mark.parametrize("form", ["hex", "uuid"])
+@pytest.mark.parametrize("seed", range(4))
+def test_the_dict_key_index_stands_in_for_the_compiled_one(
+        seed: int, form: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the compiled extension the ids kept as bytes are indexed by the dict
+    stand-in: the same rows, counts, snapshots and records."""
+    monkeypatch.setattr(join_ids, "KeyIndex", DictKeyIndex)
+    test_same_rows_counts_and_snapshots_as_the_reference(seed, form)
+    test_records_restore_the_store_through_failed_writes(seed, True, form)
+    assert isinstance(HexColumn(0, 16).index, DictKeyIndex)
 
 
 def test_compaction_keeps_the_arrays_bounded() -> None:
