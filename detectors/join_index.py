@@ -116,9 +116,9 @@ class DictKeyIndex(dict[bytes, int]):
         if at.size and (col is None or at.min() < 0 or at.max() >= len(col) // w):
             raise ValueError("put needs a key column (bind one first)" if col is None
                              else "slots must be within the key column")
+        raw = col.reshape(-1, w)[at].tobytes() if at.size else b""  # type: ignore[union-attr]
         old: list[int] = []
-        for s in at.tolist():
-            k = col[s * w:(s + 1) * w].tobytes()  # type: ignore[index]
+        for k, s in zip((raw[i:i + w] for i in range(0, len(raw), w)), at.tolist(), strict=True):
             was = self.get(k)
             if was is not None:
                 old.append(was)
