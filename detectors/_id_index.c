@@ -593,14 +593,18 @@ static int keys_view(KeyIndex *ix, PyObject *obj, Py_buffer *view, Py_ssize_t *n
     return 0;
 }
 
-/* Hashes of n keys (a PyMem buffer the caller frees), or NULL with MemoryError. */
-static uint32_t *khashes(const KeyIndex *ix, const uint8_t *p, Py_ssize_t n) {
+/* Hashes of n keys (a PyMem buffer the caller frees), or NULL with MemoryError: key k
+   at p + k * width, or at p + slots[k] * width when ``slots`` is given. */
+static uint32_t *khashes(const KeyIndex *ix, const uint8_t *p, const int64_t *slots,
+                         Py_ssize_t n) {
     uint32_t *h = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(uint32_t));
     if (h == NULL) {
         PyErr_NoMemory();
         return NULL;
     }
-    for (Py_ssize_t k = 0; k < n; k++) h[k] = khash(ix, p + k * ix->width);
+    size_t w = (size_t)ix->width;
+    for (Py_ssize_t k = 0; k < n; k++)
+        h[k] = khash(ix, p + (slots ? (size_t)slots[k] : (size_t)k) * w);
     return h;
 }
 
@@ -645,12 +649,7 @@ static PyObject *KeyIndex_put(KeyIndex *ix, PyObject *slots_obj) {
             goto done;
         }
     size_t w = (size_t)ix->width;
-    hashes = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(uint32_t));
-    if (hashes == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    for (Py_ssize_t k = 0; k < n; k++) hashes[k] = khash(ix, ix->keys + (size_t)slots[k] * w);
+    if ((hashes = khashes(ix, ix->keys, slots, n)) == NULL) goto done;
     if (kreserve(ix, n) < 0 || slots_open(&old, n) < 0) goto done;
     KEntry *table = ix->table;
     size_t mask = ix->mask;
@@ -691,7 +690,7 @@ static PyObject *kslots(KeyIndex *ix, PyObject *keys_obj, int remove, int all) {
         goto release;
     }
     const uint8_t *p = (const uint8_t *)kv.buf;
-    uint32_t *hashes = khashes(ix, p, n);
+    uint32_t *hashes = khashes(ix, p, NULL, n);
     if (hashes == NULL) {
         Py_DECREF(out.bytes);
         goto release;
