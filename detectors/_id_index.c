@@ -617,7 +617,9 @@ static PyObject *KeyIndex_bind(KeyIndex *ix, PyObject *obj) {
         why = "the key column must be a buffer of n * width bytes";
     else if (nslots > (Py_ssize_t)UINT32_MAX + 1)
         why = "the key column holds more than 2**32 slots";
-    for (size_t j = 0; why == NULL && ix->used && j <= ix->mask; j++)
+    /* every entry's slot is below the bound column's length (put refuses others), so
+       only a shorter column needs the entries looked at */
+    for (size_t j = 0; why == NULL && ix->used && nslots < ix->nslots && j <= ix->mask; j++)
         if (ix->table[j].hash && (Py_ssize_t)ix->table[j].slot >= nslots)
             why = "an entry's slot is past the new key column (clear the index first)";
     if (why != NULL) {

@@ -321,6 +321,11 @@ def test_key_index_refuses_bad_input_and_changes_nothing(kind: Any) -> None:
             call(b"abcde")
     with pytest.raises(ValueError):  # a column without the slot of an entry in
         ix.bind(column[:1].copy())
+    longer = np.concatenate([column, column])
+    ix.bind(longer)  # a longer column keeps every entry's slot
+    with pytest.raises(ValueError):  # and a shorter one after it is still looked at
+        ix.bind(longer[:1].copy())
+    ix.bind(column)
     assert sorted(ix.items()) == [(b"abcd", 0), (b"wxyz", 1)]
     ix.put(np.array([2], dtype=np.int64))
     assert _slots(ix.pop_slots(b"efghefgh")) == [2, -1]  # twice: in the first time only
