@@ -48,8 +48,9 @@ class Calibration:
     def p_values(self, statistic: Vec, df: Vec) -> Vec:
         return np.asarray(special.chdtrc(np.maximum(df, 1.0), statistic / self.scale))
 
-    def thresholds(self, df: Vec, alpha: float, family: int) -> Vec:
-        """Chi-square thresholds at the Bonferroni level (reported in alerts and metrics)."""
+    def thresholds(self, df: Vec, alpha: float | Vec, family: int) -> Vec:
+        """Chi-square thresholds at the Bonferroni level (reported in alerts and metrics);
+        ``alpha`` may be an array that broadcasts against ``df``."""
         return np.asarray(self.scale * special.chdtri(np.maximum(df, 1.0), alpha / max(family, 1)))
 
     def decide(self, p: Vec, alpha: float) -> NDArray[np.bool_]:
@@ -66,6 +67,17 @@ class Calibration:
             out[order[:k]] = True
             return out
         return np.asarray(q <= alpha / m)
+
+    def decide_rows(self, p: Vec, alpha: Vec) -> NDArray[np.bool_]:
+        """:meth:`decide` of each row of ``p`` (windows, tests) at its own ``alpha[i]``."""
+        k, m = p.shape
+        if self.correction == "bh" or m == 0:
+            out = np.zeros((k, m), dtype=bool)
+            for i in range(k):
+                out[i] = self.decide(p[i], float(alpha[i]))
+            return out
+        q = np.where(np.isfinite(p), p, 1.0)
+        return np.asarray(q <= (alpha / m)[:, None])
 
 
 def calibrate(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -205,6 +206,14 @@ def multivariate_for(
         raise ProfileError(f"unusable multivariate reference: {exc}") from None
 
 
+def _window_info(bounds: tuple[float, float, int, int], n: int, pane: Pane) -> WindowInfo:
+    """A window's description from its bounds (``PaneRing.window_bounds``)."""
+    start, end, first, last = bounds
+    return WindowInfo(start_ts=None if math.isnan(start) else start,
+                      end_ts=None if math.isnan(end) else end, n=int(n),
+                      first_offset=first, last_offset=last, pane=pane.pane_id)
+
+
 def alert_id(model: str, kind: str, feature: str | None, segment: str, pane: int, state: str) -> str:
     """Deterministic alert id: a replay of the same window gives the same id."""
     key = f"{model}|{kind}|{feature or ''}|{segment}|{pane}|{state}"
@@ -379,8 +388,9 @@ class ModelMonitor:
         if isinstance(self.ring.rule, TimeRule):
             pane_of = np.empty(len(batch), dtype=np.int64)
             pane_of[rows] = pids
-        return [self._evaluate(pane, batch, label) for label, pane in segs.add(
-            batch.segment, rows, bins, batch.ts, batch.offset, seq0, pane_of, self.ring.max_ts)]
+        return self._evaluate_segments(segs.add(
+            batch.segment, rows, bins, batch.ts, batch.offset, seq0, pane_of, self.ring.max_ts),
+            batch)
 
     def tick(self, now: float | None = None, idle_timeout: float | None = None,
              last_seen: float | None = None) -> list[Evaluation]:
@@ -418,7 +428,7 @@ class ModelMonitor:
                 else:
                     closing = sring.close_all_open()
                     sring.seq = -(-sring.seq // size) * size
-                evs += [self._evaluate(p, None, label) for p in closing]
+                evs += self._evaluate_segments([(label, p) for p in closing], None)
         self.last_evaluations = evs
         return evs
 
@@ -433,37 +443,29 @@ class ModelMonitor:
         return [self._evaluate(self.ring.close(p), batch) for p in done]
 
     # -- evaluation -------------------------------------------------------------------
-    def _evaluate(self, pane: Pane, batch: EventBatch | None, segment: str = "") -> Evaluation:
-        """Test the window of the model (``segment=""``) or of one segment value."""
+    def _evaluate(self, pane: Pane, batch: EventBatch | None) -> Evaluation:
+        """Test the model's window (segment windows: :meth:`_evaluate_segments`)."""
         layout = self.binner.layout
         segs = self.segments
+        ring = self.ring
         # event-time panes spend the budget of the events they hold, so the decisions do not
         # depend on the order events arrived in (a replay decides as the live run did)
-        timed = isinstance(self.ring.rule, TimeRule)
-        if segment:
-            assert segs is not None
-            ring = segs.rings[segment]
-            new_events = pane.n if timed else max(segs.since_eval[segment], pane.n)
-            segs.since_eval[segment] = 0
-            share = SEGMENT_SHARE
-        else:
-            ring = self.ring
-            new_events = pane.n if timed else max(self.events_since_eval, pane.n)
-            self.events_since_eval = 0
-            share = 1.0 - SEGMENT_SHARE if segs is not None and segs.active else 1.0
+        timed = isinstance(ring.rule, TimeRule)
+        new_events = pane.n if timed else max(self.events_since_eval, pane.n)
+        self.events_since_eval = 0
+        share = 1.0 - SEGMENT_SHARE if segs is not None and segs.active else 1.0
         win = ring.totals["hist"]
         terms = self._terms
         n = ring.total_n
         chi2, df, psi, js = terms.scores(win)
         p = self.calibration.p_values(chi2, df)
-        mv = self.mv.evaluate(self._window_sums(), n) \
-            if self.mv is not None and not segment else None
+        mv = self.mv.evaluate(self._window_sums(), n) if self.mv is not None else None
         p_all = p if mv is None else np.concatenate([p, mv.p_value])
         n_mv = p_all.size
         q = self.quality.evaluate(ring.totals["quality"], n) \
-            if self.quality is not None and not segment else None
+            if self.quality is not None else None
         conf = self.confidence.evaluate(ring.totals["confidence"]) \
-            if self.confidence is not None and not segment else None
+            if self.confidence is not None else None
         p_all = np.concatenate([p_all, *([q.tests] if q is not None else []),
                                 *([conf.p_value] if conf is not None else [])])
         alpha = self.calibration.alpha_eval(new_events) * share
@@ -479,24 +481,11 @@ class ModelMonitor:
             q = q.with_decisions(decided[n_mv : n_mv + q.tests.size])
         if conf is not None:
             conf = replace(conf, drift=bool(decided[-1]))
-        if segment:  # segment windows report the tested statistic, PSI and JS only
-            ks = wd = np.full(len(layout.names), np.nan)
-        else:
-            ks, _ = terms.ks_binned(win, layout.n_bins, layout.numeric)
-            wd = terms.wasserstein_binned(win, layout.n_bins, self._widths, self._scale)
-        start, end, first, last = ring.window_bounds()
-        info = WindowInfo(
-            start_ts=None if math.isnan(start) else start,
-            end_ts=None if math.isnan(end) else end,
-            n=int(n),
-            first_offset=first,
-            last_offset=last,
-            pane=pane.pane_id,
-        )
-        if not segment:
-            self.evaluations += 1
+        ks, _ = terms.ks_binned(win, layout.n_bins, layout.numeric)
+        wd = terms.wasserstein_binned(win, layout.n_bins, self._widths, self._scale)
+        self.evaluations += 1
         ev = Evaluation(
-            window=info,
+            window=_window_info(ring.window_bounds(), n, pane),
             index=pane.last_seq,
             insufficient=insufficient,
             names=layout.names,
@@ -510,7 +499,6 @@ class ModelMonitor:
             ks=ks,
             wasserstein=wd,
             multivariate=mv,
-            segment=segment,
             alpha=alpha,
             quality=q,
             confidence=conf,
@@ -521,6 +509,54 @@ class ModelMonitor:
         if alerts:
             ev = replace(ev, alerts=alerts)
         return ev
+
+    def _evaluate_segments(self, closing: Iterable[tuple[str, Pane]],
+                           batch: EventBatch | None) -> list[Evaluation]:
+        """Test the windows of segment values, one per ``(label, pane)`` closed. Each
+        window is taken as it stands when its pair is drawn (a segment's next pane may
+        close later in the same batch); the tests of them all run together.
+
+        Segment windows test the per-column statistic against the same reference and
+        calibration as the model's (at the segments' share of the budget) and report
+        PSI and JS besides; KS, Wasserstein and the model-wide checks are the model's.
+        """
+        segs = self.segments
+        assert segs is not None
+        timed = isinstance(self.ring.rule, TimeRule)
+        taken: list[tuple[str, Pane, int, float, tuple[float, float, int, int]]] = []
+        wins: list[NDArray[Any]] = []
+        cal = self.calibration
+        for label, pane in closing:
+            ring = segs.rings[label]
+            new_events = pane.n if timed else max(segs.since_eval[label], pane.n)
+            segs.since_eval[label] = 0
+            wins.append(ring.totals["hist"].copy())  # later closes add to the totals
+            taken.append((label, pane, ring.total_n, cal.alpha_eval(new_events) * SEGMENT_SHARE,
+                          ring.window_bounds()))
+        if not taken:
+            return []
+        layout = self.binner.layout
+        chi2, df, psi, js = self._terms.scores_many(wins)
+        p = cal.p_values(chi2, df)
+        alpha = np.asarray([t[3] for t in taken], dtype=np.float64)
+        sufficient = [t[2] >= self.config.min_samples for t in taken]
+        decided = cal.decide_rows(p, alpha) & np.asarray(sufficient)[:, None]
+        thr = cal.thresholds(df, alpha[:, None], p.shape[1])
+        nan = np.full(len(layout.names), np.nan)
+        nan.flags.writeable = False  # shared by the evaluations of this call
+        out: list[Evaluation] = []
+        for i, (label, pane, n, a, bounds) in enumerate(taken):
+            ev = Evaluation(window=_window_info(bounds, n, pane), index=pane.last_seq,
+                            insufficient=not sufficient[i], names=layout.names,
+                            kinds=layout.kinds, chi2=chi2[i], threshold=thr[i], p_value=p[i],
+                            drift=decided[i], psi=psi[i], js=js[i], ks=nan, wasserstein=nan,
+                            segment=label, alpha=a)
+            if sufficient[i]:
+                alerts = tuple(self._alerts(ev, batch))
+                if alerts:
+                    ev = replace(ev, alerts=alerts)
+            out.append(ev)
+        return out
 
     def _mv_sums(self, batch: EventBatch, bins: NDArray[np.int64],
                  rows: NDArray[np.int64]) -> dict[str, NDArray[Any]]:

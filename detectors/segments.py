@@ -135,8 +135,9 @@ class Segments:
             seq0: int, pane_of: NDArray[np.int64] | None,
             max_ts: float) -> Iterator[tuple[str, Pane]]:
         """Add ``rows`` of a batch to their segments' rings; yield ``(label, pane)`` of
-        every pane that closes, in order (evaluate each before resuming: a count pane
-        spends the budget of the events its segment received up to its close).
+        every pane that closes, in order (take its segment's window and events since the
+        last evaluation before resuming: a count pane spends the budget of the events its
+        segment received up to its close, and a later pane of the batch adds to the window).
 
         ``bins``: the batch's bin indices (as the model's binner gives them);
         ``pane_of``: event-time pane of every batch row (None for count panes, which

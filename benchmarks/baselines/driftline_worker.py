@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import sys
 import threading
 import time
@@ -43,6 +44,7 @@ class TimedWorker(Worker):
         self.partitions: set[int] = set()  # every inference partition ever assigned
         self.models: set[str] = set()  # every model this worker applied events of
         self.rebalances = 0
+        self.batches = 0  # batches that applied events
 
     def _handle(self, msgs: list[Message], pre: Any = None) -> None:
         if self.t_first is None:
@@ -52,6 +54,7 @@ class TimedWorker(Worker):
         before = self.stats.applied
         super()._handle(msgs, pre)
         if self.stats.applied != before:
+            self.batches += 1
             self.t_last = time.monotonic()
             self.cpu_last = self._cpu()
             self.decode_last = self._decode_cpu()
@@ -129,6 +132,9 @@ def main() -> None:
         "cpu_s": w.cpu_last - w.cpu_first,
         "decode_process": w._decoder is not None,
         "decode_cpu_s": w.decode_last - w.decode_first,  # included in cpu_s
+        "batches": w.batches,
+        # the worker process's peak resident memory (its decode process not included)
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     end = w.t_done if w.t_done is not None else w.t_last
     rep.result(st.applied, w.t_first, end, **extra)

@@ -11,6 +11,7 @@ factorisation runs compiled when built: its codes are exact either way."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import fields, replace
 from typing import Any
@@ -26,7 +27,7 @@ from driftline.detectors import stats as stats_mod
 from driftline.detectors.monitor import Evaluation, ModelMonitor, MonitorConfig
 from driftline.detectors.quality import MISMATCH, MISSING, OUT_OF_RANGE, UNSEEN, DataQuality, is_set
 from driftline.detectors.reference import ReferenceProfile, build_profile
-from driftline.detectors.segments import _NONE, OTHER, Segments, canonical
+from driftline.detectors.segments import _NONE, OTHER, SEGMENT_SHARE, Segments, canonical
 from driftline.detectors.stats import (
     ChiSquare,
     ReferenceTerms,
@@ -37,6 +38,7 @@ from driftline.detectors.stats import (
     wasserstein_binned,
 )
 from driftline.detectors.windows import CountRule, Pane, PaneRing, TimeRule
+from driftline.schemas.models import EventBatch, WindowInfo
 
 
 @pytest.fixture(autouse=True)
@@ -128,6 +130,10 @@ class OldTerms:
     def scores(self, win: Any) -> tuple[Any, Any, Any, Any]:
         chi = old_chi_square(self.ref, win)
         return chi.statistic, chi.df, old_psi(self.ref, win), old_js(self.ref, win)
+
+    def scores_many(self, wins: Any) -> tuple[Any, Any, Any, Any]:
+        parts = [self.scores(w) for w in wins]
+        return tuple(np.stack([p[j] for p in parts]) for j in range(4))  # type: ignore[return-value]
 
     def ks_binned(self, win: Any, n_bins: Any, numeric: Any) -> tuple[Any, Any]:
         return old_ks(self.ref, win, n_bins, numeric)
@@ -379,12 +385,52 @@ def _same(u: Any, v: Any, where: str) -> None:
         assert u == v, where
 
 
+def _old_segment_evaluation(mon: ModelMonitor, pane: Pane, batch: EventBatch | None,
+                            segment: str) -> Evaluation:
+    """One segment window tested as its pane closes, as first written (the model's
+    evaluation code, its segment branch)."""
+    layout, segs = mon.binner.layout, mon.segments
+    assert segs is not None
+    timed = isinstance(mon.ring.rule, TimeRule)
+    ring = segs.rings[segment]
+    new_events = pane.n if timed else max(segs.since_eval[segment], pane.n)
+    segs.since_eval[segment] = 0
+    win, n = ring.totals["hist"], ring.total_n
+    chi2, df, psi_, js = mon._terms.scores(win)
+    p = mon.calibration.p_values(chi2, df)
+    p_all = np.concatenate([p])
+    alpha = mon.calibration.alpha_eval(new_events) * SEGMENT_SHARE
+    insufficient = n < mon.config.min_samples
+    decided = (np.zeros(p_all.size, dtype=bool) if insufficient
+               else mon.calibration.decide(p_all, alpha))
+    thr = mon.calibration.thresholds(df, alpha, p_all.size)
+    ks = wd = np.full(len(layout.names), np.nan)
+    start, end, first, last = ring.window_bounds()
+    info = WindowInfo(start_ts=None if math.isnan(start) else start,
+                      end_ts=None if math.isnan(end) else end, n=int(n),
+                      first_offset=first, last_offset=last, pane=pane.pane_id)
+    ev = Evaluation(window=info, index=pane.last_seq, insufficient=insufficient,
+                    names=layout.names, kinds=layout.kinds, chi2=chi2, threshold=thr,
+                    p_value=p, drift=decided[: p.size], psi=psi_, js=js, ks=ks,
+                    wasserstein=wd, segment=segment, alpha=alpha)
+    if insufficient:
+        return ev
+    alerts = tuple(mon._alerts(ev, batch)) + tuple(mon._check_alerts(ev, batch))
+    return replace(ev, alerts=alerts) if alerts else ev
+
+
 def _old_monitor(mon: ModelMonitor) -> ModelMonitor:
-    """The monitor on the code as first written: old statistics, old segment grouping."""
+    """The monitor on the code as first written: old statistics, old segment grouping,
+    segment windows evaluated one at a time as each pane closes."""
     mon._terms = OldTerms(mon.binner.layout.ref_counts)  # type: ignore[assignment]
     segs = mon.segments
     if segs is not None:
         mon.segments = OldSegments(segs.max_segments, segs.keys, segs.make_ring)
+
+    def one_by_one(closing: Any, batch: EventBatch | None) -> list[Evaluation]:
+        return [_old_segment_evaluation(mon, pane, batch, label) for label, pane in closing]
+
+    mon._evaluate_segments = one_by_one  # type: ignore[method-assign]
     return mon
 
 
