@@ -34,7 +34,7 @@ from numpy.typing import NDArray
 from driftline.detectors.errors import SnapshotError
 from driftline.detectors.join_chunks import CHUNK_ENTRIES, ChunkBook
 from driftline.detectors.join_fifo import Fifo
-from driftline.detectors.join_ids import HexIds, Ids, Slots, hex_ids
+from driftline.detectors.join_ids import HexIds, Ids, Slots, hex_ids, plain_strs
 from driftline.detectors.serialization import get_strs, pack, put_strs, unpack
 
 FloatArray = NDArray[np.float64]
@@ -188,6 +188,11 @@ class JoinStore:
         # all hex ids (so all str): kept as their bytes, unless the store turned to strings
         hexed = hex_ids(ids) if self._pred.keeps_bytes else None
         if hexed is None and set(map(type, ids)) != {str}:
+            plain = plain_strs(ids)
+            if plain is not None:  # str subclasses (numpy's str_): as the str they equal
+                ids, arr = plain, None
+                hexed = hex_ids(ids) if self._pred.keeps_bytes else None
+        if hexed is None and set(map(type, ids)) != {str}:
             keep = [i for i, e in enumerate(ids) if type(e) is str]
             ids = [ids[i] for i in keep]
             arr = None if arr is None else arr[keep]
@@ -287,6 +292,11 @@ class JoinStore:
         pred = self._pred
         # hex or UUID ids: converted once, for both FIFOs (unless both keep strings)
         hexed = hex_ids(ids) if pred.keeps_bytes or self._gone.keeps_bytes else None
+        if hexed is None and set(map(type, ids)) != {str}:
+            plain = plain_strs(ids)
+            if plain is not None:  # str subclasses (numpy's str_): as the str they equal
+                ids = plain
+                hexed = hex_ids(ids) if pred.keeps_bytes or self._gone.keeps_bytes else None
         batch: Ids = ids if hexed is None else hexed
         hit, pos = pred.pop_many(batch)
         hits = np.flatnonzero(hit)

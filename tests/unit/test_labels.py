@@ -59,6 +59,21 @@ def test_labels_join_their_predictions_in_either_order() -> None:
     assert s.counts.predictions == 4 and s.counts.joined == 2 and s.counts.labels == 2
 
 
+@pytest.mark.parametrize("form", ["hex", "uuid", "other"])
+def test_ids_of_str_subclasses_join_like_the_str_they_equal(form: str) -> None:
+    """numpy's ``str_`` ids (an object column of them, or a list) on either side."""
+    ids = [{"hex": uuid.uuid4().hex, "uuid": str(uuid.uuid4())}.get(form, f"req-{i}")
+           for i in range(6)]
+    s = JoinStore(JoinConfig(ttl_seconds=100))
+    preds(s, np.array([np.str_(e) for e in ids[:3]], dtype=object), [1.0] * 3)  # type: ignore[arg-type]
+    preds(s, ids[3:], [2.0] * 3)
+    assert len(s) == 6 and s.counts.predictions == 6
+    j = labels(s, [*(np.str_(e) for e in ids[::2]), ids[1]], [5.0] * 4)
+    assert sorted(j.event_id) == sorted([*ids[::2], ids[1]])
+    assert all(type(e) is str for e in j.event_id)
+    assert len(s) == 2 and s.counts.joined == 4
+
+
 def test_store_is_bounded_and_counts_what_it_drops() -> None:
     s = JoinStore(JoinConfig(ttl_seconds=1e6, max_entries=100, max_pending=10))
     preds(s, [f"p{i}" for i in range(150)], [float(i) for i in range(150)])
