@@ -85,14 +85,6 @@ def hex_ids(ids: Sequence[Any]) -> HexIds | None:
     return None
 
 
-def plain_strs(ids: list[Any]) -> list[Any] | None:
-    """``ids`` with every instance of a str subclass (numpy's ``str_``, say) as the plain
-    str it equals, so it is kept and matched like that str; None when there is none."""
-    if all(type(e) is str or not isinstance(e, str) for e in ids):
-        return None
-    return [str.__str__(e) if isinstance(e, str) else e for e in ids]
-
-
 def as_strs(ids: Ids) -> list[str]:
     return ids.strs() if isinstance(ids, HexIds) else ids
 

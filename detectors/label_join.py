@@ -34,7 +34,7 @@ from numpy.typing import NDArray
 from driftline.detectors.errors import SnapshotError
 from driftline.detectors.join_chunks import CHUNK_ENTRIES, ChunkBook
 from driftline.detectors.join_fifo import Fifo
-from driftline.detectors.join_ids import HexIds, Ids, Slots, hex_ids, plain_strs
+from driftline.detectors.join_ids import HexIds, Ids, Slots, hex_ids
 from driftline.detectors.serialization import get_strs, pack, put_strs, unpack
 
 FloatArray = NDArray[np.float64]
@@ -187,12 +187,12 @@ class JoinStore:
             raise ValueError("columns of different lengths")
         # all hex ids (so all str): kept as their bytes, unless the store turned to strings
         hexed = hex_ids(ids) if self._pred.keeps_bytes else None
-        if hexed is None and set(map(type, ids)) != {str}:
-            plain = plain_strs(ids)
-            if plain is not None:  # str subclasses (numpy's str_): as the str they equal
-                ids, arr = plain, None
-                hexed = hex_ids(ids) if self._pred.keeps_bytes else None
-        if hexed is None and set(map(type, ids)) != {str}:
+        types: set[type] = {str} if hexed is not None else set(map(type, ids))
+        if _str_subclass(types):  # numpy's str_, say: as the str they equal
+            ids, arr = [str.__str__(e) if isinstance(e, str) else e for e in ids], None
+            hexed = hex_ids(ids) if self._pred.keeps_bytes else None
+            types = set(map(type, ids))
+        if hexed is None and types != {str}:
             keep = [i for i, e in enumerate(ids) if type(e) is str]
             ids = [ids[i] for i in keep]
             arr = None if arr is None else arr[keep]
@@ -292,11 +292,9 @@ class JoinStore:
         pred = self._pred
         # hex or UUID ids: converted once, for both FIFOs (unless both keep strings)
         hexed = hex_ids(ids) if pred.keeps_bytes or self._gone.keeps_bytes else None
-        if hexed is None and set(map(type, ids)) != {str}:
-            plain = plain_strs(ids)
-            if plain is not None:  # str subclasses (numpy's str_): as the str they equal
-                ids = plain
-                hexed = hex_ids(ids) if pred.keeps_bytes or self._gone.keeps_bytes else None
+        if hexed is None and _str_subclass(set(map(type, ids))):  # numpy's str_, say: as
+            ids = [str.__str__(e) if isinstance(e, str) else e for e in ids]  # the str
+            hexed = hex_ids(ids) if pred.keeps_bytes or self._gone.keeps_bytes else None
         batch: Ids = ids if hexed is None else hexed
         hit, pos = pred.pop_many(batch)
         hits = np.flatnonzero(hit)
@@ -614,6 +612,12 @@ class StoreRecords:
     store: bytes
     chunks: dict[str, bytes]
     dropped: list[str]
+
+
+def _str_subclass(types: set[type]) -> bool:
+    """Whether any of these types is a subclass of str (its ids are kept and matched as
+    the plain str they equal)."""
+    return any(t is not str and issubclass(t, str) for t in types)
 
 
 def _encode_at(enc: Callable[[Fifo, Slots, str], dict[str, NDArray[Any]]],

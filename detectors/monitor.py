@@ -513,8 +513,8 @@ class ModelMonitor:
     def _evaluate_segments(self, closing: Iterable[tuple[str, Pane]],
                            batch: EventBatch | None) -> list[Evaluation]:
         """Test the windows of segment values, one per ``(label, pane)`` closed. Each
-        window is taken as it stands when its pair is drawn (a segment's next pane may
-        close later in the same batch); the tests of them all run together.
+        window is scored as it stands when its pair is drawn (a segment's next pane may
+        close later in the same batch); the tests of their scores run together.
 
         Segment windows test the per-column statistic against the same reference and
         calibration as the model's (at the segments' share of the budget) and report
@@ -524,19 +524,19 @@ class ModelMonitor:
         assert segs is not None
         timed = isinstance(self.ring.rule, TimeRule)
         taken: list[tuple[str, Pane, int, float, tuple[float, float, int, int]]] = []
-        wins: list[NDArray[Any]] = []
+        scores: list[tuple[NDArray[np.float64], ...]] = []
         cal = self.calibration
         for label, pane in closing:
             ring = segs.rings[label]
             new_events = pane.n if timed else max(segs.since_eval[label], pane.n)
             segs.since_eval[label] = 0
-            wins.append(ring.totals["hist"].copy())  # later closes add to the totals
+            scores.append(self._terms.scores(ring.totals["hist"]))  # before later closes
             taken.append((label, pane, ring.total_n, cal.alpha_eval(new_events) * SEGMENT_SHARE,
                           ring.window_bounds()))
         if not taken:
             return []
         layout = self.binner.layout
-        chi2, df, psi, js = self._terms.scores_many(wins)
+        chi2, df, psi, js = (np.stack([s[j] for s in scores]) for j in range(4))
         p = cal.p_values(chi2, df)
         alpha = np.asarray([t[3] for t in taken], dtype=np.float64)
         sufficient = [t[2] >= self.config.min_samples for t in taken]

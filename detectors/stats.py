@@ -8,7 +8,6 @@ bins, so they are the distance between binned CDFs, not the exact one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -110,23 +109,6 @@ class ReferenceTerms:
         q: Vec = np.divide(w, nw, out=np.zeros_like(w), where=nw > 0)  # _proportions(win)
         stat, df, _ = self._chi_square(w, nw, p_value=False)
         return stat, df, self._psi(q), self._jensen_shannon(q)
-
-    def scores_many(self, wins: Sequence[Counts]) -> tuple[Vec, Vec, Vec, Vec]:
-        """:meth:`scores` of several windows, each statistic stacked by window: (windows,
-        columns) arrays, row ``i`` what ``scores(wins[i])`` gives."""
-        shape = self.counts.shape
-        if not wins:
-            return tuple(np.zeros((0, *shape[:-1])) for _ in range(4))  # type: ignore[return-value]
-        if _kernels is None or len(shape) != 2 or any(np.shape(w) != shape for w in wins):
-            parts = [self.scores(w) for w in wins]
-            return tuple(np.stack([s[j] for s in parts])  # type: ignore[return-value]
-                         for j in range(4))
-        out = np.empty((len(wins), 4, shape[0]))
-        w = np.stack(wins).astype(np.float64, copy=False)
-        for i in range(len(wins)):
-            _kernels.window_scores(self.counts, self.smoothed, self.proportions, self.total,
-                                   w[i], out[i], *shape)
-        return out[:, 0], out[:, 1], out[:, 2], out[:, 3]
 
     def chi_square(self, win: Counts) -> ChiSquare:
         """Chi-square homogeneity test of two histograms (bins empty in both are dropped)."""

@@ -131,10 +131,6 @@ class OldTerms:
         chi = old_chi_square(self.ref, win)
         return chi.statistic, chi.df, old_psi(self.ref, win), old_js(self.ref, win)
 
-    def scores_many(self, wins: Any) -> tuple[Any, Any, Any, Any]:
-        parts = [self.scores(w) for w in wins]
-        return tuple(np.stack([p[j] for p in parts]) for j in range(4))  # type: ignore[return-value]
-
     def ks_binned(self, win: Any, n_bins: Any, numeric: Any) -> tuple[Any, Any]:
         return old_ks(self.ref, win, n_bins, numeric)
 
