@@ -15,6 +15,7 @@ categories are looked up once per event.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -201,12 +202,13 @@ def fit_encoding(columns: Sequence[ColumnInput], *, top_k: int = TOP_CATEGORIES)
             if v.size >= 2:
                 a, b = np.quantile(v, [CLIP_QUANTILE, 1.0 - CLIP_QUANTILE])
                 c = np.clip(v, a, b)
-                sd = float(c.std())
-                if sd > 1e-12 * (abs(float(c.mean())) + 1.0):
+                with np.errstate(over="ignore", invalid="ignore"):  # near the float limit:
+                    sd, mid = float(c.std()), float(c.mean())  # not encoded (NaN, inf)
+                if math.isfinite(sd) and math.isfinite(mid) and sd > 1e-12 * (abs(mid) + 1.0):
                     num_names.append(col.name)
                     lo.append(float(a))
                     hi.append(float(b))
-                    center.append(float(c.mean()))
+                    center.append(mid)
                     scale.append(sd)
         else:
             counts = np.bincount(col.codes[col.codes >= 0], minlength=len(col.categories) + 1)

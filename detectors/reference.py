@@ -341,8 +341,7 @@ def profile_numeric(
         counts=counts,
         missing=missing,
         sample=np.sort(sample),
-        mean=float(v.mean()),
-        std=float(v.std()),
+        **_moments(v),
         min=float(v.min()),
         max=float(v.max()),
     )
@@ -368,6 +367,18 @@ def _category_token(v: Any) -> str | None:
     if isinstance(v, float) and math.isnan(v):
         return None
     return str(v)
+
+
+def _moments(v: NDArray[np.float64]) -> dict[str, float]:
+    """Mean and standard deviation of finite values, finite however large they are (sums
+    of values near the float limit overflow: then they are taken of ``v / max|v|``)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, std = float(v.mean()), float(v.std())
+    if not (math.isfinite(mean) and math.isfinite(std)):
+        s = float(np.max(np.abs(v)))
+        w = v / s
+        mean, std = float(w.mean()) * s, float(w.std()) * s
+    return {"mean": mean, "std": std}
 
 
 def build_profile(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import struct
 from collections.abc import Sequence
 from typing import Any, cast
@@ -157,7 +158,7 @@ def unpack(
                 raise SnapshotError("truncated snapshot body")
             dt = np.dtype(spec["dtype"])
             shape = tuple(int(s) for s in spec["shape"])
-            if int(np.prod(shape, dtype=np.int64)) * dt.itemsize != n:
+            if any(not 0 <= s < 2**62 for s in shape) or math.prod(shape) * dt.itemsize != n:
                 raise SnapshotError(f"shape of {name!r} does not match its bytes")
             arrays[name] = np.frombuffer(data[start : start + n], dtype=dt).reshape(shape).copy()
         meta = header["meta"]

@@ -251,9 +251,11 @@ class PaneRing:
             count = arrays[f"{g}.meta"].shape[0]
             if arrays[f"{g}.meta"].shape != (count, 7):
                 raise ValueError(f"ring {g} pane table has the wrong shape")
-            for k, (shape, _) in self.shapes.items():
+            for k, (shape, dtype) in self.shapes.items():
                 if arrays[f"{g}.{k}"].shape != (count, *shape):
                     raise ValueError(f"ring {g}.{k} has the wrong shape")
+                if arrays[f"{g}.{k}"].dtype != np.dtype(dtype):  # (no lossy cast)
+                    raise ValueError(f"ring {g}.{k} has the wrong type")
                 if k == "hist" and np.any(arrays[f"{g}.{k}"] < 0):
                     raise ValueError("negative counts in a pane")
             for i, m in enumerate(arrays[f"{g}.meta"].tolist()):

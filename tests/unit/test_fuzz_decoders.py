@@ -669,3 +669,34 @@ def test_forgetting_a_model_removes_all_its_series() -> None:
     m.events.labels("gone").inc()
     m.forget_model("gone")
     assert 'model="gone"' not in generate_latest(registry).decode()
+
+
+def test_snapshot_arrays_of_the_wrong_type_or_impossible_shape_are_refused() -> None:
+    """A pane table of floats where counts belong is refused (a cast would turn NaN into
+    arbitrary counts), and a dimension past int64 is refused before numpy sees it."""
+    import warnings
+
+    import numpy as np
+
+    from driftline.detectors.errors import SnapshotError
+    from driftline.detectors.serialization import pack, unpack
+    from driftline.detectors.windows import CountRule, PaneRing
+
+    ring = PaneRing(2, CountRule(3), {"hist": ((2, 4), "<i8")})
+    ring.add(0, {"hist": np.ones((2, 4), dtype=np.int64)}, 3, np.zeros(3),
+             np.arange(3, dtype=np.int64), 2)
+    ring.close(0)
+    meta, arrays = ring.state()
+    fresh = PaneRing(2, CountRule(3), {"hist": ((2, 4), "<i8")})
+    fresh.load(meta, arrays)
+    assert fresh.totals["hist"].tolist() == ring.totals["hist"].tolist()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bad = {**arrays, "closed.hist": np.full(arrays["closed.hist"].shape, np.nan)}
+        with pytest.raises(ValueError, match="wrong type"):
+            PaneRing(2, CountRule(3), {"hist": ((2, 4), "<i8")}).load(meta, bad)
+        blob = pack("driftline.test", {}, {"a": np.zeros((0, 3), dtype=np.int64)})
+        hacked = blob.replace(b"[0,3]", b"[0,18446744073709551615]")
+        assert hacked != blob
+        with pytest.raises(SnapshotError):
+            unpack(hacked, "driftline.test")

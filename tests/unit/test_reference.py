@@ -31,6 +31,26 @@ def test_profile_round_trips_and_validates_against_its_schema() -> None:
     assert amount.n_bins == 16 and int(amount.counts.sum()) == 5000  # type: ignore[union-attr]
 
 
+def test_a_reference_of_values_near_the_float_limit_round_trips() -> None:
+    """Their sums overflow: the moments are still finite, so the profile can be read
+    back (one built from a model's first events is written and read on every restart);
+    a column whose spread overflows is left out of the multivariate statistics."""
+    rng = np.random.default_rng(1)
+    huge = rng.uniform(-1, 1, 400) * 1.7e308
+    prof = build_profile("m", {"huge": huge, "y": rng.normal(size=400), "z": rng.normal(size=400)},
+                         created_at=0.0)
+    col = prof.columns[0]
+    assert np.isfinite([col.mean, col.std]).all()  # type: ignore[union-attr]
+    assert abs(col.mean - float(np.mean(huge / 1e308)) * 1e308) < 1e300  # type: ignore[union-attr]
+    back = ReferenceProfile.from_json(prof.to_json())
+    assert back.reference_id == prof.reference_id
+    assert prof.multivariate is not None
+    assert [e["name"] for e in prof.multivariate["encoding"]["numeric"]] == ["y", "z"]
+    normal = rng.lognormal(3, 1, 1000)  # ordinary values: the moments as numpy takes them
+    c = build_profile("m", {"x": normal}, created_at=0.0).columns[0]
+    assert (c.mean, c.std) == (float(normal.mean()), float(normal.std()))  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize("bad", [
     {"schema": "other"},
     {"schema": "driftline.reference/v1", "model": "m"},
