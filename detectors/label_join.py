@@ -188,8 +188,9 @@ class JoinStore:
         # all hex ids (so all str): kept as their bytes, unless the store turned to strings
         hexed = hex_ids(ids) if self._pred.keeps_bytes else None
         types: set[type] = {str} if hexed is not None else set(map(type, ids))
-        if _str_subclass(types):  # numpy's str_, say: as the str they equal
-            ids, arr = [str.__str__(e) if isinstance(e, str) else e for e in ids], None
+        plain = _plain_strs(ids, types)
+        if plain is not None:
+            ids, arr = plain, None
             hexed = hex_ids(ids) if self._pred.keeps_bytes else None
             types = set(map(type, ids))
         if hexed is None and types != {str}:
@@ -292,8 +293,9 @@ class JoinStore:
         pred = self._pred
         # hex or UUID ids: converted once, for both FIFOs (unless both keep strings)
         hexed = hex_ids(ids) if pred.keeps_bytes or self._gone.keeps_bytes else None
-        if hexed is None and _str_subclass(set(map(type, ids))):  # numpy's str_, say: as
-            ids = [str.__str__(e) if isinstance(e, str) else e for e in ids]  # the str
+        plain = None if hexed is not None else _plain_strs(ids, set(map(type, ids)))
+        if plain is not None:
+            ids = plain
             hexed = hex_ids(ids) if pred.keeps_bytes or self._gone.keeps_bytes else None
         batch: Ids = ids if hexed is None else hexed
         hit, pos = pred.pop_many(batch)
@@ -614,10 +616,13 @@ class StoreRecords:
     dropped: list[str]
 
 
-def _str_subclass(types: set[type]) -> bool:
-    """Whether any of these types is a subclass of str (its ids are kept and matched as
-    the plain str they equal)."""
-    return any(t is not str and issubclass(t, str) for t in types)
+def _plain_strs(ids: list[Any], types: set[type]) -> list[Any] | None:
+    """``ids`` (of these ``types``) with every instance of a str subclass (numpy's
+    ``str_``, say) as the plain str it equals, kept and matched as that str; None when
+    there is none."""
+    if not any(t is not str and issubclass(t, str) for t in types):
+        return None
+    return [str.__str__(e) if isinstance(e, str) else e for e in ids]
 
 
 def _encode_at(enc: Callable[[Fifo, Slots, str], dict[str, NDArray[Any]]],

@@ -335,13 +335,15 @@ def profile_numeric(
     counts = np.bincount(idx, minlength=edges.size + 1).astype(np.int64)
     rng = np.random.default_rng(seed)
     sample = v if v.size <= sample_size else rng.choice(v, size=sample_size, replace=False)
+    mean, std = _moments(v)
     return NumericProfile(
         name=name,
         edges=edges,
         counts=counts,
         missing=missing,
         sample=np.sort(sample),
-        **_moments(v),
+        mean=mean,
+        std=std,
         min=float(v.min()),
         max=float(v.max()),
     )
@@ -369,7 +371,7 @@ def _category_token(v: Any) -> str | None:
     return str(v)
 
 
-def _moments(v: NDArray[np.float64]) -> dict[str, float]:
+def _moments(v: NDArray[np.float64]) -> tuple[float, float]:
     """Mean and standard deviation of finite values, finite however large they are (sums
     of values near the float limit overflow: then they are taken of ``v / max|v|``)."""
     with np.errstate(over="ignore", invalid="ignore"):
@@ -378,7 +380,7 @@ def _moments(v: NDArray[np.float64]) -> dict[str, float]:
         s = float(np.max(np.abs(v)))
         w = v / s
         mean, std = float(w.mean()) * s, float(w.std()) * s
-    return {"mean": mean, "std": std}
+    return mean, std
 
 
 def build_profile(
