@@ -45,6 +45,9 @@ class TimedWorker(Worker):
         self.models: set[str] = set()  # every model this worker applied events of
         self.rebalances = 0
         self.batches = 0  # batches that applied events
+        self.checkpoint_s = 0.0  # seconds in checkpoints (snapshots, acks, commits) up to the target
+        self.checkpoints = 0
+        self.snapshot_mib = 0.0  # state-topic bytes written up to the target
 
     def _handle(self, msgs: list[Message], pre: Any = None) -> None:
         if self.t_first is None:
@@ -63,7 +66,18 @@ class TimedWorker(Worker):
                                if not st.model.startswith(UNATTRIBUTED)}
         if self.target and self.t_done is None and self.stats.applied >= self.target:
             self.t_done = self.t_last
+            self.snapshot_mib = _metric_total(self.metrics.registry,
+                                              "driftline_worker_snapshot_bytes") / 2**20
             self.request_stop()
+
+    def checkpoint(self, models: list[str] | None = None) -> None:
+        t = time.monotonic()
+        try:
+            super().checkpoint(models)
+        finally:
+            if self.t_first is not None and self.t_done is None:
+                self.checkpoint_s += time.monotonic() - t
+                self.checkpoints += 1
 
     def _cpu(self) -> float:
         """CPU seconds of this process and of its decode process."""
@@ -77,6 +91,12 @@ class TimedWorker(Worker):
         self.rebalances += 1
         self.partitions |= {tp.partition for tp in partitions
                             if tp.topic == self.settings.inference_topic}
+
+
+def _metric_total(registry: CollectorRegistry, name: str) -> float:
+    """Sum of a counter's samples over its labels."""
+    return sum(s.value for m in registry.collect() for s in m.samples
+               if s.name == f"{name}_total")
 
 
 def _cpu() -> float:
@@ -133,6 +153,11 @@ def main() -> None:
         "decode_process": w._decoder is not None,
         "decode_cpu_s": w.decode_last - w.decode_first,  # included in cpu_s
         "batches": w.batches,
+        # checkpoints between the first event and the target, and the seconds they took
+        # (snapshots written and acknowledged, offsets committed): part of the elapsed time
+        "checkpoints": w.checkpoints, "checkpoint_s": w.checkpoint_s,
+        # state-topic bytes (snapshots, label-join chunk records) written up to the target
+        "snapshot_mib": w.snapshot_mib,
         # the worker process's peak resident memory (its decode process not included)
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }

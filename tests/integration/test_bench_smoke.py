@@ -84,6 +84,11 @@ def test_throughput_quick_raw_and_driftline(kafka_bootstrap: str, tmp_path: Path
         assert data[key] is None
     assert data["details"]["single"]["n"] == data["details"]["envelope"]["n"] == 20_000
     assert data["details"]["single"]["dead_letters"] == 0
+    for key in ("envelope", "envelope_labels", "envelope_labels_segments_shadow"):
+        d = data["details"][key]  # what each driftline consumer reports besides its rate
+        assert d["batches"] >= 1 and d["peak_rss_mib"] > 50, (key, d)
+        assert d["checkpoints"] >= 0 and 0 <= d["checkpoint_s"] <= d["n"] / d["eps"], (key, d)
+        assert d["snapshot_mib"] >= 0, (key, d)
     assert data["machine"]["cpu_count"] >= 1
     assert data["machine"]["single_event_scanner"] == "compiled"  # CI builds it
     assert data["machine"]["window_kernels"] == "compiled"  # and the kernels
