@@ -74,6 +74,10 @@ def test_throughput_quick_raw_and_driftline(kafka_bootstrap: str, tmp_path: Path
         assert data["details"][key]["n"] == both and data["details"][key]["dead_letters"] == 0
     assert data["envelope_all_checks_cost"] == pytest.approx(
         data["envelope_candidates_checks_off_eps"] / data["envelope_all_checks_eps"])
+    # and the same ratios past the first 10 % of events (None where a run is too short)
+    a, b = data["steady_eps"]["envelope_checks_off"], data["steady_eps"]["envelope_labels"]
+    assert data["steady_ratios"]["envelope_labels_cost"] == (pytest.approx(a / b) if a and b
+                                                             else None)
     # and the label join, segments and shadow pairing alone, against the same events
     assert data["envelope_labels_segments_shadow_cost"] == pytest.approx(
         data["envelope_candidates_checks_off_eps"] / data["envelope_labels_segments_shadow_eps"])
