@@ -45,15 +45,17 @@ class TimedWorker(Worker):
         self.models: set[str] = set()  # every model this worker applied events of
         self.rebalances = 0
         self.batches = 0  # batches that applied events
-        self.checkpoint_s = 0.0  # seconds in checkpoints (snapshots, acks, commits) up to the target
-        self.checkpoints = 0
-        self.snapshot_mib = 0.0  # state-topic bytes written up to the target
+        # checkpoints (snapshots, acks, commits) from the first event to the target, and the
+        # seconds they took; state-topic bytes written up to the target (from the metrics)
+        self.checkpoints, self.checkpoint_s, self.snapshot_mib = 0, 0.0, 0.0
+        self._checkpoints_before = (0.0, 0.0)
 
     def _handle(self, msgs: list[Message], pre: Any = None) -> None:
         if self.t_first is None:
             self.t_first = time.monotonic()
             self.cpu_first = self._cpu()
             self.decode_first = self._decode_cpu()
+            self._checkpoints_before = self._checkpoint_totals()
         before = self.stats.applied
         super()._handle(msgs, pre)
         if self.stats.applied != before:
@@ -66,18 +68,19 @@ class TimedWorker(Worker):
                                if not st.model.startswith(UNATTRIBUTED)}
         if self.target and self.t_done is None and self.stats.applied >= self.target:
             self.t_done = self.t_last
-            self.snapshot_mib = _metric_total(self.metrics.registry,
-                                              "driftline_worker_snapshot_bytes") / 2**20
+            count, seconds = self._checkpoint_totals()
+            self.checkpoints = int(count - self._checkpoints_before[0])
+            self.checkpoint_s = seconds - self._checkpoints_before[1]
+            self.snapshot_mib = sum(
+                s.value for m in self.metrics.registry.collect() for s in m.samples
+                if s.name == "driftline_worker_snapshot_bytes_total") / 2**20
             self.request_stop()
 
-    def checkpoint(self, models: list[str] | None = None) -> None:
-        t = time.monotonic()
-        try:
-            super().checkpoint(models)
-        finally:
-            if self.t_first is not None and self.t_done is None:
-                self.checkpoint_s += time.monotonic() - t
-                self.checkpoints += 1
+    def _checkpoint_totals(self) -> tuple[float, float]:
+        """Checkpoints so far and their seconds (the worker's duration histogram)."""
+        get = self.metrics.registry.get_sample_value
+        name = "driftline_worker_checkpoint_duration_seconds"
+        return get(f"{name}_count") or 0.0, get(f"{name}_sum") or 0.0
 
     def _cpu(self) -> float:
         """CPU seconds of this process and of its decode process."""
@@ -91,12 +94,6 @@ class TimedWorker(Worker):
         self.rebalances += 1
         self.partitions |= {tp.partition for tp in partitions
                             if tp.topic == self.settings.inference_topic}
-
-
-def _metric_total(registry: CollectorRegistry, name: str) -> float:
-    """Sum of a counter's samples over its labels."""
-    return sum(s.value for m in registry.collect() for s in m.samples
-               if s.name == f"{name}_total")
 
 
 def _cpu() -> float:
