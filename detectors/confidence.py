@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from driftline.detectors.quality import QualityConfig, increase_p_values
+from driftline.detectors.quality import QualityConfig, increase_p_value
 from driftline.detectors.reference import CategoricalProfile, NumericProfile, ReferenceProfile
 from driftline.schemas.models import EventBatch
 
@@ -95,11 +95,10 @@ class ConfidenceCheck:
         baseline = self.base_high / self.base_n if self.ready and self.base_n else float("nan")
         p = np.full(1, np.nan)
         if scored and self.ready and self.base_n:
-            p = increase_p_values(np.asarray([float(high)]), np.asarray([float(scored)]),
-                                  np.asarray([float(self.base_high)]),
-                                  np.asarray([float(self.base_n)]))
+            p[0] = increase_p_value(float(high), float(scored), float(self.base_high),
+                                    float(self.base_n))
             if not share - baseline >= self.config.confidence_min_increase:
-                p[:] = 1.0
+                p[0] = 1.0
         return ConfidenceEvaluation(share, baseline, scored, p)
 
     def state(self) -> dict[str, Any]:

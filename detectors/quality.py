@@ -81,6 +81,26 @@ def increase_p_values(k: NDArray[np.float64], n: NDArray[np.float64], k_ref: NDA
     return np.asarray(np.where(ok, p, 1.0), dtype=np.float64)
 
 
+def increase_p_value(k: float, n: float, k_ref: float, n_ref: float) -> float:
+    """:func:`increase_p_values` of one rate, in floats (the same operations, the same
+    result, without the arrays' overhead: a confidence check runs it at every window)."""
+    if not (n > 0 and n_ref > 0):
+        return 1.0
+    rate, ref = k / n, k_ref / n_ref
+    pooled = (k + k_ref) / (n + n_ref)
+    var = pooled * (1.0 - pooled) * (1.0 / n + 1.0 / n_ref)
+    if not var >= 0.0:  # NaN (or a negative rounding residue): as numpy's sqrt, no test
+        return 1.0
+    diff = rate - ref
+    se = math.sqrt(var)
+    if se == 0.0:  # numpy's division: +-inf, or NaN for 0 / 0
+        z = math.copysign(math.inf, diff) if diff else math.nan
+    else:
+        z = diff / se
+    p = float(special.ndtr(-z))
+    return p if math.isfinite(p) else 1.0
+
+
 @dataclass(frozen=True)
 class QualityEvaluation:
     """The window's quality rates and their tests, per feature and metric."""
@@ -153,6 +173,9 @@ class DataQuality:
         app[:, MISMATCH] = self.numeric | ~numbers_ok
         app &= n_ref > 0
         self.applicable = app
+        with np.errstate(divide="ignore", invalid="ignore"):
+            self._ref_rate = np.where(app, k_ref / n_ref, np.nan)  # what evaluate compares with
+        self._ref_rate.flags.writeable = False  # shared by every evaluation
         self._names_seen: tuple[str, ...] | None = None
         self._where = np.zeros(0, dtype=np.int64)
         self._have = np.zeros(0, dtype=bool)
@@ -225,14 +248,12 @@ class DataQuality:
         den = np.empty_like(k)
         den[:, MISSING] = den[:, MISMATCH] = n
         den[:, UNSEEN] = den[:, OUT_OF_RANGE] = present
+        ref_rate = self._ref_rate
         with np.errstate(divide="ignore", invalid="ignore"):
             rate = np.where(self.applicable & (den > 0), k / den, np.nan)
-            ref_rate = np.where(self.applicable, self.k_ref / self.n_ref, np.nan)
-        p = increase_p_values(k, den, self.k_ref, self.n_ref)
-        floor = self.config.min_increase
-        with np.errstate(invalid="ignore"):
-            p = np.where(rate - ref_rate >= floor, p, 1.0)
-        p = np.where(self.applicable, p, np.nan)
+            p = increase_p_values(k, den, self.k_ref, self.n_ref)
+            p[~(rate - ref_rate >= self.config.min_increase)] = 1.0
+        p[~self.applicable] = np.nan
         return QualityEvaluation(self.names, rate, ref_rate, p, self.applicable,
                                  np.zeros(self.applicable.shape, dtype=bool))
 

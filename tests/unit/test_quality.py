@@ -9,7 +9,7 @@ import pytest
 from synth import make_batch
 
 from driftline.detectors.monitor import SNAPSHOT_KIND, ModelMonitor, MonitorConfig
-from driftline.detectors.quality import QualityConfig
+from driftline.detectors.quality import QualityConfig, increase_p_value, increase_p_values
 from driftline.detectors.reference import ReferenceProfile, build_profile
 from driftline.detectors.serialization import pack, unpack
 from driftline.schemas.models import EventBatch
@@ -243,3 +243,24 @@ def test_disabled_checks_leave_the_family_unchanged(profile: ReferenceProfile) -
     x, c = stream(rng, 6000)
     ev = off.update(batch(x, c))[-1]
     assert ev.quality is None and ev.confidence is None
+
+
+def test_the_float_increase_test_gives_the_array_test_bit_for_bit() -> None:
+    """The confidence check's one-rate test (floats) against the quality checks' array
+    test: the same p-value to the last bit, edge cases included (empty windows, rates of
+    0 and 1, equal rates, no reference)."""
+    rng = np.random.default_rng(5)
+    cases = [(0.0, 0.0, 0.0, 0.0), (0.0, 10.0, 0.0, 10.0), (10.0, 10.0, 10.0, 10.0),
+             (5.0, 10.0, 0.0, 0.0), (0.0, 0.0, 3.0, 9.0), (10.0, 10.0, 0.0, 10.0),
+             (0.0, 10.0, 10.0, 10.0), (3.0, 7.0, 3.0, 7.0)]
+    for small in (True, False):
+        for _ in range(20_000):
+            n_ref = float(rng.integers(0, 6 if small else 10**9))
+            n = float(rng.integers(0, 6 if small else 10**6))
+            cases.append((float(rng.integers(0, int(n) + 1)), n,
+                          float(rng.integers(0, int(n_ref) + 1)), n_ref))
+    k, n, k_ref, n_ref = (np.asarray(c) for c in zip(*cases, strict=True))
+    arrays = increase_p_values(k, n, k_ref, n_ref)
+    floats = np.asarray([increase_p_value(*c) for c in cases])
+    assert np.array_equal(arrays, floats)
+    assert arrays.min() < 1e-6 and (arrays == 1.0).sum() > 100  # both tails were reached
