@@ -219,11 +219,12 @@ class JoinStore:
 
     def _store(self, ids: Ids, arr: NDArray[Any] | None, score: NDArray[np.float64],
                cls: list[Any] | None, t: NDArray[np.float64], a: int, b: int) -> None:
-        """Keep rows ``a..b`` (a prediction taken in again is no longer gone)."""
+        """Keep rows ``a..b``. An id taken in again may still be among the ids that left
+        (``gone``): it stays there until it leaves again (then it moves to the newest end,
+        with its new reason) or is pushed out; a label finds the stored prediction first."""
         if a >= b:
             return
         part = ids if a == 0 and b == len(ids) else ids[a:b]
-        self._gone.discard(part)
         self._pred.append(part, {"score": score[a:b], "ts": t[a:b],
                                  "cls": None if cls is None else cls[a:b]},
                           None if arr is None else arr[a:b])
@@ -236,15 +237,10 @@ class JoinStore:
         pending, ttl, c = self._pending, self.config.ttl_seconds, self.counts
         out: list[tuple[str, float, str | None, str, float, float]] = []
         hits = [i for i, eid in enumerate(ids) if eid in pending]
-        # distinct ids, and either room in ``gone`` for every joined one or none of the
-        # other rows in ``gone`` (then storing them takes nothing out of it, and its oldest
-        # leave the same whether the joined ones come in one by one or together): storing
-        # the other rows and forgetting the joined ones, each in one go, is what row by
-        # row would do
-        at_once = len(set(ids)) == len(ids) and (
-            len(self._gone) + len(hits) <= self.config.max_entries or not (
-                self._gone.get_many([e for i, e in enumerate(ids) if e not in pending]) >= 0
-            ).any())
+        # distinct ids: storing the other rows and forgetting the joined ones, each in one
+        # go, is what row by row would do (storing takes nothing out of ``gone``, and the
+        # joined ones enter it in the same order)
+        at_once = len(set(ids)) == len(ids)
         start = 0
         for i in (hits if at_once else range(len(ids))):
             eid = ids[i]

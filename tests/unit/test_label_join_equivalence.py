@@ -90,7 +90,7 @@ class ReferenceStore:
         rows that joined labels already pending."""
         rows = _Rows()
         ttl, cfg = self.config.ttl_seconds, self.config
-        pred_store, pending, gone, c = self._pred, self._pending, self._gone, self.counts
+        pred_store, pending, c = self._pred, self._pending, self.counts
         classes: Sequence[str | None] = predicted if predicted is not None else [None] * len(ts)
         n = 0
         for eid, score, p, t in zip(event_ids, scores, classes, ts, strict=True):
@@ -108,8 +108,6 @@ class ReferenceStore:
                     rows.add(eid, float(score), p, label, float(t), lt)
                 self._forget(eid, _JOINED)
                 continue
-            if eid in gone:
-                del gone[eid]
             if eid in pred_store:  # a repeated id: the newest prediction counts
                 del pred_store[eid]
             pred_store[eid] = (float(score), p, float(t))
