@@ -164,6 +164,8 @@ class WorkerMetrics:
         self.model_quality = Gauge("driftline_model_quality",
                                    "Window metric of the labelled predictions",
                                    ["model", "metric"], registry=r)
+        #: per model, its series of the labelled metrics that are not GaugeTables (those
+        #: forget a model's series by its label), for forget_model
         self._features: dict[str, set[tuple[str, ...]]] = {}
         #: labelled children by (family, *labels), the keys of ``_features``' sets
         self._children: dict[tuple[str, ...], Any] = {}
@@ -235,14 +237,12 @@ class WorkerMetrics:
                     thresholds.append(((model, MULTIVARIATE_FEATURE, name), thr))
         self.score.set_many(scores)
         self.threshold.set_many(thresholds)
-        seen.update(("score", *k) for k, _ in scores)
-        seen.update(("threshold", *k) for k, _ in thresholds)
         for a in ev.alerts:
             self.state.labels(model, a.kind, a.feature or "").set(1.0 if a.state == "firing" else 0.0)
             seen.add(("state", model, a.kind, a.feature or ""))
-        self._observe_checks(model, ev, seen)
+        self._observe_checks(model, ev)
 
-    def _observe_checks(self, model: str, ev: Evaluation, seen: set[tuple[str, ...]]) -> None:
+    def _observe_checks(self, model: str, ev: Evaluation) -> None:
         """Data-quality rates and the high-confidence share of one evaluation."""
         q = ev.quality
         if q is not None:
@@ -252,7 +252,6 @@ class WorkerMetrics:
                      for j, m in zip(js.tolist(), ms.tolist(), strict=True)
                      if math.isfinite(rates[j][m])]
             self.quality.set_many(found)
-            seen.update(("quality", *k) for k, _ in found)
         c = ev.confidence
         if c is not None and math.isfinite(c.share):
             self._child("high_confidence", self.high_confidence, (model,)).set(c.share)
@@ -280,7 +279,6 @@ class WorkerMetrics:
         found = [((model, ev.segment, name), v)
                  for name, v in zip(ev.names, ev.chi2.tolist(), strict=True) if math.isfinite(v)]
         self.segment_score.set_many(found)
-        self._features.setdefault(model, set()).update(("segment_score", *k) for k, _ in found)
 
     def observe_labels(self, model: str, delta: dict[str, int], delay: np.ndarray,
                        coverage: float) -> None:
@@ -307,13 +305,13 @@ class WorkerMetrics:
 
     def forget_model(self, model: str) -> None:
         """Remove a model's series (its partition moved to another worker)."""
+        for table in (self.score, self.threshold, self.segment_score, self.quality):
+            table.forget(model)
         for key in self._features.pop(model, set()):
             self._children.pop(key, None)
             family, labels = key[0], key[1:]
-            metric = {"score": self.score, "threshold": self.threshold, "state": self.state,
-                      "segment_score": self.segment_score,
-                      "segment_events": self.segment_events,
-                      "quality": self.quality, "high_confidence": self.high_confidence,
+            metric = {"state": self.state, "segment_events": self.segment_events,
+                      "high_confidence": self.high_confidence,
                       "shadow_pairs": self.shadow_pairs,
                       "shadow_score_diff": self.shadow_score_diff,
                       "shadow_agreement": self.shadow_agreement}[family]
@@ -368,6 +366,13 @@ class GaugeTable(Collector):
     def remove(self, *labels: str) -> None:
         with self._lock:
             del self._values[labels]
+
+    def forget(self, first: str) -> None:
+        """Remove every series whose first label value is ``first`` (a model's: the
+        tables are keyed by model first, so nothing else needs to note which it set)."""
+        with self._lock:
+            for key in [k for k in self._values if k[0] == first]:
+                del self._values[key]
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         fam = GaugeMetricFamily(self.name, self.doc, labels=list(self.labels))

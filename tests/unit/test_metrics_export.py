@@ -86,3 +86,24 @@ def test_alert_counters_exist_at_zero_before_the_first_alert() -> None:
     # no drift in the stream: every kind of the model is there, at zero
     assert counters == {("data", "firing"): 0.0, ("data", "resolved"): 0.0,
                         ("prediction", "firing"): 0.0, ("prediction", "resolved"): 0.0}
+
+
+def test_forgetting_a_model_removes_its_table_series_and_keeps_the_others() -> None:
+    """The score, threshold, segment and quality tables forget a model by its label: every
+    series of the model goes, every series of another model stays."""
+    from prometheus_client import generate_latest
+
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(registry)
+    for model in ("gone", "kept"):
+        metrics.score.set_many([((model, "f0", "chi2"), 1.0), ((model, "f1", "psi"), 0.5)])
+        metrics.threshold.set_many([((model, "f0", "chi2"), 9.0)])
+        metrics.segment_score.set_many([((model, "region=eu", "f0"), 2.0)])
+        metrics.quality.set_many([((model, "f0", "missing"), 0.1)])
+    metrics.forget_model("gone")
+    text = generate_latest(registry).decode()
+    assert 'model="gone"' not in text
+    for name in ("driftline_drift_score", "driftline_drift_threshold",
+                 "driftline_segment_drift_score", "driftline_quality_metric"):
+        assert any(line.startswith(name + "{") and 'model="kept"' in line
+                   for line in text.splitlines()), name
