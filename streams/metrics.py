@@ -167,6 +167,11 @@ class WorkerMetrics:
         #: per model, its series of the labelled metrics that are not GaugeTables (those
         #: forget a model's series by its label), for forget_model
         self._features: dict[str, set[tuple[str, ...]]] = {}
+        #: per model, the label values of its score and threshold series, by feature names
+        self._score_keys: dict[str, tuple[tuple[str, ...], list[tuple[str, ...]],
+                                          list[tuple[str, ...]]]] = {}
+        #: (model, kind) whose alert counters exist (created at 0 on its first evaluation)
+        self._alert_series: set[tuple[str, str]] = set()
         #: labelled children by (family, *labels), the keys of ``_features``' sets
         self._children: dict[tuple[str, ...], Any] = {}
 
@@ -213,21 +218,21 @@ class WorkerMetrics:
         self.last_evaluation.labels(model).set(time.time())
         self.insufficient.labels(model).set(1.0 if ev.insufficient else 0.0)
         seen = self._features.setdefault(model, set())
-        scores: list[tuple[tuple[str, ...], float]] = []
-        thresholds: list[tuple[tuple[str, ...], float]] = []
-        for name, chi2, psi, js, thr in zip(ev.names, ev.chi2.tolist(), ev.psi.tolist(),
-                                            ev.js.tolist(), ev.threshold.tolist(), strict=True):
-            for stat, v in (("chi2", chi2), ("psi", psi), ("js", js)):
-                if math.isfinite(v):
-                    scores.append(((model, name, stat), v))
-            if math.isfinite(thr):
-                thresholds.append(((model, name, "chi2"), thr))
+        keys = self._score_keys.get(model)
+        if keys is None or keys[0] != ev.names:
+            keys = self._score_keys[model] = _score_keys(model, ev.names)
+        _, score_keys, threshold_keys = keys
+        # per feature its chi2, psi and js, in that order (the keys' order)
+        scores = _finite(score_keys, np.stack([ev.chi2, ev.psi, ev.js], axis=1).ravel())
+        thresholds = _finite(threshold_keys, ev.threshold)
         mv = ev.multivariate
         # alert counters start at 0, so the first alert of a model is an increase that
         # rate(), increase() and changes() see (a series born at 1 shows no change)
         for kind in set(ev.kinds) | ({"data"} if mv is not None else set()):
-            for state in ALERT_STATES:
-                self.alerts.labels(model, kind, state)
+            if (model, kind) not in self._alert_series:
+                for state in ALERT_STATES:
+                    self.alerts.labels(model, kind, state)
+                self._alert_series.add((model, kind))
         if mv is not None:
             for name, v, thr in zip(mv.names, mv.score.tolist(), mv.threshold.tolist(),
                                     strict=True):
@@ -307,6 +312,8 @@ class WorkerMetrics:
         """Remove a model's series (its partition moved to another worker)."""
         for table in (self.score, self.threshold, self.segment_score, self.quality):
             table.forget(model)
+        self._score_keys.pop(model, None)
+        self._alert_series -= {k for k in self._alert_series if k[0] == model}
         for key in self._features.pop(model, set()):
             self._children.pop(key, None)
             family, labels = key[0], key[1:]
@@ -347,6 +354,21 @@ class WorkerMetrics:
                 metric.remove(*labels)
             except KeyError:
                 pass
+
+
+def _score_keys(model: str, names: tuple[str, ...]) -> tuple[
+        tuple[str, ...], list[tuple[str, ...]], list[tuple[str, ...]]]:
+    """The label values of a model's per-feature series: chi2, psi and js of each feature
+    in turn, and each feature's chi2 threshold."""
+    return (names, [(model, name, stat) for name in names for stat in ("chi2", "psi", "js")],
+            [(model, name, "chi2") for name in names])
+
+
+def _finite(keys: list[tuple[str, ...]], values: np.ndarray) -> list[tuple[tuple[str, ...], float]]:
+    """``(key, value)`` of the finite values."""
+    if np.isfinite(values).all():
+        return list(zip(keys, values.tolist(), strict=True))
+    return [(k, v) for k, v in zip(keys, values.tolist(), strict=True) if math.isfinite(v)]
 
 
 class GaugeTable(Collector):
