@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import pybase64
 
 from driftline.schemas.limits import Limits
 from driftline.schemas.models import ENVELOPE_V1, FloatArray, ObjectArray
@@ -247,11 +248,16 @@ def obj_array(values: Sequence[Any]) -> ObjectArray:
 
 
 def _base64(name: str, what: str, b64: str, width: int, n: int) -> bytes:
-    """The bytes of a packed field: strict base64 of exactly ``n`` values of ``width``."""
+    """The bytes of a packed field: strict base64 of exactly ``n`` values of ``width``
+    (what ``binascii``'s strict mode accepts; decoded with SIMD, ~12x faster, when
+    pybase64 accepts it too: it accepts nothing more, but refuses a few paddings)."""
     try:
-        raw = binascii.a2b_base64(b64, strict_mode=True)
-    except (binascii.Error, ValueError) as exc:
-        raise Reject("schema", f"columns.{name}: {what} is not base64 ({exc})") from None
+        raw = pybase64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError):
+        try:
+            raw = binascii.a2b_base64(b64, strict_mode=True)
+        except (binascii.Error, ValueError) as exc:
+            raise Reject("schema", f"columns.{name}: {what} is not base64 ({exc})") from None
     if len(raw) != width * n:
         raise Reject("schema", f"columns.{name}: {what} holds {len(raw)} bytes, n is {n} "
                                f"({width * n} bytes)")
@@ -551,7 +557,7 @@ def _encoded(name: str, col: Any, n: int, packed: bool) -> Any:
     if packed:
         f64 = _as_f64(col)
         if f64 is not None:
-            return {"f64": binascii.b2a_base64(f64.astype("<f8").tobytes(), newline=False).decode()}
+            return {"f64": pybase64.b64encode(f64.astype("<f8").tobytes()).decode()}
     if isinstance(col, np.ndarray):
         if col.ndim == 1 and col.dtype.kind in "fiub":
             return np.ascontiguousarray(col)  # orjson writes these natively (NaN -> null)
@@ -610,4 +616,4 @@ def _dictionary_of(col: Sequence[Any], n: int) -> Any:
             values.append(v)
         index[i] = code
     return {"dict": values,
-            "index": binascii.b2a_base64(index.tobytes(), newline=False).decode()}
+            "index": pybase64.b64encode(index.tobytes()).decode()}

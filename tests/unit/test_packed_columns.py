@@ -254,3 +254,44 @@ def test_the_largest_integers_json_writes_pack_like_json() -> None:
     packed = decode_inference([encode_envelope_columns("m", _columns(events), 3, packed=True)])
     as_json = decode_inference([encode_envelope_columns("m", _columns(events), 3)])
     same_batches(packed.batches, as_json.batches)
+
+
+def test_packed_fields_accept_what_strict_binascii_accepts_and_nothing_else() -> None:
+    """The SIMD decoder of packed fields against ``binascii`` in strict mode (the rule the
+    decoder always had): random near-base64 strings are accepted alike, with the same
+    bytes, or refused alike; and the SDK writes what binascii writes."""
+    from driftline.schemas.envelope import Reject, _base64
+
+    rng = random.Random(11)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    accepted = refused = 0
+    for _ in range(30_000):
+        raw = bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 24)))
+        chars = list(_b64(raw))
+        for _ in range(rng.randint(0, 2)):  # a few insertions, deletions, replacements
+            at = rng.randint(0, len(chars))
+            op, c = rng.random(), rng.choice(alphabet + "==\n -_é")
+            if op < 0.3 and chars:
+                del chars[min(at, len(chars) - 1)]
+            elif op < 0.7:
+                chars.insert(at, c)
+            elif chars:
+                chars[min(at, len(chars) - 1)] = c
+        s = "".join(chars)
+        try:
+            want: bytes | None = binascii.a2b_base64(s, strict_mode=True)
+        except (binascii.Error, ValueError):
+            want = None
+        n = len(want) if want is not None else 0
+        try:
+            got: bytes | None = _base64("x", "f64", s, 1, n)
+        except Reject:
+            got = None
+        assert got == want, s
+        accepted += want is not None
+        refused += want is None
+    assert accepted > 5_000 and refused > 5_000
+    column = np.random.default_rng(3).normal(size=257)
+    packed = orjson.loads(encode_envelope_columns("m", {"features": {"x": column}}, column.size,
+                                                  packed=True))
+    assert packed["columns"]["features"]["x"]["f64"] == _b64(column.astype("<f8").tobytes())
