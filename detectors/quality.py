@@ -28,6 +28,10 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import special
 
+try:  # built from detectors/_kernels.c when the package is installed with a C compiler
+    from driftline.detectors import _kernels
+except ImportError:  # pragma: no cover - exercised by installs without a compiler
+    _kernels = None  # type: ignore[assignment]
 from driftline.detectors.reference import CategoricalProfile, NumericProfile, ReferenceProfile
 from driftline.schemas.models import EventBatch
 
@@ -192,7 +196,8 @@ class DataQuality:
         can be a type mismatch (no strings in numeric features, no categorical feature
         whose categories are all text), a row is missing or unseen exactly when its bin is
         the missing bin or the "other" bin: those two counts are then read off the pane's
-        histogram (:meth:`sums`) and only out-of-range is flagged per row."""
+        histogram, and out-of-range values are counted over each pane's rows
+        (:meth:`sums`): no per-row flags at all."""
         n, f = len(batch), len(self.names)
         if batch.feature_names != self._names_seen:
             index = {name: i for i, name in enumerate(batch.feature_names)}
@@ -208,10 +213,10 @@ class DataQuality:
             num = np.full((n, f), np.nan)
             num[:, have] = batch.numeric[:, where[have]]
         cats = self._cats
+        if (batch.text is None or not self._any_numeric) and not cats.size:
+            return RowFlags(None, num)  # no mismatch possible
         with np.errstate(invalid="ignore"):  # NaN compares False; lo/hi are +-inf if unused
             oor = ((num < self.lo) | (num > self.hi)).T
-        if (batch.text is None or not self._any_numeric) and not cats.size:
-            return RowFlags(None, np.ascontiguousarray(oor))  # no mismatch possible
         # computed row-major like the inputs, stored rows-last (one transposing copy each)
         out = np.empty((4, f, n), dtype=bool)
         b = bins[:, :f]
@@ -225,7 +230,7 @@ class DataQuality:
         out[MISSING] = ((b == self.missing_bin) & ~mismatch).T
         out[UNSEEN] = ((b == self.other) & ~mismatch).T
         out[OUT_OF_RANGE] = oor
-        return RowFlags(out, out[OUT_OF_RANGE])
+        return RowFlags(out, num)
 
     def sums(self, flags: RowFlags, rows: NDArray[np.int64],
              hist: NDArray[np.int64]) -> NDArray[np.int64]:
@@ -235,11 +240,25 @@ class DataQuality:
             return _row_sums(flags.all, rows).T
         f = len(self.names)
         out = np.zeros((f, 4), dtype=np.int64)
-        out[:, OUT_OF_RANGE] = _row_sums(flags.out_of_range, rows)
+        out[:, OUT_OF_RANGE] = self._out_of_range(flags.values, rows)
         out[:, MISSING] = hist[:f, self.missing_bin]
         cat = self.other >= 0
         out[cat, UNSEEN] = hist[:f][cat, self.other[cat]]
         return out
+
+    def _out_of_range(self, num: NDArray[np.float64], rows: NDArray[np.int64]) -> NDArray[np.int64]:
+        """Per feature, how many of ``rows`` are below ``lo`` or above ``hi`` (NaN is
+        neither): one compiled pass over those rows, else numpy."""
+        f = len(self.names)
+        if _kernels is not None and num.dtype == np.float64 and num.shape[1] == f:
+            counts = np.zeros(f, dtype=np.int64)
+            _kernels.range_counts(np.ascontiguousarray(num), self.lo, self.hi,
+                                  np.ascontiguousarray(rows, dtype=np.int64), counts,
+                                  num.shape[0], f)
+            return counts
+        part = num[rows]
+        with np.errstate(invalid="ignore"):
+            return np.asarray(((part < self.lo) | (part > self.hi)).sum(axis=0, dtype=np.int64))
 
     def evaluate(self, counts: NDArray[Any], n: int) -> QualityEvaluation:
         """Rates and p-values of a window of ``n`` events with these counts."""
@@ -261,11 +280,12 @@ class DataQuality:
 @dataclass(frozen=True)
 class RowFlags:
     """Per-row quality flags of a batch: all four ``(4, F, n)``, or (when no value can be
-    a type mismatch) None, missing and unseen being counted from the histogram; always
-    out-of-range ``(F, n)``."""
+    a type mismatch) None, the counts being taken per pane (missing and unseen from the
+    histogram, out-of-range from ``values``); ``values``: the batch's numbers ``(n, F)``
+    in the reference's feature order."""
 
     all: NDArray[np.bool_] | None
-    out_of_range: NDArray[np.bool_]
+    values: NDArray[np.float64]
 
 
 def _row_sums(flags: NDArray[np.bool_], rows: NDArray[np.int64]) -> NDArray[np.int64]:

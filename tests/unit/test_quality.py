@@ -264,3 +264,32 @@ def test_the_float_increase_test_gives_the_array_test_bit_for_bit() -> None:
     floats = np.asarray([increase_p_value(*c) for c in cases])
     assert np.array_equal(arrays, floats)
     assert arrays.min() < 1e-6 and (arrays == 1.0).sum() > 100  # both tails were reached
+
+
+def test_out_of_range_counts_compiled_and_numpy_agree(profile: ReferenceProfile) -> None:
+    """Out-of-range counts over a pane's rows: the compiled pass and the numpy fallback
+    give the same counts (NaN and infinities included, rows in any order, repeated or
+    not), and the compiled one refuses a row outside the batch."""
+    from driftline.detectors import quality
+
+    if quality._kernels is None:
+        pytest.skip("compiled kernels not built")
+    dq = quality.DataQuality(profile, 0)
+    f = len(dq.names)
+    rng = np.random.default_rng(2)
+    num = rng.normal(size=(500, f)) * 4
+    num[rng.random(num.shape) < 0.1] = np.nan
+    num[rng.random(num.shape) < 0.02] = np.inf
+    kernels = quality._kernels
+    for rows in (np.arange(500), np.arange(100, 340), rng.permutation(500)[:77],
+                 np.zeros(0, dtype=np.int64), np.asarray([3, 3, 499])):
+        compiled = dq._out_of_range(num, rows)
+        quality._kernels = None
+        try:
+            plain = dq._out_of_range(num, rows)
+        finally:
+            quality._kernels = kernels
+        assert np.array_equal(compiled, plain) and compiled.dtype == np.int64
+    assert dq._out_of_range(num, np.arange(500)).sum() > 0
+    with pytest.raises(ValueError, match="outside"):
+        dq._out_of_range(num, np.asarray([500]))
