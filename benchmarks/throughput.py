@@ -21,7 +21,8 @@ References are on the references topic before the worker starts, so every event 
 through the detectors (the worker reads them, and calibrates each model's thresholds,
 ~0.05 s per model, before it subscribes). A model's first batch builds its windows (~1.5
 ms per model and partition), which the first-to-last figure includes; ``*_steady_eps``
-leaves out the first 10 % of events (``steady_ratios``: the ratios on those). ``cpu_eps``:
+leaves out the first 10 % of events (``steady_ratios``: the ratios on those; None when
+no progress line fell in the first half of a run, too short to tell). ``cpu_eps``:
 events per CPU-second of each consumer process (all its threads), the figure to trust when
 other load shares the cores. The envelope topic holds what the SDK writes (packed columns:
 numeric columns as base64 float64, segments dictionary-encoded); ``columns``: also the
@@ -108,11 +109,14 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def _steady(result: dict[str, Any], samples: list[tuple[float, int]], total: int) -> float | None:
-    """Events/s from the first progress sample past 10 % of ``total`` to the end."""
+    """Events/s from the first progress sample past 10 % of ``total`` to the end; None
+    when that sample is past half of ``total`` (a run too short for its progress lines:
+    the rate of its last few batches is no steady rate)."""
     end = result.get("t_last")
     for t, n in samples:
-        if n >= total * 0.1 and end and end > t:
-            return (int(result["n"]) - n) / (end - t)
+        if n >= total * 0.1:
+            return (int(result["n"]) - n) / (end - t) if n <= total * 0.5 and end and end > t \
+                else None
     return None
 
 
