@@ -219,11 +219,6 @@ class Fifo:
             return np.full(len(ids), -1, dtype=np.int64)
         return self.idcol.get_many(ids)
 
-    def discard(self, ids: Ids) -> None:
-        """Let these entries leave (ids that are not in are ignored)."""
-        if self.idcol is not None and len(self.idcol) and len(ids):
-            self._leave(self.idcol.discard(ids if isinstance(ids, HexIds | list) else list(ids)))
-
     def ids_at(self, slots: NDArray[np.intp]) -> list[str]:
         """The ids held at these slots, as strings."""
         return [] if self.idcol is None else self.idcol.at(slots)

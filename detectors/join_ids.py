@@ -119,9 +119,6 @@ class StrColumn:
         """Index the ids held at these slots."""
         return cast(bytes, self.index.put(self.ids[slots].tolist(), slots))
 
-    def discard(self, ids: Ids) -> bytes:
-        return cast(bytes, self.index.discard(as_strs(ids)))
-
     def discard_at(self, slots: NDArray[np.intp]) -> None:
         self.index.discard(self.ids[slots].tolist())
 
@@ -226,10 +223,6 @@ class HexColumn:
                 raw.append(key)
         return (np.frombuffer(b"".join(raw), dtype=np.uint8).reshape(len(keep), self.width),
                 np.asarray(keep, dtype=np.intp))
-
-    def discard(self, ids: Ids) -> bytes:
-        keys, _ = self._ours(ids)
-        return cast(bytes, self.index.discard(keys))
 
     def discard_at(self, slots: NDArray[np.intp]) -> None:
         self.index.discard(self.keys[slots])

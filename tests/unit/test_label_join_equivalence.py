@@ -368,7 +368,7 @@ def test_a_bounded_ring_holds_what_an_unbounded_one_holds(seed: int, fmt: str) -
                 "cls": [None if rng.random() < 0.5 else "a" for _ in ids]}
         t += 2.0
         for f in (bounded, free):
-            f.discard(ids)
+            f.pop_many(ids)
             f.append(ids, vals)
         op = rng.random()
         if op < 0.15 and len(free):
@@ -505,7 +505,7 @@ def test_ring_growth_and_compaction_match_the_index_array_copies(seed: int, fmt:
         vals = {"score": rng.normal(size=len(ids)), "ts": ts,
                 "cls": [None if rng.random() < 0.5 else "a" for _ in ids]}
         for f in (new, old):
-            f.discard(ids)  # taken in again: moves to the end
+            f.pop_many(ids)  # taken in again: moves to the end
             f.append(ids, vals)
         op = rng.random()
         if op < 0.3 and len(new):
