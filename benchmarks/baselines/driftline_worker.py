@@ -72,8 +72,8 @@ class TimedWorker(Worker):
             self.checkpoints = int(count - self._checkpoints_before[0])
             self.checkpoint_s = seconds - self._checkpoints_before[1]
             self.snapshot_mib = sum(
-                s.value for m in self.metrics.registry.collect() for s in m.samples
-                if s.name == "driftline_worker_snapshot_bytes_total") / 2**20
+                s.value for m in self.metrics.snapshot_bytes.collect() for s in m.samples
+                if s.name.endswith("_total")) / 2**20
             self.request_stop()
 
     def _checkpoint_totals(self) -> tuple[float, float]:
