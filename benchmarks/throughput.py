@@ -78,7 +78,8 @@ BASELINES = ("raw", "faust", "quix", "bytewax")
 _ENGINE_MODULE = {"faust": "faust", "quix": "quixstreams", "bytewax": "bytewax"}
 _HOW_TO_INSTALL = {
     "quix": "quixstreams 3.x pins confluent-kafka<2.13 (driftline needs >=2.16): "
-            "pip install --no-deps 'quixstreams==3.28.1' rocksdict jsonlines jsonpath-ng",
+            "pip install --no-deps 'quixstreams==3.28.1' rocksdict jsonlines jsonpath-ng "
+            "&& pip install authlib cachetools",
     "bytewax": "pip install 'driftline[bench]' (bytewax==0.21.1)",
     "faust": "faust-streaming is a core dependency; reinstall driftline",
 }

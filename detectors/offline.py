@@ -140,10 +140,12 @@ def replay(
     chunk = max(cfg.pane_size, 1)
     for start in range(0, len(current), chunk):
         for ev in mon.update(to_batch(reference.model, current, start, start + chunk)):
-            last = ev
+            if not ev.segment:  # the feature table is the whole model's window
+                last = ev
             for a in ev.alerts:
                 alerts.append({
                     "index": ev.index,
+                    "segment": a.segment,  # None: the whole model
                     "kind": a.kind,
                     "state": a.state,
                     "features": [f.name for f in a.top_features if f.score > f.threshold]

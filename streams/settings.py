@@ -28,7 +28,10 @@ if TYPE_CHECKING:
 class Settings(BaseSettings):
     """driftline's configuration (env prefix ``DRIFTLINE_``)."""
 
-    model_config = SettingsConfigDict(env_prefix="DRIFTLINE_", frozen=True, extra="ignore")
+    # populate_by_name: Settings(model_config_file=...) by its name, while the environment
+    # is read through the field's DRIFTLINE_ aliases only (never a bare MODEL_CONFIG_FILE)
+    model_config = SettingsConfigDict(env_prefix="DRIFTLINE_", frozen=True, extra="ignore",
+                                      populate_by_name=True)
 
     # Kafka
     bootstrap_servers: str = "127.0.0.1:9092"
@@ -107,8 +110,7 @@ class Settings(BaseSettings):
     segment_keys: str = ""  # comma-separated keys forming the segment value; "" = all keys
     #: YAML/JSON file of per-model windows over the defaults above (see model_config.py)
     model_config_file: str | None = Field(
-        None, validation_alias=AliasChoices("model_config_file", "DRIFTLINE_MODEL_CONFIG",
-                                            "DRIFTLINE_MODEL_CONFIG_FILE"))
+        None, validation_alias=AliasChoices("DRIFTLINE_MODEL_CONFIG", "DRIFTLINE_MODEL_CONFIG_FILE"))
 
     # data quality (kind "quality") and confidence spikes (kind "prediction")
     quality_enabled: bool = True

@@ -1,8 +1,9 @@
 """Quix Streams baseline: a per-message ``StreamingDataFrame.update`` with the same decode.
 
 Quix Streams 3.x pins confluent-kafka below 2.13 while driftline needs 2.16 for the
-embedded broker: install it beside driftline with ``pip install --no-deps quixstreams``
-plus its own dependencies, or run this file with another virtualenv's Python.
+embedded broker: install it beside driftline with ``pip install --no-deps
+'quixstreams==3.28.1' rocksdict jsonlines jsonpath-ng && pip install authlib cachetools``,
+or run this file with another virtualenv's Python.
 """
 
 from __future__ import annotations

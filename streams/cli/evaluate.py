@@ -12,6 +12,7 @@ from rich.table import Table as RichTable
 from driftline.detectors.errors import DriftlineError
 from driftline.detectors.offline import Report, compare, profile_table, replay
 from driftline.detectors.reference import ReferenceProfile
+from driftline.detectors.segments import canonical
 from driftline.detectors.tables import read_table
 from driftline.streams.cli.terminal import shown
 
@@ -72,7 +73,9 @@ def _print(report: Report) -> None:
         console.print(_multivariate_table(report))
     for a in report.alerts:
         feats = ", ".join(shown(f) for f in a["features"])
-        console.print(f"row {a['index']}: {a['kind']} drift {a['state']} — {feats}")
+        seg = a.get("segment")
+        where = f" in segment {shown(canonical(seg))}" if seg else ""
+        console.print(f"row {a['index']}: {a['kind']} drift {a['state']}{where} — {feats}")
     verdict = "[bold red]drift detected[/]" if report.drift else "[green]no drift[/]"
     console.print(f"verdict: {verdict}")
 

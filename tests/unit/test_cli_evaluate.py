@@ -70,3 +70,37 @@ def test_module_entry_point_runs() -> None:
     res = subprocess.run([sys.executable, "-m", "driftline.streams", "--help"],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "evaluate" in res.stdout
+
+
+def test_stream_mode_names_the_segment_of_a_segment_alert(tmp_path: Path) -> None:
+    """Drift in one region only: its alert carries that segment, and the feature table
+    and multivariate statistics stay the whole model's window."""
+    rng = np.random.default_rng(3)
+    regions = np.array(["eu", "us"])
+
+    def write(path: Path, n: int, shift_eu_from: int | None) -> None:
+        x = np.column_stack([rng.normal(0, 1, n), rng.normal(5, 2, n), rng.normal(0, 1, n)])
+        region = regions[rng.integers(0, 2, n)]
+        if shift_eu_from is not None:
+            x[shift_eu_from:, 0] += np.where(region[shift_eu_from:] == "eu", 1.5, 0.0)
+        lines = ["f0,f1,f2,segment_region"]
+        lines += [f"{a:.4f},{b:.4f},{c:.4f},{r}" for (a, b, c), r in zip(x, region, strict=True)]
+        path.write_text("\n".join(lines) + "\n")
+
+    write(tmp_path / "ref.csv", 6000, None)
+    write(tmp_path / "cur.csv", 12000, 6000)
+    res = CliRunner().invoke(app, ["evaluate", "-r", str(tmp_path / "ref.csv"), "-c",
+                                   str(tmp_path / "cur.csv"), "--window", "2000", "--json",
+                                   str(tmp_path / "out.json")])
+    assert res.exit_code == 0, res.output
+    out = orjson.loads((tmp_path / "out.json").read_bytes())
+    firing = [a for a in out["alerts"] if a["state"] == "firing"]
+    eu = [a for a in firing if a["segment"] == {"region": "eu"}]
+    assert eu and eu[0]["features"][0] == "f0" and eu[0]["index"] >= 6000
+    assert not [a for a in firing if a["segment"] == {"region": "us"}]
+    assert all("segment" in a for a in out["alerts"])
+    # the whole model's window: per-column KS and the multivariate statistics are there
+    assert {f["name"] for f in out["features"]} == {"f0", "f1", "f2"}
+    assert all(f["ks"] is not None for f in out["features"])
+    assert out["multivariate"]
+    assert "in segment region=eu" in res.output

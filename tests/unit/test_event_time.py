@@ -155,6 +155,13 @@ def test_config_file_from_settings_env(tmp_path: Path, monkeypatch: pytest.Monke
     cfgs = Settings().model_configs()
     assert cfgs.monitor_config("quiet").pane_seconds == 300.0
     assert cfgs.source == str(path)
+    monkeypatch.delenv("DRIFTLINE_MODEL_CONFIG")
+    monkeypatch.setenv("DRIFTLINE_MODEL_CONFIG_FILE", str(path))
+    assert Settings().model_config_file == str(path)
+    monkeypatch.delenv("DRIFTLINE_MODEL_CONFIG_FILE")
+    monkeypatch.setenv("MODEL_CONFIG_FILE", str(path))  # every setting needs the prefix
+    assert Settings().model_config_file is None
+    assert Settings(model_config_file=str(path)).model_config_file == str(path)
     (tmp_path / "m.json").write_text('{"models": {"x": {"pane_events": 250}}}')
     assert load_model_configs(tmp_path / "m.json", BASE).monitor_config("x").pane_size == 250
     with pytest.raises(ModelConfigError, match="cannot read"):
