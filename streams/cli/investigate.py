@@ -67,11 +67,12 @@ def _print(inv: Investigation, html: Path | None) -> None:
         console.print("no events in range")
         return
     table = RichTable()
-    for col in ("column", "kind", "drift", "chi2", "threshold", "p-value", "PSI"):
+    for col in ("column", "kind", "drift", "chi2", "threshold", "p-value", "PSI", "JS", "KS"):
         table.add_column(col, justify="left" if col in ("column", "kind") else "right")
     for f in inv.features[:15]:
         table.add_row(escape(f.name), f.kind, "[bold red]DRIFT[/]" if f.drift else "ok",
-                      f"{f.score:.1f}", f"{f.threshold:.1f}", f"{f.p_value:.2e}", f"{f.psi:.3f}")
+                      f"{f.score:.1f}", f"{f.threshold:.1f}", f"{f.p_value:.2e}", f"{f.psi:.3f}",
+                      f"{f.js:.3f}", "" if f.ks is None else f"{f.ks:.3f}")
     console.print(table)
     if inv.prediction is not None:
         console.print("prediction: " + ("[bold red]shifted[/]" if inv.prediction.drift

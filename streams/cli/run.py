@@ -41,7 +41,7 @@ def _exit_now() -> None:
 
 
 def broker(
-    port: int = typer.Option(9092, help="loopback port to listen on (0: a free one)"),
+    port: int = typer.Option(9092, help="port to listen on (0: a free one)"),
     host: str = typer.Option("127.0.0.1", help="address to listen on"),
 ) -> None:
     """Run the embedded Kafka-compatible broker (Tansu) in the foreground."""

@@ -86,6 +86,15 @@ def test_investigate_finds_the_segment_drift_its_start_and_the_change_before_it(
     assert out["changes"][0]["kind"] == "deploy"
     page = report.read_text()
     assert "f3" in page and "feature store v2 for eu" in page
+    # the terminal summary: the drifted column first, with every statistic of the JSON
+    res = CliRunner().invoke(app, ["investigate", "--model", model, "--segment", "region=eu",
+                                   "--since", "1h", "--bootstrap", kafka_bootstrap],
+                             env={**env, "COLUMNS": "160"})
+    assert res.exit_code == 0, res.output
+    header = next(line for line in res.output.splitlines() if "chi2" in line)
+    assert all(col in header for col in ("p-value", "PSI", "JS", "KS")), header
+    first = next(line for line in res.output.splitlines() if "DRIFT" in line)
+    assert "f3" in first, res.output
 
     # the other segments did not drift
     res = CliRunner().invoke(app, ["investigate", "--model", model, "--segment", "region=us",
