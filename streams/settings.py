@@ -7,6 +7,7 @@ Kafka security settings pass through to every client driftline creates.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
@@ -262,3 +263,28 @@ class Settings(BaseSettings):
     def with_(self, **changes: Any) -> Settings:
         """A copy with some fields changed (validated)."""
         return Settings.model_validate({**self.model_dump(), **changes})
+
+
+#: ``DRIFTLINE_*`` variables of the tests, benchmarks, CI and examples (not settings)
+_TOOLING = ("DRIFTLINE_TEST_", "DRIFTLINE_BENCH_", "DRIFTLINE_CI_", "DRIFTLINE_EXAMPLE_")
+
+
+def setting_variables() -> frozenset[str]:
+    """Every environment variable a setting is read from (upper case)."""
+    names = set()
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        choices = alias.choices if isinstance(alias, AliasChoices) else []
+        names.update(str(c).upper() for c in choices)
+        if not choices:
+            names.add(f"DRIFTLINE_{name.upper()}")
+    return frozenset(names)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """The ``DRIFTLINE_*`` names in ``environ`` that no setting reads, sorted: a misspelt
+    setting is otherwise ignored without a word (names are matched case-insensitively,
+    as the settings read them)."""
+    known = setting_variables()
+    return sorted(k for k in environ if (u := k.upper()).startswith("DRIFTLINE_")
+                  and u not in known and not u.startswith(_TOOLING))

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import os
 import signal
 import sys
 import threading
@@ -52,7 +53,7 @@ from driftline.streams.model_config import (
     record_key,
 )
 from driftline.streams.producer import DriftlineProducer
-from driftline.streams.settings import Settings
+from driftline.streams.settings import Settings, unknown_variables
 from driftline.streams.subscriber import AlertSubscriber
 from driftline.streams.synthetic import DriftSpec, SyntheticModels
 from driftline.streams.worker import STATE_MAX_BYTES, topic_specs
@@ -479,6 +480,7 @@ def config_show(bootstrap: str | None = BootstrapOpt) -> None:
     data["single_event_scanner"] = "compiled" if SCANNER else "python (not built at install)"
     data["label_join_index"] = "compiled" if ID_INDEX_COMPILED else "dict (not built at install)"
     data["window_kernels"] = "compiled" if KERNELS else "numpy (not built at install)"
+    data["unknown_variables"] = unknown_variables(os.environ)  # DRIFTLINE_* no setting reads
     typer.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -21,7 +22,7 @@ from driftline.streams.logs import setup_logging
 from driftline.streams.metrics import MetricsServer
 from driftline.streams.model_config import ModelConfigError
 from driftline.streams.producer import DriftlineProducer
-from driftline.streams.settings import Settings
+from driftline.streams.settings import Settings, unknown_variables
 from driftline.streams.synthetic import DriftSpec, SyntheticModels
 from driftline.streams.worker import Worker, topic_specs
 
@@ -87,6 +88,10 @@ def worker(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     setup_logging(settings)
+    if unknown := unknown_variables(os.environ):
+        logging.getLogger("driftline").warning(
+            "ignored: %s (no such setting; `driftline config` prints the settings)",
+            ", ".join(unknown))
     if settings.runtime == "faust":
         _on_signals(_exit_now)  # a signal while Faust loads: nothing started yet
         from driftline.streams.faust_app import run_worker

@@ -7,7 +7,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from driftline.streams.settings import Settings
+import orjson
+from typer.testing import CliRunner
+
+from driftline.streams.cli.main import app
+from driftline.streams.settings import Settings, setting_variables, unknown_variables
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,3 +74,14 @@ def test_the_defaults_the_table_states_are_the_settings_defaults() -> None:
                 continue
             checked += 1
     assert checked >= 50  # the table, not a row or two, is what is checked
+
+
+def test_a_misspelt_setting_is_reported_not_ignored() -> None:
+    env = {"DRIFTLINE_LABEL_JOIN_MAXX": "5", "DRIFTLINE_LABEL_JOIN": "all",
+           "driftline_segments": "false", "DRIFTLINE_MODEL_CONFIG_FILE": "m.yaml",
+           "DRIFTLINE_TEST_BOOTSTRAP": "x:1", "PATH": "/bin"}
+    assert unknown_variables(env) == ["DRIFTLINE_LABEL_JOIN_MAXX"]
+    assert {f"DRIFTLINE_{n.upper()}" for n in Settings.model_fields} <= setting_variables()
+    res = CliRunner().invoke(app, ["config"], env={"DRIFTLINE_PANEZ": "3"})
+    assert res.exit_code == 0, res.output
+    assert orjson.loads(res.output)["unknown_variables"] == ["DRIFTLINE_PANEZ"]
