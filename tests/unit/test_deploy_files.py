@@ -27,6 +27,8 @@ import jsonschema
 import pytest
 import yaml
 
+from driftline.streams.settings import unknown_variables
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "driftline"
 RULES = sorted((CHART / "files" / "rules").glob("*.yaml"))
@@ -597,3 +599,28 @@ def test_rendered_manifests_pass_kubernetes_validate(tmp_path: Path) -> None:
         kv.validate(doc, "1.30.0", strict=True)
         checked += 1
     assert checked >= 6
+
+
+def test_compose_sets_only_real_settings() -> None:
+    compose = _compose()
+    names = {str(k).split("=")[0] for svc in compose["services"].values()
+             for k in (svc.get("environment") or {})}  # a mapping, or a list of K=V
+    names = {n for n in names if n.startswith("DRIFTLINE_")}
+    assert names >= {"DRIFTLINE_BOOTSTRAP_SERVERS", "DRIFTLINE_PARTITIONS"}
+    assert not unknown_variables(dict.fromkeys(names, ""))
+
+
+@needs_helm
+def test_chart_sets_only_real_settings(tmp_path: Path) -> None:
+    values = {"kafka": {"securityProtocol": "SASL_SSL", "saslMechanism": "SCRAM-SHA-512",
+                        "tls": {"caCert": True}},
+              "secret": {"create": True, "saslUsername": "u", "saslPassword": "p"},
+              "config": {"data_dir": "/scratch"}}
+    docs = render(values, tmp_path)
+    config = next(d for d in docs if d["kind"] == "ConfigMap"
+                  and d["metadata"]["name"] == "demo-driftline")
+    env = _kinds(docs)["Deployment"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    names = set(config["data"]) | {e["name"] for e in env}
+    names = {n for n in names if n.startswith("DRIFTLINE_")}
+    assert {"DRIFTLINE_BOOTSTRAP_SERVERS", "DRIFTLINE_SASL_PASSWORD"} <= names
+    assert not unknown_variables(dict.fromkeys(names, ""))
