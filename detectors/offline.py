@@ -52,10 +52,18 @@ class Report:
     #: the multivariate statistics: name, kind, drift, score, threshold, p_value, top
     multivariate: list[dict[str, Any]] = field(default_factory=list)
     tests: int = 0  # size of the family the level is split over (Bonferroni)
+    #: stream mode: the last window held fewer than ``min_samples`` events (or no window
+    #: closed), so it decided nothing: "no drift" would claim what was not tested
+    insufficient: bool = False
+    window_events: int | None = None  # stream mode: events in the last window
+    min_samples: int | None = None  # stream mode: events a window needs to decide
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "drift": self.drift,
+            "insufficient": self.insufficient,
+            "window_events": self.window_events,
+            "min_samples": self.min_samples,
             "mode": self.mode,
             "n_reference": self.n_reference,
             "n_current": self.n_current,
@@ -148,8 +156,8 @@ def replay(
                     "segment": a.segment,  # None: the whole model
                     "kind": a.kind,
                     "state": a.state,
-                    "features": [f.name for f in a.top_features if f.score > f.threshold]
-                    or [a.feature],
+                    "features": list(dict.fromkeys(  # a feature once, by its first score
+                        f.name for f in a.top_features if f.score > f.threshold)) or [a.feature],
                     "statistic": a.statistic,
                     "score": a.score,
                     "threshold": a.threshold,
@@ -168,4 +176,7 @@ def replay(
     mv = last.multivariate if last is not None else None
     tests = 0 if last is None else len(last.names) + (0 if mv is None else len(mv.names))
     return Report(fired, features, alerts, "stream", reference.size, len(current), None,
-                  [] if mv is None else mv.to_dicts(), tests)
+                  [] if mv is None else mv.to_dicts(), tests,
+                  insufficient=last is None or last.insufficient,
+                  window_events=None if last is None else last.window.n,
+                  min_samples=cfg.min_samples)

@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 
 from driftline.detectors.errors import InputError
 from driftline.schemas.models import EventBatch
+from driftline.schemas.validation import parse_iso_ts
 
 PREDICTION = "prediction"
 SEGMENT_PREFIX = "segment_"
@@ -73,7 +74,7 @@ def read_columns(path: str | Path) -> dict[str, NDArray[Any]]:
             name: np.asarray(tbl.column(name).to_numpy(zero_copy_only=False))
             for name in tbl.column_names
         }
-    with p.open(newline="", encoding="utf-8") as fh:
+    with p.open(newline="", encoding="utf-8-sig") as fh:  # a spreadsheet's BOM is no name
         reader = csv.reader(fh)
         try:
             header = next(reader)
@@ -87,7 +88,61 @@ def read_columns(path: str | Path) -> dict[str, NDArray[Any]]:
             raise InputError(f"{p}:{lineno}: {len(row)} cells, header has {len(names)}")
         for name, cell in zip(names, row, strict=True):
             cols[name].append(cell.strip())
-    return {k: _coerce(v) for k, v in cols.items()}
+    return {k: _text(v) if k.startswith(SEGMENT_PREFIX) else _coerce(v)
+            for k, v in cols.items()}
+
+
+def _text(values: list[str]) -> NDArray[np.object_]:
+    """A CSV column as it is written (segment values: ``1`` stays ``"1"``); empty: None."""
+    return np.asarray([c or None for c in values], dtype=object)
+
+
+def _segment_value(v: Any) -> str | None:
+    """A segment cell as the segment's value; None (the key is left out) when empty."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    if v is None or v == "" or (isinstance(v, float) and math.isnan(v)):
+        return None
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def segment_of(table: Table, row: int) -> dict[str, str] | None:
+    """Row ``row``'s segment: its non-empty ``segment_<key>`` cells (None: none)."""
+    seg = {k: s for k, col in table.segments.items()
+           if (s := _segment_value(col[row])) is not None}
+    return seg or None
+
+
+def _seconds(text: str) -> float:
+    """Epoch seconds written as a number, or an ISO-8601 time."""
+    try:
+        return float(text)
+    except ValueError:
+        return parse_iso_ts(text)
+
+
+def _timestamps(path: str | Path, ts: NDArray[Any]) -> NDArray[np.float64]:
+    """The ``ts`` column as epoch seconds: numbers as they are, ISO-8601 text parsed
+    (naive times are UTC, as in events), datetimes converted; empty cells NaN."""
+    if ts.dtype.kind == "M":
+        out = ts.astype("datetime64[ns]").astype(np.int64) / 1e9
+        return np.where(np.isnat(ts), np.nan, out)
+    if ts.dtype.kind in "fiub":
+        return np.asarray(ts, dtype=np.float64)
+    out = np.full(ts.shape[0], np.nan)
+    for i, v in enumerate(ts.tolist()):
+        if v is None or v == "":
+            continue
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[i] = v
+            continue
+        try:
+            out[i] = _seconds(str(v))
+        except ValueError as exc:
+            raise InputError(f"{path}: ts row {i + 1}: {exc} (epoch seconds or ISO-8601)") from None
+    return out
 
 
 def read_table(path: str | Path) -> Table:
@@ -100,7 +155,17 @@ def read_table(path: str | Path) -> Table:
     segments = {k[len(SEGMENT_PREFIX):]: cols.pop(k) for k in list(cols) if k.startswith(SEGMENT_PREFIX)}
     if not cols:
         raise InputError(f"{path}: no feature columns")
-    ts_arr = None if ts is None or ts.dtype == object else np.asarray(ts, dtype=np.float64)
+    shapes = {k: v.shape for k, v in (*cols.items(), *segments.items(),
+                                      (PREDICTION, pred), (TIMESTAMP, ts)) if v is not None}
+    if any(len(s) != 1 for s in shapes.values()):
+        raise InputError(f"{path}: columns must be one-dimensional (got "
+                         + ", ".join(f"{k} {s}" for k, s in shapes.items() if len(s) != 1) + ")")
+    if len({s[0] for s in shapes.values()}) > 1:
+        raise InputError(f"{path}: columns differ in length ("
+                         + ", ".join(f"{k} {s[0]}" for k, s in shapes.items()) + ")")
+    if next(iter(shapes.values()))[0] == 0:
+        raise InputError(f"{path}: no rows")
+    ts_arr = None if ts is None else _timestamps(path, ts)
     return Table(cols, pred, segments, ts_arr)
 
 
@@ -130,10 +195,7 @@ def to_batch(model: str, table: Table, start: int = 0, stop: int | None = None) 
             label = np.asarray([None if v is None else str(v) for v in p.tolist()], dtype=object)
     seg = np.full(n, None, dtype=object)
     if table.segments:
-        keys = list(table.segments)
-        seg[:] = [
-            {k: str(table.segments[k][start + i]) for k in keys} for i in range(n)
-        ]
+        seg[:] = [segment_of(table, start + i) for i in range(n)]
     none = np.full(n, None, dtype=object)
     ts = table.ts[start:stop] if table.ts is not None else np.full(n, np.nan)
     return EventBatch(

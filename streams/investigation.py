@@ -326,17 +326,19 @@ def _distributions(reference: ReferenceProfile, table: Table, bins: NDArray[np.i
 # -- gathering from Kafka -------------------------------------------------------------------
 def gather(kafka: Mapping[str, Any], *, inference_topic: str, references_topic: str,
            changes_topic: str, model: str, segment: Mapping[str, str], since: float | None,
-           timeout: float = 60.0, max_events: int = 1_000_000
+           timeout: float = 60.0, max_events: int = 1_000_000, key: bytes | None = None
            ) -> tuple[ReferenceProfile | None, list[EventBatch], list[dict[str, Any]], int]:
     """The model's reference, its events since ``since`` in the segment (the newest
     ``max_events`` at most, in batches), change events, and how many messages could not
-    be decoded."""
+    be decoded. ``key``: the snapshot key the workers sign references with (a signed
+    reference is verified with it; raises SnapshotError when it does not verify)."""
+    from driftline.detectors.serialization import verify_record
     from driftline.schemas.codecs import decode_change, decode_inference
     from driftline.streams.admin import UnknownTopicError, iter_to_end, read_compacted
 
     refs = read_compacted(kafka, references_topic, timeout)
     raw = refs.get(model.encode())
-    reference = ReferenceProfile.from_json(raw) if raw is not None else None
+    reference = None if raw is None else ReferenceProfile.from_json(verify_record(raw, key))
     since_ms = None if since is None else max(int(since * 1000), 0)
     batches: list[EventBatch] = []
     bad = kept = 0

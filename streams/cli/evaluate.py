@@ -64,7 +64,8 @@ def _print(report: Report) -> None:
         table.add_column(col, justify="left" if col in ("feature", "kind") else "right")
     for f in sorted(report.features, key=lambda f: f.p_value):
         table.add_row(
-            shown(f.name), f.kind, "[bold red]DRIFT[/]" if f.drift else "ok", f"{f.score:.1f}",
+            shown(f.name), f.kind, "[bold red]DRIFT[/]" if f.drift
+            else "n/a" if report.insufficient else "ok", f"{f.score:.1f}",
             f"{f.threshold:.1f}", f"{f.p_value:.2e}", f"{f.psi:.3f}", f"{f.js:.3f}",
             "" if f.ks is None else f"{f.ks:.3f}",
         )
@@ -76,6 +77,12 @@ def _print(report: Report) -> None:
         seg = a.get("segment")
         where = f" in segment {shown(canonical(seg))}" if seg else ""
         console.print(f"row {a['index']}: {a['kind']} drift {a['state']}{where} — {feats}")
+    if report.insufficient and not report.drift:
+        held = ("no window closed" if report.window_events is None
+                else f"the last window held {report.window_events} events")
+        console.print(f"verdict: [yellow]insufficient data[/] ({held}; a window needs "
+                      f"{report.min_samples}: a longer file or a smaller --window)")
+        return
     verdict = "[bold red]drift detected[/]" if report.drift else "[green]no drift[/]"
     console.print(f"verdict: {verdict}")
 

@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table as RichTable
 
+from driftline.detectors.errors import DriftlineError
+from driftline.streams.admin import UnknownTopicError
 from driftline.streams.investigation import Investigation, analyse, gather, parse_segment, parse_since
 from driftline.streams.settings import Settings
 
@@ -36,10 +38,21 @@ def investigate(
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    reference, batches, changes, bad = gather(
-        s.kafka(), inference_topic=s.inference_topic, references_topic=s.references_topic,
-        changes_topic=s.changes_topic, model=model, segment=seg, since=start, timeout=timeout,
-        max_events=max_events)
+    key = s.snapshot_key.get_secret_value().encode() if s.snapshot_key else None
+    try:
+        reference, batches, changes, bad = gather(
+            s.kafka(), inference_topic=s.inference_topic, references_topic=s.references_topic,
+            changes_topic=s.changes_topic, model=model, segment=seg, since=start,
+            timeout=timeout, max_events=max_events, key=key)
+    except UnknownTopicError as exc:
+        typer.echo(f"error: {exc} (is a worker running against this cluster?)", err=True)
+        raise typer.Exit(1) from None
+    except TimeoutError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except DriftlineError as exc:
+        typer.echo(f"error: the reference of {model} is not usable: {exc}", err=True)
+        raise typer.Exit(1) from None
     if reference is None:
         typer.echo(f"error: no reference for model {model!r} on {s.references_topic}", err=True)
         raise typer.Exit(1)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import typer
 import yaml
@@ -32,9 +33,10 @@ from driftline.detectors.errors import DriftlineError
 from driftline.detectors.join_index import COMPILED as ID_INDEX_COMPILED
 from driftline.detectors.offline import profile_table
 from driftline.detectors.reference import ReferenceProfile
+from driftline.detectors.segments import canonical
 from driftline.detectors.serialization import sign_record, verify_record
 from driftline.detectors.stats import KERNELS
-from driftline.detectors.tables import read_table
+from driftline.detectors.tables import read_table, segment_of
 from driftline.schemas.codecs import SCANNER, alert_to_dict, encode_event
 from driftline.streams.admin import (
     UnknownTopicError,
@@ -151,19 +153,22 @@ def _replay(path: Path, model: str, speed: float, send: Callable[[dict[str, Any]
     """Replay a file in event-time order; ``speed`` N compresses time N-fold."""
     table = read_table(path)
     n = len(table)
+    ts = table.ts
     order = list(range(n))
-    if table.ts is not None:
-        order.sort(key=lambda i: float(table.ts[i]))  # type: ignore[index]
+    first_ts = 0.0
+    if ts is not None:  # rows without a time go last, in file order (NaN would unsort)
+        finite = np.isfinite(ts)
+        order = np.argsort(np.where(finite, ts, np.inf), kind="stable").tolist()
+        first_ts = float(ts[order[0]]) if finite.any() else 0.0
     names = list(table.features)
-    first_ts = float(table.ts[order[0]]) if table.ts is not None and n else 0.0
     start = time.monotonic()
     for k, i in enumerate(order):
         if stop.is_set():
             return k
         ev: dict[str, Any] = {"model": model, "features": {
             name: _plain(table.features[name][i]) for name in names}}
-        if table.ts is not None:
-            ev["ts"] = float(table.ts[i])
+        if ts is not None and math.isfinite(ts[i]):
+            ev["ts"] = float(ts[i])
             if speed > 0:
                 due = (ev["ts"] - first_ts) / speed
                 delay = due - (time.monotonic() - start)
@@ -171,8 +176,8 @@ def _replay(path: Path, model: str, speed: float, send: Callable[[dict[str, Any]
                     time.sleep(delay)
         if table.prediction is not None:
             ev["prediction"] = _plain(table.prediction[i])
-        if table.segments:
-            ev["segment"] = {key: str(col[i]) for key, col in table.segments.items()}
+        if (seg := segment_of(table, i)) is not None:
+            ev["segment"] = seg
         send(ev)
     return n
 
@@ -207,9 +212,10 @@ def alerts(
                 # names come from the topics (anyone with write access): never markup
                 feats = ", ".join(f"{shown(f.name)}({f.score:.1f})" for f in a.top_features[:3])
                 color = "red" if a.state == "firing" else "green"
+                seg = f"segment={shown(canonical(a.segment))} " if a.segment else ""
                 console.print(
                     f"[{color}]{shown(a.state):8}[/] {shown(a.kind):10} {shown(a.model):20} "
-                    f"feature={shown(a.feature)} {shown(a.statistic)}={a.score:.1f} "
+                    f"{seg}feature={shown(a.feature)} {shown(a.statistic)}={a.score:.1f} "
                     f"thr={a.threshold:.1f} n={a.window.n} top: {feats}  "
                     f"[dim]{shown(a.alert_id)}[/]")
     except KeyboardInterrupt:
@@ -447,7 +453,11 @@ def reference_show(
 ) -> None:
     """Print a model's current reference profile (JSON)."""
     s = _settings(bootstrap)
-    refs = read_compacted(s.kafka(), s.references_topic)
+    try:
+        refs = read_compacted(s.kafka(), s.references_topic)
+    except (UnknownTopicError, TimeoutError) as exc:
+        typer.echo(f"error: cannot read {s.references_topic}: {exc}", err=True)
+        raise typer.Exit(1) from None
     blob = refs.get(model.encode())
     if blob is None:
         typer.echo(f"no reference for {model}", err=True)
@@ -467,9 +477,13 @@ slo_app = typer.Typer(help="Service-level objectives as Prometheus rules.", no_a
 @slo_app.command("render")
 def slo_render(spec: Path = typer.Argument(..., help="SLO spec (YAML)")) -> None:
     """Print Prometheus recording and multi-window burn-rate alert rules for SPEC."""
-    from driftline.streams.slo import load_spec, render_yaml
+    from driftline.streams.slo import SloSpecError, load_spec, render_yaml
 
-    typer.echo(render_yaml(load_spec(spec)))
+    try:
+        typer.echo(render_yaml(load_spec(spec)))
+    except SloSpecError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 def config_show(bootstrap: str | None = BootstrapOpt) -> None:
