@@ -86,6 +86,13 @@ class ReferenceProfile:
     def feature_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns)
 
+    def with_model_version(self, version: str) -> ReferenceProfile:
+        """This profile for another model version, under a new ``reference_id`` (the id
+        is the digest of the content, version included: a worker takes a reference whose
+        id it already has as unchanged)."""
+        body = replace(self, model_version=version, reference_id="")
+        return replace(body, reference_id=_reference_id(self.model, body))
+
     def without_samples(self) -> ReferenceProfile:
         """This profile without the raw samples of its numeric feature columns.
 
@@ -445,7 +452,6 @@ def build_profile(
         created_at=created,
         multivariate=None if mv is None else mv.to_dict(),
     )
-    digest = hashlib.sha1(orjson.dumps(body.to_dict())).hexdigest()[:12]
     return ReferenceProfile(
         model=model,
         columns=body.columns,
@@ -454,9 +460,14 @@ def build_profile(
         source=source,
         model_version=model_version,
         created_at=created,
-        reference_id=f"{model}@{digest}",
+        reference_id=_reference_id(model, body),
         multivariate=body.multivariate,
     )
+
+
+def _reference_id(model: str, body: ReferenceProfile) -> str:
+    """``model@digest`` of a profile's content (``body`` has no id of its own yet)."""
+    return f"{model}@{hashlib.sha1(orjson.dumps(body.to_dict())).hexdigest()[:12]}"
 
 
 def _codes(profile: CategoricalProfile, values: Sequence[Any]) -> CategoricalInput:

@@ -425,8 +425,8 @@ def _profile(model: str, file: Path, s: Settings, version: str | None) -> Refere
             raise DriftlineError(f"profile is for model {prof.model!r}, not {model!r}")
     else:
         prof = profile_table(model, read_table(file), source=str(file), bins=s.reference_bins)
-    if version:
-        prof = ReferenceProfile(**{**prof.__dict__, "model_version": version})
+    if version and version != prof.model_version:
+        prof = prof.with_model_version(version)
     return prof
 
 

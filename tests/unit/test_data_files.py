@@ -146,3 +146,25 @@ def test_investigate_verifies_a_signed_reference(monkeypatch: pytest.MonkeyPatch
     res = CliRunner().invoke(app, ["investigate", "--model", "m", "-b", "127.0.0.1:1"],
                              env={"DRIFTLINE_SNAPSHOT_KEY": "y" * 32})
     assert res.exit_code == 1 and "not usable" in res.output
+
+
+def test_a_new_version_of_a_profile_gets_a_new_reference_id(tmp_path: Path) -> None:
+    """A worker takes a reference whose id it holds as unchanged: setting a profile JSON
+    again under another --version must change the id."""
+    from driftline.detectors.reference import ReferenceProfile
+    from driftline.streams.cli.kafka_commands import _profile
+    from driftline.streams.settings import Settings
+
+    rng = np.random.default_rng(3)
+    profile = build_profile("m", {"f0": rng.normal(size=500)}, model_version="v1",
+                            created_at=0.0)
+    path = tmp_path / "m.json"
+    path.write_bytes(profile.to_json())
+    same = _profile("m", path, Settings(), "v1")
+    assert same.reference_id == profile.reference_id
+    v2 = _profile("m", path, Settings(), "v2")
+    assert v2.model_version == "v2" and v2.reference_id != profile.reference_id
+    assert v2.reference_id.startswith("m@")
+    back = ReferenceProfile.from_json(v2.to_json())
+    assert back.reference_id == v2.reference_id and back.model_version == "v2"
+    assert v2.with_model_version("v2").reference_id == v2.reference_id  # content digest
