@@ -81,8 +81,14 @@ def read_columns(path: str | Path) -> dict[str, NDArray[Any]]:
         except StopIteration:
             raise InputError(f"{p}: empty CSV file") from None
         rows = list(reader)
-    cols: dict[str, list[str]] = {h.strip(): [] for h in header}
-    names = list(cols)
+    names = [h.strip() for h in header]
+    if "" in names:
+        raise InputError(f"{p}: column {names.index('') + 1} of the header has no name "
+                         "(a trailing comma?)")
+    if len(set(names)) < len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise InputError(f"{p}: the header names {', '.join(map(repr, twice))} more than once")
+    cols: dict[str, list[str]] = {n: [] for n in names}
     for lineno, row in enumerate(rows, start=2):
         if len(row) != len(names):
             raise InputError(f"{p}:{lineno}: {len(row)} cells, header has {len(names)}")

@@ -28,7 +28,7 @@ def evaluate(
         ..., "--reference", "-r", help="CSV/Parquet/NPZ file, or a reference profile JSON"),
     current: Path = typer.Option(..., "--current", "-c", help="CSV/Parquet/NPZ file to test"),
     window: int | None = typer.Option(
-        None, "--window", "-w", help="replay CURRENT as a stream with this window (rows)"),
+        None, "--window", "-w", min=2, help="replay CURRENT as a stream with this window (rows)"),
     json_out: Path | None = typer.Option(None, "--json", help="write the JSON report here ('-' for stdout)"),
     alpha: float = typer.Option(0.05, help="family-wise significance of the two-sample mode"),
     model: str = typer.Option("offline", help="model name in the report"),

@@ -168,3 +168,23 @@ def test_a_new_version_of_a_profile_gets_a_new_reference_id(tmp_path: Path) -> N
     back = ReferenceProfile.from_json(v2.to_json())
     assert back.reference_id == v2.reference_id and back.model_version == "v2"
     assert v2.with_model_version("v2").reference_id == v2.reference_id  # content digest
+
+
+@pytest.mark.parametrize(("header", "message"), [
+    ("f0,f1,", "column 3 of the header has no name"),
+    ("f0,f1,f0", "'f0' more than once"),
+])
+def test_a_header_without_a_name_or_with_a_name_twice_is_refused(
+        header: str, message: str, tmp_path: Path) -> None:
+    path = tmp_path / "h.csv"
+    path.write_text(f"{header}\n1,2,3\n")
+    with pytest.raises(InputError, match=message):
+        read_table(path)
+
+
+def test_evaluate_refuses_a_window_below_two(tmp_path: Path) -> None:
+    _csv(tmp_path / "ref.csv", np.zeros((10, 2)))
+    for w in ("0", "-5"):
+        res = CliRunner().invoke(app, ["evaluate", "-r", str(tmp_path / "ref.csv"), "-c",
+                                       str(tmp_path / "ref.csv"), "--window", w])
+        assert res.exit_code == 2 and "--window" in res.output
