@@ -19,7 +19,7 @@ from driftline.detectors.exact import ks_2samp
 from driftline.detectors.monitor import ModelMonitor, MonitorConfig, multivariate_for
 from driftline.detectors.reference import NumericProfile, ReferenceProfile, build_profile
 from driftline.detectors.stats import chi_square, jensen_shannon, ks_binned, psi
-from driftline.detectors.tables import Table, to_batch
+from driftline.detectors.tables import PREDICTION, Table, to_batch
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,10 @@ class Report:
     insufficient: bool = False
     window_events: int | None = None  # stream mode: events in the last window
     min_samples: int | None = None  # stream mode: events a window needs to decide
+    #: reference columns the current file lacks (not tested: no values, not drift)
+    absent: list[str] = field(default_factory=list)
+    #: current columns the reference has no profile of (not tested)
+    ignored: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -64,6 +68,8 @@ class Report:
             "insufficient": self.insufficient,
             "window_events": self.window_events,
             "min_samples": self.min_samples,
+            "absent": self.absent,
+            "ignored": self.ignored,
             "mode": self.mode,
             "n_reference": self.n_reference,
             "n_current": self.n_current,
@@ -95,20 +101,32 @@ def compare(reference: ReferenceProfile, current: Table, *, alpha: float = 0.05,
     hist = binner.histogram(bins)
     ref = binner.layout.ref_counts
     chi = chi_square(ref, hist)
-    found = multivariate_for(reference, binner) if multivariate else None
+    have = set(current.features) | ({PREDICTION} if current.prediction is not None else set())
+    names = binner.layout.names
+    kinds = binner.layout.kinds
+    absent = [n for n, k in zip(names, kinds, strict=True)
+              if (PREDICTION if k == "prediction" else n) not in have]
+    tested = np.asarray([n not in absent for n in names], dtype=bool)
+    profiled = set(reference.feature_names)
+    ignored = [n for n in current.features if n not in profiled]
+    # the multivariate statistics need every column: with one absent they would measure
+    # its absence, not a drift
+    found = multivariate_for(reference, binner) if multivariate and not absent else None
     mv = None
     if found is not None:
         model, encoder = found
         mv = model.evaluate(model.pane_sums(encoder.encode(batch, bins)), len(batch))
-    m = len(binner.layout.names) + (0 if mv is None else len(mv.names))
+    m = max(int(tested.sum()), 1) + (0 if mv is None else len(mv.names))
     thr = stats.chi2.isf(alpha / m, np.maximum(chi.df, 1.0))
-    drift = chi.p_value <= alpha / m
+    drift = (chi.p_value <= alpha / m) & tested
     if mv is not None:
         mv = mv.decided(np.where(np.isfinite(mv.p_value), mv.p_value, 1.0) <= alpha / m, alpha / m)
     p_psi, p_js = psi(ref, hist), jensen_shannon(ref, hist)
     cols = [*reference.columns, *([reference.prediction] if reference.prediction else [])]
     out: list[FeatureResult] = []
     for j, col in enumerate(cols):
+        if not tested[j]:
+            continue
         ks: float | None = None
         if isinstance(col, NumericProfile):
             values = batch.prediction_score if binner.layout.kinds[j] == "prediction" else (
@@ -131,7 +149,7 @@ def compare(reference: ReferenceProfile, current: Table, *, alpha: float = 0.05,
     _ = ks_binned  # binned KS is reported by the streaming path
     fired = bool(drift.any()) or (mv is not None and bool(mv.drift.any()))
     return Report(fired, out, [], "two-sample", reference.size, len(current), alpha,
-                  [] if mv is None else mv.to_dicts(), m)
+                  [] if mv is None else mv.to_dicts(), m, absent=absent, ignored=ignored)
 
 
 def replay(

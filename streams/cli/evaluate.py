@@ -70,6 +70,13 @@ def _print(report: Report) -> None:
             "" if f.ks is None else f"{f.ks:.3f}",
         )
     console.print(table)
+    if report.absent:
+        console.print("absent from the current file (not tested, nor the multivariate "
+                      "statistics, which need every column): "
+                      + ", ".join(shown(n) for n in report.absent))
+    if report.ignored:
+        console.print("not in the reference (not tested): "
+                      + ", ".join(shown(n) for n in report.ignored))
     if report.multivariate:
         console.print(_multivariate_table(report))
     for a in report.alerts:

@@ -188,3 +188,28 @@ def test_evaluate_refuses_a_window_below_two(tmp_path: Path) -> None:
         res = CliRunner().invoke(app, ["evaluate", "-r", str(tmp_path / "ref.csv"), "-c",
                                        str(tmp_path / "ref.csv"), "--window", w])
         assert res.exit_code == 2 and "--window" in res.output
+
+
+def test_two_sample_mode_names_absent_and_unprofiled_columns_instead_of_testing_them(
+        tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    ref = rng.normal(size=(3000, 3))
+    (tmp_path / "ref.csv").write_text("f0,f1,f2,prediction\n" + "\n".join(
+        f"{a:.4f},{b:.4f},{c:.4f},{p:.4f}" for (a, b, c), p in zip(ref, rng.random(3000),
+                                                                   strict=True)) + "\n")
+    cur = rng.normal(size=(2000, 3))
+    (tmp_path / "cur.csv").write_text("f0,f2,extra\n" + "\n".join(
+        f"{a:.4f},{c:.4f},{e:.4f}" for a, _, c, e in
+        np.column_stack([cur, rng.normal(size=2000)])) + "\n")
+    res = CliRunner().invoke(app, ["evaluate", "-r", str(tmp_path / "ref.csv"), "-c",
+                                   str(tmp_path / "cur.csv"), "--json", "-"])
+    assert res.exit_code == 0, res.output
+    out = orjson.loads(res.output)
+    assert out["absent"] == ["f1", "prediction"] and out["ignored"] == ["extra"]
+    assert [f["name"] for f in out["features"]] == ["f0", "f2"]
+    assert out["drift"] is False and out["multivariate"] == [] and out["tests"] == 2
+    res = CliRunner().invoke(app, ["evaluate", "-r", str(tmp_path / "ref.csv"), "-c",
+                                   str(tmp_path / "cur.csv")], env={"COLUMNS": "200"})
+    assert "absent from the current file" in res.output and "f1, prediction" in res.output
+    assert "not in the reference (not tested): extra" in res.output
+    assert "no drift" in res.output
