@@ -159,6 +159,9 @@ def read_table(path: str | Path) -> Table:
     pred = cols.pop(PREDICTION, None)
     ts = cols.pop(TIMESTAMP, None)
     segments = {k[len(SEGMENT_PREFIX):]: cols.pop(k) for k in list(cols) if k.startswith(SEGMENT_PREFIX)}
+    if "" in segments:
+        raise InputError(f"{path}: a column '{SEGMENT_PREFIX}' needs a key after it "
+                         f"({SEGMENT_PREFIX}region, ...)")
     if not cols:
         raise InputError(f"{path}: no feature columns")
     shapes = {k: v.shape for k, v in (*cols.items(), *segments.items(),

@@ -173,6 +173,7 @@ def test_a_new_version_of_a_profile_gets_a_new_reference_id(tmp_path: Path) -> N
 @pytest.mark.parametrize(("header", "message"), [
     ("f0,f1,", "column 3 of the header has no name"),
     ("f0,f1,f0", "'f0' more than once"),
+    ("f0,f1,segment_", "needs a key after it"),
 ])
 def test_a_header_without_a_name_or_with_a_name_twice_is_refused(
         header: str, message: str, tmp_path: Path) -> None:
