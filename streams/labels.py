@@ -166,6 +166,7 @@ def _joined(proc: Processor, st: ModelState, before: JoinCounts, rows: Joined,
     """Concept update and metrics after a join call."""
     assert st.joins is not None and st.concept is not None
     m = proc.metrics
+    m.expect_alerts(st.model, ("concept",))
     evaluations = st.concept.labelled // st.concept.config.eval_every
     alerts = st.concept.update(rows)
     m.observe_labels(st.model, st.joins.counts.minus(before),
@@ -173,7 +174,7 @@ def _joined(proc: Processor, st: ModelState, before: JoinCounts, rows: Joined,
     if st.concept.labelled // st.concept.config.eval_every != evaluations:
         m.observe_quality(st.model, st.concept.quality)
     for a in alerts:
-        out.alerts.append(a)
+        out.alerts.append(proc.with_changes(a))
         if a.state == "firing":
             st.alerts_fired += 1
         m.alerts.labels(a.model, a.kind, a.state).inc()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -205,6 +205,16 @@ class WorkerMetrics:
         if ts.size:
             self.event_time_lag.labels(model).set(max(time.time() - float(ts.max()), 0.0))
 
+    def expect_alerts(self, model: str, kinds: Iterable[str]) -> None:
+        """The model's alert counters of these kinds, at 0 until its first alert: an alert
+        is then an increase that rate(), increase() and changes() see (a series born at 1
+        shows no change)."""
+        for kind in kinds:
+            if (model, kind) not in self._alert_series:
+                for state in ALERT_STATES:
+                    self.alerts.labels(model, kind, state)
+                self._alert_series.add((model, kind))
+
     def observe_segments(self, model: str, events: Mapping[str, int]) -> None:
         """Events per segment value of one update (labels bounded by the segment maximum)."""
         for segment, n in events.items():
@@ -226,13 +236,14 @@ class WorkerMetrics:
         scores = _finite(score_keys, np.stack([ev.chi2, ev.psi, ev.js], axis=1).ravel())
         thresholds = _finite(threshold_keys, ev.threshold)
         mv = ev.multivariate
-        # alert counters start at 0, so the first alert of a model is an increase that
-        # rate(), increase() and changes() see (a series born at 1 shows no change)
-        for kind in set(ev.kinds) | ({"data"} if mv is not None else set()):
-            if (model, kind) not in self._alert_series:
-                for state in ALERT_STATES:
-                    self.alerts.labels(model, kind, state)
-                self._alert_series.add((model, kind))
+        kinds = set(ev.kinds)
+        if mv is not None:
+            kinds.add("data")
+        if ev.quality is not None:
+            kinds.add("quality")
+        if ev.confidence is not None:
+            kinds.add("prediction")
+        self.expect_alerts(model, kinds)
         if mv is not None:
             for name, v, thr in zip(mv.names, mv.score.tolist(), mv.threshold.tolist(),
                                     strict=True):

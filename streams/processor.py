@@ -348,12 +348,13 @@ class Processor:
                 live_st.dirty = True
                 found.append((live_st, [u] if u is not None else []))
         for owner, updates in found:
+            self.metrics.expect_alerts(owner.model, ("shadow",))
             for u in updates:
                 agreement, state = None, None
                 for ev in u.evaluations:
                     agreement = ev.agreement
                     if ev.alert is not None:
-                        out.alerts.append(ev.alert)
+                        out.alerts.append(self.with_changes(ev.alert))
                         state = ev.alert.state
                         owner.alerts_fired += state == "firing"
                         self.metrics.alerts.labels(owner.model, "shadow", state).inc()
@@ -456,11 +457,17 @@ class Processor:
                 out.changes.append(ev)
                 log.info("model %s: %s change: %s", ev.model, ev.kind, ev.text)
 
+    def with_changes(self, a: DriftAlert) -> DriftAlert:
+        """The alert with its model's recent changes (concept and shadow alerts: no
+        exemplars of their own here)."""
+        changes = a.changes or self.changes.recent(a.model, a.window.end_ts, ALERT_CHANGES)
+        return replace(a, changes=changes) if changes else a
+
     def _explain(self, st: ModelState, a: DriftAlert, batch: EventBatch | None = None,
                  seq0: int = 0) -> tuple[DriftAlert, str | None]:
         """The alert with its model's recent changes and, when firing, exemplar ids from
         the batch that closed its pane; also the first exemplar's trace id, if it has one."""
-        changes = a.changes or self.changes.recent(a.model, a.window.end_ts, ALERT_CHANGES)
+        changes = self.with_changes(a).changes
         ids: list[tuple[str, bool]] = []
         if batch is not None and a.state == "firing" and a.feature and a.segment is None \
                 and st.monitor is not None:

@@ -505,6 +505,7 @@ class Worker:
             "and committed offsets are gone; consuming the new topics from the beginning",
             self._cluster_id, cid, len(states),
             {k: max(st.offsets.values(), default=-1) for k, st in list(states.items())[:5]})
+        self._restore_known_models()  # read, not yet loaded: they move to the new cluster too
         self._cluster_id = self.processor.cluster_id = cid
         for st in states.values():
             st.offsets, st.dirty, st.cluster_id = {}, True, cid
@@ -531,6 +532,19 @@ class Worker:
         self._subscribe()
         self._rejoin_by = time.monotonic() + REJOIN_AFTER_S
         self.stats.cluster_changes += 1
+
+    def _restore_known_models(self) -> None:
+        """Restore, from the snapshots read at the last assignment, every model of this
+        worker's partitions that no event has brought into memory since: the snapshots
+        are about to be forgotten with the old cluster, and the new one's state topic
+        holds only what this worker writes to it (a snapshot that cannot be restored
+        starts its model afresh, logged, as at any restore)."""
+        for key in list(self._snapshots):
+            model, sep, part = key.rpartition("@")
+            if not sep or not part.isdigit() or key in self.processor.models:
+                continue  # label-join chunk records (``model@p/joins/...``) and loaded states
+            if int(part) in self._assigned:
+                self.processor.state_of(model, int(part))
 
     def _republish_references(self) -> None:
         """The model configuration records read, then the record of every reference the

@@ -391,8 +391,11 @@ def label_msgs(score: np.ndarray, fp_from: int, seed: int = 2, delay: float = 30
 
 
 def test_processor_joins_labels_and_raises_a_concept_alert() -> None:
+    from driftline.streams.changes import annotation
+
     p, reg = setup_processor(concept_rules="m=fpr > 0.1 over 1000")
     score = predictions(p, 6000)
+    p.changes.add(annotation("m", "deploy", "new scorer", 1.0))
     msgs = [*label_msgs(score, 3000), b"{not json", orjson.dumps({"model": "m", "label": 1})]
     out = p.process_labels("lab", msgs, [0] * len(msgs), list(range(len(msgs))),
                            [0.0] * len(msgs))
@@ -401,6 +404,7 @@ def test_processor_joins_labels_and_raises_a_concept_alert() -> None:
     rule = [a for a in out.alerts if a.detector == "threshold"]
     assert [(a.kind, a.state, a.statistic) for a in rule] == [("concept", "firing", "fpr")]
     assert rule[0].score > 0.1 and rule[0].model == "m" and rule[0].window.n == 1000
+    assert "new scorer" in [c["text"] for c in rule[0].changes]  # as data alerts carry them
     st = p.models["m@0"]
     assert st.joins is not None and st.joins.counts.joined == 6000
     again = p.process_labels("lab", msgs, [0] * len(msgs), list(range(len(msgs))),
@@ -451,6 +455,8 @@ def test_processor_no_drift_is_silent_and_late_labels_are_counted() -> None:
     assert st.concept is not None and st.concept.quality["fpr"] == 0.0
     text = generate_latest(reg).decode()
     assert 'driftline_labels_unmatched_total{model="m",reason="late"} 100.0' in text
+    # no concept alert yet: its counters are there at 0, so the first one is an increase
+    assert 'driftline_alerts_total{kind="concept",model="m",state="firing"} 0.0' in text
 
 
 def test_labels_on_another_partition_are_counted_unmatched() -> None:

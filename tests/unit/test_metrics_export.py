@@ -85,7 +85,22 @@ def test_alert_counters_exist_at_zero_before_the_first_alert() -> None:
                 if s.name == "driftline_alerts_total"}
     # no drift in the stream: every kind of the model is there, at zero
     assert counters == {("data", "firing"): 0.0, ("data", "resolved"): 0.0,
-                        ("prediction", "firing"): 0.0, ("prediction", "resolved"): 0.0}
+                        ("prediction", "firing"): 0.0, ("prediction", "resolved"): 0.0,
+                        ("quality", "firing"): 0.0, ("quality", "resolved"): 0.0}
+
+
+def test_concept_and_shadow_counters_exist_at_zero_before_their_first_alert() -> None:
+    """The label join and the shadow pairing make their kinds' counters at 0 when they
+    first run for a model, so that its first concept or shadow alert is an increase."""
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(registry)
+    metrics.expect_alerts("m", ("concept", "shadow"))
+    metrics.alerts.labels("m", "concept", "firing").inc()
+    counters = {(s.labels["kind"], s.labels["state"]): s.value
+                for family in registry.collect() for s in family.samples
+                if s.name == "driftline_alerts_total"}
+    assert counters == {("concept", "firing"): 1.0, ("concept", "resolved"): 0.0,
+                        ("shadow", "firing"): 0.0, ("shadow", "resolved"): 0.0}
 
 
 def test_forgetting_a_model_removes_its_table_series_and_keeps_the_others() -> None:

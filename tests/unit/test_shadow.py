@@ -231,6 +231,8 @@ def test_processor_pairs_shadow_events_in_the_live_models_state() -> None:
         "model": "live", "feature": "a", "metric": "missing_rate"}) == 0.0
     assert registry.get_sample_value("driftline_alerts_total", {
         "model": "live", "kind": "shadow", "state": "firing"}) == 1
+    assert registry.get_sample_value("driftline_alerts_total", {  # there from the pairing's
+        "model": "live", "kind": "shadow", "state": "resolved"}) == 0  # start, at 0
     assert registry.get_sample_value("driftline_drift_state", {
         "model": "live", "kind": "shadow", "feature": "cand"}) == 1.0
     proc.drop(["live@0", "cand@0"])
