@@ -210,13 +210,14 @@ def alerts(
                 sys.stdout.flush()
             else:
                 # names come from the topics (anyone with write access): never markup
-                feats = ", ".join(f"{shown(f.name)}({f.score:.1f})" for f in a.top_features[:3])
+                # 4 significant digits: an FPR of 0.23 against 0.05 must not read 0.2 vs 0.1
+                feats = ", ".join(f"{shown(f.name)}({f.score:.4g})" for f in a.top_features[:3])
                 color = "red" if a.state == "firing" else "green"
                 seg = f"segment={shown(canonical(a.segment))} " if a.segment else ""
                 console.print(
                     f"[{color}]{shown(a.state):8}[/] {shown(a.kind):10} {shown(a.model):20} "
-                    f"{seg}feature={shown(a.feature)} {shown(a.statistic)}={a.score:.1f} "
-                    f"thr={a.threshold:.1f} n={a.window.n} top: {feats}  "
+                    f"{seg}feature={shown(a.feature)} {shown(a.statistic)}={a.score:.4g} "
+                    f"thr={a.threshold:.4g} n={a.window.n} top: {feats}  "
                     f"[dim]{shown(a.alert_id)}[/]")
     except KeyboardInterrupt:
         pass
