@@ -161,8 +161,7 @@ class FaustRuntime:
         self.stats = FaustStats()
         self.app = app if app is not None else _new_app(settings)
         self.app.driftline = self  # type: ignore[attr-defined]
-        self._key = settings.snapshot_key.get_secret_value().encode() if settings.snapshot_key \
-            else None
+        self._key = settings.signing_key()
         # keys and values are raw bytes (never pickle); bytes types make the table's
         # changelog raw too (a schema object would be shared and mutated by Faust)
         self.table = self.app.Table(STATE_TABLE, partitions=s.partitions, key_type=bytes,

@@ -232,6 +232,10 @@ class Settings(BaseSettings):
             rules={m: base.with_rule(r) for m, r in model_rules(self.concept_rules).items()},
             keep=self.label_join)
 
+    def signing_key(self) -> bytes | None:
+        """The HMAC key of snapshots and reference records (None: records are unsigned)."""
+        return self.snapshot_key.get_secret_value().encode() if self.snapshot_key else None
+
     def limits(self) -> Limits:
         return Limits(
             max_payload_bytes=self.max_payload_bytes,

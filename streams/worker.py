@@ -216,7 +216,7 @@ class Worker:
         self._last_snapshot = time.monotonic()
         self._ready = threading.Event()
         self._unread = False  # stopping with partitions whose snapshots could not be read
-        key = settings.snapshot_key.get_secret_value().encode() if settings.snapshot_key else None
+        key = settings.signing_key()
         self._key = key
         self.processor = Processor(
             config=settings.monitor_config(),

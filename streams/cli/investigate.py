@@ -38,12 +38,11 @@ def investigate(
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    key = s.snapshot_key.get_secret_value().encode() if s.snapshot_key else None
     try:
         reference, batches, changes, bad = gather(
             s.kafka(), inference_topic=s.inference_topic, references_topic=s.references_topic,
             changes_topic=s.changes_topic, model=model, segment=seg, since=start,
-            timeout=timeout, max_events=max_events, key=key)
+            timeout=timeout, max_events=max_events, key=s.signing_key())
     except UnknownTopicError as exc:
         typer.echo(f"error: {exc} (is a worker running against this cluster?)", err=True)
         raise typer.Exit(1) from None

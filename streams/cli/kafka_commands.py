@@ -394,7 +394,7 @@ def reference_set(
     ensure_topics(s.kafka(), topic_specs(s))
     # references with large samples pass Kafka's 1 MB default; the topic allows 16 MiB
     p = Producer(producer_config(s.kafka(), **{"message.max.bytes": STATE_MAX_BYTES}))
-    key = s.snapshot_key.get_secret_value().encode() if s.snapshot_key else None
+    key = s.signing_key()
     failed: list[str] = []
 
     def delivered(err: KafkaError | None, _msg: Message) -> None:
@@ -463,7 +463,7 @@ def reference_show(
     if blob is None:
         typer.echo(f"no reference for {model}", err=True)
         raise typer.Exit(1)
-    key = s.snapshot_key.get_secret_value().encode() if s.snapshot_key else None
+    key = s.signing_key()
     try:
         doc = orjson.loads(verify_record(blob, key))
     except (DriftlineError, orjson.JSONDecodeError) as exc:
