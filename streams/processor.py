@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -457,17 +458,21 @@ class Processor:
                 out.changes.append(ev)
                 log.info("model %s: %s change: %s", ev.model, ev.kind, ev.text)
 
+    def _changes_of(self, a: DriftAlert) -> tuple[dict[str, Any], ...]:
+        """The changes the alert carries: its own, else its model's most recent ones."""
+        return a.changes or self.changes.recent(a.model, a.window.end_ts, ALERT_CHANGES)
+
     def with_changes(self, a: DriftAlert) -> DriftAlert:
         """The alert with its model's recent changes (concept and shadow alerts: no
         exemplars of their own here)."""
-        changes = a.changes or self.changes.recent(a.model, a.window.end_ts, ALERT_CHANGES)
+        changes = self._changes_of(a)
         return replace(a, changes=changes) if changes else a
 
     def _explain(self, st: ModelState, a: DriftAlert, batch: EventBatch | None = None,
                  seq0: int = 0) -> tuple[DriftAlert, str | None]:
         """The alert with its model's recent changes and, when firing, exemplar ids from
         the batch that closed its pane; also the first exemplar's trace id, if it has one."""
-        changes = self.with_changes(a).changes
+        changes = self._changes_of(a)
         ids: list[tuple[str, bool]] = []
         if batch is not None and a.state == "firing" and a.feature and a.segment is None \
                 and st.monitor is not None:
