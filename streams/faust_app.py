@@ -35,12 +35,15 @@ import asyncio
 import logging
 import math
 import os
+import shutil
 import signal
 import socket
 import ssl
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -109,7 +112,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     return FaustRuntime(settings, registry or CollectorRegistry()).app
 
 
-def _new_app(settings: Settings) -> faust.App:
+def _new_app(settings: Settings, datadir: Path) -> faust.App:
     s = settings
     web: dict[str, Any] = ({"web_enabled": True, "web_port": s.faust_web_port,
                             "web_host": s.metrics_host} if s.faust_web_port is not None
@@ -120,6 +123,7 @@ def _new_app(settings: Settings) -> faust.App:
         broker_credentials=broker_credentials(s),
         broker_client_id=s.client_id,
         store="memory://",
+        datadir=datadir,  # Faust makes it at start even with memory:// tables
         autodiscover=False,
         topic_partitions=s.partitions,
         topic_replication_factor=s.replication_factor,
@@ -159,7 +163,14 @@ class FaustRuntime:
         self.metrics = WorkerMetrics(registry)
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
         self.stats = FaustStats()
-        self.app = app if app is not None else _new_app(settings)
+        # Faust's data directory: private, under DRIFTLINE_DATA_DIR, removed at the end
+        # of serve() (its default is "<group id>-data" in the current directory)
+        self._datadir: Path | None = None
+        if app is None:
+            self._datadir = Path(tempfile.mkdtemp(prefix="driftline-faust-",
+                                                  dir=s.data_dir or None))
+            app = _new_app(settings, self._datadir)
+        self.app = app
         self.app.driftline = self  # type: ignore[attr-defined]
         self._key = settings.signing_key()
         # keys and values are raw bytes (never pickle); bytes types make the table's
@@ -449,6 +460,8 @@ class FaustRuntime:
             await self.app.stop()
             if self._refs is not None:
                 self._refs.close()
+            if self._datadir is not None:
+                shutil.rmtree(self._datadir, ignore_errors=True)
             self.ready.clear()
             if signals:
                 for sig in (signal.SIGINT, signal.SIGTERM):

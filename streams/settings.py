@@ -79,8 +79,9 @@ class Settings(BaseSettings):
     snapshot_key: SecretStr | None = None  # HMAC key for snapshots/references
     runtime: Literal["kafka", "faust"] = "kafka"  # worker runtime (streams/faust_app.py)
     faust_web_port: int | None = Field(None, ge=0, le=65535)  # Faust's web server; None: off
-    # local files of the worker (reference records); "": a private temporary directory.
-    # The worker makes its own subdirectory here and removes only that at shutdown.
+    # local files of the worker (reference records; the Faust runtime's data directory);
+    # "": a private temporary directory. The worker makes its own subdirectory here and
+    # removes only that at shutdown.
     data_dir: str = ""
 
     # references

@@ -282,6 +282,7 @@ class Child:
                 list(argv), stdout=subprocess.PIPE, stderr=log,
                 stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                 env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
+                cwd=log_dir,  # engines' state directories (Faust, Quix) land here, not in cwd
                 text=True, bufsize=1, start_new_session=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

@@ -57,9 +57,15 @@ class FaustWorker:
     def __init__(self, fields: dict[str, Any], log_path: Path) -> None:
         env = {**os.environ, **{f"DRIFTLINE_{k.upper()}": str(v) for k, v in fields.items()}}
         self.log_path = log_path
+        # its own working and data directories, to see that it leaves nothing in either
+        self.cwd = log_path.with_suffix(".cwd")
+        self.data_dir = log_path.with_suffix(".data")
+        self.cwd.mkdir()
+        self.data_dir.mkdir()
+        env["DRIFTLINE_DATA_DIR"] = str(self.data_dir)
         self._log = open(log_path, "w")  # closed in stop()
         self.proc = subprocess.Popen([*CLI, "worker", "--runtime", "faust"], env=env,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+                                     cwd=self.cwd, stdout=self._log, stderr=subprocess.STDOUT)
         self.port = 0
 
     @property
@@ -206,6 +212,8 @@ def test_faust_worker_restart_resumes_windows_from_the_table(
     wait_for(lambda: w1.events_applied() == {m: 6000.0 for m in gen.models}, 90,
              f"{first} events applied", lambda: w1.log[-3000:])
     assert w1.stop(signal.SIGTERM) == 0  # final checkpoint, then a clean exit
+    # Faust's data directory was under DRIFTLINE_DATA_DIR and is gone; none in the cwd
+    assert list(w1.cwd.iterdir()) == [] and list(w1.data_dir.iterdir()) == []
     before = table_states(s)
     assert set(before) == set(gen.models)
     for st in before.values():  # the last snapshot covers everything applied
