@@ -18,7 +18,6 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -31,6 +30,7 @@ from driftline.detectors.reference import CategoricalProfile, NumericProfile, Re
 from driftline.detectors.stats import chi_square
 from driftline.detectors.tables import Table
 from driftline.schemas.models import EventBatch
+from driftline.schemas.validation import parse_iso_ts
 
 #: Standardised CUSUM above which the change point is reported as significant.
 CHANGE_SIGNIFICANCE = 5.0
@@ -42,18 +42,23 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def parse_since(text: str, now: float | None = None) -> float:
-    """``2h`` / ``30m`` / ``1d`` before now, or an ISO-8601 time, as epoch seconds."""
+    """``2h`` / ``30m`` / ``1d`` before now, epoch seconds, or an ISO-8601 time (naive
+    means UTC, as in events and ``annotate --ts``), as epoch seconds."""
     now = time.time() if now is None else now
     m = _DURATION.match(text)
     if m:
         return now - float(m.group(1)) * _UNITS[m.group(2)]
     try:
-        dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        when = float(text)
     except ValueError:
-        raise ValueError(f"--since takes 2h, 30m, 1d or an ISO-8601 time, not {text!r}") from None
-    if dt.tzinfo is None:
-        raise ValueError(f"--since {text!r}: give a time zone (e.g. Z or +00:00)")
-    return dt.timestamp()
+        try:
+            when = parse_iso_ts(text.strip())
+        except ValueError:
+            raise ValueError(f"--since takes 2h, 30m, 1d, epoch seconds or an ISO-8601 time, "
+                             f"not {text!r}") from None
+    if not math.isfinite(when):
+        raise ValueError(f"--since {text!r} is not a time")
+    return when
 
 
 def parse_segment(pairs: Sequence[str]) -> dict[str, str]:

@@ -20,7 +20,8 @@ def investigate(
     model: str = typer.Option(..., "--model", "-m", help="model id"),
     segment: list[str] = typer.Option(
         [], "--segment", "-s", help="key=value; repeat for several keys (events must match all)"),
-    since: str | None = typer.Option(None, help="2h, 30m, 1d or an ISO-8601 time (default: all)"),
+    since: str | None = typer.Option(
+        None, help="2h, 30m, 1d, epoch seconds or an ISO-8601 time, naive = UTC (default: all)"),
     bootstrap: str | None = typer.Option(None, "--bootstrap", "-b",
                                          help="Kafka bootstrap servers"),
     html: Path | None = typer.Option(None, "--html", help="write a self-contained HTML report"),

@@ -53,8 +53,13 @@ def test_since_and_segment_arguments() -> None:
     assert parse_since("2026-01-01T00:00:00Z") == 1767225600.0
     with pytest.raises(ValueError):
         parse_since("yesterday")
-    with pytest.raises(ValueError):
-        parse_since("2026-01-01T00:00:00")  # no time zone
+    # naive ISO is UTC and epoch seconds are taken, as by annotate --ts and event ts
+    assert parse_since("2026-01-01T00:00:00") == 1767225600.0
+    assert parse_since("2026-01-01T01:00:00+01:00") == 1767225600.0
+    assert parse_since("1767225600") == parse_since("1767225600.0") == 1767225600.0
+    for bad in ("nan", "inf", "2026-13-01T00:00:00"):
+        with pytest.raises(ValueError):
+            parse_since(bad)
     assert parse_segment(["region=eu", "tier=a=b"]) == {"region": "eu", "tier": "a=b"}
     with pytest.raises(ValueError):
         parse_segment(["region"])
