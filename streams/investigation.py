@@ -279,6 +279,14 @@ def analyse(
     )
 
 
+def relative_time(seconds_before: float) -> str:
+    """How a change event stands to the change pane's start: ``"120 s before"``, or
+    ``"30 s after (inside the change pane)"`` for one the pane holds."""
+    if seconds_before >= 0:
+        return f"{seconds_before:.0f} s before"
+    return f"{-seconds_before:.0f} s after (inside the change pane)"
+
+
 def rank_changes(changes: Sequence[Mapping[str, Any]], start_ts: float | None,
                  end_ts: float | None, model: str) -> list[dict[str, Any]]:
     """Change events of ``model`` at or before the change pane's end, closest to its start

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from driftline.streams.investigation import Investigation
+from driftline.streams.investigation import Investigation, relative_time
 
 NO_PLOTS = "Plots need matplotlib (pip install driftline[bench]); this report has tables only."
 
@@ -165,7 +165,7 @@ def render_html(inv: Investigation, *, plots: bool = True) -> str:
                      "<th>text</th><th>source</th></tr>")
         for c in inv.changes:
             parts.append(f"<tr><td>{_e(_t(c['ts']))}</td><td>{_e(c.get('kind', ''))}</td>"
-                         f"<td>{c['seconds_before']:.0f} s</td><td>{_e(c.get('text', ''))}</td>"
+                         f"<td>{_e(relative_time(c['seconds_before']))}</td><td>{_e(c.get('text', ''))}</td>"
                          f"<td>{_e(c.get('source') or '')}</td></tr>")
         parts.append("</table>")
     else:

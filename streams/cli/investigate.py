@@ -12,7 +12,14 @@ from rich.table import Table as RichTable
 
 from driftline.detectors.errors import DriftlineError
 from driftline.streams.admin import UnknownTopicError
-from driftline.streams.investigation import Investigation, analyse, gather, parse_segment, parse_since
+from driftline.streams.investigation import (
+    Investigation,
+    analyse,
+    gather,
+    parse_segment,
+    parse_since,
+    relative_time,
+)
 from driftline.streams.settings import Settings
 
 
@@ -96,7 +103,7 @@ def _print(inv: Investigation, html: Path | None) -> None:
         console.print(f"{word} pane {cp['pane']} (ts {cp['ts']}, offset {cp['offset']}) on "
                       f"{escape(cp['feature'])}, CUSUM {cp['statistic']:.1f}")
     for c in inv.changes[:5]:
-        console.print(f"  {c['seconds_before']:.0f} s before: {escape(str(c.get('kind')))} — "
+        console.print(f"  {relative_time(c['seconds_before'])}: {escape(str(c.get('kind')))} — "
                       f"{escape(str(c.get('text', '')))}")
     if html is not None:
         console.print(f"report: {html}")

@@ -16,6 +16,7 @@ from driftline.streams.investigation import (
     analyse,
     parse_segment,
     parse_since,
+    relative_time,
     segment_rows,
 )
 from driftline.streams.report_html import NO_PLOTS, render_html
@@ -99,8 +100,16 @@ def test_analysis_names_the_feature_the_start_and_the_closest_change() -> None:
     assert abs(cp["pane"] - 12_000 // inv.pane_size) <= 1
     assert abs(cp["ts"] - true_ts) <= inv.pane_size
     assert [c["text"] for c in inv.changes] == ["v2 rolled out", "backfill"]
+    first = inv.changes[0]["seconds_before"]  # the pane starts at most one pane off
+    assert relative_time(first) == (f"{first:.0f} s before" if first >= 0 else
+                                    f"{-first:.0f} s after (inside the change pane)")
     d = inv.to_dict()
     assert d["drifted_features"] == ["f1"] and d["prediction_drift"] is True
+
+
+def test_relative_time_of_a_change_event() -> None:
+    assert relative_time(120.4) == "120 s before" and relative_time(0.0) == "0 s before"
+    assert relative_time(-30.0) == "30 s after (inside the change pane)"
 
 
 def test_analysis_of_one_segment_and_of_no_drift() -> None:
