@@ -38,11 +38,17 @@ class Table:
         return len(next(iter(self.features.values()))) if self.features else 0
 
 
+# cells a numeric column reads as missing: pandas' default NA strings, any case
+_MISSING = frozenset(("", "nan", "-nan", "null", "none", "na", "n/a", "#n/a", "#n/a n/a", "#na",
+                      "<na>", "1.#ind", "-1.#ind", "1.#qnan", "-1.#qnan"))
+
+
 def _coerce(values: list[str]) -> NDArray[Any]:
-    """A CSV column as float64 when every non-empty cell is a number, else as objects."""
+    """A CSV column as float64 when every cell is a number or a missing-value marker
+    (``_MISSING``), else as objects (only empty cells missing)."""
     out = np.empty(len(values), dtype=np.float64)
     for i, v in enumerate(values):
-        if v == "" or v.lower() in ("nan", "null", "none", "na"):
+        if v.strip().lower() in _MISSING:
             out[i] = math.nan
             continue
         try:

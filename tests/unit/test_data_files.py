@@ -30,6 +30,18 @@ def test_a_spreadsheet_bom_does_not_rename_the_first_column(tmp_path: Path) -> N
     assert table.ts is not None and table.ts.tolist() == [100.0, 101.0]
 
 
+def test_missing_value_markers_keep_a_numeric_column_numeric(tmp_path: Path) -> None:
+    path = tmp_path / "na.csv"
+    path.write_text("f0,f1,country\n1.5,n/a,NA\nN/A,2,DE\n#N/A,<NA>,\n , null ,FR\n3,-nan,NA\n")
+    table = read_table(path)
+    f0, f1 = table.features["f0"], table.features["f1"]
+    assert f0.dtype == np.float64 and f1.dtype == np.float64
+    assert np.isnan(f0[[1, 2, 3]]).all() and f0[[0, 4]].tolist() == [1.5, 3.0]
+    assert np.isnan(f1[[0, 2, 3, 4]]).all() and f1[1] == 2.0
+    # a text column keeps its cells: "NA" may be a category (Namibia); blank is missing
+    assert table.features["country"].tolist() == ["NA", "DE", None, "FR", "NA"]
+
+
 def test_segment_cells_are_text_and_blank_cells_leave_their_key_out(tmp_path: Path) -> None:
     path = tmp_path / "seg.csv"
     path.write_text("f0,segment_region,segment_tier\n1,eu,1\n2,,2\n3,us,\n4,,\n")
