@@ -12,14 +12,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 from scipy import stats
 
-from driftline.detectors.binning import Binner
+from driftline.detectors.binning import Binner, block_histograms
 from driftline.detectors.exact import ks_2samp
 from driftline.detectors.monitor import ModelMonitor, MonitorConfig, multivariate_for
 from driftline.detectors.reference import NumericProfile, ReferenceProfile, build_profile
+from driftline.detectors.segments import SEGMENT_SHARE, canonical
 from driftline.detectors.stats import chi_square, jensen_shannon, ks_binned, psi
-from driftline.detectors.tables import PREDICTION, Table, to_batch
+from driftline.detectors.tables import PREDICTION, Table, segment_of, to_batch
+
+#: Fewest rows of a segment the two-sample mode tests: five per bin of the widest column
+#: (the chi-square approximation's rule of thumb); smaller segments are listed, not tested.
+ROWS_PER_BIN = 5
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,9 @@ class Report:
     absent: list[str] = field(default_factory=list)
     #: current columns the reference has no profile of (not tested)
     ignored: list[str] = field(default_factory=list)
+    #: two-sample mode with ``segment_<key>`` columns: each segment's verdict (segment,
+    #: rows, alpha, insufficient, drift, drifted columns, smallest p-value)
+    segments: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -78,6 +87,7 @@ class Report:
             "features": [f.__dict__ for f in self.features],
             "multivariate": self.multivariate,
             "alerts": self.alerts,
+            "segments": self.segments,
         }
 
 
@@ -94,9 +104,15 @@ def compare(reference: ReferenceProfile, current: Table, *, alpha: float = 0.05,
     quantile bins; numeric columns also get the exact two-sample KS statistic on the raw
     values against the reference's bounded sample. With the reference's multivariate
     statistics (``multivariate``), the Bonferroni family is the columns plus those.
+
+    With ``segment_<key>`` columns, each segment's rows are tested too, as the workers
+    do: the whole file spends ``1 - SEGMENT_SHARE`` of ``alpha``, the segments the rest,
+    each in proportion to its rows (Bonferroni over its columns).
     """
     binner = Binner(reference)
     batch = to_batch(reference.model, current)
+    groups = _segment_groups(current)
+    whole_alpha = alpha * (1.0 - SEGMENT_SHARE) if groups else alpha
     bins = binner.bins(batch)
     hist = binner.histogram(bins)
     ref = binner.layout.ref_counts
@@ -117,10 +133,11 @@ def compare(reference: ReferenceProfile, current: Table, *, alpha: float = 0.05,
         model, encoder = found
         mv = model.evaluate(model.pane_sums(encoder.encode(batch, bins)), len(batch))
     m = max(int(tested.sum()), 1) + (0 if mv is None else len(mv.names))
-    thr = stats.chi2.isf(alpha / m, np.maximum(chi.df, 1.0))
-    drift = (chi.p_value <= alpha / m) & tested
+    level = whole_alpha / m
+    thr = stats.chi2.isf(level, np.maximum(chi.df, 1.0))
+    drift = (chi.p_value <= level) & tested
     if mv is not None:
-        mv = mv.decided(np.where(np.isfinite(mv.p_value), mv.p_value, 1.0) <= alpha / m, alpha / m)
+        mv = mv.decided(np.where(np.isfinite(mv.p_value), mv.p_value, 1.0) <= level, level)
     p_psi, p_js = psi(ref, hist), jensen_shannon(ref, hist)
     cols = [*reference.columns, *([reference.prediction] if reference.prediction else [])]
     out: list[FeatureResult] = []
@@ -147,9 +164,64 @@ def compare(reference: ReferenceProfile, current: Table, *, alpha: float = 0.05,
             )
         )
     _ = ks_binned  # binned KS is reported by the streaming path
-    fired = bool(drift.any()) or (mv is not None and bool(mv.drift.any()))
+    segs = _compare_segments(binner, bins, groups, tested, alpha * SEGMENT_SHARE)
+    fired = bool(drift.any()) or (mv is not None and bool(mv.drift.any())) or any(
+        s["drift"] for s in segs)
     return Report(fired, out, [], "two-sample", reference.size, len(current), alpha,
-                  [] if mv is None else mv.to_dicts(), m, absent=absent, ignored=ignored)
+                  [] if mv is None else mv.to_dicts(), m, absent=absent, ignored=ignored,
+                  segments=segs)
+
+
+def _segment_groups(table: Table) -> list[tuple[dict[str, str], NDArray[np.int64]]]:
+    """Each segment of a table (first seen first) with its rows; rows with no segment
+    cell belong to none."""
+    if not table.segments:
+        return []
+    codes = np.full(len(table), -1, dtype=np.int64)
+    seen: dict[str, int] = {}
+    objects: list[dict[str, str]] = []
+    for row in range(len(table)):
+        seg = segment_of(table, row)
+        if seg is None:
+            continue
+        key = canonical(seg)
+        code = seen.get(key)
+        if code is None:
+            code = seen[key] = len(objects)
+            objects.append(seg)
+        codes[row] = code
+    return [(seg, np.flatnonzero(codes == g)) for g, seg in enumerate(objects)]
+
+
+def _compare_segments(binner: Binner, bins: NDArray[np.int64],
+                      groups: list[tuple[dict[str, str], NDArray[np.int64]]],
+                      tested: NDArray[np.bool_], alpha: float) -> list[dict[str, Any]]:
+    """Every segment's chi-square tests at its traffic share of ``alpha``."""
+    if not groups:
+        return []
+    layout = binner.layout
+    total = sum(len(rows) for _, rows in groups)
+    least = ROWS_PER_BIN * int(np.max(layout.n_bins))
+    columns = max(int(tested.sum()), 1)
+    codes = np.full(bins.shape[0], -1, dtype=np.int64)
+    for g, (_, rows) in enumerate(groups):
+        codes[rows] = g
+    hists = block_histograms(bins, codes, 0, len(groups), bins.shape[1], layout.width)
+    out: list[dict[str, Any]] = []
+    for g, (seg, rows) in enumerate(groups):
+        share = alpha * len(rows) / total
+        res: dict[str, Any] = {"segment": seg, "rows": len(rows), "alpha": share,
+                               "insufficient": len(rows) < least, "drift": False,
+                               "drifted": [], "p_min": None}
+        if not res["insufficient"]:
+            chi = chi_square(layout.ref_counts, hists[g])
+            p = np.where(tested, chi.p_value, 1.0)
+            hit = np.flatnonzero(p <= share / columns)
+            res["drift"] = bool(hit.size)
+            res["drifted"] = [layout.names[j] for j in hit[np.argsort(p[hit], kind="stable")]]
+            res["p_min"] = float(p.min())
+        out.append(res)
+    return out
 
 
 def replay(

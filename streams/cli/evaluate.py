@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import orjson
 import typer
@@ -35,7 +36,8 @@ def evaluate(
 ) -> None:
     """Compare CURRENT against REFERENCE with the same engine the workers run.
 
-    Without --window: one two-sample test per column at family-wise ALPHA (Bonferroni).
+    Without --window: one two-sample test per column at family-wise ALPHA (Bonferroni);
+    with segment_<key> columns, each segment is tested too, on half of ALPHA.
     With --window N: CURRENT is replayed as a stream; each alert reports the 0-based
     row index at which it fired, with the calibrated false-alarm target.
     """
@@ -79,6 +81,7 @@ def _print(report: Report) -> None:
                       + ", ".join(shown(n) for n in report.ignored))
     if report.multivariate:
         console.print(_multivariate_table(report))
+    _print_segments(console, report.segments)
     for a in report.alerts:
         feats = ", ".join(shown(f) for f in a["features"])
         seg = a.get("segment")
@@ -92,6 +95,21 @@ def _print(report: Report) -> None:
         return
     verdict = "[bold red]drift detected[/]" if report.drift else "[green]no drift[/]"
     console.print(f"verdict: {verdict}")
+
+
+def _print_segments(console: Console, segments: list[dict[str, Any]], shown_at_most: int = 20) -> None:
+    """Drifted segments first (the JSON has every one), then the untested count."""
+    if not segments:
+        return
+    drifted = [s for s in segments if s["drift"]]
+    small = sum(s["insufficient"] for s in segments)
+    console.print(f"segments: {len(segments) - small} tested, {len(drifted)} drifted"
+                  + (f", {small} with too few rows to test" if small else ""))
+    for s in sorted(drifted, key=lambda s: s["p_min"])[:shown_at_most]:
+        console.print(f"  segment {shown(canonical(s['segment']))} ({s['rows']} rows): "
+                      f"[bold red]drift[/] in {', '.join(shown(n) for n in s['drifted'])}")
+    if len(drifted) > shown_at_most:
+        console.print(f"  ... {len(drifted) - shown_at_most} more in the JSON report")
 
 
 def _num(v: float | None, spec: str) -> str:
