@@ -7,6 +7,8 @@ The field checks raise :class:`Reject` (``code``, ``detail``); the decoder in
 from __future__ import annotations
 
 import binascii
+import decimal
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -499,13 +501,24 @@ def _envelope_head(model: str, model_version: str | None) -> dict[str, Any]:
     return head
 
 
+def _plain_number(v: Any) -> float:
+    """orjson's fallback for numbers it does not write itself (Decimal, Fraction, numpy
+    long double, 0-d arrays): a float. Anything else stays unencodable."""
+    if isinstance(v, numbers.Real | decimal.Decimal) and not isinstance(v, np.ndarray):
+        return float(v)
+    if isinstance(v, np.ndarray) and v.ndim == 0 and v.dtype.kind in "biuf":
+        return float(v)
+    raise TypeError(f"Type is not JSON serializable: {type(v).__name__}")
+
+
 def encode_envelope_rows(
     model: str, events: Sequence[Mapping[str, Any]], model_version: str | None = None
 ) -> bytes:
     """One Kafka message carrying ``events`` of ``model`` (rows form).
 
     A ``model`` key in an event is dropped when it names ``model``; another model
-    raises ValueError. Numpy scalars/arrays are serialised natively.
+    raises ValueError. Numpy scalars/arrays are serialised natively; other numbers
+    (Decimal, Fraction, long double) as floats.
     """
     rows: list[Mapping[str, Any]] = []
     for i, ev in enumerate(events):
@@ -516,7 +529,7 @@ def encode_envelope_rows(
         rows.append(ev)
     head = _envelope_head(model, model_version)
     head["events"] = rows
-    return orjson.dumps(head, option=orjson.OPT_SERIALIZE_NUMPY)
+    return orjson.dumps(head, option=orjson.OPT_SERIALIZE_NUMPY, default=_plain_number)
 
 
 def encode_envelope_columns(
@@ -548,7 +561,7 @@ def encode_envelope_columns(
     head = _envelope_head(model, model_version)
     head["n"] = int(n)
     head["columns"] = out
-    return orjson.dumps(head, option=orjson.OPT_SERIALIZE_NUMPY)
+    return orjson.dumps(head, option=orjson.OPT_SERIALIZE_NUMPY, default=_plain_number)
 
 
 def _encoded(name: str, col: Any, n: int, packed: bool) -> Any:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
 import time
 from bisect import insort
 from collections import OrderedDict
@@ -95,10 +96,12 @@ def annotation(model: str, kind: str, text: str, ts: float | str | None = None,
 
     ``ts``: epoch seconds or ISO-8601, default now. The id derives from model, kind,
     text and ts, so posting the same annotation twice records it once."""
+    if isinstance(ts, numbers.Real) and not isinstance(ts, bool):
+        ts = float(ts)  # numpy numbers too
     try:
         when = float(check_ts(ts, time.time()))
     except Reject as exc:
-        raise ValueError(str(exc)) from None
+        raise ValueError(exc.detail) from None
     if not math.isfinite(when):
         raise ValueError("ts must be finite")
     if kind not in CHANGE_KINDS:

@@ -34,14 +34,19 @@ import atexit
 import logging
 import math
 import numbers
+import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
 from functools import partial
 from typing import Any
 
+import numpy as np
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Producer
 
@@ -91,6 +96,7 @@ class ProducerStats:
     envelopes_failed: int
     failed_reasons: Mapping[str, int] = field(default_factory=dict)
     dropped_reasons: Mapping[str, int] = field(default_factory=dict)
+    annotations_failed: int = 0  # change events (annotate()) the broker did not take
 
 
 class _Pending:
@@ -171,6 +177,8 @@ class DriftlineProducer:
 
         self._lock = threading.Lock()
         self._pending: dict[tuple[str, str | None, str | None], _Pending] = {}
+        # (model, shadow_of) -> its pending list's group: one open list per model stream
+        self._open: dict[tuple[str, str | None], tuple[str, str | None, str | None]] = {}
         self._ready: deque[_Outgoing] = deque()
         self._buffered = 0
         self._closed = False
@@ -179,7 +187,17 @@ class DriftlineProducer:
         self._last_error_log = self._last_isolated_log = 0.0
         self._good_keys: set[tuple[str, ...]] = set()  # feature layouts that passed the screen
 
-        self._producer = Producer(self._client_config(config, client_options))
+        conf = self._client_config(config, client_options)
+        # an envelope must fit librdkafka's message size (key and framing aside) and the
+        # workers' payload limit; a larger one would fail as a whole, not be split
+        fits = min(int(conf.get("message.max.bytes", 1_000_000)) - 1024,
+                   limits.max_payload_bytes)
+        if max_envelope_bytes > fits:
+            raise ValueError(f"max_envelope_bytes {max_envelope_bytes} is above {fits}: "
+                             "message.max.bytes minus 1 KiB, and the workers' payload "
+                             "limit (raise message.max.bytes in the config for more)")
+        self._conf = conf
+        self._producer = Producer(conf)
         self._registry = registry
         self._collector: _SdkCollector | None = None
         if registry is not None:
@@ -188,6 +206,32 @@ class DriftlineProducer:
         self._thread = threading.Thread(target=self._run, name="driftline-producer", daemon=True)
         self._thread.start()
         atexit.register(self._at_exit)
+        # a forked child (gunicorn --preload, multiprocessing) gets a producer of its own
+        os.register_at_fork(after_in_child=partial(_restart_in_child, weakref.ref(self)))
+
+    def _after_fork(self) -> None:
+        """In a forked child: a new client, lock and thread, and nothing of the parent's.
+
+        The parent's librdkafka client and thread do not exist here, and its buffered
+        events are the parent's to send (a copy here would send them twice), so the child
+        starts empty with its own counters; a closed producer stays closed."""
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._pending.clear()
+        self._open.clear()
+        self._ready.clear()
+        self._buffered = 0
+        self.emitted_events = self.delivered_events = self.failed_events = 0
+        self.dropped_events = self.isolated_events = self.annotations_failed = 0
+        self.envelopes_sent = self.envelopes_delivered = self.envelopes_failed = 0
+        self.failed_reasons, self.dropped_reasons = {}, {}
+        self.client_errors = 0
+        if self._closed:
+            return
+        self._stopping = False
+        self._producer = Producer(self._conf)
+        self._thread = threading.Thread(target=self._run, name="driftline-producer", daemon=True)
+        self._thread.start()
 
     def _client_config(self, config: Mapping[str, Any] | str,
                        client_options: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -221,18 +265,23 @@ class DriftlineProducer:
     ) -> bool:
         """Queue one inference event; True if accepted. Never blocks, never raises.
 
-        ``ts`` defaults to now (epoch seconds). ``features`` is copied (a shallow copy),
-        so the caller may reuse its dict.
+        ``ts`` defaults to now (epoch seconds). ``features``, ``segment`` and a dict
+        ``prediction`` are copied (shallow), so the caller may reuse its dicts. Class
+        probabilities keyed by class index (``{0: 0.2, 1: 0.8}``) are sent with the keys
+        as text (``"0"``, ``"1"``), as JSON writes them.
         """
         try:
+            if not isinstance(features, Mapping):
+                self._drop("invalid")
+                return False
             ev: dict[str, Any] = {"features": dict(features),
                                   "ts": time.time() if ts is None else ts}
             if prediction is not None:
-                ev["prediction"] = prediction
+                ev["prediction"] = _class_probabilities(prediction)
             if event_id is not None:
                 ev["event_id"] = event_id
             if segment is not None:
-                ev["segment"] = segment
+                ev["segment"] = dict(segment) if isinstance(segment, Mapping) else segment
             if latency_ms is not None:
                 ev["latency_ms"] = latency_ms
             if shadow_of is not None:
@@ -248,7 +297,7 @@ class DriftlineProducer:
 
     def emit_event(self, event: Mapping[str, Any]) -> bool:
         """Queue a pre-built InferenceEvent v1 dict (with ``model``; ``ts`` defaults to
-        now); never raises."""
+        now); its dicts are copied as by :meth:`emit`. Never raises."""
         try:
             ev = dict(event)
             model = ev.pop("model", None)
@@ -256,6 +305,12 @@ class DriftlineProducer:
             if not isinstance(ev.get("features"), Mapping):
                 self._drop("invalid")
                 return False
+            # copies, as emit() makes: the caller may reuse its dicts
+            ev["features"] = dict(ev["features"])
+            if ev.get("prediction") is not None:
+                ev["prediction"] = _class_probabilities(ev["prediction"])
+            if isinstance(ev.get("segment"), Mapping):
+                ev["segment"] = dict(ev["segment"])
             if ev.get("ts") is None:
                 ev["ts"] = time.time()
             return self._add(model, ev.get("shadow_of"), version, ev)
@@ -286,26 +341,29 @@ class DriftlineProducer:
             return False
 
     def emit_label(self, model: str, event_id: str, label: str | float | bool,
-                   ts: float | None = None) -> bool:
+                   ts: float | str | None = None, *, shadow_of: str | None = None) -> bool:
         """Queue the ground truth of an earlier prediction (LabelEvent v1 on the labels
         topic, key = model, so it reaches the worker that holds the prediction). ``event_id``
-        is the prediction's; ``ts`` (when the truth was known) defaults to now. Counted as
-        one event like the others; never blocks, never raises."""
+        is the prediction's; ``ts`` (when the truth was known: epoch seconds or ISO-8601)
+        defaults to now. A shadow candidate's label takes ``shadow_of`` = the live model,
+        which its predictions were keyed by. Counted as one event like the others; never
+        blocks, never raises."""
         try:
             lim = self.limits
+            value_of = _label_value(label, lim.max_string_length)
+            when = _label_ts(ts)
             if not (_valid_str(model, lim.max_model_id_length)
                     and _valid_str(event_id, lim.max_string_length)
-                    and (_valid_str(label, lim.max_string_length, 0) or type(label) is bool
-                         or (isinstance(label, numbers.Real) and math.isfinite(label)))
-                    and (ts is None or (isinstance(ts, numbers.Real) and math.isfinite(ts)))):
+                    and (shadow_of is None or _valid_str(shadow_of, lim.max_model_id_length))
+                    and value_of is not _INVALID and when is not _INVALID):
                 self._drop("invalid")
                 return False
-            value = orjson.dumps({"model": model, "event_id": event_id, "label": _as_json(label),
-                                  "ts": time.time() if ts is None else float(ts)})
+            value = orjson.dumps({"model": model, "event_id": event_id, "label": value_of,
+                                  "ts": time.time() if when is None else when})
             with self._lock:
                 if not self._admit():
                     return False
-                self._ready.append(_Outgoing(model, model, None, None, value,
+                self._ready.append(_Outgoing(model, shadow_of or model, None, None, value,
                                              topic=self.labels_topic))
             self._wake.set()
             return True
@@ -320,9 +378,13 @@ class DriftlineProducer:
         ``kind``: deploy, pipeline, data-source or other (model_version, schema and
         reference are also accepted); ``ts``: epoch seconds or ISO-8601, default now.
         Not an event: off the emit() accounting, sent by the same client (``flush()``
-        waits for it too). Raises ValueError when the change is invalid, BufferError
-        when the client queue stays full for 5 s.
+        waits for it too; one not delivered counts in ``annotations_failed``). Raises
+        ValueError when the change is invalid, BufferError when the client queue stays
+        full for 5 s, RuntimeError after :meth:`close`.
         """
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the producer is closed")
         ev = annotation(model, kind, text, ts, source)
         deadline = time.monotonic() + 5.0
         while True:
@@ -358,14 +420,28 @@ class DriftlineProducer:
                 return False
             pend = self._pending.get(group)
             if pend is None:
+                # a model's events keep their order across a model_version change: its
+                # list of the other version goes out first
+                stream = (model, shadow_of)
+                other = self._open.get(stream)
+                if other is not None and other in self._pending:
+                    self._ready.append(_Outgoing(model, shadow_of or model, other[2],
+                                                 self._pending.pop(other).events))
+                self._open[stream] = group
                 pend = self._pending[group] = _Pending(time.monotonic())
             pend.events.append(ev)
             if len(pend.events) < self.batch_size:
                 return True
-            del self._pending[group]
+            self._close_list(group)
             self._ready.append(_Outgoing(model, shadow_of or model, version, pend.events))
         self._wake.set()
         return True
+
+    def _close_list(self, group: tuple[str, str | None, str | None]) -> None:
+        """Forget a pending list that leaves for the send queue (lock held)."""
+        del self._pending[group]
+        if self._open.get(group[:2]) == group:
+            del self._open[group[:2]]
 
     def _admit(self) -> bool:
         """Count one event in (lock held) or refuse it."""
@@ -409,7 +485,7 @@ class DriftlineProducer:
         with self._lock:
             for group, pend in list(self._pending.items()):
                 if everything or now - pend.since >= self.linger_s:
-                    del self._pending[group]
+                    self._close_list(group)
                     model, shadow_of, version = group
                     self._ready.append(_Outgoing(model, shadow_of or model, version, pend.events))
                 else:
@@ -441,7 +517,12 @@ class DriftlineProducer:
                     return
                 continue
             except KafkaException as exc:
-                self._fail_head(out, _reason(exc.args[0] if exc.args else None))
+                err = exc.args[0] if exc.args else None
+                if (isinstance(err, KafkaError) and out.events and len(out.events) > 1
+                        and err.code() == KafkaError.MSG_SIZE_TOO_LARGE):
+                    self._split_head(out)  # halves until each fits or one event fails
+                    continue
+                self._fail_head(out, _reason(err))
                 continue
             except Exception:
                 log.exception("produce failed")
@@ -492,7 +573,7 @@ class DriftlineProducer:
                 if isinstance(v, str):
                     if len(v) > lim.max_string_length:
                         return True
-                elif v is not None and not isinstance(v, numbers.Real):  # bool is Real
+                elif v is not None and not _number(v):
                     return True
         get = ev.get
         try:
@@ -509,7 +590,7 @@ class DriftlineProducer:
             for name in ("event_id", "trace_id"):
                 if get(name) is not None:
                     check_str(name, get(name), lim.max_string_length)
-        except Reject:
+        except Exception:  # Reject, or a value the checks were not written for
             return True
         return False
 
@@ -627,6 +708,7 @@ class DriftlineProducer:
                 envelopes_failed=self.envelopes_failed,
                 failed_reasons=dict(self.failed_reasons),
                 dropped_reasons=dict(self.dropped_reasons),
+                annotations_failed=self.annotations_failed,
             )
 
     def __enter__(self) -> DriftlineProducer:
@@ -646,6 +728,56 @@ def _as_json(v: Any) -> Any:
     if t is dict:
         return {k: _as_json(x) for k, x in v.items()}
     return v
+
+
+def _number(v: object) -> bool:
+    """Whether the encoder writes ``v`` as a number (bool is Real; Decimal, 0-d arrays)."""
+    return isinstance(v, numbers.Real | Decimal) or (
+        isinstance(v, np.ndarray) and v.ndim == 0 and v.dtype.kind in "biuf")
+
+
+def _restart_in_child(ref: weakref.ref[DriftlineProducer]) -> None:
+    producer = ref()
+    if producer is not None:
+        producer._after_fork()
+
+
+_INVALID: Any = object()  # what _label_value / _label_ts return for a value to refuse
+_INT64 = 1 << 63
+
+
+def _label_value(v: object, max_len: int) -> Any:
+    """A label as the LabelEvent writes it (numpy scalars as plain values), or _INVALID."""
+    if isinstance(v, bool | np.bool_):
+        return bool(v)
+    if isinstance(v, str):
+        return str(v) if len(v) <= max_len else _INVALID
+    if isinstance(v, numbers.Integral):
+        return int(v) if -_INT64 <= int(v) < _INT64 else _INVALID
+    if isinstance(v, numbers.Real) and math.isfinite(v):
+        return float(v)
+    return _INVALID
+
+
+def _label_ts(v: object) -> Any:
+    """A label's time as epoch seconds (numbers, ISO-8601 text, datetimes; naive = UTC),
+    None for now, or _INVALID."""
+    if v is None:
+        return None
+    if isinstance(v, datetime):
+        return (v if v.tzinfo is not None else v.replace(tzinfo=UTC)).timestamp()
+    try:
+        when = float(check_ts(v if isinstance(v, str) else _as_json(v), 0.0))
+    except (Reject, TypeError, ValueError):
+        return _INVALID
+    return when if math.isfinite(when) else _INVALID
+
+
+def _class_probabilities(prediction: Any) -> Any:
+    """A prediction as sent: a probability mapping copied, its keys as text."""
+    if isinstance(prediction, Mapping):
+        return {k if type(k) is str else str(k): v for k, v in prediction.items()}
+    return prediction
 
 
 def _valid_str(v: object, max_len: int, min_len: int = 1) -> bool:
@@ -731,6 +863,8 @@ class _SdkCollector:
                                        "Events that looked invalid, sent apart from the rest")
         buffered = GaugeMetricFamily("driftline_sdk_buffered_events",
                                      "Events accepted but not yet handed to librdkafka")
+        annotations = CounterMetricFamily("driftline_sdk_annotations_failed",
+                                          "Change events (annotate()) not delivered")
         if s is not None:
             for outcome, v in (("emitted", s.emitted), ("delivered", s.delivered),
                                ("failed", s.failed), ("dropped", s.dropped)):
@@ -744,4 +878,5 @@ class _SdkCollector:
                 envelopes.add_metric([outcome], v)
             isolated.add_metric([], s.isolated)
             buffered.add_metric([], s.buffered)
-        yield from (events, lost, envelopes, isolated, buffered)
+            annotations.add_metric([], s.annotations_failed)
+        yield from (events, lost, envelopes, isolated, buffered, annotations)

@@ -92,6 +92,113 @@ def test_shadow_events_share_the_live_models_partition(
     assert where["live"] == where["candidate"] and len(where["live"]) == 1
 
 
+def _rows_by_model(config: Mapping[str, Any], topic: str) -> dict[str, list[dict[str, Any]]]:
+    """Every event on ``topic`` as the workers decode it, per model, in partition order."""
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for msg in iter_to_end(config, topic):
+        env = as_rows(orjson.loads(msg.value()))
+        for ev in env["events"]:
+            out[env["model"]].append({**ev, "model_version": env.get("model_version")})
+    return out
+
+
+def test_a_batch_with_class_index_probabilities_and_odd_numbers_arrives(
+    kafka_client_config: dict[str, str], unique_name: Any
+) -> None:
+    """Probabilities keyed by class index, an int segment key, Decimal and 0-d array
+    features: the batch still goes out (it used to stop the SDK's thread for good), the
+    odd event is counted, and the workers' decoder takes the rest."""
+    from decimal import Decimal
+
+    topic = unique_name("inference")
+    ensure_topics(kafka_client_config, [TopicSpec(topic, 2)])
+    with DriftlineProducer(kafka_client_config, topic, batch_size=10, linger_s=0.05) as producer:
+        for i in range(9):
+            assert producer.emit("m", {"x": Decimal("1.5"), "y": np.array(2.0)},
+                                 {0: 0.2, 1: 0.8}, event_id=str(i))
+        assert producer.emit("m", {"x": 1.0, "y": 2.0}, 0.5, segment={1: "x"}, event_id="bad")
+        assert producer.emit("m2", {"x": 1.0}, 0.5)  # another model is not held up
+        assert producer.flush(15.0) == 0
+        stats = producer.stats()
+    assert stats.delivered + stats.failed == stats.emitted == 11
+    assert stats.failed <= 1 and stats.isolated == 1  # the int segment key: sent apart
+    rows = _rows_by_model(kafka_client_config, topic)
+    good = [ev for ev in rows["m"] if ev["event_id"] != "bad"]
+    assert len(good) == 9 and len(rows["m2"]) == 1
+    assert all(ev["features"] == {"x": 1.5, "y": 2.0} for ev in good)
+    assert all(ev["prediction"] == {"0": 0.2, "1": 0.8} for ev in good)
+    decoded = decode_inference([m.value() for m in iter_to_end(kafka_client_config, topic)])
+    batch = decoded.batches["m"]
+    assert list(batch.prediction_label[:9]) == ["1"] * 9
+
+
+def test_a_models_events_keep_their_order_across_a_version_change(
+    kafka_client_config: dict[str, str], unique_name: Any
+) -> None:
+    topic = unique_name("inference")
+    ensure_topics(kafka_client_config, [TopicSpec(topic, 2)])
+    with DriftlineProducer(kafka_client_config, topic, batch_size=100, linger_s=5.0) as producer:
+        for i in range(250):
+            version = "v1" if i < 50 or 120 <= i < 130 else "v2"
+            assert producer.emit("m", {"x": float(i)}, event_id=str(i), model_version=version)
+        assert producer.flush(15.0) == 0
+    rows = _rows_by_model(kafka_client_config, topic)["m"]
+    assert [ev["event_id"] for ev in rows] == [str(i) for i in range(250)]
+    assert [ev["model_version"] for ev in rows[45:55]] == ["v1"] * 5 + ["v2"] * 5
+
+
+def test_a_candidates_labels_go_to_the_partition_of_its_predictions(
+    kafka_client_config: dict[str, str], unique_name: Any
+) -> None:
+    topic, labels = unique_name("inference"), unique_name("labels")
+    ensure_topics(kafka_client_config, [TopicSpec(topic, 8), TopicSpec(labels, 8)])
+    candidates = [f"candidate-{i}" for i in range(6)]
+    with DriftlineProducer(kafka_client_config, topic, labels_topic=labels) as producer:
+        for c in candidates:
+            producer.emit(c, {"a": 1.0}, 0.6, event_id="e1", shadow_of="live")
+            assert producer.emit_label(c, "e1", True, shadow_of="live")
+        producer.emit("live", {"a": 1.0}, 0.5, event_id="e1")
+        assert producer.emit_label("live", "e1", np.bool_(True), ts="2026-01-01T00:00:00")
+        assert not producer.emit_label("live", "e2", 1, ts="yesterday")
+        assert producer.flush(15.0) == 0
+        assert producer.stats().dropped_reasons == {"invalid": 1}
+    predictions = {(m.key(), m.partition()) for m in iter_to_end(kafka_client_config, topic)}
+    read = list(iter_to_end(kafka_client_config, labels))
+    assert len(read) == 7 and {(m.key(), m.partition()) for m in read} == predictions
+    values = [orjson.loads(m.value()) for m in read]
+    assert sorted(v["model"] for v in values) == sorted([*candidates, "live"])
+    live = next(v for v in values if v["model"] == "live")
+    assert live["label"] is True and live["ts"] == 1767225600.0
+
+
+def test_a_forked_child_sends_with_its_own_client(
+    kafka_client_config: dict[str, str], unique_name: Any
+) -> None:
+    """A producer made before fork (gunicorn --preload): the child sends through a client
+    of its own, and the parent's buffered events are sent once, by the parent."""
+    import os
+
+    topic = unique_name("inference")
+    ensure_topics(kafka_client_config, [TopicSpec(topic, 2)])
+    producer = DriftlineProducer(kafka_client_config, topic, linger_s=10.0)
+    for i in range(5):
+        producer.emit("parent", {"x": 1.0}, event_id=f"p{i}")  # buffered at the fork
+    pid = os.fork()
+    if pid == 0:  # child: report through the exit status only
+        ok = all(producer.emit("child", {"x": 2.0}, event_id=f"c{i}") for i in range(20))
+        left = producer.flush(15.0)
+        stats = producer.stats()
+        producer.close()
+        os._exit(0 if ok and left == 0 and (stats.emitted, stats.delivered) == (20, 20) else 1)
+    _, status = os.waitpid(pid, 0)
+    assert producer.flush(15.0) == 0
+    producer.close()
+    assert os.waitstatus_to_exitcode(status) == 0
+    rows = _rows_by_model(kafka_client_config, topic)
+    assert sorted(ev["event_id"] for ev in rows["parent"]) == [f"p{i}" for i in range(5)]
+    assert sorted(ev["event_id"] for ev in rows["child"]) == sorted(f"c{i}" for i in range(20))
+
+
 # ------------------------------------------------------------------------- alerts
 
 

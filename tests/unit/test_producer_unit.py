@@ -36,13 +36,13 @@ class FakeKafka:
         self.buffer_errors = 0
         self._lock = threading.Lock()
 
-    def produce(self, topic: str, value: bytes, key: str, on_delivery: Any) -> None:
+    def produce(self, topic: str, value: bytes, key: str | bytes, on_delivery: Any) -> None:
         with self._lock:
             if self.refuse > 0:
                 self.refuse -= 1
                 self.buffer_errors += 1
                 raise BufferError("Local: Queue full")
-            self.sent.append((topic, key.encode(), value))
+            self.sent.append((topic, key if isinstance(key, bytes) else key.encode(), value))
             self._callbacks.append(on_delivery)
 
     def poll(self, timeout: float = 0) -> int:
@@ -177,9 +177,49 @@ def test_emit_swallows_bad_input() -> None:
         assert p.emit_event({"features": FEATURES}) is False  # no model
         assert p.emit_event({"model": "m", "features": [1, 2]}) is False
         assert p.send_raw("m", "not bytes") is False  # type: ignore[arg-type]
-        assert p.stats().dropped_reasons == {"error": 1, "invalid": 6}
+        assert p.stats().dropped_reasons == {"invalid": 7}  # features None is invalid too
         assert p.stats().emitted == 0
         p.close(timeout=0.1)
+        with pytest.raises(RuntimeError, match="closed"):
+            p.annotate("m", "deploy", "after close")
+
+
+def test_envelope_size_beyond_the_client_and_worker_limits_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"message\.max\.bytes"):
+        DriftlineProducer(UNREACHABLE, max_envelope_bytes=2_000_000)
+    p = DriftlineProducer({**UNREACHABLE, "message.max.bytes": 4_000_000},
+                          max_envelope_bytes=1_000_000)  # raised client limit: allowed
+    p.close(timeout=0.1)
+    with pytest.raises(ValueError, match="payload"):  # still capped by the workers' 1 MiB
+        DriftlineProducer({**UNREACHABLE, "message.max.bytes": 4_000_000},
+                          max_envelope_bytes=1_100_000)
+
+
+def test_emit_copies_every_dict_it_is_given(fake_kafka: list[FakeKafka]) -> None:
+    p = DriftlineProducer({"bootstrap.servers": "unused:1"}, batch_size=10, linger_s=30)
+    kafka = fake_kafka[0]
+    feats, seg, probs = {"x": 0.0}, {"region": "eu"}, {"a": 0.5, "b": 0.5}
+    event = {"model": "m2", "features": feats, "segment": seg, "prediction": probs}
+    for i in range(5):
+        feats["x"], seg["region"], probs["a"] = float(i), f"r{i}", i / 10
+        assert p.emit("m", feats, probs, segment=seg)
+        assert p.emit_event(event)
+    assert p.flush(2.0) == 0
+    for model in ("m", "m2"):
+        rows = [e for k, env in envelopes(kafka) if env["model"] == model for e in env["events"]]
+        assert [e["features"]["x"] for e in rows] == [0.0, 1.0, 2.0, 3.0, 4.0]
+        assert [e["segment"]["region"] for e in rows] == [f"r{i}" for i in range(5)]
+        assert [e["prediction"]["a"] for e in rows] == [0.0, 0.1, 0.2, 0.3, 0.4]
+    p.close()
+
+
+def test_annotate_takes_numpy_times_and_says_what_is_wrong(fake_kafka: list[FakeKafka]) -> None:
+    p = DriftlineProducer({"bootstrap.servers": "unused:1"})
+    assert p.annotate("m", "deploy", "v2", np.float64(1_700_000_000.0))
+    with pytest.raises(ValueError) as info:
+        p.annotate("m", "deploy", "v2", "yesterday")
+    assert str(info.value).startswith("ts: not an ISO-8601 timestamp")  # not a tuple repr
+    p.close()
 
 
 # ------------------------------------------------------------------ envelope contents
