@@ -271,17 +271,22 @@ class DriftlineProducer:
         as text (``"0"``, ``"1"``), as JSON writes them.
         """
         try:
-            if not isinstance(features, Mapping):
+            if type(features) is dict:
+                feats = features.copy()
+            elif isinstance(features, Mapping):
+                feats = dict(features)
+            else:
                 self._drop("invalid")
                 return False
-            ev: dict[str, Any] = {"features": dict(features),
-                                  "ts": time.time() if ts is None else ts}
+            ev: dict[str, Any] = {"features": feats, "ts": time.time() if ts is None else ts}
             if prediction is not None:
-                ev["prediction"] = _class_probabilities(prediction)
+                ev["prediction"] = (prediction if type(prediction) in _PLAIN
+                                    else _class_probabilities(prediction))
             if event_id is not None:
                 ev["event_id"] = event_id
             if segment is not None:
-                ev["segment"] = dict(segment) if isinstance(segment, Mapping) else segment
+                ev["segment"] = segment.copy() if type(segment) is dict else (
+                    dict(segment) if isinstance(segment, Mapping) else segment)
             if latency_ms is not None:
                 ev["latency_ms"] = latency_ms
             if shadow_of is not None:
