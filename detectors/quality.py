@@ -168,7 +168,10 @@ class DataQuality:
             elif isinstance(c, CategoricalProfile):
                 other[j] = len(c.categories)
                 numbers_ok[j] = any(_is_number(t) for t in c.categories)
-                k_ref[j, UNSEEN], n_ref[j, UNSEEN] = float(c.counts[-1]), present
+                # the held-out estimate: counts[-1] is biased low (see CategoricalProfile)
+                unseen = float(c.counts[-1]) if c.unseen_rate is None else max(
+                    c.unseen_rate * present, float(c.counts[-1]))
+                k_ref[j, UNSEEN], n_ref[j, UNSEEN] = unseen, present
         self.lo, self.hi, self.other, self.numbers_ok = lo, hi, other, numbers_ok
         self.k_ref, self.n_ref = k_ref, n_ref
         app = np.ones((f, 4), dtype=bool)

@@ -57,6 +57,11 @@ class CategoricalProfile:
     categories: tuple[str, ...]
     counts: NDArray[np.int64]
     missing: int
+    #: share of new values expected outside ``categories``, estimated across two halves of
+    #: the reference (each half's top K tested on the other): ``counts[-1]`` understates it,
+    #: since the categories were chosen as the most frequent of the same rows. None:
+    #: a profile written before the estimate (``counts[-1]`` is used).
+    unseen_rate: float | None = None
 
     @property
     def n_bins(self) -> int:
@@ -210,12 +215,15 @@ def _column_dict(c: ColumnProfile) -> dict[str, Any]:
             "min": c.min,
             "max": c.max,
         }
-    return {
+    out = {
         "name": c.name,
         "categories": list(c.categories),
         "counts": c.counts.tolist(),
         "missing": c.missing,
     }
+    if c.unseen_rate is not None:
+        out["unseen_rate"] = c.unseen_rate
+    return out
 
 
 #: Counts and sizes stay exact in float64 and their sums in int64.
@@ -306,9 +314,14 @@ def _categorical_from(c: Mapping[str, Any]) -> CategoricalProfile:
     counts = _counts(c, name)
     if counts.size != len(cats) + 1 or len(set(cats)) != len(cats):
         raise ProfileError(f"categorical profile {name!r}: categories/counts inconsistent")
+    unseen = c.get("unseen_rate")
+    if unseen is not None:
+        unseen = _finite(unseen, f"column {name!r} unseen_rate")
+        if not 0.0 <= unseen <= 1.0:
+            raise ProfileError(f"categorical profile {name!r}: unseen_rate outside [0, 1]")
     return CategoricalProfile(
         name=name, categories=cats, counts=counts,
-        missing=_int(c["missing"], f"column {name!r} missing"),
+        missing=_int(c["missing"], f"column {name!r} missing"), unseen_rate=unseen,
     )
 
 
@@ -365,7 +378,23 @@ def profile_categorical(name: str, values: Sequence[Any], *, top_k: int = 32) ->
     cats = tuple(sorted(c for c, _ in top))
     counts = [counter[c] for c in cats]
     other = sum(counter.values()) - sum(counts)
-    return CategoricalProfile(name, cats, np.asarray([*counts, other], dtype=np.int64), missing)
+    return CategoricalProfile(name, cats, np.asarray([*counts, other], dtype=np.int64), missing,
+                              _held_out_unseen_rate([t for t in tokens if t is not None], top_k))
+
+
+def _held_out_unseen_rate(tokens: list[str], top_k: int) -> float | None:
+    """Mean share of one half's values (even / odd rows) outside the other half's top K.
+
+    The reference's own ``other`` share is biased low, most where many categories have
+    about the rank K frequency: the kept ones are those the sample happened to favour.
+    On rows that did not choose them, the share is what new data will show (slightly
+    more, with half the rows choosing: a conservative estimate). None under 2 values."""
+    halves = tokens[0::2], tokens[1::2]
+    if not halves[1]:
+        return None
+    kept = [{c for c, _ in Counter(h).most_common(top_k)} for h in halves]
+    rates = [sum(1 for t in h if t not in k) / len(h) for h, k in zip(halves, kept[::-1], strict=True)]
+    return float(sum(rates) / 2)
 
 
 def _category_token(v: Any) -> str | None:
