@@ -39,6 +39,7 @@ REASON_CODES: frozenset[str] = frozenset(
         "detector_error",
         "late",
         "too_many_segments",
+        "ts_out_of_range",
     }
 )
 

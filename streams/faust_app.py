@@ -181,7 +181,8 @@ class FaustRuntime:
             config=s.monitor_config(), limits=s.limits(), metrics=self.metrics,
             auto_reference_events=s.auto_reference_events, reference_bins=s.reference_bins,
             max_models=s.max_models, snapshot_loader=self._load_snapshot, snapshot_key=self._key,
-            model_configs=s.model_configs(), shadow=s.shadow_config())
+            model_configs=s.model_configs(), shadow=s.shadow_config(),
+            max_future_s=s.max_future_s)
         self.inference = self._raw_topic(s.inference_topic, partitions=s.partitions)
         self._alerts = self._raw_topic(s.alerts_topic)
         self._dead = self._raw_topic(s.deadletter_topic)

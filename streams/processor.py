@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from driftline.detectors.calibration import Calibration
 from driftline.detectors.errors import DriftlineError, SnapshotError
@@ -85,11 +86,14 @@ class Processor:
         clock: Callable[[], float] = time.time,
         shadow: ShadowConfig | None = None,
         labels: LabelSetup | None = None,
+        max_future_s: float = 86_400.0,
     ) -> None:
         """``model_configs``: per-model windows over ``config`` (the default for every
         model); ``clock``: wall time in seconds (the idle timeout measures quiet with it);
         ``labels``: the label join and concept monitoring setup; ``snapshot_keys(prefix)``:
-        the keys of the state records with that prefix."""
+        the keys of the state records with that prefix; ``max_future_s``: how far ahead
+        of ``clock`` an event or label time may be (beyond it, or before 1970: dead
+        letter ``ts_out_of_range``)."""
         self.model_configs = model_configs or ModelConfigs(config)
         if model_configs is not None and model_configs.base != config:
             self.config = config
@@ -110,6 +114,7 @@ class Processor:
         self._calibrations: dict[tuple[str, MonitorConfig], Calibration] = {}
         self.shadow_config = shadow or ShadowConfig()
         self.changes = ChangeLog(max_models=4 * max_models, metrics=metrics)
+        self.max_future_s = max_future_s
 
     @property
     def config(self) -> MonitorConfig:
@@ -305,10 +310,29 @@ class Processor:
             batch = batch.take(np.flatnonzero(fresh))
         if len(batch) == 0:
             return
+        bad = self._ts_out_of_range(batch.ts)
+        if bad is not None:
+            now = self.clock()
+
+            def why(i: int) -> str:
+                ts = float(batch.ts[i])
+                return ("ts_out_of_range: event time " + (
+                    f"{ts:.6g} is {ts - now:.6g} s ahead of the worker's clock (limit "
+                    f"DRIFTLINE_MAX_FUTURE_S = {self.max_future_s:.0f} s)" if ts > 0
+                    else f"{ts:.6g} is before 1970"))
+
+            out.dead_letters += _row_rejections(batch, np.flatnonzero(bad).tolist(), why,
+                                                topic, payloads, model)
+            st.events_deadlettered += int(bad.sum())
+            self.metrics.deadletter.labels("ts_out_of_range").inc(int(bad.sum()))
+            self._mark(st, batch.take(np.flatnonzero(bad)), topic)
+            batch = batch.take(np.flatnonzero(~bad))
+            if len(batch) == 0:
+                return
         t0 = time.perf_counter()
         self._note_changes(st, batch, out)
         try:
-            self._feed(st, batch, topic, out)
+            self._feed(st, batch, topic, out, payloads)
         except Exception as exc:  # a detector must never take the worker down
             log.exception("model %s: detector error", model)
             for p, o in sorted(set(zip(batch.partition.tolist(), batch.offset.tolist(),
@@ -320,12 +344,24 @@ class Processor:
             join_predictions(self, st, batch, out)
         except Exception:  # the windows have the batch; only the label join missed it
             log.exception("model %s: prediction join error", model)
-        for p in np.unique(batch.partition).tolist():
-            st.mark(topic, p, int(batch.offset[batch.partition == p].max()))
+        self._mark(st, batch, topic)
         st.last_seen, st.dirty = self.clock(), True
         if st.shadow is not None or batch.shadow_of is not None:
             self._pair(st, batch, out)
         self.metrics.observe_batch(model, batch, time.perf_counter() - t0)
+
+    def _ts_out_of_range(self, ts: NDArray[np.float64]) -> NDArray[np.bool_] | None:
+        """Rows whose event time is before 1970 or more than ``max_future_s`` ahead of the
+        clock (None: none). One such time would move an event-time model's watermark, or
+        the label join's, past every real event for good."""
+        with np.errstate(invalid="ignore"):  # NaN: no event time, handled downstream
+            bad = (ts < 0.0) | (ts > self.clock() + self.max_future_s)
+        return bad if bad.any() else None
+
+    @staticmethod
+    def _mark(st: ModelState, batch: EventBatch, topic: str) -> None:
+        for p in np.unique(batch.partition).tolist():
+            st.mark(topic, p, int(batch.offset[batch.partition == p].max()))
 
     def _pair(self, st: ModelState, batch: EventBatch, out: Output) -> None:
         """Shadow mode: pair live and shadow predictions by event id in the live model's
@@ -362,7 +398,8 @@ class Processor:
                 self.metrics.observe_shadow(owner.model, u.candidate, u.pairs, u.diffs,
                                             agreement, state)
 
-    def _feed(self, st: ModelState, batch: EventBatch, topic: str, out: Output) -> None:
+    def _feed(self, st: ModelState, batch: EventBatch, topic: str, out: Output,
+              payloads: _Payloads | None = None) -> None:
         if st.monitor is None:
             need = self.auto_reference_events - st.pending_rows
             head = batch if len(batch) <= need else batch.take(np.arange(need))
@@ -400,10 +437,10 @@ class Processor:
             self.metrics.late_events.labels(st.model).inc(late_now)
         if late.size:
             st.events_late += int(late.size)
-            for i in late.tolist():
-                out.dead_letters.append(Rejection(
-                    "late: event time behind the model's watermark (or missing)",
-                    b"", topic, int(batch.partition[i]), int(batch.offset[i]), st.model))
+            out.dead_letters += _row_rejections(
+                batch, late.tolist(),
+                lambda _: "late: event time behind the model's watermark (or missing)",
+                topic, payloads, st.model)
             st.events_deadlettered += int(late.size)
             self.metrics.deadletter.labels("late").inc(int(late.size))
         self._observe_watermark(st)
@@ -540,6 +577,23 @@ class Processor:
                 alerts += self._record(st, evals)
                 st.dirty = True
         return alerts
+
+
+def _row_rejections(batch: EventBatch, rows: list[int], reasons: Callable[[int], str],
+                    topic: str, payloads: _Payloads | None, model: str) -> list[Rejection]:
+    """Dead letters for some rows of a batch: each with its message as payload when that
+    message held this one event (an envelope's would be repeated for each of its events)."""
+    single = np.zeros(len(batch), dtype=bool)
+    if payloads is not None:
+        _, inverse, counts = np.unique(np.stack([batch.partition, batch.offset], axis=1),
+                                       axis=0, return_inverse=True, return_counts=True)
+        single = counts[inverse.reshape(-1)] == 1
+    out = []
+    for i in rows:
+        p, o = int(batch.partition[i]), int(batch.offset[i])
+        payload = payloads.get((p, o), b"") if single[i] and payloads is not None else b""
+        out.append(Rejection(reasons(i), payload, topic, p, o, model))
+    return out
 
 
 class _Payloads:

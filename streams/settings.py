@@ -158,6 +158,9 @@ class Settings(BaseSettings):
     max_string_length: int = Field(1024, ge=1)
     max_events_per_envelope: int = Field(100_000, ge=1)
     max_models: int = Field(1000, ge=1)
+    # event and label times this far ahead of the worker's clock (or before 1970) are
+    # dead-lettered: one would move a watermark past every real event for good
+    max_future_s: float = Field(86_400.0, gt=0)
 
     @model_validator(mode="after")
     def _usable(self) -> Settings:

@@ -230,6 +230,7 @@ class Worker:
             snapshot_keys=self._state_keys,
             model_configs=model_configs or settings.model_configs(),
             shadow=settings.shadow_config(),
+            max_future_s=settings.max_future_s,
             labels=settings.label_setup(),
         )
         # the records of the processor's references (it keeps them without samples), on disk

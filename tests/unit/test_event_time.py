@@ -249,6 +249,45 @@ def test_late_events_deadlettered_or_applied_by_the_setting() -> None:
             assert newest.n == before + 3
 
 
+def test_a_late_single_event_carries_its_message_as_payload() -> None:
+    text = CONFIG.replace(b"late_policy: current", b"late_policy: deadletter")
+    p, _ = make(text)
+    feed = Feed(p, "lenient")
+    rng = np.random.default_rng(4)
+    feed.send(rng.normal(size=(40, F)), T0 + np.linspace(0, 130, 40))
+    out = feed.send(rng.normal(size=(1, F)), T0 + np.array([50.0]), per_message=1)
+    (dead,) = out.dead_letters
+    assert dead.reason.startswith("late") and dead.payload  # the one-event message itself
+    out = feed.send(rng.normal(size=(2, F)), T0 + np.array([50.0, 125.0]), per_message=2)
+    (dead,) = out.dead_letters
+    assert dead.payload == b""  # an envelope's other events were applied: not repeated
+
+
+@pytest.mark.parametrize("poison", [T0 + 1e12, T0 + 2 * 86_400.0, -5.0, 1e300])
+def test_an_event_time_far_ahead_of_the_clock_is_dead_lettered_not_applied(
+        poison: float) -> None:
+    """One event a day or more ahead of the worker's clock (or before 1970) would move
+    an event-time model's watermark past every real event for good: it goes to the
+    dead-letter topic and the model carries on."""
+    clock = Clock(T0 + 200)
+    p, metrics = make(clock=clock)
+    feed = Feed(p, "lenient")
+    rng = np.random.default_rng(5)
+    feed.send(rng.normal(size=(40, F)), T0 + np.linspace(0, 100, 40))
+    out = feed.send(rng.normal(size=(2, F)), np.array([poison, T0 + 110]), per_message=1)
+    assert [d.reason.split(":")[0] for d in out.dead_letters] == ["ts_out_of_range"]
+    assert out.dead_letters[0].offset == 1 and out.dead_letters[0].payload
+    assert out.applied == 1
+    assert sample(metrics, "driftline_worker_deadletter_total", reason="ts_out_of_range") == 1.0
+    out = feed.send(rng.normal(size=(40, F)), T0 + np.linspace(111, 200, 40))
+    assert out.applied == 40 and out.dead_letters == []  # nothing is late after it
+    st = p.models["lenient@0"]
+    assert st.monitor is not None and st.monitor.ring.max_ts == T0 + 200
+    # a time within DRIFTLINE_MAX_FUTURE_S (clock skew) is taken
+    out = feed.send(rng.normal(size=(1, F)), np.array([T0 + 200 + 3600.0]), per_message=1)
+    assert out.applied == 1 and out.dead_letters == []
+
+
 # -- idle timeout and insufficient data ------------------------------------------------
 def test_idle_timeout_closes_the_quiet_models_panes_by_wall_time() -> None:
     clock = Clock(T0)

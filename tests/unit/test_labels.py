@@ -471,6 +471,25 @@ def test_labels_on_another_partition_are_counted_unmatched() -> None:
     assert other.joins.counts.unmatched == 200  # waited past the TTL
 
 
+def test_a_label_time_far_ahead_of_the_clock_is_dead_lettered_and_the_join_goes_on() -> None:
+    """One label a day or more ahead of the worker's clock would expire every waiting
+    prediction (and make every later label late): it is dead-lettered instead."""
+    p, reg = setup_processor()
+    score = predictions(p, 2000)
+    msgs = label_msgs(score, 10**9)
+    bad = [orjson.dumps({"model": "m", "event_id": "e0", "label": 1, "ts": 1e12}),
+           orjson.dumps({"model": "m", "event_id": "e1", "label": 1, "ts": -1.0})]
+    out = p.process_labels("lab", bad + msgs[2:1000], [0] * 1000, list(range(1000)), [0.0] * 1000)
+    assert [d.reason.split(":")[0] for d in out.dead_letters] == ["ts_out_of_range"] * 2
+    assert out.dead_letters[0].payload == bad[0] and out.labels_applied == 998
+    out = p.process_labels("lab", msgs[1000:], [0] * 1000, list(range(1000, 2000)), [0.0] * 1000)
+    st = p.models["m@0"]
+    assert st.joins is not None and st.joins.counts.joined == 1998
+    assert st.joins.counts.late == 0 and st.joins.counts.expired == 0
+    text = generate_latest(reg).decode()
+    assert 'driftline_worker_deadletter_total{reason="ts_out_of_range"} 2.0' in text
+
+
 def test_auto_mode_keeps_predictions_from_the_first_label_on() -> None:
     p, _ = setup_processor(label_join="auto")
     predictions(p, 1000)
