@@ -144,6 +144,10 @@ class WorkerMetrics:
         self.shadow_pairs = Counter("driftline_shadow_pairs",
                                     "Live and shadow predictions paired by event id",
                                     ["model", "candidate"], registry=r)
+        self.shadow_without_live = Counter(
+            "driftline_shadow_without_live",
+            "Shadow predictions whose live model (shadow_of) has no state on this worker: "
+            "not paired (the candidate itself is monitored)", ["model"], registry=r)
         self.shadow_score_diff = BatchHistogram(
             "driftline_shadow_score_diff",
             "Absolute difference of candidate and live scores of paired predictions",
@@ -289,6 +293,10 @@ class WorkerMetrics:
             self._child("shadow_agreement", self.shadow_agreement,
                         (model, candidate)).set(agreement)
 
+    def observe_shadow_without_live(self, candidate: str, n: int) -> None:
+        """``n`` shadow predictions of ``candidate`` whose live model is not tracked here."""
+        self._child("shadow_without_live", self.shadow_without_live, (candidate,)).inc(n)
+
     def _observe_segment(self, model: str, ev: Evaluation) -> None:
         if ev.insufficient:
             return
@@ -331,6 +339,7 @@ class WorkerMetrics:
             metric = {"state": self.state, "segment_events": self.segment_events,
                       "high_confidence": self.high_confidence,
                       "shadow_pairs": self.shadow_pairs,
+                      "shadow_without_live": self.shadow_without_live,
                       "shadow_score_diff": self.shadow_score_diff,
                       "shadow_agreement": self.shadow_agreement}[family]
             try:

@@ -44,6 +44,7 @@ class ModelState:
     alerts_fired: int = 0
     pending_reference: list[EventBatch] = field(default_factory=list)  # auto-reference buffer
     pending_rows: int = 0
+    pending_bytes: int = 0  # estimated size of the buffer in the snapshot (see PENDING_BYTES_MAX)
     restored_reference_id: str | None = None
     last_seen: float = 0.0
     dirty: bool = False
@@ -76,6 +77,7 @@ class ModelState:
     def buffer_for_reference(self, batch: EventBatch) -> None:
         self.pending_reference.append(batch)
         self.pending_rows += len(batch)
+        self.pending_bytes += pending_bytes(batch)
 
     def build_reference(self, *, bins: int, max_features: int | None = None) -> ReferenceProfile:
         """Profile the buffered events (first N of the model) into its reference.
@@ -116,7 +118,7 @@ class ModelState:
         has_pred = any(p is not None and not (isinstance(p, float) and np.isnan(p)) for p in preds)
         version = next((v for b in batches for v in b.model_version.tolist() if v), None)
         ts = [float(np.nanmax(b.ts)) for b in batches if np.isfinite(b.ts).any()]
-        self.pending_reference, self.pending_rows = [], 0
+        self.pending_reference, self.pending_rows, self.pending_bytes = [], 0, 0
         # created_at from the events, so a rebuild after a restart gives the same reference id
         return build_profile(
             self.model, columns, prediction=pred if has_pred else None, model_version=version,
@@ -252,6 +254,23 @@ def _column(values: list[Any]) -> Any:
     if all(v is None or isinstance(v, float) for v in values):
         return np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
     return np.asarray(values, dtype=object)
+
+
+#: Largest auto-reference buffer (its estimated size in the snapshot, which the state
+#: topic takes up to 16 MiB): a model with wide events builds its reference from fewer
+#: than ``auto_reference_events`` events (about 2,000 with 200 numeric features), and
+#: feature names that change from event to event cannot grow the buffer without bound.
+PENDING_BYTES_MAX = 8 * 1024 * 1024
+
+
+def pending_bytes(b: EventBatch) -> int:
+    """About how many bytes ``_batch_rows(b)`` takes as JSON: a full-precision number
+    per numeric cell, ``null`` or the string per text cell, ~100 bytes of the rest."""
+    cells = len(b) * len(b.feature_names)
+    size = 20 * cells + 100 * len(b)
+    if b.text is not None:
+        size += 5 * cells + sum(len(t) for t in b.text.ravel().tolist() if t is not None)
+    return size
 
 
 def _batch_rows(b: EventBatch) -> dict[str, Any]:

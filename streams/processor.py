@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -35,7 +35,7 @@ from driftline.streams.changes import (
 from driftline.streams.labels import LabelSetup, join_predictions, take_labels
 from driftline.streams.metrics import WorkerMetrics
 from driftline.streams.model_config import ModelConfigError, ModelConfigs, WindowSpec
-from driftline.streams.model_state import ModelState, state_key
+from driftline.streams.model_state import PENDING_BYTES_MAX, ModelState, pending_bytes, state_key
 
 log = logging.getLogger("driftline.worker")
 
@@ -105,6 +105,10 @@ class Processor:
         self.reference_bins = reference_bins
         self.max_models = max_models
         self.models: dict[str, ModelState] = {}
+        # states per model (the unattributed aside): what max_models counts, kept as
+        # states come and go so a new model is checked in O(1)
+        self._states_of: dict[str, int] = {}
+        self._batch_models: Collection[str] = ()  # models of the batch being processed
         self.references: dict[str, ReferenceProfile] = {}  # without their feature samples
         self.snapshot_loader = snapshot_loader
         self.snapshot_key = snapshot_key
@@ -198,20 +202,20 @@ class Processor:
                 continue
             st.reference = profile
             st.monitor = self._monitor(profile)
-            st.pending_reference, st.pending_rows, st.dirty = [], 0, True
+            st.pending_reference, st.pending_rows, st.pending_bytes, st.dirty = [], 0, 0, True
             log.info("model %s: reference %s in use", profile.model, profile.reference_id)
         return True
 
     # -- models ------------------------------------------------------------------------
-    def state_of(self, model: str, partition: int) -> ModelState | None:
-        """The state of a model on one source partition: in memory, restored, or new."""
+    def state_of(self, model: str, partition: int, *, create: bool = True) -> ModelState | None:
+        """The state of a model on one source partition: in memory, restored, or new
+        (``create`` False: None rather than a new one)."""
         key = state_key(model, partition)
         st = self.models.get(key)
         if st is not None:
             return st
-        if not model.startswith(UNATTRIBUTED) and len(
-                {s.model for s in self.models.values() if not s.model.startswith(UNATTRIBUTED)}
-                | {model}) > self.max_models:
+        counted = not model.startswith(UNATTRIBUTED)
+        if counted and model not in self._states_of and len(self._states_of) >= self.max_models:
             return None
         blob = self.snapshot_loader(key) if self.snapshot_loader else None
         ref = self.references.get(model)
@@ -236,11 +240,15 @@ class Processor:
                 log.error("model %s: snapshot not usable (%s); starting fresh", model, exc)
                 st = None
         if st is None:
+            if not create:
+                return None
             st = ModelState(model, partition, cluster_id=self.cluster_id)
             if ref is not None:
                 st.monitor = self._usable_monitor(ref)
                 st.reference = ref if st.monitor is not None else None
         self.models[key] = st
+        if counted:
+            self._states_of[model] = self._states_of.get(model, 0) + 1
         self.metrics.models_tracked.set(len(self.models))
         return st
 
@@ -249,7 +257,12 @@ class Processor:
         its last state on this worker."""
         for k in keys:
             st = self.models.pop(k, None)
-            if st is not None and not any(s.model == st.model for s in self.models.values()):
+            if st is None:
+                continue
+            left = self._states_of.pop(st.model, 1) - 1
+            if left > 0:
+                self._states_of[st.model] = left
+            elif not any(s.model == st.model for s in self.models.values()):
                 self.metrics.forget_model(st.model)
         self.metrics.models_tracked.set(len(self.models))
 
@@ -280,6 +293,7 @@ class Processor:
         self._prior = {}
         for rej in decoded.rejections:
             self._dead_letter(rej, out)
+        self._batch_models = decoded.batches.keys()  # live models with events right now
         # shadow predictions first, so a live model's book exists before its rows arrive
         for model, batch in sorted(decoded.batches.items(), key=lambda b: b[1].shadow_of is None):
             self._apply(model, batch, topic, payloads, out)
@@ -372,8 +386,13 @@ class Processor:
         if batch.shadow_of is not None:
             lives = set(batch.shadow_of.tolist()) - {None, st.model}
             for live in sorted(lives):
-                live_st = self.state_of(live, st.partition)
+                # a live model not tracked here is not made for its candidates: shadow_of
+                # values naming no real model would take the budget of real ones
+                live_st = self.state_of(live, st.partition,
+                                        create=live in self._batch_models)
                 if live_st is None:
+                    self.metrics.observe_shadow_without_live(
+                        st.model, int(np.count_nonzero(batch.shadow_of == live)))
                     continue
                 if live_st.shadow is None:
                     ref = live_st.reference
@@ -402,11 +421,17 @@ class Processor:
               payloads: _Payloads | None = None) -> None:
         if st.monitor is None:
             need = self.auto_reference_events - st.pending_rows
-            head = batch if len(batch) <= need else batch.take(np.arange(need))
-            st.buffer_for_reference(head)
-            st.events_applied += len(head)
-            out.applied += len(head)
-            if st.pending_rows >= self.auto_reference_events:
+            # the buffer is bounded in size too: wide events fill it with fewer rows
+            per_row = pending_bytes(batch) / len(batch)
+            room = int((PENDING_BYTES_MAX - st.pending_bytes) // per_row)
+            take = min(need, len(batch), max(room, 1 if st.pending_rows == 0 else 0))
+            if take:
+                head = batch if take == len(batch) else batch.take(np.arange(take))
+                st.buffer_for_reference(head)
+                st.events_applied += take
+                out.applied += take
+            if st.pending_rows >= self.auto_reference_events or take < min(need, len(batch)) \
+                    or st.pending_bytes >= PENDING_BYTES_MAX:
                 full = st.build_reference(bins=self.reference_bins,
                                           max_features=self.limits.max_features)
                 ref = full.without_samples()  # the full one is for the references topic
@@ -415,11 +440,13 @@ class Processor:
                 out.references.append(full)
                 self.metrics.references_built.labels(st.model, "first-events").inc()
                 self._note_changes(st, batch, out, reference_only=True)
-                log.info("model %s: built reference %s from its first %d events",
-                         st.model, ref.reference_id, ref.size)
-            if len(head) == len(batch):
+                log.info("model %s: built reference %s from its first %d events%s",
+                         st.model, ref.reference_id, ref.size,
+                         "" if ref.size >= self.auto_reference_events else
+                         " (its events are wide: the buffer is full)")
+            if take == len(batch):
                 return
-            batch = batch.take(np.arange(need, len(batch)))
+            batch = batch.take(np.arange(take, len(batch)))
         n = len(batch)
         mon = st.monitor
         assert mon is not None

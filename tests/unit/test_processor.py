@@ -63,6 +63,49 @@ def test_reference_built_from_exactly_the_first_n_events() -> None:
     assert st.events_applied == 4500
 
 
+def _wide(model: str, rng: np.random.Generator, n: int, names: list[str]) -> bytes:
+    x = rng.normal(size=(n, len(names)))
+    return encode_envelope_rows(model, [{"features": dict(zip(names, row.tolist(), strict=True))}
+                                        for row in x])
+
+
+def test_wide_events_fill_the_reference_buffer_with_fewer_rows() -> None:
+    """200 numeric features: 5,000 buffered events would snapshot to ~17 MB, past the
+    16 MiB a state record may be. The buffer holds at most PENDING_BYTES_MAX; the
+    reference is built from the events that fit, the rest of the batch goes on to the
+    windows, and every event is counted once."""
+    from driftline.streams.model_state import PENDING_BYTES_MAX
+
+    rng = np.random.default_rng(2)
+    names = [f"f{i}" for i in range(200)]
+    p = processor(auto_reference_events=5000)
+    sizes = []
+    for k in range(30):
+        out = p.process([Incoming(TOPIC, 0, k, _wide("wide", rng, 100, names))])
+        st = p.models["wide@0"]
+        sizes.append(len(st.snapshot()))
+        if out.references:
+            (ref,) = out.references
+    assert max(sizes) < PENDING_BYTES_MAX + 2**20
+    assert 1500 < ref.size < 5000 and len(ref.columns) == 200
+    st = p.models["wide@0"]
+    assert st.events_applied == 3000 and st.pending_rows == 0
+    assert st.monitor is not None and st.monitor.ring.seq == 3000 - ref.size
+
+
+def test_feature_names_changing_every_event_cannot_grow_the_buffer() -> None:
+    """Each batch brings 512 new names (one value per event): the dense buffer would grow
+    by ~16 MiB a batch. It stops at its size bound and the reference is built."""
+    rng = np.random.default_rng(3)
+    p = processor(auto_reference_events=5000)
+    for k in range(3):
+        evs = [{"features": {f"n{k}_{i % 512}": float(rng.normal())}} for i in range(2000)]
+        p.process([Incoming(TOPIC, 0, k, encode_envelope_rows("churn", evs))])
+    st = p.models["churn@0"]
+    assert st.reference is not None and st.pending_rows == 0 and st.events_applied == 6000
+    assert len(st.snapshot()) < 2**20
+
+
 def test_snapshot_round_trip_of_model_state_is_exact() -> None:
     gen = SyntheticModels(1, seed=5, drift=(DriftSpec("model-0", "f2", 6000, 1.0),))
     msgs = envelopes(gen, 40)
@@ -114,6 +157,47 @@ def test_model_limit_dead_letters_new_models() -> None:
     assert sorted(st.model for st in p.models.values() if not st.model.startswith("~")) == [
         "model-0", "model-1"]
     assert [d.reason.split(":")[0] for d in out.dead_letters] == ["too_many_models"]
+
+
+def test_model_limit_counts_models_not_states_and_frees_on_drop() -> None:
+    """One model on two partitions is one model of the budget; dropping a model's last
+    state frees its place."""
+    p = processor(max_models=2)
+    gen = SyntheticModels(3, seed=0)
+    p.process(envelopes(gen, 1, partition_of=lambda m: 0)[:1])  # model-0 on partition 0
+    p.process([Incoming(TOPIC, 1, 0, m.value) for m in envelopes(gen, 1)[:2]])  # 0 and 1 on 1
+    assert sorted(p.models) == ["model-0@0", "model-0@1", "model-1@1"]
+    out = p.process([Incoming(TOPIC, 2, 0, envelopes(gen, 1)[2].value)])
+    assert [d.reason.split(":")[0] for d in out.dead_letters] == ["too_many_models"]
+    p.drop(["model-0@0"])  # model-0 still has partition 1: no place is free
+    out = p.process([Incoming(TOPIC, 2, 1, envelopes(gen, 1)[2].value)])
+    assert [d.reason.split(":")[0] for d in out.dead_letters] == ["too_many_models"]
+    p.drop(["model-0@1"])
+    out = p.process([Incoming(TOPIC, 2, 2, envelopes(gen, 1)[2].value)])
+    assert out.dead_letters == [] and "model-2@2" in p.models
+
+
+def test_shadow_of_a_model_never_seen_makes_no_live_state() -> None:
+    """Candidates naming live models that send nothing are monitored and counted
+    unpaired; they do not take the budget, and real models still get theirs."""
+    from prometheus_client import generate_latest
+
+    reg = CollectorRegistry()
+    p = processor(max_models=5, metrics=WorkerMetrics(reg))
+    rng = np.random.default_rng(0)
+    msgs = []
+    for i in range(20):
+        evs = [{"features": {"a": float(rng.normal())}, "prediction": 0.5, "event_id": str(j),
+                "shadow_of": f"ghost-{i}"} for j in range(10)]
+        msgs.append(Incoming(TOPIC, 0, i, encode_envelope_rows("cand", evs)))
+    out = p.process(msgs)
+    assert out.dead_letters == [] and out.applied == 200
+    assert [st.model for st in p.models.values()] == ["cand"]
+    text = generate_latest(reg).decode()
+    assert 'driftline_shadow_without_live_total{model="cand"} 200.0' in text
+    gen = SyntheticModels(4, seed=1)
+    out = p.process([Incoming(TOPIC, 0, 20 + k, m.value) for k, m in enumerate(envelopes(gen, 1))])
+    assert out.dead_letters == [] and len(p.models) == 5
 
 
 def test_detector_error_is_dead_lettered_and_the_partition_keeps_flowing() -> None:
