@@ -252,6 +252,7 @@ class ModelMonitor:
             rounds=self.config.calibration_rounds,
             seed=self.config.seed,
         )
+        self._segment_calibration: Calibration | None = None
         numeric_cols = [c for c in (*reference.columns, reference.prediction) if c is not None]
         edges = [c.edges if isinstance(c, NumericProfile) else np.zeros(0) for c in numeric_cols]
         lows = np.asarray([c.min if isinstance(c, NumericProfile) else 0.0 for c in numeric_cols])
@@ -510,6 +511,22 @@ class ModelMonitor:
             ev = replace(ev, alerts=alerts)
         return ev
 
+    @property
+    def segment_calibration(self) -> Calibration:
+        """The calibration of segment windows: the model's, each column's scale raised to
+        what a window of ``min_samples`` events needs. Segment windows may hold that few
+        (event-time panes), and there a rare category makes the statistic heavier than
+        at the model's nominal window. Computed at first use (the seed makes it the same
+        after a restore)."""
+        if self._segment_calibration is None:
+            small = calibrate(self.binner.layout.ref_counts, self.config.min_samples,
+                              target_run_length=self.config.target_run_length,
+                              correction=self.config.correction,
+                              rounds=self.config.calibration_rounds, seed=self.config.seed)
+            self._segment_calibration = replace(
+                self.calibration, scale=np.maximum(self.calibration.scale, small.scale))
+        return self._segment_calibration
+
     def _evaluate_segments(self, closing: Iterable[tuple[str, Pane]],
                            batch: EventBatch | None) -> list[Evaluation]:
         """Test the windows of segment values, one per ``(label, pane)`` closed. Each
@@ -525,7 +542,7 @@ class ModelMonitor:
         timed = isinstance(self.ring.rule, TimeRule)
         taken: list[tuple[str, Pane, int, float, tuple[float, float, int, int]]] = []
         scores: list[tuple[NDArray[np.float64], ...]] = []
-        cal = self.calibration
+        cal = self.segment_calibration
         for label, pane in closing:
             ring = segs.rings[label]
             new_events = pane.n if timed else max(segs.since_eval[label], pane.n)

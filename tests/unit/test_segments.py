@@ -236,3 +236,20 @@ def test_worker_metrics_carry_segment_series_and_forget_them() -> None:
     proc.drop(list(proc.models))
     assert not [s for m in registry.collect() for s in m.samples
                 if m.name.startswith("driftline_segment")]
+
+
+def test_segment_windows_are_calibrated_at_their_smallest_size() -> None:
+    """A column with categories at 0.1% and 0.02%: at the model's 5,000-event window its
+    chi-square follows the asymptotic law, in a 100-event segment window it is heavier.
+    Segment windows use the scale of the smaller window; the model's stays as it was."""
+    rng = np.random.default_rng(0)
+    cats = rng.choice(["a", "b", "c", "rare", "rarer"], 5000, p=[0.5, 0.3, 0.1988, 0.001, 0.0002])
+    ref = build_profile("m", {"f0": rng.normal(size=5000), "c": cats.astype(object)},
+                        created_at=0.0, multivariate=False)
+    mon = ModelMonitor(ref, MonitorConfig(pane_size=1000, min_samples=100))
+    model_scale = mon.calibration.scale.copy()
+    seg = mon.segment_calibration.scale
+    c = ref.feature_names.index("c")
+    assert seg[c] > model_scale[c] * 1.2
+    assert np.all(seg >= model_scale) and np.array_equal(mon.calibration.scale, model_scale)
+    assert mon.segment_calibration is mon.segment_calibration  # computed once
