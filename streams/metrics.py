@@ -119,6 +119,10 @@ class WorkerMetrics:
         self.change_events = Counter("driftline_change_events",
                                      "Upstream change events recorded while running",
                                      ["model", "kind"], registry=r)
+        self.change_events_invalid = Counter(
+            "driftline_change_events_invalid",
+            "Messages on the changes topic that are no valid change event (ignored)",
+            registry=r)
         self.change_last_ts = Gauge("driftline_change_last_timestamp_seconds",
                                     "Time of the newest upstream change event",
                                     ["model", "kind"], registry=r)

@@ -204,6 +204,7 @@ class Worker:
         """``model_configs``: per-model windows (default: read from the settings' file)."""
         self.settings = settings
         self.metrics = WorkerMetrics(registry)
+        self._last_invalid_change_log = -math.inf
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
         self.on_alert = on_alert
         self.stats = WorkerStats()
@@ -1098,8 +1099,15 @@ class Worker:
             try:
                 change = ChangeEvent.decode(value)
             except ValueError as exc:
-                log.warning("ignoring invalid change event at %s:%d:%d: %s", m.topic(),
-                            m.partition(), m.offset(), exc)
+                # counted, logged at most once a minute (a flood must not flood the log);
+                # every worker reads this topic, so none of them dead-letters it
+                self.metrics.change_events_invalid.inc()
+                now = time.monotonic()
+                if now - self._last_invalid_change_log >= 60.0:
+                    self._last_invalid_change_log = now
+                    log.warning("ignoring invalid change event at %s:%d:%d: %s (further ones "
+                                "for 60 s are only counted)", m.topic(), m.partition(),
+                                m.offset(), exc)
                 continue
             self.processor.changes.add(change, live=live)
 

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import orjson
 import pytest
+from confluent_kafka import Producer
 from prometheus_client import CollectorRegistry
 from typer.testing import CliRunner
 from workers import env_of, isolated_settings, wait_for
@@ -21,6 +22,7 @@ from driftline.streams.subscriber import AlertSubscriber
 from driftline.streams.worker import Worker, topic_specs
 
 pytestmark = pytest.mark.integration
+INVALID_CHANGE = b'{"model": "m", "kind": "deploy"}'  # no ts, no text
 
 T0 = 1_700_000_001.3  # pane boundaries (multiples of 60 s) never meet an envelope boundary
 RATE = 10.0  # events per second of event time
@@ -54,6 +56,13 @@ def test_alert_carries_version_bump_annotations_and_drifted_exemplars(
     s = worker.settings
     ts = [T0 + i / RATE for i in range(TOTAL)]
     t_bump = ts[BUMP]
+
+    # a message that is no change event is counted and ignored
+    raw = Producer(s.kafka())
+    raw.produce(s.changes_topic, INVALID_CHANGE, key=b"m")
+    assert raw.flush(30) == 0
+    wait_for(lambda: worker.metrics.registry.get_sample_value(
+        "driftline_change_events_invalid_total") == 1.0, 30, "invalid change counted")
 
     # an operator's annotation, posted with the CLI before the events arrive
     res = CliRunner().invoke(app, [
@@ -93,7 +102,8 @@ def test_alert_carries_version_bump_annotations_and_drifted_exemplars(
     assert all(c["ts"] <= a.window.end_ts for c in a.changes)
 
     # the worker recorded the bump (and the reference) on the changes topic, once each
-    recorded = [ChangeEvent.decode(m.value()) for m in iter_to_end(s.kafka(), s.changes_topic)]
+    recorded = [ChangeEvent.decode(m.value()) for m in iter_to_end(s.kafka(), s.changes_topic)
+                if m.value() != INVALID_CHANGE]
     assert len({c.id for c in recorded}) == len(recorded)
     assert sorted(c.kind for c in recorded if c.source == "driftline-worker") == [
         "model_version", "reference"]
