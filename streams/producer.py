@@ -182,6 +182,7 @@ class DriftlineProducer:
         self._ready: deque[_Outgoing] = deque()
         self._buffered = 0
         self._closed = False
+        self._forked = False  # made before a fork, in the child (see _after_fork)
         self._stopping = False
         self._wake = threading.Event()
         self._last_error_log = self._last_isolated_log = 0.0
@@ -196,7 +197,6 @@ class DriftlineProducer:
             raise ValueError(f"max_envelope_bytes {max_envelope_bytes} is above {fits}: "
                              "message.max.bytes minus 1 KiB, and the workers' payload "
                              "limit (raise message.max.bytes in the config for more)")
-        self._conf = conf
         self._producer = Producer(conf)
         self._registry = registry
         self._collector: _SdkCollector | None = None
@@ -206,17 +206,18 @@ class DriftlineProducer:
         self._thread = threading.Thread(target=self._run, name="driftline-producer", daemon=True)
         self._thread.start()
         atexit.register(self._at_exit)
-        # a forked child (gunicorn --preload, multiprocessing) gets a producer of its own
-        os.register_at_fork(after_in_child=partial(_restart_in_child, weakref.ref(self)))
+        # librdkafka clients do not survive fork(): a child refuses events, counted
+        os.register_at_fork(after_in_child=partial(_refuse_in_child, weakref.ref(self)))
 
     def _after_fork(self) -> None:
-        """In a forked child: a new client, lock and thread, and nothing of the parent's.
+        """In a forked child: refuse from now on (dropped, reason ``forked``).
 
-        The parent's librdkafka client and thread do not exist here, and its buffered
-        events are the parent's to send (a copy here would send them twice), so the child
-        starts empty with its own counters; a closed producer stays closed."""
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
+        The parent's librdkafka client and send thread do not exist here, and a new
+        client cannot be made safely (its library's locks may have been held by another
+        thread at the fork), so the child's producer is closed without touching the
+        client; its events are the parent's to send. Make the producer after the fork
+        (gunicorn's ``post_fork`` hook) to send from each child."""
+        self._lock = threading.Lock()  # another thread may have held it at the fork
         self._pending.clear()
         self._open.clear()
         self._ready.clear()
@@ -226,12 +227,13 @@ class DriftlineProducer:
         self.envelopes_sent = self.envelopes_delivered = self.envelopes_failed = 0
         self.failed_reasons, self.dropped_reasons = {}, {}
         self.client_errors = 0
-        if self._closed:
-            return
-        self._stopping = False
-        self._producer = Producer(self._conf)
-        self._thread = threading.Thread(target=self._run, name="driftline-producer", daemon=True)
-        self._thread.start()
+        self._closed = self._forked = True
+        if self._collector is not None and self._registry is not None:
+            self._registry.unregister(self._collector)
+            self._collector = None
+        atexit.unregister(self._at_exit)
+        log.warning("driftline producer: made before fork(); this process cannot send with "
+                    "it (its events are dropped, reason 'forked'): create it after the fork")
 
     def _client_config(self, config: Mapping[str, Any] | str,
                        client_options: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -451,7 +453,7 @@ class DriftlineProducer:
     def _admit(self) -> bool:
         """Count one event in (lock held) or refuse it."""
         if self._closed:
-            self._count_drop("closed")
+            self._count_drop("forked" if self._forked else "closed")
             return False
         if self._buffered >= self.max_buffered_events:
             self._count_drop("buffer_full")
@@ -741,7 +743,7 @@ def _number(v: object) -> bool:
         isinstance(v, np.ndarray) and v.ndim == 0 and v.dtype.kind in "biuf")
 
 
-def _restart_in_child(ref: weakref.ref[DriftlineProducer]) -> None:
+def _refuse_in_child(ref: weakref.ref[DriftlineProducer]) -> None:
     producer = ref()
     if producer is not None:
         producer._after_fork()
