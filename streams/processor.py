@@ -294,9 +294,13 @@ class Processor:
         for rej in decoded.rejections:
             self._dead_letter(rej, out)
         self._batch_models = decoded.batches.keys()  # live models with events right now
-        # shadow predictions first, so a live model's book exists before its rows arrive
-        for model, batch in sorted(decoded.batches.items(), key=lambda b: b[1].shadow_of is None):
-            self._apply(model, batch, topic, payloads, out)
+        try:
+            # shadow predictions first, so a live model's book exists before its rows arrive
+            for model, batch in sorted(decoded.batches.items(),
+                                       key=lambda b: b[1].shadow_of is None):
+                self._apply(model, batch, topic, payloads, out)
+        finally:
+            self._batch_models = ()  # not to keep the batch alive until the next one
         return out
 
     def _apply(self, model: str, batch: EventBatch, topic: str,
