@@ -91,6 +91,8 @@ class MonitorConfig:
             raise ValueError("correction is 'bonferroni' or 'bh'")
         if self.segment_max < 1:
             raise ValueError("segment_max must be >= 1")
+        if self.seed < 0 or self.calibration_rounds < 0:  # numpy's generator takes neither
+            raise ValueError("seed and calibration_rounds must be >= 0")
 
     @property
     def nominal_window(self) -> int:

@@ -393,13 +393,14 @@ def _old_segment_evaluation(mon: ModelMonitor, pane: Pane, batch: EventBatch | N
     segs.since_eval[segment] = 0
     win, n = ring.totals["hist"], ring.total_n
     chi2, df, psi_, js = mon._terms.scores(win)
-    p = mon.calibration.p_values(chi2, df)
+    cal = mon.segment_calibration  # segment windows' calibration (added since; same rule)
+    p = cal.p_values(chi2, df)
     p_all = np.concatenate([p])
-    alpha = mon.calibration.alpha_eval(new_events) * SEGMENT_SHARE
+    alpha = cal.alpha_eval(new_events) * SEGMENT_SHARE
     insufficient = n < mon.config.min_samples
     decided = (np.zeros(p_all.size, dtype=bool) if insufficient
-               else mon.calibration.decide(p_all, alpha))
-    thr = mon.calibration.thresholds(df, alpha, p_all.size)
+               else cal.decide(p_all, alpha))
+    thr = cal.thresholds(df, alpha, p_all.size)
     ks = wd = np.full(len(layout.names), np.nan)
     start, end, first, last = ring.window_bounds()
     info = WindowInfo(start_ts=None if math.isnan(start) else start,
