@@ -228,9 +228,8 @@ class DriftlineProducer:
         self.failed_reasons, self.dropped_reasons = {}, {}
         self.client_errors = 0
         self._closed = self._forked = True
-        if self._collector is not None and self._registry is not None:
-            self._registry.unregister(self._collector)
-            self._collector = None
+        # the metrics collector stays registered (it reads the counters above): the
+        # registry's lock may have been held by a scrape at the fork
         atexit.unregister(self._at_exit)
         log.warning("driftline producer: made before fork(); this process cannot send with "
                     "it (its events are dropped, reason 'forked'): create it after the fork")
