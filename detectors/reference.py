@@ -350,6 +350,13 @@ def profile_numeric(
         return NumericProfile(name, edges, counts, missing, np.zeros(0), 0.0, 0.0, 0.0, 0.0)
     qs = np.quantile(v, np.linspace(0.0, 1.0, bins + 1)[1:-1])
     edges = np.unique(qs)
+    # a value holding several quantiles (a point mass: a binary feature's 0, a count's
+    # mode) gets a bin of its own, [v, next float): else it shares one with every larger
+    # value up to the next edge, and a feature that is 0 for 98% of the rows would have
+    # a single bin, which no drift moves
+    masses = edges[(np.searchsorted(qs, edges, side="right") - np.searchsorted(qs, edges)) > 1]
+    if masses.size:
+        edges = np.union1d(edges, np.nextafter(masses, np.inf))
     # searchsorted(side="right"): bin k holds edges[k-1] <= x < edges[k]
     idx = np.searchsorted(edges, v, side="right")
     counts = np.bincount(idx, minlength=edges.size + 1).astype(np.int64)

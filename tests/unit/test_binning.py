@@ -101,3 +101,27 @@ def test_bins_equal_the_per_column_searchsorted(seed: int, monkeypatch: pytest.M
         got, want = binner.bins(batch), _oracle_bins(binner, batch)
         assert got.dtype == want.dtype == np.int64
         np.testing.assert_array_equal(got, want)
+
+
+def test_a_point_mass_gets_a_bin_of_its_own_so_its_drift_is_seen() -> None:
+    """A binary feature with 2% ones: every quantile edge is 0, so it used to have one
+    populated bin and no drift could move it. The mass at 0 now has a bin of its own;
+    a rise to 10% ones is flagged on that feature, and the unchanged stream is not."""
+    from driftline.detectors.monitor import ModelMonitor, MonitorConfig
+
+    rng = np.random.default_rng(0)
+    ref = build_profile("m", {"rare": (rng.random(5000) < 0.02).astype(float),
+                              "f": rng.normal(size=5000)}, created_at=0.0, multivariate=False)
+    col = ref.columns[0]
+    assert isinstance(col, NumericProfile) and col.name == "rare"
+    assert col.counts.tolist() == [0, int(col.counts[1]), int(col.counts[2])]
+    assert col.counts[2] > 50  # the ones have their own bin
+    fired: dict[float, list[str]] = {}
+    for rate in (0.02, 0.10):
+        mon = ModelMonitor(ref, MonitorConfig(pane_size=1000, min_samples=2000))
+        fired[rate] = []
+        for i in range(20):
+            x = np.column_stack([(rng.random(1000) < rate).astype(float), rng.normal(size=1000)])
+            for ev in mon.update(make_batch(x, offset0=i * 1000, names=("rare", "f"))):
+                fired[rate] += [a.feature for a in ev.alerts if a.state == "firing"]
+    assert fired[0.02] == [] and fired[0.10] and fired[0.10][0] == "rare"
