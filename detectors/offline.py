@@ -111,8 +111,8 @@ def compare(reference: ReferenceProfile, current: Table, *, alpha: float = 0.05,
     """
     binner = Binner(reference)
     batch = to_batch(reference.model, current)
-    groups = _segment_groups(current)
-    whole_alpha = alpha * (1.0 - SEGMENT_SHARE) if groups else alpha
+    segments, codes = _segment_groups(current)
+    whole_alpha = alpha * (1.0 - SEGMENT_SHARE) if segments else alpha
     bins = binner.bins(batch)
     hist = binner.histogram(bins)
     ref = binner.layout.ref_counts
@@ -164,7 +164,7 @@ def compare(reference: ReferenceProfile, current: Table, *, alpha: float = 0.05,
             )
         )
     _ = ks_binned  # binned KS is reported by the streaming path
-    segs = _compare_segments(binner, bins, groups, tested, alpha * SEGMENT_SHARE)
+    segs = _compare_segments(binner, bins, segments, codes, tested, alpha * SEGMENT_SHARE)
     fired = bool(drift.any()) or (mv is not None and bool(mv.drift.any())) or any(
         s["drift"] for s in segs)
     return Report(fired, out, [], "two-sample", reference.size, len(current), alpha,
@@ -172,14 +172,14 @@ def compare(reference: ReferenceProfile, current: Table, *, alpha: float = 0.05,
                   segments=segs)
 
 
-def _segment_groups(table: Table) -> list[tuple[dict[str, str], NDArray[np.int64]]]:
-    """Each segment of a table (first seen first) with its rows; rows with no segment
-    cell belong to none."""
-    if not table.segments:
-        return []
+def _segment_groups(table: Table) -> tuple[list[dict[str, str]], NDArray[np.int64]]:
+    """The segments of a table (first seen first) and each row's segment number (-1:
+    no segment cell, in no segment)."""
     codes = np.full(len(table), -1, dtype=np.int64)
-    seen: dict[str, int] = {}
     objects: list[dict[str, str]] = []
+    if not table.segments:
+        return objects, codes
+    seen: dict[str, int] = {}
     for row in range(len(table)):
         seg = segment_of(table, row)
         if seg is None:
@@ -190,28 +190,27 @@ def _segment_groups(table: Table) -> list[tuple[dict[str, str], NDArray[np.int64
             code = seen[key] = len(objects)
             objects.append(seg)
         codes[row] = code
-    return [(seg, np.flatnonzero(codes == g)) for g, seg in enumerate(objects)]
+    return objects, codes
 
 
-def _compare_segments(binner: Binner, bins: NDArray[np.int64],
-                      groups: list[tuple[dict[str, str], NDArray[np.int64]]],
-                      tested: NDArray[np.bool_], alpha: float) -> list[dict[str, Any]]:
+def _compare_segments(binner: Binner, bins: NDArray[np.int64], segments: list[dict[str, str]],
+                      codes: NDArray[np.int64], tested: NDArray[np.bool_],
+                      alpha: float) -> list[dict[str, Any]]:
     """Every segment's chi-square tests at its traffic share of ``alpha``."""
-    if not groups:
+    if not segments:
         return []
     layout = binner.layout
-    total = sum(len(rows) for _, rows in groups)
+    rows = np.bincount(codes[codes >= 0], minlength=len(segments))
+    total = int(rows.sum())
     least = ROWS_PER_BIN * int(np.max(layout.n_bins))
     columns = max(int(tested.sum()), 1)
-    codes = np.full(bins.shape[0], -1, dtype=np.int64)
-    for g, (_, rows) in enumerate(groups):
-        codes[rows] = g
-    hists = block_histograms(bins, codes, 0, len(groups), bins.shape[1], layout.width)
+    hists = block_histograms(bins, codes, 0, len(segments), bins.shape[1], layout.width)
     out: list[dict[str, Any]] = []
-    for g, (seg, rows) in enumerate(groups):
-        share = alpha * len(rows) / total
-        res: dict[str, Any] = {"segment": seg, "rows": len(rows), "alpha": share,
-                               "insufficient": len(rows) < least, "drift": False,
+    for g, seg in enumerate(segments):
+        n = int(rows[g])
+        share = alpha * n / total
+        res: dict[str, Any] = {"segment": seg, "rows": n, "alpha": share,
+                               "insufficient": n < least, "drift": False,
                                "drifted": [], "p_min": None}
         if not res["insufficient"]:
             chi = chi_square(layout.ref_counts, hists[g])
