@@ -142,10 +142,8 @@ def _apply_labels(proc: Processor, model: str, p: int, items: list[int], cols: _
     if bad is not None:  # a far-future label time would expire every waiting prediction
         for k in (fresh[j] for j in np.flatnonzero(bad).tolist()):
             i = idx[k]
-            proc._dead_letter(Rejection(
-                f"ts_out_of_range: label time {cols.ts[k]:.6g} is before 1970 or more than "
-                f"DRIFTLINE_MAX_FUTURE_S = {proc.max_future_s:.0f} s ahead of the worker's "
-                "clock", values[i], topic, p, offsets[i], model), out)
+            proc._dead_letter(Rejection(proc.ts_out_of_range_reason("label", cols.ts[k]),
+                                        values[i], topic, p, offsets[i], model), out)
         fresh = [k for j, k in enumerate(fresh) if not bad[j]]
         if not fresh:
             return

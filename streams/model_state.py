@@ -74,10 +74,11 @@ class ModelState:
             self.offsets[key] = offset
 
     # -- reference building from the first N events ------------------------------------
-    def buffer_for_reference(self, batch: EventBatch) -> None:
+    def buffer_for_reference(self, batch: EventBatch, nbytes: int | None = None) -> None:
+        """Buffer ``batch`` (``nbytes``: its :func:`pending_bytes`, when known)."""
         self.pending_reference.append(batch)
         self.pending_rows += len(batch)
-        self.pending_bytes += pending_bytes(batch)
+        self.pending_bytes += pending_bytes(batch) if nbytes is None else nbytes
 
     def build_reference(self, *, bins: int, max_features: int | None = None) -> ReferenceProfile:
         """Profile the buffered events (first N of the model) into its reference.

@@ -330,17 +330,10 @@ class Processor:
             return
         bad = self._ts_out_of_range(batch.ts)
         if bad is not None:
-            now = self.clock()
-
-            def why(i: int) -> str:
-                ts = float(batch.ts[i])
-                return ("ts_out_of_range: event time " + (
-                    f"{ts:.6g} is {ts - now:.6g} s ahead of the worker's clock (limit "
-                    f"DRIFTLINE_MAX_FUTURE_S = {self.max_future_s:.0f} s)" if ts > 0
-                    else f"{ts:.6g} is before 1970"))
-
-            out.dead_letters += _row_rejections(batch, np.flatnonzero(bad).tolist(), why,
-                                                topic, payloads, model)
+            out.dead_letters += _row_rejections(
+                batch, np.flatnonzero(bad).tolist(),
+                lambda i: self.ts_out_of_range_reason("event", float(batch.ts[i])),
+                topic, payloads, model)
             st.events_deadlettered += int(bad.sum())
             self.metrics.deadletter.labels("ts_out_of_range").inc(int(bad.sum()))
             self._mark(st, batch.take(np.flatnonzero(bad)), topic)
@@ -375,6 +368,13 @@ class Processor:
         with np.errstate(invalid="ignore"):  # NaN: no event time, handled downstream
             bad = (ts < 0.0) | (ts > self.clock() + self.max_future_s)
         return bad if bad.any() else None
+
+    def ts_out_of_range_reason(self, what: str, ts: float) -> str:
+        """The dead-letter reason of an event or label time :meth:`_ts_out_of_range` found."""
+        return f"ts_out_of_range: {what} time " + (
+            f"{ts:.6g} is {ts - self.clock():.6g} s ahead of the worker's clock (limit "
+            f"DRIFTLINE_MAX_FUTURE_S = {self.max_future_s:.0f} s)" if ts > 0
+            else f"{ts:.6g} is before 1970")
 
     @staticmethod
     def _mark(st: ModelState, batch: EventBatch, topic: str) -> None:
@@ -431,7 +431,7 @@ class Processor:
             take = min(need, len(batch), max(room, 1 if st.pending_rows == 0 else 0))
             if take:
                 head = batch if take == len(batch) else batch.take(np.arange(take))
-                st.buffer_for_reference(head)
+                st.buffer_for_reference(head, round(per_row * take))
                 st.events_applied += take
                 out.applied += take
             if st.pending_rows >= self.auto_reference_events or take < min(need, len(batch)) \
