@@ -501,12 +501,18 @@ def _envelope_head(model: str, model_version: str | None) -> dict[str, Any]:
     return head
 
 
+def written_as_number(v: object) -> bool:
+    """Whether the envelope encoders write ``v`` as a JSON number (or bool): any real
+    number (numpy's too), Decimal, a 0-d numeric array."""
+    if isinstance(v, np.ndarray):
+        return v.ndim == 0 and v.dtype.kind in "biuf"
+    return isinstance(v, numbers.Real | decimal.Decimal)
+
+
 def _plain_number(v: Any) -> float:
     """orjson's fallback for numbers it does not write itself (Decimal, Fraction, numpy
     long double, 0-d arrays): a float. Anything else stays unencodable."""
-    if isinstance(v, numbers.Real | decimal.Decimal) and not isinstance(v, np.ndarray):
-        return float(v)
-    if isinstance(v, np.ndarray) and v.ndim == 0 and v.dtype.kind in "biuf":
+    if written_as_number(v):
         return float(v)
     raise TypeError(f"Type is not JSON serializable: {type(v).__name__}")
 

@@ -42,7 +42,6 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
 from functools import partial
 from typing import Any
 
@@ -60,6 +59,7 @@ from driftline.schemas.envelope import (
     check_segment,
     check_str,
     check_ts,
+    written_as_number,
 )
 from driftline.schemas.limits import DEFAULT_LIMITS, Limits
 from driftline.streams.changes import annotation
@@ -579,7 +579,7 @@ class DriftlineProducer:
                 if isinstance(v, str):
                     if len(v) > lim.max_string_length:
                         return True
-                elif v is not None and not _number(v):
+                elif v is not None and not written_as_number(v):
                     return True
         get = ev.get
         try:
@@ -734,12 +734,6 @@ def _as_json(v: Any) -> Any:
     if t is dict:
         return {k: _as_json(x) for k, x in v.items()}
     return v
-
-
-def _number(v: object) -> bool:
-    """Whether the encoder writes ``v`` as a number (bool is Real; Decimal, 0-d arrays)."""
-    return isinstance(v, numbers.Real | Decimal) or (
-        isinstance(v, np.ndarray) and v.ndim == 0 and v.dtype.kind in "biuf")
 
 
 def _refuse_in_child(ref: weakref.ref[DriftlineProducer]) -> None:
