@@ -65,16 +65,16 @@ def test_compiled_scores_check_their_buffers() -> None:
     from driftline.detectors import _kernels
 
     ref = np.ones((3, 4))
-    out = np.empty((4, 3))
+    out = np.empty((7, 3))
     with pytest.raises(ValueError, match="win holds"):
-        _kernels.window_scores(ref, ref, ref, np.ones(3), np.ones((3, 3)), out, 3, 4)
+        _kernels.window_scores(ref, ref, ref, np.ones(3), np.ones((3, 3)), out, 3, 4, 5.0)
     with pytest.raises(ValueError, match="out holds"):
-        _kernels.window_scores(ref, ref, ref, np.ones(3), ref, np.empty(3), 3, 4)
+        _kernels.window_scores(ref, ref, ref, np.ones(3), ref, np.empty(3), 3, 4, 5.0)
     with pytest.raises((ValueError, BufferError)):
-        _kernels.window_scores(ref, ref, ref, np.ones(3), ref, np.empty((3, 4))[:, :2], 3, 4)
+        _kernels.window_scores(ref, ref, ref, np.ones(3), ref, np.empty((3, 4))[:, :2], 3, 4, 5.0)
     empty = np.empty(0)  # sizes that would overflow are refused before any buffer is read
     with pytest.raises(ValueError, match="bad shape"):
-        _kernels.window_scores(empty, empty, empty, np.zeros(1), empty, np.zeros(4), 2**61 + 1, 0)
+        _kernels.window_scores(empty, empty, empty, np.zeros(1), empty, np.zeros(4), 2**61 + 1, 0, 5.0)
 
 
 @pytest.mark.parametrize("seed", range(6))
