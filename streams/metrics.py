@@ -152,6 +152,10 @@ class WorkerMetrics:
             "driftline_shadow_without_live",
             "Shadow predictions whose live model (shadow_of) has no state on this worker: "
             "not paired (the candidate itself is monitored)", ["model"], registry=r)
+        self.shadow_ignored = Counter(
+            "driftline_shadow_ignored",
+            "Shadow predictions of candidates beyond DRIFTLINE_SHADOW_MAX_CANDIDATES of their "
+            "live model: not paired", ["model"], registry=r)
         self.shadow_score_diff = BatchHistogram(
             "driftline_shadow_score_diff",
             "Absolute difference of candidate and live scores of paired predictions",
@@ -301,6 +305,10 @@ class WorkerMetrics:
         """``n`` shadow predictions of ``candidate`` whose live model is not tracked here."""
         self._child("shadow_without_live", self.shadow_without_live, (candidate,)).inc(n)
 
+    def observe_shadow_ignored(self, model: str, n: int) -> None:
+        """``n`` shadow predictions for live ``model`` of a candidate beyond its limit."""
+        self._child("shadow_ignored", self.shadow_ignored, (model,)).inc(n)
+
     def _observe_segment(self, model: str, ev: Evaluation) -> None:
         if ev.insufficient:
             return
@@ -344,6 +352,7 @@ class WorkerMetrics:
                       "high_confidence": self.high_confidence,
                       "shadow_pairs": self.shadow_pairs,
                       "shadow_without_live": self.shadow_without_live,
+                      "shadow_ignored": self.shadow_ignored,
                       "shadow_score_diff": self.shadow_score_diff,
                       "shadow_agreement": self.shadow_agreement}[family]
             try:

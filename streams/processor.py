@@ -404,7 +404,10 @@ class Processor:
                     edges = pred.edges if isinstance(pred, NumericProfile) and pred.edges.size \
                         else None
                     live_st.shadow = ShadowBook(live, self.shadow_config, edges)
+                ignored = live_st.shadow.ignored
                 u = live_st.shadow.add_shadow(st.model, batch)
+                if live_st.shadow.ignored > ignored:  # beyond shadow_max_candidates
+                    self.metrics.observe_shadow_ignored(live, live_st.shadow.ignored - ignored)
                 live_st.dirty = True
                 found.append((live_st, [u] if u is not None else []))
         for owner, updates in found:

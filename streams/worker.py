@@ -943,7 +943,8 @@ class Worker:
             "owner": self.owner,
             "updated_at": time.time(),
             "unattributed": st.model.startswith(UNATTRIBUTED),
-            **({"shadow": st.shadow.summary()} if st.shadow is not None else {}),
+            **({"shadow": st.shadow.summary(), "shadow_ignored": st.shadow.ignored}
+               if st.shadow is not None else {}),
             **({"labels": label_status(st)} if st.joins is not None else {}),
         }
 

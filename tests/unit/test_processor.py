@@ -177,6 +177,33 @@ def test_model_limit_counts_models_not_states_and_frees_on_drop() -> None:
     assert out.dead_letters == [] and "model-2@2" in p.models
 
 
+def test_candidates_beyond_the_limit_are_counted_for_their_live_model() -> None:
+    """Two candidates of one live model, one allowed: the second's events are not paired,
+    counted in driftline_shadow_ignored_total{model=live}, and its series go with the
+    live model's."""
+    from prometheus_client import generate_latest
+
+    from driftline.detectors.shadow import ShadowConfig
+
+    reg = CollectorRegistry()
+    p = processor(metrics=WorkerMetrics(reg), shadow=ShadowConfig(max_candidates=1))
+    live = [{"features": {"a": 0.1 * j}, "prediction": 0.5, "event_id": str(j)}
+            for j in range(30)]
+    msgs = [Incoming(TOPIC, 0, 0, encode_envelope_rows("live", live))]
+    for k, cand in enumerate(("cand-a", "cand-b")):
+        evs = [{**e, "shadow_of": "live"} for e in live]
+        msgs.append(Incoming(TOPIC, 0, 1 + k, encode_envelope_rows(cand, evs)))
+    out = p.process(msgs)
+    assert out.dead_letters == [] and out.applied == 90
+    book = p.models[next(k for k, st in p.models.items() if st.model == "live")].shadow
+    assert book is not None and list(book.candidates) == ["cand-a"] and book.ignored == 30
+    text = generate_latest(reg).decode()
+    assert 'driftline_shadow_ignored_total{model="live"} 30.0' in text
+    assert 'driftline_shadow_pairs_total{candidate="cand-a",model="live"} 30.0' in text
+    p.drop([k for k, st in p.models.items() if st.model == "live"])
+    assert "driftline_shadow_ignored_total{" not in generate_latest(reg).decode()
+
+
 def test_shadow_of_a_model_never_seen_makes_no_live_state() -> None:
     """Candidates naming live models that send nothing are monitored and counted
     unpaired; they do not take the budget, and real models still get theirs."""
