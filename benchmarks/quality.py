@@ -1,8 +1,9 @@
 """Detection quality: false alerts, detection delay and two-sample power, side by side.
 
 Same seeded data for every contender, in one run. The stream has 20 standard normal
-features and a categorical one; f0 and f1 are correlated (0.7) and f10..f14 follow two
-latent factors (each feature's marginal stays N(0, 1)). Scenarios change one thing at
+features and two categorical ones (``cat``: five categories; ``wide``: 80 with a Zipf
+tail, more than the 32 a profile keeps, the rarest at 0.06%); f0 and f1 are correlated
+(0.7) and f10..f14 follow two latent factors (each feature's marginal stays N(0, 1)). Scenarios change one thing at
 event 20,000: a mean, a variance, a category mix, and three changes that keep every
 marginal (the f0-f1 correlation flips sign; f1 stops following f0, as after a broken
 join; f12 leaves its factor, as a sensor swapped for another with the same
@@ -46,8 +47,11 @@ STREAM = 40_000
 WINDOW = 5_000  # streamed scipy KS window (driftline's default window)
 TWO_SAMPLE = 1_000  # two-sample windows: small enough that power is not always 1
 RHO = 0.7
+CATEGORICAL = ("cat", "wide")
 CATS = np.array(["a", "b", "c", "d", "e"], dtype=object)
 P_CATS = [0.4, 0.25, 0.15, 0.1, 0.1]
+WIDE = np.array([f"w{k}" for k in range(80)], dtype=object)
+P_WIDE = 1.0 / np.arange(1, 81) ** 1.5 / (1.0 / np.arange(1, 81) ** 1.5).sum()
 FACTOR = slice(10, 15)
 LOADINGS = np.array([[0.8, 0.4], [0.7, 0.56], [0.6, 0.66], [0.4, 0.8], [0.2, 0.87]])
 COMBINED = "driftline (chi2 + multivariate, target 1/1M)"
@@ -60,16 +64,17 @@ def _stream(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
     x[:, 1] = RHO * x[:, 0] + np.sqrt(1 - RHO**2) * x[:, 1]
     noise = np.sqrt(1.0 - (LOADINGS**2).sum(axis=1))
     x[:, FACTOR] = rng.normal(size=(n, 2)) @ LOADINGS.T + noise * x[:, FACTOR]
-    cat = CATS[rng.choice(5, size=n, p=P_CATS)]
-    return x, cat
+    cat = np.stack([CATS[rng.choice(5, size=n, p=P_CATS)],
+                    WIDE[rng.choice(WIDE.size, size=n, p=P_WIDE)]], axis=1)
+    return x, cat  # categorical columns: cat, wide
 
 
 def _batch(x: np.ndarray, cat: np.ndarray, start: int) -> EventBatch:
     n = x.shape[0]
-    names = (*[f"f{i}" for i in range(F)], "cat")
-    numeric = np.concatenate([x, np.full((n, 1), np.nan)], axis=1)
-    text = np.full((n, F + 1), None, dtype=object)
-    text[:, F] = cat
+    names = (*[f"f{i}" for i in range(F)], *CATEGORICAL)
+    numeric = np.concatenate([x, np.full((n, len(CATEGORICAL)), np.nan)], axis=1)
+    text = np.full((n, F + len(CATEGORICAL)), None, dtype=object)
+    text[:, F:] = cat
     nan = np.full(n, np.nan)
     none = np.full(n, None, dtype=object)
     return EventBatch("q", names, numeric, text, nan, nan.copy(), None, none, none, none,
@@ -78,15 +83,15 @@ def _batch(x: np.ndarray, cat: np.ndarray, start: int) -> EventBatch:
 
 def _table(x: np.ndarray, cat: np.ndarray) -> Table:
     cols: dict[str, Any] = {f"f{i}": x[:, i] for i in range(F)}
-    cols["cat"] = cat
+    cols.update({name: cat[:, j] for j, name in enumerate(CATEGORICAL)})
     return Table(cols, None, {}, None)
 
 
 def _profile(seed: int = 0) -> tuple[ReferenceProfile, np.ndarray]:
     x, cat = _stream(np.random.default_rng(seed), 20_000)
     cols: dict[str, Any] = {f"f{i}": x[:, i] for i in range(F)}
-    cols["cat"] = cat
-    return build_profile("q", cols, categorical=["cat"]), x
+    cols.update({name: cat[:, j] for j, name in enumerate(CATEGORICAL)})
+    return build_profile("q", cols, categorical=list(CATEGORICAL)), x
 
 
 Inject = Callable[[np.ndarray, np.ndarray, int, np.random.Generator], None]
@@ -103,7 +108,7 @@ def _fresh(j: int) -> Inject:
 
 
 def _mix(x: np.ndarray, cat: np.ndarray, s: int, rng: np.random.Generator) -> None:
-    cat[s:] = CATS[rng.choice(5, size=len(cat) - s, p=[0.25, 0.25, 0.2, 0.15, 0.15])]
+    cat[s:, 0] = CATS[rng.choice(5, size=len(cat) - s, p=[0.25, 0.25, 0.2, 0.15, 0.15])]
 
 
 def _shift(x: np.ndarray, cat: np.ndarray, s: int, rng: np.random.Generator) -> None:
@@ -294,6 +299,6 @@ def run(events: int = 1_000_000, json_out: Path | None = None, quick: bool = Fal
         table.append((name, *[r[c] for c in cases], rounds))
     data = {"results": results, "first_statistic": first_statistic, "two_sample": two,
             "two_sample_windows": rounds, "two_sample_window": TWO_SAMPLE, "change_at": CHANGE,
-            "features": F + 1, "marginals_unchanged": [s for s, v in SCENARIOS.items() if v[1]]}
+            "features": F + len(CATEGORICAL), "marginals_unchanged": [s for s, v in SCENARIOS.items() if v[1]]}
     write("quality", data, table, header, json_out=json_out)
     return data

@@ -64,6 +64,7 @@ from driftline.schemas.envelope import (
 from driftline.schemas.limits import DEFAULT_LIMITS, Limits
 from driftline.streams.changes import annotation
 from driftline.streams.kafka_config import PRODUCER_DEFAULTS, client_config
+from driftline.streams.throttle import LogThrottle
 
 log = logging.getLogger(__name__)
 _PLAIN = (float, int, type(None))  # ts / prediction values needing no further check
@@ -185,7 +186,7 @@ class DriftlineProducer:
         self._forked = False  # made before a fork, in the child (see _after_fork)
         self._stopping = False
         self._wake = threading.Event()
-        self._last_error_log = self._last_isolated_log = 0.0
+        self._error_log, self._isolated_log = LogThrottle(), LogThrottle()
         self._good_keys: set[tuple[str, ...]] = set()  # feature layouts that passed the screen
 
         conf = self._client_config(config, client_options)
@@ -552,9 +553,7 @@ class DriftlineProducer:
             self._ready.extendleft(out.part(part) for part in (suspects, good) if part)
             self.isolated_events += len(suspects)
         if suspects:
-            now = time.monotonic()
-            if now - self._last_isolated_log >= 60.0:
-                self._last_isolated_log = now
+            if self._isolated_log.ready():
                 log.warning("driftline producer: %d event(s) of model %r look invalid; they are "
                             "sent apart, the worker dead-letters them with the reason",
                             len(suspects), out.model)
@@ -650,9 +649,7 @@ class DriftlineProducer:
 
     def _on_client_error(self, err: KafkaError) -> None:
         self.client_errors += 1
-        now = time.monotonic()
-        if now - self._last_error_log >= 60.0:
-            self._last_error_log = now
+        if self._error_log.ready():
             log.warning("driftline producer: %s (further client errors for 60 s are counted only)",
                         err)
 

@@ -88,6 +88,7 @@ from driftline.streams.model_state import ModelState, SnapshotRecords, join_reco
 from driftline.streams.processor import UNATTRIBUTED, Processor
 from driftline.streams.reference_records import ReferenceRecords
 from driftline.streams.settings import Settings
+from driftline.streams.throttle import LogThrottle
 
 log = logging.getLogger("driftline.worker")
 
@@ -204,7 +205,7 @@ class Worker:
         """``model_configs``: per-model windows (default: read from the settings' file)."""
         self.settings = settings
         self.metrics = WorkerMetrics(registry)
-        self._last_invalid_change_log = -math.inf
+        self._invalid_change_log = LogThrottle()
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
         self.on_alert = on_alert
         self.stats = WorkerStats()
@@ -1103,9 +1104,7 @@ class Worker:
                 # counted, logged at most once a minute (a flood must not flood the log);
                 # every worker reads this topic, so none of them dead-letters it
                 self.metrics.change_events_invalid.inc()
-                now = time.monotonic()
-                if now - self._last_invalid_change_log >= 60.0:
-                    self._last_invalid_change_log = now
+                if self._invalid_change_log.ready():
                     log.warning("ignoring invalid change event at %s:%d:%d: %s (further ones "
                                 "for 60 s are only counted)", m.topic(), m.partition(),
                                 m.offset(), exc)
