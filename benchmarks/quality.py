@@ -3,11 +3,11 @@
 Same seeded data for every contender, in one run. The stream has 20 standard normal
 features and two categorical ones (``cat``: five categories; ``wide``: 80 with a Zipf
 tail, more than the 32 a profile keeps, the rarest at 0.06%); f0 and f1 are correlated
-(0.7) and f10..f14 follow two latent factors (each feature's marginal stays N(0, 1)). Scenarios change one thing at
-event 20,000: a mean, a variance, a category mix, and three changes that keep every
-marginal (the f0-f1 correlation flips sign; f1 stops following f0, as after a broken
-join; f12 leaves its factor, as a sensor swapped for another with the same
-distribution).
+(0.7) and f10..f14 follow two latent factors (each feature's marginal stays N(0, 1)).
+Scenarios change one thing at event 20,000: a mean, a variance, a category mix, and
+three changes that keep every marginal (the f0-f1 correlation flips sign; f1 stops
+following f0, as after a broken join; f12 leaves its factor, as a sensor swapped for
+another with the same distribution).
 
 Streamed (first table): driftline's calibrated pane tests (defaults: 5 x 1,000-event
 panes, target 1 false alert per 1,000,000 events) with the multivariate statistics (the
@@ -299,6 +299,7 @@ def run(events: int = 1_000_000, json_out: Path | None = None, quick: bool = Fal
         table.append((name, *[r[c] for c in cases], rounds))
     data = {"results": results, "first_statistic": first_statistic, "two_sample": two,
             "two_sample_windows": rounds, "two_sample_window": TWO_SAMPLE, "change_at": CHANGE,
-            "features": F + len(CATEGORICAL), "marginals_unchanged": [s for s, v in SCENARIOS.items() if v[1]]}
+            "features": F + len(CATEGORICAL),
+            "marginals_unchanged": [s for s, v in SCENARIOS.items() if v[1]]}
     write("quality", data, table, header, json_out=json_out)
     return data
