@@ -64,7 +64,7 @@ from driftline.schemas.envelope import (
 from driftline.schemas.limits import DEFAULT_LIMITS, Limits
 from driftline.streams.changes import annotation
 from driftline.streams.kafka_config import PRODUCER_DEFAULTS, client_config
-from driftline.streams.throttle import LogThrottle
+from driftline.streams.throttle import LogThrottle, ThrottledLog
 
 log = logging.getLogger(__name__)
 _PLAIN = (float, int, type(None))  # ts / prediction values needing no further check
@@ -98,6 +98,7 @@ class ProducerStats:
     failed_reasons: Mapping[str, int] = field(default_factory=dict)
     dropped_reasons: Mapping[str, int] = field(default_factory=dict)
     annotations_failed: int = 0  # change events (annotate()) the broker did not take
+    client_errors: int = 0  # librdkafka client errors (e.g. all brokers down), not events
 
 
 class _Pending:
@@ -245,7 +246,8 @@ class DriftlineProducer:
             base = dict(config)
         conf = {**PRODUCER_DEFAULTS, **_SDK_DEFAULTS, **base}
         conf.setdefault("error_cb", self._on_client_error)
-        conf.setdefault("logger", logging.getLogger("driftline.sdk.librdkafka"))
+        # reconnect failures with the broker down: one line a minute, not several a second
+        conf.setdefault("logger", ThrottledLog(logging.getLogger("driftline.sdk.librdkafka")))
         return conf
 
     # ---------------------------------------------------------------- hot path
@@ -712,6 +714,7 @@ class DriftlineProducer:
                 failed_reasons=dict(self.failed_reasons),
                 dropped_reasons=dict(self.dropped_reasons),
                 annotations_failed=self.annotations_failed,
+                client_errors=self.client_errors,
             )
 
     def __enter__(self) -> DriftlineProducer:

@@ -88,7 +88,7 @@ from driftline.streams.model_state import ModelState, SnapshotRecords, join_reco
 from driftline.streams.processor import UNATTRIBUTED, Processor
 from driftline.streams.reference_records import ReferenceRecords
 from driftline.streams.settings import Settings
-from driftline.streams.throttle import LogThrottle
+from driftline.streams.throttle import LogThrottle, ThrottledLog
 
 log = logging.getLogger("driftline.worker")
 
@@ -117,7 +117,7 @@ class ClusterWatch:
     consumer fetched from a replacement cluster is never applied under the old offsets.
     """
 
-    def __init__(self, logger: logging.Logger) -> None:
+    def __init__(self, logger: logging.Logger | ThrottledLog) -> None:
         self.logger = logger
         self.suspect = threading.Event()
 
@@ -240,7 +240,7 @@ class Worker:
         #: model configuration records as read from the references topic (by key; small,
         #: one per model at most), for a re-publish after a cluster loss
         self._config_records: dict[bytes, bytes] = {}
-        self._watch = ClusterWatch(logging.getLogger("driftline.kafka"))
+        self._watch = ClusterWatch(ThrottledLog(logging.getLogger("driftline.kafka")))
         base: dict[str, Any] = {**settings.kafka(), "logger": self._watch}
         self._base = base
         self._producer = self._make_producer()
