@@ -71,7 +71,7 @@ def _sparse_below(r: Vec, nw: Vec) -> Vec:
     the window's events per reference bin where that is less (a window too small for
     every bin is tested as it is, not pooled into one bin)."""
     bins = np.maximum((r > 0).sum(axis=-1, keepdims=True), 1)
-    return np.minimum(SPARSE_EXPECTED, 0.5 * nw / bins)
+    return np.asarray(np.minimum(SPARSE_EXPECTED, 0.5 * nw / bins), dtype=np.float64)
 
 
 def _proportions(counts: Counts) -> Vec:
