@@ -612,3 +612,36 @@ def test_a_store_of_uuid_ids_keeps_their_bytes_and_turns_to_strings_for_other_id
     assert s.add_labels([ids[790], hexed[3]], ["0", "1"], [1001.0] * 2).event_id == \
         (ids[790], hexed[3])
     assert s.counts.unmatched == 10 and s.counts.joined == 7
+
+
+def test_a_shadow_candidates_labels_join_its_own_predictions() -> None:
+    """A candidate's predictions (``shadow_of`` the live model, keyed by it, so on the
+    live model's partition) and labels for both models: each label joins the
+    predictions of its own model, the candidate's too, nothing is unmatched."""
+    from prometheus_client import generate_latest
+
+    p, reg = setup_processor()
+    rng = np.random.default_rng(5)
+    live = [{"features": {"a": float(rng.normal())}, "prediction": float(rng.random()),
+             "event_id": f"e{i}", "ts": 1000.0 + i} for i in range(3000)]
+    cand = [{**e, "prediction": min(1.0, float(e["prediction"]) + 0.1), "shadow_of": "m"}
+            for e in live]
+    vals = [encode_envelope_rows(model, evs[i:i + 500]) for i in range(0, 3000, 500)
+            for model, evs in (("m", live), ("m-candidate", cand))]
+    out = p.process_columns("inf", vals, [3] * len(vals), list(range(len(vals))),
+                            [0.0] * len(vals))
+    assert out.dead_letters == [] and out.applied == 6000
+    labels = [orjson.dumps({"model": model, "event_id": f"e{i}", "label": i % 3 == 0,
+                            "ts": 1100.0 + i})
+              for i in range(0, 3000, 2) for model in ("m", "m-candidate")]
+    out = p.process_labels("lab", labels, [3] * len(labels), list(range(len(labels))),
+                           [0.0] * len(labels))
+    assert out.dead_letters == [] and out.labels_applied == 3000
+    text = generate_latest(reg).decode()
+    for model in ("m", "m-candidate"):
+        assert f'driftline_labels_joined_total{{model="{model}"}} 1500.0' in text
+    states = {st.model: st for st in p.models.values()}
+    for model in ("m", "m-candidate"):
+        joins = states[model].joins
+        assert joins is not None and states[model].partition == 3
+        assert (joins.counts.joined, joins.counts.unmatched, joins.counts.late) == (1500, 0, 0)
