@@ -19,9 +19,9 @@ from driftline.detectors.binning import Binner, block_histograms
 from driftline.detectors.exact import ks_2samp
 from driftline.detectors.monitor import ModelMonitor, MonitorConfig, multivariate_for
 from driftline.detectors.reference import NumericProfile, ReferenceProfile, build_profile
-from driftline.detectors.segments import SEGMENT_SHARE, canonical
+from driftline.detectors.segments import SEGMENT_SHARE
 from driftline.detectors.stats import chi_square, jensen_shannon, ks_binned, psi
-from driftline.detectors.tables import PREDICTION, Table, segment_of, to_batch
+from driftline.detectors.tables import PREDICTION, Table, segment_codes, to_batch
 
 #: Fewest rows of a segment the two-sample mode tests: five per bin of the widest column
 #: (the chi-square approximation's rule of thumb); smaller segments are listed, not tested.
@@ -111,7 +111,7 @@ def compare(reference: ReferenceProfile, current: Table, *, alpha: float = 0.05,
     """
     binner = Binner(reference)
     batch = to_batch(reference.model, current)
-    segments, codes = _segment_groups(current)
+    segments, codes = segment_codes(current)
     whole_alpha = alpha * (1.0 - SEGMENT_SHARE) if segments else alpha
     bins = binner.bins(batch)
     hist = binner.histogram(bins)
@@ -170,27 +170,6 @@ def compare(reference: ReferenceProfile, current: Table, *, alpha: float = 0.05,
     return Report(fired, out, [], "two-sample", reference.size, len(current), alpha,
                   [] if mv is None else mv.to_dicts(), m, absent=absent, ignored=ignored,
                   segments=segs)
-
-
-def _segment_groups(table: Table) -> tuple[list[dict[str, str]], NDArray[np.int64]]:
-    """The segments of a table (first seen first) and each row's segment number (-1:
-    no segment cell, in no segment)."""
-    codes = np.full(len(table), -1, dtype=np.int64)
-    objects: list[dict[str, str]] = []
-    if not table.segments:
-        return objects, codes
-    seen: dict[str, int] = {}
-    for row in range(len(table)):
-        seg = segment_of(table, row)
-        if seg is None:
-            continue
-        key = canonical(seg)
-        code = seen.get(key)
-        if code is None:
-            code = seen[key] = len(objects)
-            objects.append(seg)
-        codes[row] = code
-    return objects, codes
 
 
 def _compare_segments(binner: Binner, bins: NDArray[np.int64], segments: list[dict[str, str]],

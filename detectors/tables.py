@@ -127,6 +127,61 @@ def segment_of(table: Table, row: int) -> dict[str, str] | None:
     return seg or None
 
 
+def segment_codes(table: Table) -> tuple[list[dict[str, str]], NDArray[np.int64]]:
+    """The table's segments (first seen first, as :func:`segment_of` gives them) and each
+    row's segment number (-1: no segment cell). Columnar: each key's distinct cells are
+    written out once, and rows are numbered by their combination of values."""
+    codes = np.full(len(table), -1, dtype=np.int64)
+    if not table.segments or not len(table):
+        return [], codes
+    keys = list(table.segments)
+    values: list[list[str | None]] = []  # per key: its values, by number
+    combined = np.zeros(len(table), dtype=np.int64)
+    radix = 1
+    for k in keys:
+        raw: dict[tuple[type, Any], int] = {}  # by type too: 1, True and 1.0 are equal keys
+        cells = np.fromiter((raw.setdefault((v.__class__, v), len(raw))
+                             for v in table.segments[k].tolist()), np.int64, len(table))
+        number: dict[str | None, int] = {}
+        of_raw = np.asarray([number.setdefault(_segment_value(v), len(number)) for _, v in raw],
+                            dtype=np.int64)
+        values.append(list(number))
+        if radix > (1 << 62) // max(len(number), 1):  # combinations past 64 bits: row by row
+            return _segment_codes_by_row(table)
+        combined += of_raw[cells] * radix
+        radix *= max(len(number), 1)
+    combos, first, inverse = np.unique(combined, return_index=True, return_inverse=True)
+    objects: list[dict[str, str]] = []
+    number_of = np.full(len(combos), -1, dtype=np.int64)
+    for c in np.argsort(first, kind="stable").tolist():
+        code = int(combos[c])
+        seg: dict[str, str] = {}
+        for k, vals in zip(keys, values, strict=True):
+            code, i = divmod(code, max(len(vals), 1))
+            v = vals[i]
+            if v is not None:
+                seg[k] = v
+        if seg:
+            number_of[c] = len(objects)
+            objects.append(seg)
+    return objects, number_of[inverse.reshape(-1)]
+
+
+def _segment_codes_by_row(table: Table) -> tuple[list[dict[str, str]], NDArray[np.int64]]:
+    """:func:`segment_codes`, one row at a time."""
+    codes = np.full(len(table), -1, dtype=np.int64)
+    objects: list[dict[str, str]] = []
+    seen: dict[tuple[tuple[str, str], ...], int] = {}
+    for row in range(len(table)):
+        seg = segment_of(table, row)
+        if seg is not None:
+            code = seen.setdefault(tuple(seg.items()), len(objects))
+            if code == len(objects):
+                objects.append(seg)
+            codes[row] = code
+    return objects, codes
+
+
 def _seconds(text: str) -> float:
     """Epoch seconds written as a number, or an ISO-8601 time."""
     try:
