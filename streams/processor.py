@@ -259,10 +259,14 @@ class Processor:
             st = self.models.pop(k, None)
             if st is None:
                 continue
+            if st.model.startswith(UNATTRIBUTED):  # not counted: look for another state
+                if not any(s.model == st.model for s in self.models.values()):
+                    self.metrics.forget_model(st.model)
+                continue
             left = self._states_of.pop(st.model, 1) - 1
             if left > 0:
                 self._states_of[st.model] = left
-            elif not any(s.model == st.model for s in self.models.values()):
+            else:
                 self.metrics.forget_model(st.model)
         self.metrics.models_tracked.set(len(self.models))
 
