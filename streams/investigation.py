@@ -303,6 +303,15 @@ def rank_changes(changes: Sequence[Mapping[str, Any]], start_ts: float | None,
     return sorted(out, key=lambda c: abs(c["seconds_before"]))
 
 
+def _spread(values: NDArray[np.float64]) -> list[float]:
+    """At most ``SAMPLE`` of the values, sorted, evenly spread over their whole range (the
+    smallest and the largest included): the CDF plots' points."""
+    v = np.sort(values[np.isfinite(values)])
+    if v.size <= SAMPLE:
+        return v.tolist()
+    return v[np.linspace(0, v.size - 1, SAMPLE).round().astype(np.intp)].tolist()
+
+
 def _distributions(reference: ReferenceProfile, table: Table, bins: NDArray[np.int64],
                    binner: Binner, names: Sequence[str]) -> list[dict[str, Any]]:
     """Reference and current distributions of some columns, for the report's plots."""
@@ -326,10 +335,9 @@ def _distributions(reference: ReferenceProfile, table: Table, bins: NDArray[np.i
             values = table.prediction if is_pred else table.features.get(name)
             cur = np.asarray(values, dtype=np.float64) if values is not None else np.zeros(0)
             cur = cur[np.isfinite(cur)]
-            step = max(cur.size // SAMPLE, 1)
             d.update(type="numeric", edges=np.asarray(col.edges).tolist(), min=col.min,
-                     max=col.max, reference_sample=np.asarray(col.sample)[:SAMPLE].tolist(),
-                     current_sample=np.sort(cur)[::step][:SAMPLE].tolist())
+                     max=col.max, reference_sample=_spread(np.asarray(col.sample, np.float64)),
+                     current_sample=_spread(cur))
         elif isinstance(col, CategoricalProfile):
             d.update(type="categorical", categories=[*col.categories, "(other)"])
         out.append(d)

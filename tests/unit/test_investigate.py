@@ -174,3 +174,17 @@ def test_html_report_escapes_hostile_feature_names_segments_and_changes(plots: b
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "&lt;script&gt;alert(4)&lt;/script&gt;" in page
     assert "onerror=alert(3)&gt;" in page
+
+
+def test_cdf_samples_span_the_whole_reference_and_window() -> None:
+    """The report's CDF points cover each side's range (the profile's sample is sorted:
+    its first 2,000 values are its lowest 40%), for windows of any size."""
+    profile, batch = _stream(n=3_999)  # no drift before 12,000: the same distribution
+    inv = analyse(profile, [batch], pane_size=500)
+    col = profile.columns[0]
+    d = next(d for d in inv.distributions if d["name"] == col.name)
+    ref, cur = np.asarray(d["reference_sample"]), np.asarray(d["current_sample"])
+    assert ref.size == cur.size == 2000
+    assert ref[0] == np.min(col.sample) and ref[-1] == np.max(col.sample)
+    assert cur[-1] == batch.numeric[:, 0].max() and np.all(np.diff(cur) >= 0)
+    assert abs(np.median(ref) - np.median(col.sample)) < 0.05
