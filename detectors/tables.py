@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,12 +59,37 @@ def _coerce(values: list[str]) -> NDArray[Any]:
     return out
 
 
+#: Suffixes of files that are no CSV, refused by name rather than read as one.
+_NOT_CSV = (".json", ".jsonl", ".ndjson", ".gz", ".zip", ".xlsx", ".xls", ".avro", ".orc")
+
+
 def read_columns(path: str | Path) -> dict[str, NDArray[Any]]:
-    """Columns of a CSV, Parquet or NPZ file."""
+    """Columns of a CSV, Parquet or NPZ file; InputError when it cannot be read as one."""
     p = Path(path)
     suffix = p.suffix.lower()
     if not p.exists():
         raise InputError(f"{p}: no such file")
+    if p.is_dir():
+        raise InputError(f"{p}: a directory, not a data file")
+    if suffix in _NOT_CSV:
+        raise InputError(f"{p}: {suffix} files are not read; give a CSV, Parquet "
+                         "(.parquet, .pq) or NPZ file")
+    try:
+        return _read_columns(p, suffix)
+    except InputError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start}); a CSV "
+                         "must be UTF-8") from None
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+        raise InputError(f"{p}: cannot be read: {type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # pyarrow's errors (ArrowInvalid...) are not ValueErrors
+        if type(exc).__module__.startswith("pyarrow"):
+            raise InputError(f"{p}: not a readable Parquet file: {exc}") from None
+        raise
+
+
+def _read_columns(p: Path, suffix: str) -> dict[str, NDArray[Any]]:
     if suffix == ".npz":
         try:
             with np.load(p, allow_pickle=False) as z:

@@ -124,6 +124,10 @@ class WindowInfo:
     pane: int = -1
 
 
+#: Kinds of alerts (DriftAlert ``kind``, the schema's enum).
+ALERT_KINDS = ("data", "prediction", "concept", "quality", "shadow")
+
+
 @dataclass(frozen=True, slots=True)
 class DriftAlert:
     """DriftAlert v1: a self-explaining firing or resolved alert."""

@@ -23,6 +23,8 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from driftline.streams.throttle import ThrottledLog
+
 __all__ = [
     "TopicMismatchError",
     "TopicSpec",
@@ -81,7 +83,7 @@ class TopicSpec:
 
 def _admin(config: Mapping[str, Any]) -> AdminClient:
     conf = {k: v for k, v in config.items() if not str(k).startswith(_NOT_ADMIN)}
-    conf.setdefault("logger", log)
+    conf.setdefault("logger", ThrottledLog(log))
     return AdminClient(conf)
 
 
@@ -204,7 +206,7 @@ def iter_to_end(
             "auto.offset.reset": "earliest",
             "fetch.queue.backoff.ms": 10,
             "fetch.wait.max.ms": 10,  # the EOF comes from an empty fetch: don't let it wait
-            "logger": log,
+            "logger": ThrottledLog(log),
         }
     )
     consumer = Consumer(conf)

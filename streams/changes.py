@@ -91,19 +91,28 @@ class ChangeEvent:
 
 
 def annotation(model: str, kind: str, text: str, ts: float | str | None = None,
-               source: str | None = None) -> ChangeEvent:
+               source: str | None = None, *, max_future_s: float = 86400.0) -> ChangeEvent:
     """A change posted by a person or a pipeline; ValueError if it is not valid.
 
-    ``ts``: epoch seconds or ISO-8601, default now. The id derives from model, kind,
-    text and ts, so posting the same annotation twice records it once."""
+    ``ts``: epoch seconds or ISO-8601, default now; not before 1970 nor more than
+    ``max_future_s`` ahead (as event times: ``DRIFTLINE_MAX_FUTURE_S``). The id derives
+    from model, kind, text and ts, so posting the same annotation twice records it once."""
     if isinstance(ts, numbers.Real) and not isinstance(ts, bool):
         ts = float(ts)  # numpy numbers too
+    now = time.time()
     try:
-        when = float(check_ts(ts, time.time()))
+        when = float(check_ts(ts, now))
     except Reject as exc:
         raise ValueError(exc.detail) from None
     if not math.isfinite(when):
         raise ValueError("ts must be finite")
+    if when < 0:
+        raise ValueError(f"ts {when:.6g} is before 1970")
+    if when > now + max_future_s:
+        raise ValueError(f"ts {when:.6g} is {when - now:.3g} s ahead of now (at most "
+                         f"{max_future_s:.0f} s; ts is in seconds, not milliseconds)")
+    if not text.strip():
+        raise ValueError("text must not be empty: say what changed")
     if kind not in CHANGE_KINDS:
         raise ValueError(f"kind must be one of {', '.join(CHANGE_KINDS)}, not {kind!r}")
     ev = ChangeEvent(model, kind, when, text, source, change_id(model, kind, text, repr(when)))

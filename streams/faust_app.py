@@ -62,6 +62,7 @@ from driftline.streams.metrics import WorkerMetrics
 from driftline.streams.model_state import ModelState
 from driftline.streams.processor import UNATTRIBUTED, Processor
 from driftline.streams.settings import Settings
+from driftline.streams.throttle import ThrottledLog
 from driftline.streams.worker import topic_specs
 
 log = logging.getLogger("driftline.faust")
@@ -392,7 +393,8 @@ class FaustRuntime:
         refs = Consumer({
             **s.kafka(), "group.id": f"driftline-refs-{self.owner}", "enable.auto.commit": False,
             "enable.partition.eof": True, "auto.offset.reset": "earliest",
-            "fetch.queue.backoff.ms": 10, "logger": logging.getLogger("driftline.kafka")})
+            "fetch.queue.backoff.ms": 10,
+            "logger": ThrottledLog(logging.getLogger("driftline.kafka"))})
         refs.assign([TopicPartition(s.references_topic, 0, -2)])
         deadline = time.monotonic() + 30
         while not self._poll_references(0.5, refs) and time.monotonic() < deadline:

@@ -41,6 +41,9 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+_EPOCH_MIN, _EPOCH_MAX = 0.0, 253402300799.0  # 1970-01-01 .. 9999-12-31T23:59:59Z
+
+
 def parse_since(text: str, now: float | None = None) -> float:
     """``2h`` / ``30m`` / ``1d`` before now, epoch seconds, or an ISO-8601 time (naive
     means UTC, as in events and ``annotate --ts``), as epoch seconds."""
@@ -56,8 +59,9 @@ def parse_since(text: str, now: float | None = None) -> float:
         except ValueError:
             raise ValueError(f"--since takes 2h, 30m, 1d, epoch seconds or an ISO-8601 time, "
                              f"not {text!r}") from None
-    if not math.isfinite(when):
-        raise ValueError(f"--since {text!r} is not a time")
+    if not math.isfinite(when) or not _EPOCH_MIN <= when <= _EPOCH_MAX:
+        raise ValueError(f"--since {text!r} is not a time in epoch seconds (years 1970 to "
+                         "9999; milliseconds or nanoseconds are not taken)")
     return when
 
 
@@ -68,6 +72,9 @@ def parse_segment(pairs: Sequence[str]) -> dict[str, str]:
         k, sep, v = p.partition("=")
         if not sep or not k:
             raise ValueError(f"--segment takes key=value, not {p!r}")
+        if k in out and out[k] != v:
+            raise ValueError(f"--segment names {k} twice ({out[k]!r} and {v!r}); events have "
+                             "one value per key: run once per value")
         out[k] = v
     return out
 

@@ -23,9 +23,8 @@ from prometheus_client.registry import Collector
 
 from driftline.detectors.monitor import Evaluation
 from driftline.detectors.quality import METRICS as QUALITY_METRICS
-from driftline.schemas.models import EventBatch
+from driftline.schemas.models import ALERT_KINDS, EventBatch
 
-_ALERT_KINDS = ("data", "prediction", "concept", "quality", "shadow")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 50000)
 _DIFF_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -379,7 +378,7 @@ class WorkerMetrics:
         # for the models it owns (<= max_models), not for every model it ever saw
         labelled: list[tuple[Any, tuple[str, ...]]] = [
             *((self.requests, (model, o)) for o in ("ok", "error", "unknown")),
-            *((self.alerts, (model, k, st)) for k in _ALERT_KINDS for st in ("firing", "resolved")),
+            *((self.alerts, (model, k, st)) for k in ALERT_KINDS for st in ("firing", "resolved")),
             (self.references_built, (model, "first-events")),
         ]
         for metric, labels in labelled:

@@ -35,6 +35,7 @@ from driftline.schemas.codecs import decode_alert
 from driftline.schemas.models import DriftAlert
 from driftline.streams.admin import partition_count
 from driftline.streams.kafka_config import client_config, consumer_config
+from driftline.streams.throttle import ThrottledLog
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class AlertSubscriber:
         group = group_id or f"driftline-alerts-{uuid.uuid4().hex}"
         # project defaults < the caller's settings < what this reader needs
         self._consumer = Consumer({
-            **consumer_config(self._base, group), "logger": log, **self._base,
+            **consumer_config(self._base, group), "logger": ThrottledLog(log), **self._base,
             "group.id": group,
             "enable.partition.eof": True,
             "auto.offset.reset": "earliest" if from_beginning else "latest",

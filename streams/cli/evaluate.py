@@ -10,11 +10,12 @@ import typer
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from driftline.detectors.errors import DriftlineError
+from driftline.detectors.errors import DriftlineError, InputError
 from driftline.detectors.offline import Report, compare, profile_table, replay
 from driftline.detectors.reference import ReferenceProfile
 from driftline.detectors.segments import canonical
 from driftline.detectors.tables import read_table
+from driftline.streams.cli.options import output_file, significance
 from driftline.streams.cli.terminal import shown
 
 
@@ -30,8 +31,10 @@ def evaluate(
     current: Path = typer.Option(..., "--current", "-c", help="CSV/Parquet/NPZ file to test"),
     window: int | None = typer.Option(
         None, "--window", "-w", min=2, help="replay CURRENT as a stream with this window (rows)"),
-    json_out: Path | None = typer.Option(None, "--json", help="write the JSON report here ('-' for stdout)"),
-    alpha: float = typer.Option(0.05, help="family-wise significance of the two-sample mode"),
+    json_out: Path | None = typer.Option(None, "--json", callback=output_file,
+                                         help="write the JSON report here ('-' for stdout)"),
+    alpha: float = typer.Option(0.05, callback=significance,
+                                help="family-wise significance of the two-sample mode"),
     model: str = typer.Option("offline", help="model name in the report"),
 ) -> None:
     """Compare CURRENT against REFERENCE with the same engine the workers run.
@@ -44,6 +47,12 @@ def evaluate(
     try:
         ref = _load_reference(reference, model)
         cur = read_table(current)
+        if not any(n in cur.features for n in ref.feature_names) and not (
+                ref.prediction is not None and cur.prediction is not None):
+            names = ", ".join(shown(n) for n in ref.feature_names[:10])
+            raise InputError(f"{current}: no column of the reference ({names}"
+                             f"{', ...' if len(ref.feature_names) > 10 else ''}) is in it; "
+                             "nothing to test")
         report = replay(ref, cur, window=window) if window else compare(ref, cur, alpha=alpha)
     except DriftlineError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -63,7 +72,8 @@ def _print(report: Report) -> None:
     table = RichTable(title=f"driftline evaluate ({report.mode}): "
                       f"{report.n_current} rows vs reference of {report.n_reference}")
     for col in ("feature", "kind", "drift", "chi2", "threshold", "p-value", "PSI", "JS", "KS"):
-        table.add_column(col, justify="left" if col in ("feature", "kind") else "right")
+        table.add_column(col, justify="left" if col in ("feature", "kind") else "right",
+                         overflow="fold")  # a narrow or piped terminal: wrapped, never cut
     for f in sorted(report.features, key=lambda f: f.p_value):
         table.add_row(
             shown(f.name), f.kind, "[bold red]DRIFT[/]" if f.drift

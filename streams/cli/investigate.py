@@ -7,11 +7,12 @@ from pathlib import Path
 import orjson
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table as RichTable
 
 from driftline.detectors.errors import DriftlineError
 from driftline.streams.admin import UnknownTopicError
+from driftline.streams.cli.options import output_file, significance
+from driftline.streams.cli.terminal import shown
 from driftline.streams.investigation import (
     Investigation,
     analyse,
@@ -31,10 +32,12 @@ def investigate(
         None, help="2h, 30m, 1d, epoch seconds or an ISO-8601 time, naive = UTC (default: all)"),
     bootstrap: str | None = typer.Option(None, "--bootstrap", "-b",
                                          help="Kafka bootstrap servers"),
-    html: Path | None = typer.Option(None, "--html", help="write a self-contained HTML report"),
+    html: Path | None = typer.Option(None, "--html", callback=output_file,
+                                     help="write a self-contained HTML report"),
     json_out: bool = typer.Option(False, "--json", help="print the answer as JSON"),
     pane_size: int = typer.Option(500, min=20, help="events per pane of the change-point series"),
-    alpha: float = typer.Option(0.05, help="family-wise significance of the feature tests"),
+    alpha: float = typer.Option(0.05, callback=significance,
+                                help="family-wise significance of the feature tests"),
     timeout: float = typer.Option(60.0, help="seconds to read each topic to its end"),
     max_events: int = typer.Option(1_000_000, min=1, help="keep at most the newest N events"),
 ) -> None:
@@ -81,16 +84,17 @@ def investigate(
 def _print(inv: Investigation, html: Path | None) -> None:
     console = Console()
     seg = ", ".join(f"{k}={v}" for k, v in inv.segment.items()) or "all events"
-    console.print(f"[bold]{escape(inv.model)}[/] ({escape(seg)}): {inv.n_events} events "
-                  f"vs reference {escape(inv.reference_id)} ({inv.n_reference} rows)")
+    console.print(f"[bold]{shown(inv.model)}[/] ({shown(seg)}): {inv.n_events} events "
+                  f"vs reference {shown(inv.reference_id)} ({inv.n_reference} rows)")
     if not inv.n_events:
         console.print("no events in range")
         return
     table = RichTable()
     for col in ("column", "kind", "drift", "chi2", "threshold", "p-value", "PSI", "JS", "KS"):
-        table.add_column(col, justify="left" if col in ("column", "kind") else "right")
+        table.add_column(col, justify="left" if col in ("column", "kind") else "right",
+                         overflow="fold")  # a narrow or piped terminal: wrapped, never cut
     for f in inv.features[:15]:
-        table.add_row(escape(f.name), f.kind, "[bold red]DRIFT[/]" if f.drift else "ok",
+        table.add_row(shown(f.name), f.kind, "[bold red]DRIFT[/]" if f.drift else "ok",
                       f"{f.score:.1f}", f"{f.threshold:.1f}", f"{f.p_value:.2e}", f"{f.psi:.3f}",
                       f"{f.js:.3f}", "" if f.ks is None else f"{f.ks:.3f}")
     console.print(table)
@@ -101,9 +105,9 @@ def _print(inv: Investigation, html: Path | None) -> None:
     if cp is not None:
         word = "started around" if cp["significant"] else "no clear start; best guess"
         console.print(f"{word} pane {cp['pane']} (ts {cp['ts']}, offset {cp['offset']}) on "
-                      f"{escape(cp['feature'])}, CUSUM {cp['statistic']:.1f}")
+                      f"{shown(cp['feature'])}, CUSUM {cp['statistic']:.1f}")
     for c in inv.changes[:5]:
-        console.print(f"  {relative_time(c['seconds_before'])}: {escape(str(c.get('kind')))} — "
-                      f"{escape(str(c.get('text', '')))}")
+        console.print(f"  {relative_time(c['seconds_before'])}: {shown(str(c.get('kind')))} — "
+                      f"{shown(str(c.get('text', '')))}")
     if html is not None:
         console.print(f"report: {html}")

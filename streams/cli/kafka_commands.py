@@ -38,6 +38,7 @@ from driftline.detectors.serialization import sign_record, verify_record
 from driftline.detectors.stats import KERNELS
 from driftline.detectors.tables import read_table, segment_of
 from driftline.schemas.codecs import SCANNER, alert_to_dict, encode_event
+from driftline.schemas.models import ALERT_KINDS
 from driftline.streams.admin import (
     UnknownTopicError,
     ensure_topics,
@@ -199,6 +200,11 @@ def alerts(
     group: str | None = typer.Option(None, help="consumer group (resume where it stopped)"),
 ) -> None:
     """Print drift alerts from the alerts topic (repeats after replays are dropped)."""
+    unknown = sorted(set(kind) - set(ALERT_KINDS))
+    if unknown:
+        typer.echo(f"error: no alert kind {', '.join(map(repr, unknown))} (kinds: "
+                   f"{', '.join(ALERT_KINDS)})", err=True)
+        raise typer.Exit(2)
     s = _settings(bootstrap)
     sub = AlertSubscriber(s.kafka(), s.alerts_topic, group_id=group, follow=follow,
                           models=model or None, kinds=kind or None)
@@ -218,7 +224,7 @@ def alerts(
                     f"[{color}]{shown(a.state):8}[/] {shown(a.kind):10} {shown(a.model):20} "
                     f"{seg}feature={shown(a.feature)} {shown(a.statistic)}={a.score:.4g} "
                     f"thr={a.threshold:.4g} n={a.window.n} top: {feats}  "
-                    f"[dim]{shown(a.alert_id)}[/]")
+                    f"[dim]{shown(a.alert_id)}[/]", soft_wrap=True)  # one line: grep-able
     except KeyboardInterrupt:
         pass
     except TimeoutError as exc:
@@ -326,6 +332,9 @@ def _per_model(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                   "alerts_fired"):
             m[k] = min(m[k] + int(r.get(k) or 0), _MAX_COUNT)
         m["offsets"].update(r.get("offsets") or {})
+        if isinstance(r.get("shadow_ignored"), int):  # candidates beyond the limit
+            m["shadow_ignored"] = min(m.get("shadow_ignored", 0) + r["shadow_ignored"],
+                                      _MAX_COUNT)
         if isinstance(r.get("labels"), dict):  # label join accounting, summed over partitions
             lab = m.setdefault("labels", {})
             for k, v in r["labels"].items():
@@ -351,7 +360,7 @@ def status(
     t = RichTable(title=f"driftline status — {len(data['models'])} models, "
                   f"dead letters {data['deadletter_total']}, lag {data['lag_total']}")
     for col in ("model", "applied", "dead-lettered", "alerts firing", "reference", "owner"):
-        t.add_column(col)
+        t.add_column(col, overflow="fold")  # names wrapped on a narrow terminal, never cut
     for r in data["models"]:  # data-derived strings: escaped, never markup
         t.add_row(shown(r["model"]), f"{r['events_applied']:,}", f"{r['events_deadlettered']:,}",
                   str(r["alerts_firing"]), shown(r["reference"]), shown(r["owner"]))
@@ -519,7 +528,8 @@ def annotate(
         except ValueError:
             when = ts
     try:
-        ev = annotation(model, kind, text, when, source or f"driftline annotate ({_user()})")
+        ev = annotation(model, kind, text, when, source or f"driftline annotate ({_user()})",
+                        max_future_s=s.max_future_s)
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
+from confluent_kafka import KafkaError, KafkaException
 
 from driftline.streams.cli import (
     bench,
@@ -36,4 +39,11 @@ app.add_typer(shadow.app, name="shadow")
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except KafkaException as exc:  # e.g. no broker answers at the bootstrap address
+        err = exc.args[0] if exc.args else None
+        what = err.str() if isinstance(err, KafkaError) else str(exc)
+        print(f"error: Kafka: {what} (is a broker reachable at --bootstrap / "
+              "DRIFTLINE_BOOTSTRAP_SERVERS?)", file=sys.stderr)
+        sys.exit(1)

@@ -17,6 +17,7 @@ from rich.table import Table as RichTable
 
 from driftline.streams.admin import UnknownTopicError, read_compacted
 from driftline.streams.cli.kafka_commands import BootstrapOpt, _settings
+from driftline.streams.cli.terminal import shown
 from driftline.streams.settings import Settings
 
 app = typer.Typer(help="Shadow (candidate) models paired with their live model.",
@@ -116,22 +117,24 @@ def report(
     Exit status: 0 when every reported candidate is safe, 1 when one diverged,
     2 when there is no candidate or not enough pairs yet.
     """
-    rows = shadow_report(_settings(bootstrap), model)
-    if candidate is not None:
-        rows = [r for r in rows if r["candidate"] == candidate]
+    everyone = shadow_report(_settings(bootstrap), model)
+    rows = everyone if candidate is None else [r for r in everyone
+                                                 if r["candidate"] == candidate]
     if as_json:
         typer.echo(orjson.dumps({"model": model, "candidates": rows},
                                 option=orjson.OPT_INDENT_2).decode())
     elif not rows:
-        typer.echo(f"no shadow candidates reported for {model}")
+        typer.echo(f"no shadow candidates reported for {shown(model)}" if not everyone else
+                   f"{shown(model)} has no candidate {shown(candidate)} (its candidates: "
+                   + ", ".join(shown(r["candidate"]) for r in everyone) + ")")
     else:
-        t = RichTable(title=f"shadow candidates of {model}")
+        t = RichTable(title=f"shadow candidates of {shown(model)}")
         for col in ("candidate", "verdict", "agreement", "pairs (window)", "pairs total",
                     "score diff", "JS", "unpaired live/shadow"):
-            t.add_column(col)
+            t.add_column(col, overflow="fold")  # names wrapped on a narrow terminal, never cut
         for r in rows:
             color = {"safe": "green", "diverged": "red"}.get(r["verdict"], "yellow")
-            t.add_row(r["candidate"], f"[{color}]{r['verdict']}[/]", _fmt(r["agreement"]),
+            t.add_row(shown(r["candidate"]), f"[{color}]{r['verdict']}[/]", _fmt(r["agreement"]),
                       f"{r['window_comparable']:,}", f"{r['pairs_total']:,}",
                       _fmt(r["score_diff_mean"]), _fmt(r["js"]),
                       f"{r['unpaired_live']:,}/{r['unpaired_shadow']:,}")

@@ -184,6 +184,28 @@ def test_annotations_validate_and_round_trip_through_the_topic_format() -> None:
             annotation(args["model"], args["kind"], args["text"], args["ts"])
 
 
+def test_annotation_times_must_be_plausible_and_the_text_not_empty() -> None:
+    """Before 1970, or a millisecond epoch (years ahead), would stretch every
+    investigation timeline: refused, as event and label times are."""
+    import time
+
+    from driftline.streams.cli.main import app
+
+    now = time.time()
+    for ts, says in ((-5.0, "before 1970"), (now * 1000, "not milliseconds"),
+                     (now + 2 * 86400, "ahead of now")):
+        with pytest.raises(ValueError, match=says):
+            annotation("m", "deploy", "v3", ts)
+    assert annotation("m", "deploy", "v3", now + 3600).ts == now + 3600  # a scheduled deploy
+    assert annotation("m", "deploy", "v3", now + 5 * 86400, max_future_s=7 * 86400)
+    for text in ("", "   "):
+        with pytest.raises(ValueError, match="must not be empty"):
+            annotation("m", "deploy", text, now)
+    res = CliRunner().invoke(app, ["annotate", "-m", "m", "-k", "deploy", "-t", "v3",  # exit 2,
+                                   "--ts", "-5", "-b", "127.0.0.1:1"])  # nothing sent
+    assert res.exit_code == 2 and "before 1970" in res.output
+
+
 def test_annotate_cli_refuses_an_invalid_change_without_a_broker() -> None:
     from driftline.streams.cli.main import app
 

@@ -157,3 +157,55 @@ def test_two_sample_segments_stay_quiet_without_drift(tmp_path: Path) -> None:
         assert len(report.segments) == 10 and not any(s["insufficient"] for s in report.segments)
         alarms += report.drift
     assert alarms <= 4
+
+
+def _files(tmp_path: Path) -> tuple[Path, Path]:
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(600, 2))
+    write_csv(tmp_path / "ref.csv", x, ["a"] * 600, rng.random(600))
+    write_csv(tmp_path / "cur.csv", x + 3.0, ["a"] * 600, rng.random(600))  # drifted
+    return tmp_path / "ref.csv", tmp_path / "cur.csv"
+
+
+def test_unreadable_files_are_exit_2_with_the_reason(tmp_path: Path) -> None:
+    ref, _ = _files(tmp_path)
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 not a zip")
+    (tmp_path / "latin1.csv").write_bytes("age,income\n1,caf\xe9\n".encode("latin-1"))
+    (tmp_path / "events.jsonl").write_text('{"age": 1, "income": 2}\n{"age": 3, "income": 4}\n')
+    (tmp_path / "adir").mkdir()
+    for name, says in (("bad.parquet", "bad.parquet"), ("bad.npz", "bad.npz"),
+                       ("latin1.csv", "not UTF-8"), ("events.jsonl", ".jsonl files are not read"),
+                       ("adir", "a directory")):
+        res = CliRunner().invoke(app, ["evaluate", "-r", str(ref), "-c", str(tmp_path / name)])
+        assert res.exit_code == 2, (name, res.output)
+        assert says in res.output and "Traceback" not in res.output, (name, res.output)
+
+
+def test_a_file_without_any_reference_column_is_no_verdict(tmp_path: Path) -> None:
+    """Renamed columns test nothing: exit 2 naming the reference's columns, not "no drift"."""
+    ref, _ = _files(tmp_path)
+    (tmp_path / "other.csv").write_text("a,b\n" + "1,2\n" * 50)
+    for extra in ([], ["--window", "10"]):
+        res = CliRunner().invoke(app, ["evaluate", "-r", str(ref), "-c",
+                                       str(tmp_path / "other.csv"), *extra])
+        assert res.exit_code == 2 and "no column of the reference" in res.output, res.output
+        assert "no drift" not in res.output
+
+
+def _said(output: str) -> str:
+    """The words of a (possibly boxed and wrapped) error message."""
+    return " ".join(output.replace("│", " ").split())
+
+
+def test_alpha_and_output_path_are_checked_before_any_work(tmp_path: Path) -> None:
+    ref, cur = _files(tmp_path)
+    for alpha in ("nan", "0", "-0.1", "1", "1.5", "inf"):
+        res = CliRunner().invoke(app, ["evaluate", "-r", str(ref), "-c", str(cur),
+                                       "--alpha", alpha])
+        assert res.exit_code == 2 and "significance level" in _said(res.output), alpha
+    res = CliRunner().invoke(app, ["evaluate", "-r", str(ref), "-c", str(cur),
+                                   "--json", str(tmp_path / "no" / "such" / "out.json")])
+    assert res.exit_code == 2 and "is no directory" in _said(res.output), res.output
+    res = CliRunner().invoke(app, ["evaluate", "-r", str(ref), "-c", str(cur), "--alpha", "0.01"])
+    assert res.exit_code == 0 and "drift detected" in res.output, res.output

@@ -64,6 +64,14 @@ def test_since_and_segment_arguments() -> None:
     assert parse_segment(["region=eu", "tier=a=b"]) == {"region": "eu", "tier": "a=b"}
     with pytest.raises(ValueError):
         parse_segment(["region"])
+    # one value per key: a second value would silently win
+    assert parse_segment(["region=eu", "region=eu"]) == {"region": "eu"}
+    with pytest.raises(ValueError, match="names region twice"):
+        parse_segment(["region=eu", "region=us"])
+    # nanosecond or millisecond epochs, and times past year 9999: an error, not a crash later
+    for bad in ("1795864540000000000", "1e20", "1795864540000", "-1"):
+        with pytest.raises(ValueError, match="epoch seconds"):
+            parse_since(bad)
 
 
 def _stream(seed: int = 1, n: int = 20_000, start: int = 12_000, shift: float = 0.6):
