@@ -88,6 +88,9 @@ def produce(
     seed: int = typer.Option(0, help="random seed"),
 ) -> None:
     """Produce synthetic inference events (with drift injection) or replay a file."""
+    if drift_unit not in ("seconds", "events"):
+        typer.echo(f"error: --drift-unit takes seconds or events, not {drift_unit!r}", err=True)
+        raise typer.Exit(2)
     s = _settings(bootstrap)
     ensure_topics(s.kafka(), topic_specs(s))
     stop = threading.Event()
@@ -465,7 +468,12 @@ def reference_show(
     s = _settings(bootstrap)
     try:
         refs = read_compacted(s.kafka(), s.references_topic)
-    except (UnknownTopicError, TimeoutError) as exc:
+    except UnknownTopicError:
+        typer.echo(f"error: {s.references_topic} does not exist yet: no worker has run "
+                   "against this cluster (or DRIFTLINE_REFERENCES_TOPIC names another topic)",
+                   err=True)
+        raise typer.Exit(1) from None
+    except TimeoutError as exc:
         typer.echo(f"error: cannot read {s.references_topic}: {exc}", err=True)
         raise typer.Exit(1) from None
     blob = refs.get(model.encode())

@@ -57,3 +57,8 @@ def test_shadow_report_shows_hostile_candidate_names_literally(
     res = CliRunner().invoke(main.app, ["shadow", "report", "-m", "live", "-c", "nosuch",
                                         "-b", "127.0.0.1:1"])
     assert res.exit_code == 2 and "live has no candidate nosuch" in res.output
+
+
+def test_produce_refuses_an_unknown_drift_unit_before_connecting() -> None:
+    res = CliRunner().invoke(main.app, ["produce", "--drift-unit", "bogus", "-b", "127.0.0.1:1"])
+    assert res.exit_code == 2 and "--drift-unit takes seconds or events" in res.output
