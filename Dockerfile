@@ -19,6 +19,8 @@ COPY pyproject.toml README.md ./
 COPY detectors/ detectors/
 COPY schemas/ schemas/
 COPY streams/ streams/
+# the benchmarks are part of the package (driftline bench)
+COPY benchmarks/ benchmarks/
 RUN /opt/driftline/bin/pip install --no-cache-dir . \
  && /opt/driftline/bin/python -c "from driftline.schemas.codecs import SCANNER; assert SCANNER" \
  && /opt/driftline/bin/python -c "from driftline.detectors.join_index import COMPILED; assert COMPILED"

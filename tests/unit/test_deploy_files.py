@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import tomllib
 import shutil
 import subprocess
 from pathlib import Path
@@ -384,6 +385,20 @@ def test_dockerfile_is_pinned_non_root_with_healthcheck() -> None:
     assert "9464" in health.group(0)
     assert re.search(r'^ENTRYPOINT \["driftline"\]', text, flags=re.M)
     assert "pip install --no-cache-dir ." in text
+
+
+def test_the_image_gets_every_package_folder_the_build_needs() -> None:
+    """Every folder pyproject maps a package to is copied by the Dockerfile and let through
+    by .dockerignore (a missing one fails ``pip install .``: "package directory ... does
+    not exist")."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    roots = {d.split("/")[0] for d in project["tool"]["setuptools"]["package-dir"].values()}
+    copied = set(re.findall(r"^COPY\s+(\S+?)/?\s+\S+$", (ROOT / "Dockerfile").read_text(
+        encoding="utf-8"), flags=re.M))
+    allowed = {line[1:].strip("/") for line in (ROOT / ".dockerignore").read_text(
+        encoding="utf-8").splitlines() if line.startswith("!")}
+    assert roots <= copied, roots - copied
+    assert roots <= allowed, roots - allowed
 
 
 # ----------------------------------------------------------------- chart values
