@@ -352,6 +352,17 @@ class ConceptMonitor:
             exemplars=tuple(self.exemplars) if state == "firing" else (),
         )
 
+    def firing_alerts(self) -> list[tuple[str, str]]:
+        """(kind, feature) of every alert firing now (the features alerts of each key
+        carry: the rule's metric, or ``detector:error_rate``)."""
+        cfg = self.config
+        out = []
+        if "rule" in self.firing_keys and cfg.rule is not None:
+            out.append(("concept", cfg.rule.metric))
+        if "detector" in self.firing_keys:
+            out.append(("concept", f"{cfg.detector}:error_rate"))
+        return out
+
     # -- state -------------------------------------------------------------------------
     def snapshot(self, *, key: bytes | None = None) -> bytes:
         meta = {

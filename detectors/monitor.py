@@ -300,6 +300,15 @@ class ModelMonitor:
         self.last_late_rows: NDArray[np.int64] = np.zeros(0, dtype=np.int64)
         self.last_evaluations: list[Evaluation] = []
         self.firing_keys: set[str] = set()
+        #: (kind, feature) each firing key's alert fired with: its resolution names the same
+        #: feature (and alert series), whichever column leads when it resolves
+        self.firing_features: dict[str, tuple[str, str]] = {}
+
+    def firing_alerts(self) -> list[tuple[str, str]]:
+        """(kind, feature) of every alert firing now, as it fired (those restored from a
+        snapshot written before the features were kept are left out)."""
+        return [self.firing_features[k] for k in sorted(self.firing_keys)
+                if k in self.firing_features]
 
     @property
     def drift_detected(self) -> bool:
@@ -635,6 +644,11 @@ class ModelMonitor:
             for i in mv_hits:
                 feats += [FeatureScore(c.name, c.statistic, c.score, c.threshold, c.p_value)
                           for c in contributions[i]]
+            fired = self.firing_features.pop(key, None) if state == "resolved" else None
+            if fired is not None and fired[1] in ev.names:  # resolved: the column that fired
+                ranked = [ev.names.index(fired[1]), *(i for i in ranked
+                                                      if ev.names[i] != fired[1])]
+                mv_hits = []
             if ranked or mv is None or not mv_hits:
                 top = ranked[0]
                 detector, statistic, feature = DETECTOR, "chi2", ev.names[top]
@@ -646,6 +660,10 @@ class ModelMonitor:
                 feature = parts[0].source if parts else mv.names[lead]
                 score, thr, p = float(mv.score[lead]), float(mv.threshold[lead]), \
                     float(mv.p_value[lead])
+            if fired is not None:
+                feature = fired[1]  # (a multivariate lead: its name, its current scores)
+            elif state == "firing":
+                self.firing_features[key] = (kind, feature)
             out.append(
                 DriftAlert(
                     alert_id=alert_id(self.reference.model, kind, feature, seg, ev.window.pane,
@@ -701,6 +719,12 @@ class ModelMonitor:
             (self.firing_keys.add if state == "firing" else self.firing_keys.discard)(key)
             kind = key.split(":")[0]
             lead = feats[0]
+            if state == "firing":
+                self.firing_features[key] = (kind, feature or lead.name)
+            else:  # resolved: the feature it fired with (its current scores lead)
+                fired = self.firing_features.pop(key, None)
+                feature = fired[1] if fired is not None else feature
+                lead = next((f for f in feats if f.name == feature), lead)
             p = lead.p_value if lead.p_value is not None and math.isfinite(lead.p_value) else 1.0
             out.append(DriftAlert(
                 alert_id=alert_id(self.reference.model, kind, feature or lead.name, "",
@@ -737,6 +761,7 @@ class ModelMonitor:
             "evaluations": self.evaluations,
             "late_events": self.late_events,
             "firing": sorted(self.firing_keys),
+            "firing_features": {k: list(v) for k, v in sorted(self.firing_features.items())},
             "extra": extra or {},
         }
         if self.segments is not None:
@@ -819,6 +844,13 @@ class ModelMonitor:
             if not isinstance(firing, list) or not all(isinstance(k, str) for k in firing):
                 raise ValueError("firing must be a list of alert keys")
             new.firing_keys = set(firing)
+            features = meta.get("firing_features") or {}  # absent from older snapshots
+            if not isinstance(features, dict) or not all(
+                    isinstance(v, list) and len(v) == 2 and all(isinstance(x, str) for x in v)
+                    for v in features.values()):
+                raise ValueError("firing_features must map keys to [kind, feature]")
+            new.firing_features = {k: (v[0], v[1]) for k, v in features.items()
+                                   if k in new.firing_keys}
             extra: dict[str, Any] = meta.get("extra") or {}
             if not isinstance(extra, dict):
                 raise ValueError("extra must be an object")

@@ -304,6 +304,14 @@ class WorkerMetrics:
         """``n`` shadow predictions of ``candidate`` whose live model is not tracked here."""
         self._child("shadow_without_live", self.shadow_without_live, (candidate,)).inc(n)
 
+    def restore_firing(self, model: str, alerts: list[tuple[str, str]]) -> None:
+        """A model state restored on this worker (a restart, a partition move): its alerts
+        still firing are 1 again, as the worker that raised them had them."""
+        seen = self._features.setdefault(model, set())
+        for kind, feature in alerts:
+            self.state.labels(model, kind, feature).set(1.0)
+            seen.add(("state", model, kind, feature))
+
     def observe_shadow_ignored(self, model: str, n: int) -> None:
         """``n`` shadow predictions for live ``model`` of a candidate beyond its limit."""
         self._child("shadow_ignored", self.shadow_ignored, (model,)).inc(n)

@@ -65,6 +65,16 @@ class ModelState:
         n = len(self.monitor.firing_keys) if self.monitor is not None else 0
         return n + shadows + (len(self.concept.firing_keys) if self.concept is not None else 0)
 
+    def firing_alerts(self) -> list[tuple[str, str]]:
+        """(kind, feature) of every alert of this state firing now: the monitor's, the
+        label join's (concept) and the shadow candidates' (feature = candidate)."""
+        out = self.monitor.firing_alerts() if self.monitor is not None else []
+        if self.concept is not None:
+            out += self.concept.firing_alerts()
+        if self.shadow is not None:
+            out += [("shadow", name) for name, p in self.shadow.candidates.items() if p.firing]
+        return out
+
     def last_offset(self, topic: str, partition: int) -> int:
         return self.offsets.get(f"{topic}:{partition}", -1)
 

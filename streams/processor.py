@@ -236,6 +236,7 @@ class Processor:
                     st.monitor, st.dirty = self._monitor(st.monitor.reference), True
                 log.info("model %s: state restored (%d events applied so far)", model,
                          st.events_applied)
+                self.metrics.restore_firing(model, st.firing_alerts())
             except (SnapshotError, DriftlineError) as exc:
                 log.error("model %s: snapshot not usable (%s); starting fresh", model, exc)
                 st = None

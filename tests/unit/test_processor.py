@@ -124,6 +124,38 @@ def test_snapshot_round_trip_of_model_state_is_exact() -> None:
     assert a.models["model-0@0"].snapshot() == b.models["model-0@0"].snapshot()
 
 
+def test_a_restored_state_republishes_its_firing_alerts_and_resolves_them_by_name() -> None:
+    """A worker restart or partition move: the new worker's driftline_drift_state is 1 for
+    the alerts still firing, with the feature they fired with; the resolution later names
+    that same feature (and so sets that series to 0), whichever column leads then."""
+    from prometheus_client import generate_latest
+
+    gen = SyntheticModels(1, seed=5, drift=(DriftSpec("model-0", "f2", 6000, 1.0),))
+    a = processor()
+    fired = [x for x in a.process(envelopes(gen, 40)).alerts if x.state == "firing"]
+    assert fired and fired[0].feature == "f2"
+    st = a.models["model-0@0"]
+    assert st.monitor is not None and ("data", "f2") in st.monitor.firing_alerts()
+    reg = CollectorRegistry()
+    b = processor(snapshot_loader={"model-0@0": st.snapshot()}.get, metrics=WorkerMetrics(reg))
+    b.references["model-0"] = st.reference
+    assert b.state_of("model-0", 0) is not None
+    text = generate_latest(reg).decode()
+    assert 'driftline_drift_state{feature="f2",kind="data",model="model-0"} 1.0' in text
+    mon = b.models["model-0@0"].monitor
+    assert mon is not None
+    back = ModelState.restore(b.models["model-0@0"].snapshot(), st.reference, b.config)
+    assert back.monitor is not None and back.monitor.firing_features == mon.firing_features
+    # the drift ends: the alert resolves under the feature it fired with
+    calm = SyntheticModels(1, seed=5)  # the same distribution, no drift
+    resolved = [x for k in range(20) for x in b.process(
+        [Incoming(TOPIC, 0, 1000 + k, m.value) for m in envelopes(calm, 1)]).alerts
+        if x.state == "resolved" and x.kind == "data" and x.segment is None]
+    assert resolved and resolved[0].feature == "f2"
+    text = generate_latest(reg).decode()
+    assert 'driftline_drift_state{feature="f2",kind="data",model="model-0"} 0.0' in text
+
+
 def test_pending_reference_buffer_survives_a_restart() -> None:
     gen = SyntheticModels(1, seed=2)
     msgs = envelopes(gen, 12)
