@@ -18,9 +18,9 @@ from __future__ import annotations
 import copy
 import json
 import re
-import tomllib
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
