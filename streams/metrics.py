@@ -304,6 +304,14 @@ class WorkerMetrics:
         """``n`` shadow predictions of ``candidate`` whose live model is not tracked here."""
         self._child("shadow_without_live", self.shadow_without_live, (candidate,)).inc(n)
 
+    def forget_lag(self, topic: str, partition: int) -> None:
+        """A partition this worker no longer reads: its lag series goes (the new owner
+        reports it), not left frozen at its last value."""
+        try:
+            self.consumer_lag.remove(topic, str(partition))
+        except KeyError:
+            pass
+
     def restore_firing(self, model: str, alerts: list[tuple[str, str]]) -> None:
         """A model state restored on this worker (a restart, a partition move): its alerts
         still firing are 1 again, as the worker that raised them had them."""

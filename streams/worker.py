@@ -1017,6 +1017,7 @@ class Worker:
             if tp.topic == self.settings.labels_topic:
                 self._positions.pop((tp.topic, tp.partition), None)
                 self._assigned_labels.discard(tp.partition)
+            self.metrics.forget_lag(tp.topic, tp.partition)
         log.info("revoked partitions %s; dropped %d models", sorted(gone), len(leaving))
 
     # -- references --------------------------------------------------------------------
@@ -1129,9 +1130,12 @@ class Worker:
     def _on_stats(self, raw: str) -> None:
         try:
             stats = orjson.loads(raw)
+            s = self.settings
             for tname, t in stats.get("topics", {}).items():
+                mine = self._assigned if tname == s.inference_topic else \
+                    self._assigned_labels if tname == s.labels_topic else set()
                 for pid, p in t.get("partitions", {}).items():
-                    if int(pid) < 0 or int(pid) not in self._assigned:
+                    if int(pid) < 0 or int(pid) not in mine:  # (revoked: its series is gone)
                         continue
                     lag = p.get("consumer_lag", -1)
                     if lag is not None and lag >= 0:
