@@ -639,3 +639,18 @@ def test_chart_sets_only_real_settings(tmp_path: Path) -> None:
     names = {n for n in names if n.startswith("DRIFTLINE_")}
     assert {"DRIFTLINE_BOOTSTRAP_SERVERS", "DRIFTLINE_SASL_PASSWORD"} <= names
     assert not unknown_variables(dict.fromkeys(names, ""))
+
+
+def test_chart_config_takes_only_real_settings() -> None:
+    """``config:`` keys are setting names: a typo (``pane_sise``) is a schema error, not
+    a variable every worker ignores."""
+    from driftline.streams.settings import setting_variables
+
+    names = _schema()["properties"]["config"]["propertyNames"]["enum"]
+    assert sorted(names) == sorted(v.removeprefix("DRIFTLINE_").lower()
+                                   for v in setting_variables())
+    v = _values()
+    v["config"] = {"pane_sise": 2000}
+    assert _schema_errors(v)
+    v["config"] = {"pane_size": 2000, "segments": False}
+    assert _schema_errors(v) == []
