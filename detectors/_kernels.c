@@ -5,13 +5,11 @@
  * per column of a (columns, width) window histogram against its reference, what
  * ReferenceTerms.scores in stats.py computes with numpy: the chi-square homogeneity
  * statistic over the bins expected at least `sparse` times in the window (or half the
- * window's events per reference bin, where that is less) and its degrees
- * of freedom (the other bins pooled count as one), PSI (window proportions floored per
- * bin, against the reference's floored proportions), the Jensen-Shannon distance (base
- * 2), the pooled sparse bins' reference and window counts and the window's size: out is
- * (7, columns), rows chi2, df, psi, js, pooled ref, pooled win, window size (stats.py adds
- * the pooled bin's term, which takes an incomplete beta function, and zeroes the
- * statistic of untestable columns). One pass
+ * window's events per reference bin, where that is less) and how many of them are used,
+ * PSI (window proportions floored per bin, against the reference's floored proportions),
+ * the Jensen-Shannon distance (base 2) and the window's size: out is (5, columns), rows
+ * chi2, used bins, psi, js, window size (stats.py adds the sparse bins' terms, which take
+ * an incomplete beta function, and the degrees of freedom). One pass
  * per column instead of some fifty numpy calls over the whole array; sums run left to
  * right, so results can differ from numpy's (pairwise) sums in the last bits (and the
  * Jensen-Shannon distance of two nearly equal histograms, the square root of rounding
@@ -80,8 +78,7 @@ static inline double rel_entr(double x, double y) {
 
 static void column_scores(const double *r, const double *ps, const double *p, double nr,
                           const double *w, Py_ssize_t width, double sparse, double *chi2,
-                          double *df, double *psi, double *js, double *pooled_r,
-                          double *pooled_w, double *win_n) {
+                          double *used_bins, double *psi, double *js, double *win_n) {
     double nw = 0.0;
     Py_ssize_t in_ref = 0;
     for (Py_ssize_t b = 0; b < width; b++) {
@@ -94,12 +91,11 @@ static void column_scores(const double *r, const double *ps, const double *p, do
      * reference bin where that is less (stats._sparse_below) */
     double half = 0.5 * nw / (double)(in_ref > 1 ? in_ref : 1);
     double cut = (sparse < half ? sparse : half) * nr;
-    double stat = 0.0, floored = 0.0, rp = 0.0, wp = 0.0;
+    double stat = 0.0, floored = 0.0;
     Py_ssize_t used = 0;
     for (Py_ssize_t b = 0; b < width; b++) {
-        if (r[b] * nw < cut) { /* expected fewer than `sparse` times: pooled */
-            rp += r[b];
-            wp += w[b];
+        if (r[b] * nw < cut) {
+            /* expected fewer than `sparse` times: its own exact term, in stats.py */
         } else if (r[b] + w[b] > 0) {
             double t = k1 * r[b] - k2 * w[b];
             stat += t * t / (r[b] + w[b]);
@@ -107,11 +103,8 @@ static void column_scores(const double *r, const double *ps, const double *p, do
         }
         floored += (nw > 0 ? w[b] / nw : 0.0) + EPS;
     }
-    if (rp + wp > 0) used++;
-    *df = used > 1 ? (double)(used - 1) : 0.0;
+    *used_bins = (double)used;
     *chi2 = stat;
-    *pooled_r = rp;
-    *pooled_w = wp;
     *win_n = nw;
     double s_psi = 0.0, s_p = 0.0, s_q = 0.0;
     for (Py_ssize_t b = 0; b < width; b++) {
@@ -139,7 +132,7 @@ static PyObject *window_scores(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOOOOOnnd", &o_ref, &o_ps, &o_p, &o_nr, &o_win, &o_out,
                           &columns, &width, &sparse))
         return NULL;
-    /* every size below (columns * width * 8, 7 * columns * 8) without overflow */
+    /* every size below (columns * width * 8, 5 * columns * 8) without overflow */
     if (columns < 0 || width < 0 || columns > PY_SSIZE_T_MAX / 64 ||
         (width && columns > PY_SSIZE_T_MAX / 8 / width)) {
         PyErr_SetString(PyExc_ValueError, "bad shape");
@@ -153,7 +146,7 @@ static PyObject *window_scores(PyObject *self, PyObject *args) {
     if (get_buffer(o_nr, &nr, columns * (Py_ssize_t)sizeof(double), 0, "ref_n") < 0)
         goto fail_p;
     if (get_buffer(o_win, &win, cells, 0, "win") < 0) goto fail_nr;
-    if (get_buffer(o_out, &out, 7 * columns * (Py_ssize_t)sizeof(double), 1, "out") < 0)
+    if (get_buffer(o_out, &out, 5 * columns * (Py_ssize_t)sizeof(double), 1, "out") < 0)
         goto fail_win;
     const double *R = ref.buf, *PS = ps.buf, *P = p.buf, *NR = nr.buf, *W = win.buf;
     double *O = out.buf;
@@ -162,7 +155,7 @@ static PyObject *window_scores(PyObject *self, PyObject *args) {
         Py_ssize_t at = c * width;
         column_scores(R + at, PS + at, P + at, NR[c], W + at, width, sparse, O + c,
                       O + columns + c, O + 2 * columns + c, O + 3 * columns + c,
-                      O + 4 * columns + c, O + 5 * columns + c, O + 6 * columns + c);
+                      O + 4 * columns + c);
     }
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&out);

@@ -65,7 +65,7 @@ def test_compiled_scores_check_their_buffers() -> None:
     from driftline.detectors import _kernels
 
     ref = np.ones((3, 4))
-    out = np.empty((7, 3))
+    out = np.empty((5, 3))
     with pytest.raises(ValueError, match="win holds"):
         _kernels.window_scores(ref, ref, ref, np.ones(3), np.ones((3, 3)), out, 3, 4, 5.0)
     with pytest.raises(ValueError, match="out holds"):

@@ -80,16 +80,18 @@ def old_chi_square(ref: Any, win: Any) -> ChiSquare:
     nw = w.sum(axis=-1, keepdims=True)
     both = r + w
     below = np.minimum(SPARSE_EXPECTED, 0.5 * nw / np.maximum((r > 0).sum(-1, keepdims=True), 1))
-    sparse = r * nw < below * nr  # pooled, with their own term (test_sparse_bins.py)
+    sparse = r * nw < below * nr  # each with its own exact term (test_sparse_bins.py)
     used = (both > 0) & ~sparse
     k1 = np.sqrt(np.divide(nw, nr, out=np.zeros_like(nr), where=nr > 0))
     k2 = np.sqrt(np.divide(nr, nw, out=np.zeros_like(nw), where=nw > 0))
     terms = np.divide((k1 * r - k2 * w) ** 2, both, out=np.zeros_like(both), where=used)
-    stat = terms.sum(axis=-1)
-    rp, wp = np.where(sparse, r, 0.0).sum(axis=-1), np.where(sparse, w, 0.0).sum(axis=-1)
-    if (rp + wp > 0).any():
-        stat = stat + sparse_terms(rp, wp, nr[:, 0], nw[:, 0])
-    df = np.maximum(used.sum(axis=-1) + (rp + wp > 0) - 1, 0).astype(np.float64)
+    cells = sparse & (both > 0)
+    extra = np.zeros(r.shape)
+    if cells.any():
+        extra[cells] = sparse_terms(r[cells], w[cells], np.broadcast_to(nr, r.shape)[cells],
+                                    np.broadcast_to(nw, r.shape)[cells])
+    stat = terms.sum(axis=-1) + extra.sum(axis=-1)
+    df = np.maximum(used.sum(axis=-1) + cells.sum(axis=-1) - 1, 0).astype(np.float64)
     valid = (df > 0) & (nr[:, 0] > 0) & (nw[:, 0] > 0)
     p = np.where(valid, special.chdtrc(np.maximum(df, 1.0), stat), 1.0)
     return ChiSquare(np.where(valid, stat, 0.0), df, np.asarray(p, dtype=np.float64))

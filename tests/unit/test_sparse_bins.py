@@ -1,10 +1,10 @@
-"""Sparse bins in the chi-square: pooled, and tested exactly (``stats.SPARSE_EXPECTED``).
+"""Sparse bins in the chi-square: each tested exactly (``stats.SPARSE_EXPECTED``).
 
 A bin a window is expected to fill less than five times gives Pearson's statistic a
 tail far heavier than the chi-square law: one appearance of a 0.02% category in a
-100-event window adds ~50. These tests hold the pooled statistic to its false-alarm
-level on such windows, check that drift of the rare bins is still found, and that
-windows without sparse bins score as before.
+100-event window adds ~50. These tests hold the statistic to its false-alarm level on
+such windows, check that drift of the rare bins and a new category among them are
+still found, and that windows without sparse bins score as before.
 """
 
 from __future__ import annotations
@@ -112,3 +112,19 @@ def test_a_window_too_small_for_every_bin_is_not_pooled_into_one() -> None:
     shifted = np.zeros_like(win)
     shifted[:, :4] = 30 // 4  # all in the lowest quarter
     assert chi_square(ref, shifted).p_value.max() < 1e-6
+
+
+def test_a_new_category_among_rare_ones_is_found_in_a_small_window() -> None:
+    """300-event windows, a reference with 1%, 1%, 0.5% and 0.1% categories and none
+    unseen: a new category at 2% (6 events) rejects at 1e-6 in every window (pooled with
+    the rare categories it gave p ~ 0.7), and the same windows without it stay at level."""
+    probs = np.array([0.4, 0.25, 0.15, 0.1, 0.074, 0.01, 0.01, 0.005, 0.001, 0.0])
+    rng = np.random.default_rng(3)
+    ref = rng.multinomial(20_000, probs)[None, :]
+    win = rng.multinomial(294, probs, size=200)
+    win[:, -1] += 6
+    assert chi_square(np.repeat(ref, 200, axis=0), win).p_value.max() < 1e-6
+    calm = rng.multinomial(300, probs, size=20_000)
+    p = chi_square(np.repeat(ref, len(calm), axis=0), calm).p_value
+    for level in (1e-2, 1e-3, 1e-4):
+        assert (p < level).mean() <= 1.5 * level, level
