@@ -33,9 +33,9 @@ except ImportError:  # pragma: no cover - exercised by installs without a compil
 Counts = NDArray[np.int64] | NDArray[np.float64]
 Vec = NDArray[np.float64]
 _EPS = 1e-4  # also in _kernels.c
-#: Expected window count below which a bin is pooled and tested exactly (also in _kernels.c).
+#: Expected window count below which a bin is tested exactly (also in _kernels.c).
 SPARSE_EXPECTED = 5.0
-#: A pooled bin's Pearson term up to which it is kept without the exact test (p ~ 0.05).
+#: A sparse bin's Pearson term up to which it is kept without the exact test (p ~ 0.05).
 _EXACT_FROM = 4.0
 #: Whether the compiled window scores are built (numpy computes the same values, to the
 #: last bits or so: its sums run in another order).
@@ -43,10 +43,10 @@ KERNELS = _kernels is not None
 
 
 def sparse_terms(rp: Vec, wp: Vec, nr: Vec, nw: Vec) -> Vec:
-    """The chi-square term of each column's pooled sparse bin: ``rp`` of the reference's
-    ``nr`` and ``wp`` of the window's ``nw`` counts. Pearson's term, or where that is
-    above ``_EXACT_FROM`` the smaller of it and the chi-square(1) quantile of the
-    two-sided exact test (the window's share of the ``rp + wp`` counts is binomial with
+    """The chi-square term of sparse bins, elementwise: ``rp`` of the reference's ``nr``
+    and ``wp`` of the window's ``nw`` counts. Pearson's term, or where that is above
+    ``_EXACT_FROM`` the smaller of it and the chi-square(1) quantile of the two-sided
+    exact test (the window's share of the ``rp + wp`` counts is binomial with
     ``nw / (nr + nw)`` under no drift); 0 without counts."""
     rp, wp, nr, nw = np.broadcast_arrays(rp, wp, nr, nw)
     t = rp + wp
@@ -84,7 +84,7 @@ def _sparse_bins(r: Vec, w: Vec, nr: Vec, nw: Vec,
 def _sparse_below(r: Vec, nw: Vec) -> Vec:
     """The expected window count below which a bin is sparse: ``SPARSE_EXPECTED``, or half
     the window's events per reference bin where that is less (a window too small for
-    every bin is tested as it is, not pooled into one bin)."""
+    five per bin keeps Pearson's terms for its ordinary bins)."""
     bins = np.maximum((r > 0).sum(axis=-1, keepdims=True), 1)
     return np.asarray(np.minimum(SPARSE_EXPECTED, 0.5 * nw / bins), dtype=np.float64)
 

@@ -341,7 +341,6 @@ def _distributions(reference: ReferenceProfile, table: Table, bins: NDArray[np.i
         if isinstance(col, NumericProfile):
             values = table.prediction if is_pred else table.features.get(name)
             cur = np.asarray(values, dtype=np.float64) if values is not None else np.zeros(0)
-            cur = cur[np.isfinite(cur)]
             d.update(type="numeric", edges=np.asarray(col.edges).tolist(), min=col.min,
                      max=col.max, reference_sample=_spread(np.asarray(col.sample, np.float64)),
                      current_sample=_spread(cur))
