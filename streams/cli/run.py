@@ -125,7 +125,9 @@ def up(
     shift: float = typer.Option(1.0, help="drift size in standard deviations"),
     metrics_port: int = typer.Option(0, help="worker /metrics port (0: a free one)"),
 ) -> None:
-    """Embedded broker + worker + demo producer with drift injected: watch an alert appear."""
+    """Embedded broker + worker + demo producer with drift injected: watch an alert appear.
+
+    Each alert that fires is one ``ALERT`` line on stdout; progress goes to stderr."""
     stopping = threading.Event()
     _on_signals(stopping.set)
     t_start = time.monotonic()
@@ -148,8 +150,9 @@ def up(
                       f"http://127.0.0.1:{server.port}/metrics, {models} models at {rate} ev/s "
                       f"each; {drift_model}.{drift_feature} drifts by {shift}σ after {drift_at:.0f} s")
         producer = DriftlineProducer(b.bootstrap, settings.inference_topic, batch_size=500)
-        produced, last_print, step = 0, 0.0, 0.1
+        produced, last_print, step, shown_alerts = 0, 0.0, 0.1, 0
         first_alert: float | None = None
+        out = Console(soft_wrap=True)  # alert lines on stdout; progress on stderr
         try:
             next_t = time.monotonic()
             while not stopping.is_set():
@@ -166,13 +169,16 @@ def up(
                     firing = [a for a in seen if a.state == "firing"]
                     if firing and first_alert is None:
                         first_alert = now - t_start
-                        a = firing[0]
-                        console.print(
-                            f"\n[bold red]ALERT[/] {a.kind} drift on [bold]{shown(a.model)}[/] "
-                            f"after {first_alert:.1f} s: feature {shown(a.feature)} {a.statistic}="
-                            f"{a.score:.1f} > {a.threshold:.1f} (p={a.p_value:.1e}); top: "
+                    for a in firing[shown_alerts:]:  # each alert once, on stdout
+                        sys.stderr.write("\n")
+                        out.print(
+                            f"[bold red]ALERT[/] {a.kind} drift on [bold]{shown(a.model)}[/] "
+                            f"after {now - t_start:.1f} s: feature {shown(a.feature)} "
+                            f"{a.statistic}={a.score:.1f} > {a.threshold:.1f} "
+                            f"(p={a.p_value:.1e}); top: "
                             + ", ".join(f"{shown(f.name)} ({shown(f.statistic)})"
-                                        for f in a.top_features[:3]))
+                                        for f in a.top_features[:3]), soft_wrap=True)
+                    shown_alerts = len(firing)
                     st = w.stats
                     elapsed = max(time.time() - st.started, 1e-9)
                     sys.stderr.write(
@@ -191,7 +197,7 @@ def up(
         if first_alert is None:
             console.print("[red]no alert within the duration[/]")
             raise typer.Exit(1)
-        console.print(f"[green]first alert after {first_alert:.1f} s[/]")
+        Console().print(f"[green]first alert after {first_alert:.1f} s[/]")
 
 
 COMMANDS: dict[str, Callable[..., None]] = {"broker": broker, "worker": worker, "up": up}
