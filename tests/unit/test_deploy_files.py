@@ -270,6 +270,49 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@needs_promtool
+def test_drifting_features_panel_counts_data_features_once(tmp_path: Path) -> None:
+    """The fleet panel counts a model's input features with a firing data drift alert:
+    not its prediction, quality, concept or shadow alerts, and a feature reported by two
+    workers (a partition moving) once."""
+    panel = next(p for p in _dashboard()["panels"] if p["title"] == "Drifting features by model")
+    expr = panel["targets"][0]["expr"]
+    series = [("w1", "m1", "data", "f1", 1), ("w2", "m1", "data", "f1", 1),
+              ("w1", "m1", "data", "f2", 0), ("w1", "m1", "quality", "f3", 1),
+              ("w1", "m1", "prediction", "prediction", 1), ("w1", "m1", "concept", "fpr", 1),
+              ("w1", "m2", "data", "f1", 1), ("w1", "m2", "data", "f4", 1)]
+    test = {"evaluation_interval": "1m", "tests": [{
+        "interval": "1m",
+        "input_series": [{"series": f'driftline_drift_state{{instance="{w}:9464",model="{m}",'
+                                    f'kind="{k}",feature="{f}"}}', "values": f"{v}x5"}
+                         for w, m, k, f, v in series],
+        "promql_expr_test": [{"expr": expr, "eval_time": "2m", "exp_samples": [
+            {"labels": '{model="m1"}', "value": 1}, {"labels": '{model="m2"}', "value": 2}]}]}]}
+    path = tmp_path / "panel.test.yaml"
+    path.write_text(yaml.safe_dump(test), encoding="utf-8")
+    proc = subprocess.run([PROMTOOL, "test", "rules", str(path)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("amtool") is None,
+                    reason="amtool not on PATH (apt-get install prometheus-alertmanager)")
+def test_alertmanager_config_is_valid() -> None:
+    proc = subprocess.run(["amtool", "check-config", str(ROOT / "deploy" / "alertmanager.yml")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_alertmanager_inhibitions_are_scoped() -> None:
+    """An inhibiting alert mutes only alerts that share its labels (``equal``): one
+    down worker or one model's alert never silences the alerts of every model."""
+    config = yaml.safe_load((ROOT / "deploy" / "alertmanager.yml").read_text(encoding="utf-8"))
+    rules = config.get("inhibit_rules", [])
+    assert rules
+    for rule in rules:
+        assert rule.get("equal"), rule
+
+
 def test_dashboard_reads_only_metrics_the_worker_exports() -> None:
     names: set[str] = set()
     for expr in _dashboard_exprs(_dashboard()):
