@@ -2,7 +2,8 @@
 
 Without ``follow`` the iterator stops at the end of the topic as of the read: where every
 partition reported ``_PARTITION_EOF`` (its high watermark comes from the fetch response;
-ListOffsets is not trusted, see DESIGN §6). With ``follow`` it blocks for new alerts.
+ListOffsets is not trusted, see DESIGN §6); a missing topic ends it empty. With ``follow``
+it blocks for new alerts, and waits for a missing topic and for brokers that do not answer.
 
 Starting "from the end" cannot rely on ListOffsets either: on Tansu the logical end
 offset it answers can lie before the last records. So a reader that starts at the end
@@ -35,7 +36,7 @@ from driftline.schemas.codecs import decode_alert
 from driftline.schemas.models import DriftAlert
 from driftline.streams.admin import partition_count
 from driftline.streams.kafka_config import client_config, consumer_config
-from driftline.streams.throttle import ThrottledLog
+from driftline.streams.throttle import LogThrottle, ThrottledLog
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ class AlertSubscriber:
         self._eof: set[int] = set()
         self._before_end: set[int] = set()  # starting at the end: partitions not at EOF yet
         self._closed = False
+        self._unreachable = LogThrottle(60.0)  # following with no broker answering
 
         if isinstance(config, str):
             self._base: dict[str, Any] = client_config(config, **(client_options or {}))
@@ -113,9 +115,21 @@ class AlertSubscriber:
 
     # -------------------------------------------------------------- assignment
 
+    def _partitions(self) -> int | None:
+        """The topic's partition count (None while it is missing). Following, a broker
+        that does not answer is waited for (one warning a minute), not an error."""
+        try:
+            return partition_count(self._base, self.topic, timeout=min(10.0, self.timeout))
+        except KafkaException as exc:
+            if not self.follow:
+                raise
+            if self._unreachable.ready():
+                log.warning("no answer from the brokers (%s); waiting", exc.args[0])
+            return None
+
     def _assign_all(self) -> bool:
         """Throwaway reader: assign every partition; False while the topic is missing."""
-        n = partition_count(self._base, self.topic, timeout=min(10.0, self.timeout))
+        n = self._partitions()
         if n is None:
             return False
         start = OFFSET_BEGINNING if self.from_beginning else OFFSET_END
@@ -147,6 +161,9 @@ class AlertSubscriber:
         if self._closed:
             raise RuntimeError("subscriber is closed")
         progress = time.monotonic()
+        if self.group_id is not None and not self.follow and self._assigned is None \
+                and self._partitions() is None:
+            return  # no topic, so no alert yet (a group would wait for it to appear)
         while not self._closed:  # close() (e.g. from a signal handler) ends the iteration
             if self.group_id is None and self._assigned is None and not self._assign_all():
                 if not self.follow:

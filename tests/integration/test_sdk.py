@@ -8,6 +8,7 @@ partition to its ``_PARTITION_EOF``; ListOffsets watermarks are wrong on Tansu).
 from __future__ import annotations
 
 import hashlib
+import socket
 import threading
 import time
 from collections import Counter, defaultdict
@@ -264,6 +265,38 @@ def test_alert_subscriber_on_a_missing_topic_ends_empty(
 ) -> None:
     with AlertSubscriber(kafka_client_config, unique_name("absent")) as sub:
         assert list(sub) == []
+
+
+def test_alert_subscriber_named_group_on_a_missing_topic_ends_empty(
+    kafka_client_config: dict[str, str], unique_name: Any
+) -> None:
+    t0 = time.monotonic()
+    with AlertSubscriber(kafka_client_config, unique_name("absent"),
+                         group_id=unique_name("group")) as sub:
+        assert list(sub) == []
+    assert time.monotonic() - t0 < 10  # not the 30 s timeout and "end not reached"
+
+
+def test_alert_subscriber_follow_waits_for_a_broker_that_does_not_answer() -> None:
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sub = AlertSubscriber(f"127.0.0.1:{port}", "driftline.alerts", follow=True, timeout=1.0)
+    failed: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            list(sub)
+        except BaseException as exc:  # recorded for the assertion
+            failed.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(6.0)  # several rounds of a 1 s metadata timeout
+    assert reader.is_alive() and not failed, failed
+    sub.close()
+    reader.join(10.0)
+    assert not reader.is_alive() and not failed, failed
 
 
 def test_alert_subscriber_follow_blocks_for_new_alerts(
