@@ -25,8 +25,16 @@ class DriftSpec:
     unit: str = "events"
 
 
+#: Seed of the models' parameters (feature means, score weights): the same for every
+#: ``seed``, so traffic produced with another seed matches references built before.
+PARAMETER_SEED = 0
+
+
 class SyntheticModels:
-    """``n_models`` models with ``n_features`` numeric features and a score each."""
+    """``n_models`` models with ``n_features`` numeric features and a score each.
+
+    A model's distribution depends only on its position and ``n_features``; ``seed``
+    picks the draws (values, segments, latencies), not the distributions."""
 
     def __init__(self, n_models: int = 3, n_features: int = 20, *, seed: int = 0,
                  prefix: str = "model-", drift: tuple[DriftSpec, ...] = (),
@@ -35,8 +43,9 @@ class SyntheticModels:
         self.n_features = n_features
         self.names = [f"f{i}" for i in range(n_features)]
         self.rng = np.random.default_rng(seed)
-        self._means = {m: self.rng.normal(0, 1, n_features) for m in self.models}
-        self._weights = self.rng.normal(0, 0.3, n_features)
+        params = np.random.default_rng(PARAMETER_SEED)
+        self._weights = params.normal(0, 0.3, n_features)
+        self._means = {m: params.normal(0, 1, n_features) for m in self.models}
         self._count = dict.fromkeys(self.models, 0)
         self.drift = drift
         self.segments = segments
