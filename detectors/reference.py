@@ -376,12 +376,30 @@ def profile_numeric(
     )
 
 
+#: A column with more than ``top_k`` categories chooses them on every ``SELECT_EVERY``-th
+#: row and counts them (and ``other`` and missing values) on the other rows.
+SELECT_EVERY = 8
+
+
 def profile_categorical(name: str, values: Sequence[Any], *, top_k: int = 32) -> CategoricalProfile:
-    """Top-K categories of one column (None/NaN count as missing, bools as "true"/"false")."""
+    """Top-K categories of one column (None/NaN count as missing, bools as "true"/"false").
+
+    With more than ``top_k`` categories, the K kept are the most frequent on every
+    ``SELECT_EVERY``-th row, and the counts come from the other rows: counted on the rows
+    that chose them, the kept categories are overstated and ``other`` understated (the
+    sample's favourites win), a bias that outgrows the noise of large windows (a
+    40-category column: 3x the false alarms at 1e-3 in 5,000-event windows). Those
+    columns' counts then total fewer rows than the reference holds."""
     tokens = [_category_token(v) for v in values]
-    missing = sum(1 for t in tokens if t is None)
     counter = Counter(t for t in tokens if t is not None)
-    top = counter.most_common(top_k)
+    if len(counter) > top_k:
+        chosen = Counter(t for t in tokens[::SELECT_EVERY] if t is not None)
+        tokens = [t for i, t in enumerate(tokens) if i % SELECT_EVERY]
+        top = chosen.most_common(top_k)
+        counter = Counter(t for t in tokens if t is not None)
+    else:
+        top = counter.most_common(top_k)
+    missing = sum(1 for t in tokens if t is None)
     cats = tuple(sorted(c for c, _ in top))
     counts = [counter[c] for c in cats]
     other = sum(counter.values()) - sum(counts)

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from driftline.detectors.errors import InputError, ProfileError
-from driftline.detectors.reference import ReferenceProfile, build_profile
+from driftline.detectors.reference import (
+    SELECT_EVERY,
+    ReferenceProfile,
+    build_profile,
+    profile_categorical,
+)
+from driftline.detectors.stats import chi_square
 from driftline.detectors.tables import read_table
 from driftline.schemas.validation import validator
 
@@ -128,3 +135,42 @@ def test_a_reference_with_a_bad_sample_value_names_it() -> None:
     d["numeric"][0]["sample"][3] = float("inf")
     with pytest.raises(ProfileError, match=r"column 'x' sample must be a finite number, not inf"):
         ReferenceProfile.from_dict(d)
+
+
+def test_few_categories_are_counted_on_every_row() -> None:
+    rng = np.random.default_rng(0)
+    values = [None if k == 0 else f"c{k}" for k in rng.integers(0, 10, 3000)]
+    prof = profile_categorical("c", values)
+    assert len(prof.categories) == 9 and prof.counts[-1] == 0
+    assert int(prof.counts.sum()) + prof.missing == 3000
+
+
+def test_many_categories_are_chosen_on_rows_that_are_not_counted() -> None:
+    """Over ``top_k`` categories: the kept ones are chosen on every eighth row and counted
+    (with ``other`` and missing values) on the rest, so their counts are not inflated."""
+    rng = np.random.default_rng(1)
+    values = [f"u{k}" for k in rng.integers(0, 40, 4000)]
+    values[5] = None  # a counted row
+    prof = profile_categorical("c", values, top_k=32)
+    assert len(prof.categories) == 32
+    assert int(prof.counts.sum()) + prof.missing == 3500 and prof.missing == 1
+    chosen = Counter(values[::SELECT_EVERY]).most_common(32)
+    assert set(prof.categories) == {c for c, _ in chosen}
+    counted = Counter(v for i, v in enumerate(values) if i % SELECT_EVERY)
+    assert [int(x) for x in prof.counts[:-1]] == [counted[c] for c in prof.categories]
+
+
+def test_the_other_bin_of_a_wide_column_keeps_to_its_level_in_large_windows() -> None:
+    """40 equally likely categories, 32 kept: with the kept counted on the rows that chose
+    them the test rejected at 2.3x its level (1e-2) in 5,000-event windows; now at it."""
+    rng = np.random.default_rng(2)
+    p_values = []
+    for _ in range(40):
+        prof = profile_categorical("c", [f"u{k}" for k in rng.integers(0, 40, 5000)])
+        index = {c: i for i, c in enumerate(prof.categories)}
+        lut = np.asarray([index.get(f"u{k}", len(index)) for k in range(40)])
+        wins = np.stack([np.bincount(lut[rng.integers(0, 40, 5000)], minlength=33)
+                         for _ in range(100)])
+        p_values.append(chi_square(np.repeat(prof.counts[None, :], 100, axis=0), wins).p_value)
+    rate = float((np.concatenate(p_values) < 1e-2).mean())
+    assert 0.004 < rate < 0.016, rate  # 4,000 tests: 40 expected at the level
