@@ -17,9 +17,9 @@ from scipy import stats
 
 from driftline.detectors.binning import Binner, block_histograms
 from driftline.detectors.exact import ks_2samp
-from driftline.detectors.monitor import ModelMonitor, MonitorConfig, multivariate_for
+from driftline.detectors.monitor import Evaluation, ModelMonitor, MonitorConfig, multivariate_for
 from driftline.detectors.reference import NumericProfile, ReferenceProfile, build_profile
-from driftline.detectors.segments import SEGMENT_SHARE
+from driftline.detectors.segments import SEGMENT_SHARE, parse
 from driftline.detectors.stats import chi_square, jensen_shannon, ks_binned, psi
 from driftline.detectors.tables import PREDICTION, Table, segment_codes, to_batch
 
@@ -213,10 +213,13 @@ def replay(
     mon = ModelMonitor(reference, cfg)
     alerts: list[dict[str, Any]] = []
     last = None
+    last_of: dict[str, Evaluation] = {}  # each segment's last window, in order of first sight
     chunk = max(cfg.pane_size, 1)
     for start in range(0, len(current), chunk):
         for ev in mon.update(to_batch(reference.model, current, start, start + chunk)):
-            if not ev.segment:  # the feature table is the whole model's window
+            if ev.segment:
+                last_of[ev.segment] = ev
+            else:  # the feature table is the whole model's window
                 last = ev
             for a in ev.alerts:
                 alerts.append({
@@ -247,4 +250,16 @@ def replay(
                   [] if mv is None else mv.to_dicts(), tests,
                   insufficient=last is None or last.insufficient,
                   window_events=None if last is None else last.window.n,
-                  min_samples=cfg.min_samples)
+                  min_samples=cfg.min_samples,
+                  segments=[_segment_window(label, ev) for label, ev in last_of.items()])
+
+
+def _segment_window(label: str, ev: Evaluation) -> dict[str, Any]:
+    """A segment's last window in a replay, with the keys of :func:`_compare_segments`
+    (``rows``: the events of that window; ``alpha``: what its evaluation spent)."""
+    hit = np.flatnonzero(ev.drift)
+    p = np.where(np.isnan(ev.p_value), 1.0, ev.p_value)
+    return {"segment": parse(label), "rows": ev.window.n, "alpha": ev.alpha,
+            "insufficient": ev.insufficient, "drift": bool(hit.size),
+            "drifted": [ev.names[j] for j in hit[np.argsort(p[hit], kind="stable")]],
+            "p_min": None if ev.insufficient else float(p.min())}

@@ -91,7 +91,8 @@ def _print(report: Report) -> None:
                       + ", ".join(shown(n) for n in report.ignored))
     if report.multivariate:
         console.print(_multivariate_table(report))
-    _print_segments(console, report.segments)
+    _print_segments(console, report.segments, "segments' last windows"
+                    if report.mode == "stream" else "segments")
     for a in report.alerts:
         feats = ", ".join(shown(f) for f in a["features"])
         seg = a.get("segment")
@@ -107,13 +108,14 @@ def _print(report: Report) -> None:
     console.print(f"verdict: {verdict}")
 
 
-def _print_segments(console: Console, segments: list[dict[str, Any]], shown_at_most: int = 20) -> None:
+def _print_segments(console: Console, segments: list[dict[str, Any]], title: str,
+                    shown_at_most: int = 20) -> None:
     """Drifted segments first (the JSON has every one), then the untested count."""
     if not segments:
         return
     drifted = [s for s in segments if s["drift"]]
     small = sum(s["insufficient"] for s in segments)
-    console.print(f"segments: {len(segments) - small} tested, {len(drifted)} drifted"
+    console.print(f"{title}: {len(segments) - small} tested, {len(drifted)} drifted"
                   + (f", {small} with too few rows to test" if small else ""))
     for s in sorted(drifted, key=lambda s: s["p_min"])[:shown_at_most]:
         console.print(f"  segment {shown(canonical(s['segment']))} ({s['rows']} rows): "

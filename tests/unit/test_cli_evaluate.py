@@ -10,6 +10,7 @@ import numpy as np
 import orjson
 from typer.testing import CliRunner
 
+from driftline.detectors.segments import canonical
 from driftline.streams.cli.main import app
 
 
@@ -104,6 +105,16 @@ def test_stream_mode_names_the_segment_of_a_segment_alert(tmp_path: Path) -> Non
     assert all(f["ks"] is not None for f in out["features"])
     assert out["multivariate"]
     assert "in segment region=eu" in res.output
+    # each segment's last window, with the keys of the two-sample mode's list
+    segs = {canonical(x["segment"]): x for x in out["segments"]}
+    assert set(segs) == {"region=eu", "region=us"}
+    assert segs["region=eu"]["drift"] and segs["region=eu"]["drifted"][0] == "f0"
+    assert not segs["region=us"]["drift"] and segs["region=us"]["drifted"] == []
+    for x in segs.values():
+        assert set(x) == {"segment", "rows", "alpha", "insufficient", "drift", "drifted",
+                          "p_min"}
+        assert 500 < x["rows"] <= 2000 and not x["insufficient"] and 0 < x["alpha"] < 0.05
+    assert "segments' last windows: 2 tested, 1 drifted" in res.output
 
 
 def _segmented_csv(path: Path, rng: np.random.Generator, sizes: dict[str, int],
