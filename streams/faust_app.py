@@ -357,6 +357,8 @@ class FaustRuntime:
     async def _on_revoked(self, app: Any, revoked: set[TP], **kwargs: Any) -> None:
         """Forget the states of revoked partitions (the new owner restores them from the
         table). Faust waits for the held events to be acked (a checkpoint) before this."""
+        for tp in revoked:  # the new owner reports their lag
+            self.metrics.forget_lag(tp.topic, tp.partition)
         gone = {tp.partition for tp in revoked if tp.topic == self.settings.inference_topic}
         if not gone:
             return

@@ -267,6 +267,13 @@ def test_faust_worker_stopped_amid_a_backlog_exits_and_the_next_applies_the_rest
         assert st.events_applied == total, m
 
 
+def _lag_partitions(exposition: str, topic: str) -> set[str]:
+    """Partitions of ``topic`` with a consumer lag series in a worker's exposition."""
+    series = re.findall(r'^driftline_worker_consumer_lag_messages\{([^}]*)\}', exposition, re.M)
+    labels = [dict(re.findall(r'(\w+)="([^"]*)"', x)) for x in series]
+    return {x["partition"] for x in labels if x.get("topic") == topic}
+
+
 def test_second_faust_worker_joins_mid_stream_and_nothing_is_applied_twice(
     kafka_bootstrap: str, unique_name: Callable[[str], str], faust_worker: Any
 ) -> None:
@@ -284,6 +291,9 @@ def test_second_faust_worker_joins_mid_stream_and_nothing_is_applied_twice(
     wait_for(lambda: applied_by_model(s) == {m: 8000 for m in gen.models}, 120,
              "every event applied once (status topic)",
              lambda: f"applied: {applied_by_model(s)}\n{a.log[-2000:]}{b.log[-2000:]}")
+    # a partition's lag is reported by its owner only: the one that gave it up forgot it
+    lagged = [_lag_partitions(w.get("/metrics")[1], s.inference_topic) for w in (a, b)]
+    assert lagged[1] and not lagged[0] & lagged[1], lagged
     assert b.stop() == 0 and a.stop() == 0
     # each event was applied by exactly one of the two processes (their final counts)
     applied = [int(re.findall(r"stopped: consumed=\d+ applied=(\d+)", w.log)[-1]) for w in (a, b)]
