@@ -204,7 +204,13 @@ class DriftlineProducer:
         self._collector: _SdkCollector | None = None
         if registry is not None:
             self._collector = _SdkCollector(self)
-            registry.register(self._collector)
+            try:
+                registry.register(self._collector)
+            except ValueError as exc:  # its metric names are taken: another producer's
+                raise ValueError(
+                    "this registry already publishes a DriftlineProducer's metrics: one "
+                    "producer serves every model (emit() takes the model), or give each "
+                    f"producer a registry of its own ({exc})") from None
         self._thread = threading.Thread(target=self._run, name="driftline-producer", daemon=True)
         self._thread.start()
         atexit.register(self._at_exit)

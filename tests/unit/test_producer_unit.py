@@ -143,6 +143,17 @@ def test_bounded_buffer_drops_and_counts_beyond_the_bound() -> None:
     assert p.stats().dropped_reasons == {"buffer_full": 500, "closed": 1}
 
 
+def test_a_second_producer_on_one_registry_is_refused_with_the_way_out() -> None:
+    registry = CollectorRegistry()
+    with DriftlineProducer(UNREACHABLE, "t.sdk.unit", registry=registry) as first:
+        with pytest.raises(ValueError, match="one producer serves every model"):
+            DriftlineProducer(UNREACHABLE, "t.sdk.unit", registry=registry)
+        assert first.emit("m", FEATURES)  # the first one is untouched
+        assert "driftline_sdk_events_total" in generate_latest(registry).decode()
+    with DriftlineProducer(UNREACHABLE, "t.sdk.unit", registry=registry):
+        pass  # once the first is closed, its names are free again
+
+
 def test_full_librdkafka_queue_never_blocks_emit() -> None:
     """librdkafka refuses more (BufferError): events wait in the SDK's bounded buffer,
     the rest are dropped and counted; emit() keeps returning at once."""
