@@ -530,13 +530,26 @@ class ModelMonitor:
         at the model's nominal window. Computed at first use (the seed makes it the same
         after a restore)."""
         if self._segment_calibration is None:
-            small = calibrate(self.binner.layout.ref_counts, self.config.min_samples,
-                              target_run_length=self.config.target_run_length,
-                              correction=self.config.correction,
-                              rounds=self.config.calibration_rounds, seed=self.config.seed)
-            self._segment_calibration = replace(
-                self.calibration, scale=np.maximum(self.calibration.scale, small.scale))
+            self.use_small_window_scale(self.small_window_scale())
+        assert self._segment_calibration is not None
         return self._segment_calibration
+
+    def small_window_scale(self) -> NDArray[np.float64]:
+        """Each column's calibration scale at a window of ``min_samples`` events (a
+        bootstrap, ~20 ms for 20 columns: a worker computes it when a reference arrives,
+        once per reference and configuration, not on the hot path)."""
+        return calibrate(self.binner.layout.ref_counts, self.config.min_samples,
+                         target_run_length=self.config.target_run_length,
+                         correction=self.config.correction,
+                         rounds=self.config.calibration_rounds, seed=self.config.seed).scale
+
+    def use_small_window_scale(self, scale: NDArray[np.float64]) -> None:
+        """Set :attr:`segment_calibration` from :meth:`small_window_scale` (computed by
+        this monitor or another one on the same reference and configuration)."""
+        if scale.shape != self.calibration.scale.shape:
+            raise ValueError("small-window scale does not fit the reference's columns")
+        self._segment_calibration = replace(
+            self.calibration, scale=np.maximum(self.calibration.scale, scale))
 
     def _evaluate_segments(self, closing: Iterable[tuple[str, Pane]],
                            batch: EventBatch | None) -> list[Evaluation]:

@@ -116,6 +116,8 @@ class Processor:
         self._prior: dict[tuple[str, int], int] = {}
         self.cluster_id: str | None = None  # Kafka cluster the offsets in the states refer to
         self._calibrations: dict[tuple[str, MonitorConfig], Calibration] = {}
+        #: segment windows' small-window scales (ModelMonitor.small_window_scale), alike
+        self._small_scales: dict[tuple[str, MonitorConfig], NDArray[np.float64]] = {}
         self.shadow_config = shadow or ShadowConfig()
         self.changes = ChangeLog(max_models=4 * max_models, metrics=metrics)
         self.max_future_s = max_future_s
@@ -168,7 +170,22 @@ class Processor:
         self._calibrations.setdefault(key, mon.calibration)
         if len(self._calibrations) > 4 * self.max_models:
             self._calibrations.pop(next(iter(self._calibrations)))
+        self._calibrate_segments(mon)
         return mon
+
+    def _calibrate_segments(self, mon: ModelMonitor) -> None:
+        """Give a monitor with segment windows their calibration now (a bootstrap, once
+        per reference and configuration), not at its first segment evaluation, where it
+        would hold up that batch."""
+        if not mon.config.segments:
+            return
+        key = (mon.reference.reference_id, mon.config)
+        small = self._small_scales.get(key)
+        if small is None:
+            small = self._small_scales[key] = mon.small_window_scale()
+            if len(self._small_scales) > 4 * self.max_models:
+                self._small_scales.pop(next(iter(self._small_scales)))
+        mon.use_small_window_scale(small)
 
     def _usable_monitor(self, ref: ReferenceProfile) -> ModelMonitor | None:
         """A monitor on ``ref``, or None (logged) when the reference cannot be used."""
@@ -234,6 +251,8 @@ class Processor:
                     log.info("model %s: configuration changed since the snapshot; new windows",
                              model)
                     st.monitor, st.dirty = self._monitor(st.monitor.reference), True
+                elif st.monitor is not None:  # restored: its segment windows' calibration
+                    self._calibrate_segments(st.monitor)
                 log.info("model %s: state restored (%d events applied so far)", model,
                          st.events_applied)
                 self.metrics.restore_firing(model, st.firing_alerts())

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import orjson
+import pytest
 from prometheus_client import CollectorRegistry
 
-from driftline.detectors.monitor import MonitorConfig
+from driftline.detectors.monitor import ModelMonitor, MonitorConfig
 from driftline.schemas.codecs import encode_envelope_rows
 from driftline.schemas.limits import Limits
 from driftline.streams.metrics import WorkerMetrics
@@ -154,6 +155,39 @@ def test_a_restored_state_republishes_its_firing_alerts_and_resolves_them_by_nam
     assert resolved and resolved[0].feature == "f2"
     text = generate_latest(reg).decode()
     assert 'driftline_drift_state{feature="f2",kind="data",model="model-0"} 0.0' in text
+
+
+def test_segment_calibration_is_computed_when_a_reference_arrives_once_per_reference(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The small-window bootstrap of segment windows (~20 ms a model) runs when the
+    reference is set, once for all of the model's partitions and its restored states;
+    never at a first segment evaluation, where it held up that batch."""
+    gen = SyntheticModels(1, seed=4)
+    built = processor()
+    built.process(envelopes(gen, 10))
+    ref = built.references["model-0"]
+    calls: list[str] = []
+    real = ModelMonitor.small_window_scale
+
+    def counted(self: ModelMonitor) -> np.ndarray:
+        calls.append(self.reference.reference_id)
+        return real(self)
+
+    monkeypatch.setattr(ModelMonitor, "small_window_scale", counted)
+    p = processor()
+    assert p.set_reference(ref) and calls == [ref.reference_id]
+    states = [p.state_of("model-0", part) for part in (0, 1, 2)]
+    snapshot = states[0].snapshot()  # type: ignore[union-attr]
+    q = processor(snapshot_loader={"model-0@0": snapshot}.get)
+    q._small_scales = p._small_scales  # the same worker's cache
+    q.references["model-0"] = ref
+    states.append(q.state_of("model-0", 0))  # restored from its snapshot
+    assert calls == [ref.reference_id]
+    lazy = ModelMonitor(ref, p.config).segment_calibration  # computed at first use
+    for st in states:
+        assert st is not None and st.monitor is not None
+        assert st.monitor._segment_calibration is not None  # set already
+        assert np.array_equal(st.monitor.segment_calibration.scale, lazy.scale)
 
 
 def test_pending_reference_buffer_survives_a_restart() -> None:
