@@ -20,9 +20,9 @@ with a fresh consumer group, and is timed from its first event to its last:
 References are on the references topic before the worker starts, so every event goes
 through the detectors (the worker reads them, and calibrates each model's thresholds,
 ~0.05 s per model, and its segment windows', ~0.02 s, before it subscribes). A model's
-first batch builds its windows (~1.5 ms per model and partition), which the
-first-to-last figure includes; ``*_steady_eps``
-leaves out the first 10 % of events (``steady_ratios``: the ratios on those; None when
+first batch builds its windows (~1.5 ms per model and partition), which the first-to-last
+figure includes; ``*_steady_eps`` leaves out the first 10 % of events
+(``steady_ratios``: the ratios on those; None when
 no progress line fell in the first half of a run, too short to tell). ``cpu_eps``:
 events per CPU-second of each consumer process (all its threads), the figure to trust when
 other load shares the cores. The envelope topic holds what the SDK writes (packed columns:

@@ -38,7 +38,10 @@ class SyntheticModels:
 
     def __init__(self, n_models: int = 3, n_features: int = 20, *, seed: int = 0,
                  prefix: str = "model-", drift: tuple[DriftSpec, ...] = (),
-                 segments: tuple[str, ...] = ("eu", "us", "apac")) -> None:
+                 segments: tuple[str, ...] = ("eu", "us", "apac"),
+                 error_rate: float | None = None) -> None:
+        """``error_rate``: events carry ``outcome`` (``"error"`` at this rate, else
+        ``"ok"``) for the serving golden signals; None: no ``outcome``."""
         self.models = [f"{prefix}{i}" for i in range(n_models)]
         self.n_features = n_features
         self.names = [f"f{i}" for i in range(n_features)]
@@ -49,6 +52,9 @@ class SyntheticModels:
         self._count = dict.fromkeys(self.models, 0)
         self.drift = drift
         self.segments = segments
+        if error_rate is not None and not 0.0 <= error_rate <= 1.0:
+            raise ValueError(f"error_rate must lie in [0, 1], not {error_rate!r}")
+        self.error_rate = error_rate
         self.started = time.time()
 
     def features(self, model: str, n: int) -> np.ndarray:
@@ -89,6 +95,10 @@ class SyntheticModels:
                 "segment": {"region": self.segments[int(seg[i])]},
                 "latency_ms": round(float(lat[i]), 3),
             })
+        if self.error_rate is not None:
+            failed = self.rng.random(n) < self.error_rate
+            for ev, bad in zip(out, failed.tolist(), strict=True):
+                ev["outcome"] = "error" if bad else "ok"
         return out
 
     def round_robin(self, batch: int) -> Iterator[tuple[str, list[dict[str, object]]]]:

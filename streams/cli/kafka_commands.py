@@ -85,7 +85,11 @@ def produce(
     replay: Path | None = typer.Option(None, help="replay a CSV/Parquet/NPZ file instead"),
     model: str = typer.Option("replay", help="model id of the replayed file"),
     speed: float = typer.Option(0.0, help="replay speed: 0 = as fast as possible, N = N x event time"),
-    seed: int = typer.Option(0, help="random seed"),
+    seed: int = typer.Option(0, help="random seed (of the draws; the models' distributions "
+                             "are the same for every seed)"),
+    error_rate: float = typer.Option(
+        0.001, min=0.0, max=1.0,
+        help="share of synthetic events with outcome=error (the others: ok)"),
 ) -> None:
     """Produce synthetic inference events (with drift injection) or replay a file."""
     if drift_unit not in ("seconds", "events"):
@@ -120,7 +124,7 @@ def produce(
         else:
             drift = (DriftSpec(drift_model, drift_feature, drift_at, shift, drift_unit),) \
                 if drift_model else ()
-            gen = SyntheticModels(models, seed=seed, drift=drift)
+            gen = SyntheticModels(models, seed=seed, drift=drift, error_rate=error_rate)
             step = 0.1
             per_step = max(int(rate * step), 1) if rate > 0 else 500
             per_model = dict.fromkeys(gen.models, 0)

@@ -145,7 +145,7 @@ def up(
         ensure_topics(settings.kafka(), topic_specs(settings))
         thread.start()
         gen = SyntheticModels(models, drift=(DriftSpec(drift_model, drift_feature, drift_at, shift,
-                                                       "seconds"),))
+                                                       "seconds"),), error_rate=0.001)
         console.print(f"[bold]driftline up[/]: broker {b.bootstrap}, metrics "
                       f"http://127.0.0.1:{server.port}/metrics, {models} models at {rate} ev/s "
                       f"each; {drift_model}.{drift_feature} drifts by {shift}σ after {drift_at:.0f} s")

@@ -11,9 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
-from driftline.streams.admin import read_compacted
+from driftline.streams.admin import iter_to_end, read_compacted
 
 pytestmark = pytest.mark.integration
 
@@ -90,3 +91,19 @@ def test_reference_set_is_picked_up_live(kafka_bootstrap: str, unique_name: Call
     assert "reference m1@" in res.stdout
     refs = read_compacted({"bootstrap.servers": kafka_bootstrap}, topic)
     assert b"m1" in refs and b'"size":2000' in refs[b"m1"]
+
+
+def test_produce_sends_outcomes_at_its_error_rate(kafka_bootstrap: str,
+                                                  unique_name: Callable[[str], str]) -> None:
+    """`produce` events carry `outcome` (error at `--error-rate`) for the golden signals."""
+    topic = unique_name("inf")
+    env = {**os.environ, "DRIFTLINE_INFERENCE_TOPIC": topic}
+    res = subprocess.run([*CLI, "produce", "--bootstrap", kafka_bootstrap, "--models", "2",
+                          "--events", "3000", "--rate", "0", "--single", "--error-rate", "0.05"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    events = [orjson.loads(m.value()) for m in iter_to_end({"bootstrap.servers": kafka_bootstrap},
+                                                            topic, timeout=60)]
+    outcomes = [e["outcome"] for e in events]
+    assert len(outcomes) >= 3000 and set(outcomes) == {"ok", "error"}
+    assert 0.035 < outcomes.count("error") / len(outcomes) < 0.065

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from scipy import stats
 
 from driftline.streams.synthetic import DriftSpec, SyntheticModels
@@ -37,3 +38,14 @@ def test_drift_shifts_the_feature_from_its_event() -> None:
     assert x[500:].mean() - x[:500].mean() > 1.5
     y = _column(gen, "model-0", "f7", 1000)
     assert abs(y[500:].mean() - y[:500].mean()) < 0.3
+
+
+def test_outcomes_at_the_error_rate_only_when_asked() -> None:
+    assert all("outcome" not in e for e in SyntheticModels(1).events("model-0", 100))
+    evs = SyntheticModels(1, seed=2, error_rate=0.01).events("model-0", 20_000)
+    outcomes = [e["outcome"] for e in evs]
+    assert set(outcomes) == {"ok", "error"}
+    assert 0.007 < outcomes.count("error") / len(outcomes) < 0.013
+    with pytest.raises(ValueError, match="error_rate"):
+        SyntheticModels(1, error_rate=1.5)
+
