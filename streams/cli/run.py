@@ -16,6 +16,7 @@ import typer
 from prometheus_client import CollectorRegistry
 from rich.console import Console
 
+from driftline.detectors.segments import canonical
 from driftline.streams.broker import EmbeddedBroker
 from driftline.streams.cli.terminal import shown
 from driftline.streams.logs import setup_logging
@@ -172,8 +173,9 @@ def up(
                     for a in firing[shown_alerts:]:  # each alert once, on stdout
                         sys.stderr.write("\n")
                         out.print(
-                            f"[bold red]ALERT[/] {a.kind} drift on [bold]{shown(a.model)}[/] "
-                            f"after {now - t_start:.1f} s: feature {shown(a.feature)} "
+                            f"[bold red]ALERT[/] {a.kind} drift on [bold]{shown(a.model)}[/]"
+                            + (f" segment {shown(canonical(a.segment))}" if a.segment else "")
+                            + f" after {now - t_start:.1f} s: feature {shown(a.feature)} "
                             f"{a.statistic}={a.score:.1f} > {a.threshold:.1f} "
                             f"(p={a.p_value:.1e}); top: "
                             + ", ".join(f"{shown(f.name)} ({shown(f.statistic)})"

@@ -43,6 +43,8 @@ def test_up_shows_an_alert_and_exits_zero() -> None:
     alerts = [x for x in res.stdout.splitlines() if x.startswith("ALERT ")]
     assert alerts and alerts[0].startswith("ALERT data drift on model-2"), res.stdout
     assert "feature f7" in alerts[0]
+    # the drift is in every region: the segments' alerts name their segment
+    assert any(x.startswith("ALERT data drift on model-2 segment region=") for x in alerts), alerts
     assert "ALERT" not in res.stderr  # progress only: alert lines are for stdout
     assert time.monotonic() - t0 < 60
 
