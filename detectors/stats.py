@@ -81,12 +81,12 @@ def _sparse_bins(r: Vec, w: Vec, nr: Vec, nw: Vec,
     return np.asarray(terms.sum(axis=-1)), n
 
 
-def _sparse_below(r: Vec, nw: Vec) -> Vec:
+def _sparse_below(ref_bins: NDArray[np.int64], nw: Vec) -> Vec:
     """The expected window count below which a bin is sparse: ``SPARSE_EXPECTED``, or half
     the window's events per reference bin where that is less (a window too small for
-    five per bin keeps Pearson's terms for its ordinary bins)."""
-    bins = np.maximum((r > 0).sum(axis=-1, keepdims=True), 1)
-    return np.asarray(np.minimum(SPARSE_EXPECTED, 0.5 * nw / bins), dtype=np.float64)
+    five per bin keeps Pearson's terms for its ordinary bins). ``ref_bins``: each
+    column's non-empty reference bins, at least 1 (``ReferenceTerms.ref_bins``)."""
+    return np.asarray(np.minimum(SPARSE_EXPECTED, 0.5 * nw / ref_bins), dtype=np.float64)
 
 
 def _proportions(counts: Counts) -> Vec:
@@ -118,6 +118,8 @@ class ReferenceTerms:
         r = np.ascontiguousarray(ref, dtype=np.float64)
         self.counts = r
         self.total = r.sum(axis=-1, keepdims=True)  # (columns, 1)
+        #: non-empty reference bins per column (at least 1), for :func:`_sparse_below`
+        self.ref_bins = np.maximum((r > 0).sum(axis=-1, keepdims=True), 1)
         self._proportions: Vec | None = None
         self._smoothed: Vec | None = None
         self._cdf: tuple[NDArray[np.int64], NDArray[np.bool_], Vec] | None = None
@@ -168,7 +170,7 @@ class ReferenceTerms:
                                    np.ascontiguousarray(w), out, w.shape[0], w.shape[1],
                                    SPARSE_EXPECTED)
             nw = out[4][:, None]
-            sparse = self.counts * nw < _sparse_below(self.counts, nw) * self.total
+            sparse = self.counts * nw < _sparse_below(self.ref_bins, nw) * self.total
             extra, sparse_used = _sparse_bins(self.counts, w, self.total, nw, sparse)
             stat, used = out[0] + extra, out[1] + sparse_used
             df = np.maximum(used - 1, 0.0)
@@ -187,7 +189,7 @@ class ReferenceTerms:
     def _chi_square(self, w: Vec, nw: Vec, p_value: bool = True) -> tuple[Vec, Vec, Vec]:
         r, nr = self.counts, self.total
         both = r + w
-        sparse = r * nw < _sparse_below(r, nw) * nr  # expected in the window: nw * r / nr
+        sparse = r * nw < _sparse_below(self.ref_bins, nw) * nr  # expected: nw * r / nr
         used = (both > 0) & ~sparse
         k1 = np.sqrt(np.divide(nw, nr, out=np.zeros_like(nr), where=nr > 0))
         k2 = np.sqrt(np.divide(nr, nw, out=np.zeros_like(nw), where=nw > 0))
