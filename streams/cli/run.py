@@ -179,7 +179,7 @@ def up(
                             f"{a.statistic}={a.score:.1f} > {a.threshold:.1f} "
                             f"(p={a.p_value:.1e}); top: "
                             + ", ".join(f"{shown(f.name)} ({shown(f.statistic)})"
-                                        for f in a.top_features[:3]), soft_wrap=True)
+                                        for f in a.top_features[:3]))
                     shown_alerts = len(firing)
                     st = w.stats
                     elapsed = max(time.time() - st.started, 1e-9)
@@ -199,7 +199,7 @@ def up(
         if first_alert is None:
             console.print("[red]no alert within the duration[/]")
             raise typer.Exit(1)
-        Console().print(f"[green]first alert after {first_alert:.1f} s[/]")
+        out.print(f"[green]first alert after {first_alert:.1f} s[/]")
 
 
 COMMANDS: dict[str, Callable[..., None]] = {"broker": broker, "worker": worker, "up": up}
